@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny real models built from configs, the real GPT-2 tokenizer, real HH data.
+
+Nothing here downloads: the Hub is switched off before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HH_PATH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write into the user's cache, except for the real model the slow tests share."""
+    if "ALIGNKIT_TEST_USE_USER_CACHE" not in os.environ:
+        os.environ["ALIGNKIT_CACHE"] = str(tmp_path_factory.mktemp("alignkit-cache"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
+
+    return offline_gpt2_tokenizer()
+
+
+def make_tiny_gpt2(vocab_size: int = 50257, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def make_tiny_llama(vocab_size: int = 50257, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_gpt2():
+    return make_tiny_gpt2()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def hh_path() -> Path:
+    if not HH_PATH.exists():
+        pytest.skip(f"HH-RLHF sample not found at {HH_PATH}")
+    return HH_PATH
