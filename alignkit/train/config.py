@@ -1,0 +1,69 @@
+"""The recipe's `train:` and `sft:` sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["EarlyStoppingConfig", "SFTConfig", "TrainConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when an evaluation metric has not improved for `patience` evaluations."""
+
+    metric: str = Field("eval/loss", description="Metric name as logged, e.g. eval/loss or eval/rewards/accuracies.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one training stage.
+
+    `batch_size` is the number of examples (pairs) per optimizer step over all processes; each process runs
+    `batch_size / (grad_accum * world_size)` examples per forward pass.
+    """
+
+    optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW, or RMSprop as in the DPO paper.")
+    lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (RMSprop).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over all processes.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (per process).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; default: `epochs` passes over the data.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data when max_steps is not set.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to `lr`.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="Decay after warm-up: constant, linear to 0, or cosine to 0."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast on a GPU that supports it when auto; fp32 on CPU."
+    )
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+    log_every: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate on held-out pairs every N steps (and at the end).")
+    eval_batch_size: int | None = Field(None, ge=1, description="Pairs per evaluation forward; default batch_size / grad_accum.")
+    max_eval_examples: int | None = Field(None, ge=1, description="Cap on held-out pairs per evaluation.")
+    save_every: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = Field(1, ge=1, description="Resumable checkpoints kept besides the best one.")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early on an eval metric.")
+    seed: int | None = Field(None, description="Seed of this stage; default: the recipe's seed.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        return self
+
+
+class SFTConfig(TrainConfig):
+    """An SFT stage on the chosen responses before preference training (as in the DPO paper)."""
+
+    enabled: bool = Field(False, description="Run the SFT stage before preference training.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")

@@ -1,0 +1,320 @@
+"""The one training loop, shared by every objective and stage (SFT, preference, reward model).
+
+Per optimizer step: the step's examples are fixed by (seed, epoch, position) alone, split over processes
+and micro-batches; each micro-batch's loss is ``sum(weight * loss) / total weight of the whole step``, so
+gradient accumulation and data parallelism give the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from alignkit.data.types import TokenizedPair
+from alignkit.losses import Objective
+from alignkit.models.reference import Reference
+from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from alignkit.train.config import TrainConfig
+from alignkit.train.distributed import DistEnv, all_reduce_gradients
+from alignkit.train.forward import objective_step
+from alignkit.train.metrics import MetricSums, MetricsWriter
+from alignkit.train.schedule import make_scheduler
+
+__all__ = ["Trainer", "TrainResult", "step_order"]
+
+Collate = Callable[[list[TokenizedPair]], dict[str, Any]]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    stopped_early: bool
+    final_metrics: dict[str, float]
+    best_metric: float | None
+    best_step: int | None
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def step_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a permutation that depends on (seed, epoch) only."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """Train ``model`` on ``objective`` over ``train_pairs``.
+
+    Args:
+        model: the policy (or reward model); its trainable parameters are those with requires_grad.
+        objective: what to minimise (see :func:`alignkit.losses.build_objective`).
+        cfg: optimisation settings of this stage.
+        train_pairs / eval_pairs: tokenized examples.
+        collate: turns a list of examples into a batch for the model.
+        run_dir: the stage folder (metrics.jsonl, checkpoints/).
+        reference: source of reference log-probs, when the objective needs one.
+        seed: data order and RNG seed.
+        stage: a name written into every metrics record ("sft", "preference").
+        env: the data-parallel environment.
+        chunk_size: positions per chunk of the output layer when computing log-probs.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        cfg: TrainConfig,
+        *,
+        train_pairs: Sequence[TokenizedPair],
+        eval_pairs: Sequence[TokenizedPair] = (),
+        collate: Collate,
+        run_dir: Path,
+        reference: Reference | None = None,
+        seed: int = 0,
+        stage: str = "train",
+        device: torch.device | None = None,
+        env: DistEnv | None = None,
+        chunk_size: int = 1024,
+        console: Console | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.cfg = cfg
+        self.train_pairs = list(train_pairs)
+        self.eval_pairs = list(eval_pairs)[: cfg.max_eval_examples] if cfg.max_eval_examples else list(eval_pairs)
+        self.collate = collate
+        self.run_dir = Path(run_dir)
+        self.reference = reference
+        self.seed = seed
+        self.stage = stage
+        self.env = env or DistEnv()
+        self.device = device or next(model.parameters()).device
+        self.chunk_size = chunk_size
+        self.console = console or Console(stderr=True)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        if len(self.train_pairs) < cfg.batch_size:
+            raise ValueError(
+                f"{stage}: {len(self.train_pairs)} training examples are fewer than one batch "
+                f"(train.batch_size={cfg.batch_size})"
+            )
+        if cfg.batch_size % (cfg.grad_accum * self.env.world_size):
+            raise ValueError(
+                f"{stage}: batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} x "
+                f"{self.env.world_size} processes"
+            )
+        self.steps_per_epoch = len(self.train_pairs) // cfg.batch_size
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.optimizer = self._make_optimizer()
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps=cfg.warmup_steps,
+                                        total_steps=self.total_steps, schedule=cfg.schedule)
+        self.autocast_dtype = self._autocast_dtype()
+
+    # -----------------------------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "rmsprop":
+            return torch.optim.RMSprop(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                 foreach=True)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if self.cfg.precision == "fp32" or self.device.type != "cuda":
+            if self.cfg.precision == "bf16" and self.device.type != "cuda":
+                self.console.print("[yellow]precision bf16 requested on CPU: training in fp32[/]")
+            return None
+        if self.cfg.precision == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _step_examples(self, step: int) -> list[TokenizedPair]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = step_order(len(self.train_pairs), self.seed, epoch)
+        b = self.cfg.batch_size
+        return [self.train_pairs[i] for i in order[position * b:(position + 1) * b]]
+
+    def _micro_batches(self, examples: list[TokenizedPair]) -> list[list[TokenizedPair]]:
+        local = examples[self.env.rank::self.env.world_size]
+        size = len(local) // self.cfg.grad_accum
+        return [local[i * size:(i + 1) * size] for i in range(self.cfg.grad_accum)]
+
+    # -----------------------------------------------------------------------------------------------------
+    def _accumulate(self, sums: MetricSums, out, stats, weights: torch.Tensor) -> None:
+        sums.add("loss_weighted", out.losses.detach() * weights)
+        sums.add_total("loss", float((out.losses.detach() * weights).sum()), float(weights.sum()))
+        sums.add("rewards/chosen", out.chosen_rewards)
+        sums.add("rewards/rejected", out.rejected_rewards)
+        sums.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
+        sums.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        if stats.policy_chosen_logps is not None:
+            sums.add("logps/chosen", stats.policy_chosen_logps)
+        if stats.policy_rejected_logps is not None:
+            sums.add("logps/rejected", stats.policy_rejected_logps)
+        for name, values in out.metrics.items():
+            sums.add(name, values)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step (all micro-batches); returns this step's metrics."""
+        self.model.train()
+        start = time.perf_counter()
+        examples = self._step_examples(step)
+        total_weight = sum(e.weight for e in examples)  # global: every process sees the whole step
+        sums = MetricSums()
+        tokens = 0
+        for micro in self._micro_batches(examples):
+            batch = _to_device(self.collate(micro), self.device)
+            tokens += int(batch["attention_mask"].sum())
+            with self._autocast():
+                out, stats = objective_step(self.model, batch, self.objective, self.reference,
+                                            chunk_size=self.chunk_size)
+            weights = batch["weights"].to(out.losses.dtype)
+            loss = (out.losses * weights).sum() / total_weight
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{self.stage}: non-finite loss at step {step + 1}; stopping before the weights are corrupted"
+                )
+            loss.backward()
+            self._accumulate(sums, out, stats, weights)
+        all_reduce_gradients(self.params, self.env)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
+        )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums.add_total("tokens", float(tokens), 1.0)
+        metrics = sums.means(self.env)
+        metrics.pop("loss_weighted", None)
+        elapsed = time.perf_counter() - start
+        metrics["tokens_per_second"] = metrics.pop("tokens") * self.env.world_size / max(elapsed, 1e-9)
+        metrics["grad_norm"] = float(grad_norm)
+        metrics["learning_rate"] = lr
+        metrics["step_seconds"] = elapsed
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Metrics over the held-out pairs, prefixed ``eval/``."""
+        if not self.eval_pairs:
+            return {}
+        self.model.eval()
+        size = self.cfg.eval_batch_size or max(1, self.cfg.batch_size // self.cfg.grad_accum)
+        local = self.eval_pairs[self.env.rank::self.env.world_size]
+        sums = MetricSums()
+        for i in range(0, len(local), size):
+            batch = _to_device(self.collate(local[i:i + size]), self.device)
+            with self._autocast():
+                out, stats = objective_step(self.model, batch, self.objective, self.reference,
+                                            chunk_size=self.chunk_size)
+            self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
+        metrics = sums.means(self.env)
+        metrics.pop("loss_weighted", None)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    # -----------------------------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        checkpoints = self.run_dir / "checkpoints"
+        state: dict[str, Any] = {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0,
+                                 "eval_history": [], "stopped_early": False}
+        ckpt = latest_checkpoint(checkpoints) if resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.console.print(f"[cyan]{self.stage}: resumed from {ckpt} (step {state['step']})[/]")
+        writer = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.env.is_main,
+                               resume_from_step=state["step"] if ckpt is not None else None)
+        start_wall = time.perf_counter()
+        if state["step"] == 0 and self.eval_pairs and cfg.eval_every:
+            self._record_eval(0, state, writer)
+        step_metrics: dict[str, float] = {}
+        with self._progress() as progress:
+            task = progress.add_task(self.stage, total=self.total_steps, completed=state["step"], metrics="")
+            while state["step"] < self.total_steps and not state["stopped_early"]:
+                step = state["step"]
+                step_metrics = self.train_step(step)
+                state["step"] = step + 1
+                if state["step"] % cfg.log_every == 0 or state["step"] == self.total_steps:
+                    writer.write({"stage": self.stage, "step": state["step"], **step_metrics})
+                progress.update(task, advance=1, metrics=self._short(step_metrics))
+                if not self.console.is_terminal and self.env.is_main and (
+                    state["step"] % max(1, self.total_steps // 10) == 0 or state["step"] == 1
+                ):  # logs and CI: a plain line every tenth of the run
+                    self.console.print(f"{self.stage} {state['step']}/{self.total_steps}  {self._short(step_metrics)}")
+                last = state["step"] == self.total_steps
+                if self.eval_pairs and ((cfg.eval_every and state["step"] % cfg.eval_every == 0) or last):
+                    self._record_eval(state["step"], state, writer)
+                if (cfg.save_every and state["step"] % cfg.save_every == 0) or last or state["stopped_early"]:
+                    self._save(checkpoints, state)
+        writer.close()
+        eval_metrics = state["eval_history"][-1] if state["eval_history"] else {}
+        return TrainResult(
+            steps=state["step"], stopped_early=state["stopped_early"],
+            final_metrics={**step_metrics, **eval_metrics}, best_metric=state["best_metric"],
+            best_step=state["best_step"], eval_history=state["eval_history"],
+            wall_seconds=time.perf_counter() - start_wall,
+        )
+
+    def _record_eval(self, step: int, state: dict[str, Any], writer: MetricsWriter) -> None:
+        metrics = self.evaluate()
+        state["eval_history"].append({"step": step, **metrics})
+        writer.write({"stage": self.stage, "step": step, **metrics})
+        if step == 0:
+            return
+        es = self.cfg.early_stopping
+        name = es.metric if es else "eval/loss"
+        mode = es.mode if es else "min"
+        if name not in metrics:
+            raise KeyError(f"early_stopping.metric {name!r} is not logged; eval metrics: {sorted(metrics)}")
+        value = metrics[name]
+        best = state["best_metric"]
+        delta = es.min_delta if es else 0.0
+        improved = best is None or (value < best - delta if mode == "min" else value > best + delta)
+        if improved:
+            state["best_metric"], state["best_step"], state["bad_evals"] = value, step, 0
+            if self.env.is_main:
+                save_checkpoint(self.run_dir / "checkpoints" / "best", model=self.model, optimizer=None,
+                                scheduler=None, state=dict(state), pointer=None)
+        else:
+            state["bad_evals"] += 1
+            if es and state["bad_evals"] >= es.patience:
+                state["stopped_early"] = True
+                self.console.print(f"[yellow]{self.stage}: early stop at step {step}: {name} has not improved "
+                                   f"for {es.patience} evaluations (best {best:.4f} at step {state['best_step']})[/]")
+
+    def _save(self, checkpoints: Path, state: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        save_checkpoint(checkpoints / f"step-{state['step']:07d}", model=self.model, optimizer=self.optimizer,
+                        scheduler=self.scheduler, state=dict(state))
+        prune_checkpoints(checkpoints, self.cfg.keep_checkpoints)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+            console=self.console, disable=not self.env.is_main,
+        )
+
+    @staticmethod
+    def _short(metrics: dict[str, float]) -> str:
+        keys = ("loss", "rewards/accuracies", "rewards/margins", "tokens_per_second")
+        return "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics)
