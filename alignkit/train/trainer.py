@@ -161,9 +161,11 @@ class Trainer:
         sums.add("loss_weighted", out.losses.detach() * weights)
         sums.add_total("loss", float((out.losses.detach() * weights).sum()), float(weights.sum()))
         sums.add("rewards/chosen", out.chosen_rewards)
-        sums.add("rewards/rejected", out.rejected_rewards)
-        sums.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
-        sums.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
+        paired = any(x is not None for x in (stats.policy_rejected_logps, stats.rejected_scores, stats.scores))
+        if paired:  # an SFT batch has no rejected response to compare with
+            sums.add("rewards/rejected", out.rejected_rewards)
+            sums.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
+            sums.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
         if stats.policy_chosen_logps is not None:
             sums.add("logps/chosen", stats.policy_chosen_logps)
         if stats.policy_rejected_logps is not None:

@@ -1,0 +1,242 @@
+"""`alignkit run`: recipe -> data -> models (+adapter) -> [SFT] -> preference training -> evaluation -> report.
+
+This module only wires the layers together; each step's logic lives in its own package.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from alignkit.data import (
+    DropReport,
+    PreferenceExample,
+    TokenizedPair,
+    collate_preference,
+    collate_sft,
+    load_examples,
+    split_train_test,
+    tokenize_pairs,
+)
+from alignkit.losses import Objective, build_objective
+from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
+from alignkit.models.reference import (
+    AdaptersOffReference,
+    CachedReference,
+    FrozenCopyReference,
+    Reference,
+    ReferenceLogpsCache,
+)
+from alignkit.peft import adapters_disabled, apply_adapter, count_parameters, has_adapters, save_adapter
+from alignkit.recipe import Recipe, recipe_to_yaml
+from alignkit.train.checkpoint import write_atomic
+from alignkit.train.distributed import DistEnv, init_distributed
+from alignkit.train.trainer import Trainer, TrainResult
+
+__all__ = ["RunSummary", "prepare_data", "resolve_device", "run_recipe", "seed_everything"]
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    stages: dict[str, TrainResult] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank if env else 0)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_data(
+    recipe: Recipe, tokenizer, policy: torch.nn.Module | None, console: Console
+) -> tuple[list[TokenizedPair], list[TokenizedPair], DropReport]:
+    """Load (or generate), split and tokenize the preference pairs."""
+    data = recipe.data
+    if data.source.kind == "sentiment":
+        from alignkit.data.sentiment import sentiment_pairs_for_recipe
+
+        train_examples, test_examples, report = sentiment_pairs_for_recipe(data.source, policy, tokenizer,
+                                                                           seed=recipe.seed, console=console)
+    else:
+        examples, report = load_examples(data.source)
+        if data.max_examples:
+            examples = examples[: data.max_examples]
+        if data.test_source is not None:
+            train_examples = examples
+            test_examples, test_report = load_examples(data.test_source)
+            report.merge(test_report)
+        else:
+            train_examples, test_examples = split_train_test(examples, data.test_size, data.seed)
+    train_pairs, train_drops = tokenize_pairs(train_examples, tokenizer, data.max_length, data.max_prompt_length,
+                                              chat_template=data.chat_template)
+    test_pairs, test_drops = tokenize_pairs(test_examples, tokenizer, data.max_length, data.max_prompt_length,
+                                            chat_template=data.chat_template, start_index=len(train_examples))
+    report.merge(train_drops)
+    report.merge(test_drops)
+    return train_pairs, test_pairs, report
+
+
+def _build_reference(
+    recipe: Recipe,
+    objective: Objective,
+    policy: torch.nn.Module,
+    pairs: list[TokenizedPair],
+    collate,
+    device: torch.device,
+    console: Console,
+) -> Reference | None:
+    if not objective.needs_reference:
+        return None
+    mode = recipe.reference.mode
+    if mode == "none":
+        raise ValueError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
+    if mode == "adapters_off":
+        if not has_adapters(policy):
+            raise ValueError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
+        return AdaptersOffReference(policy, adapters_disabled)
+    if recipe.reference.name_or_path:
+        cfg = recipe.model.model_copy(update={"name_or_path": recipe.reference.name_or_path, "from_config": None})
+        ref_model = load_causal_lm(cfg, device)
+        ref_model.requires_grad_(False).eval()
+        ref_id = recipe.reference.name_or_path
+    else:
+        ref_model = None
+        ref_id = f"{recipe.model.name_or_path}"
+    if mode == "copy":
+        return FrozenCopyReference(ref_model if ref_model is not None else policy)
+    # mode == "cached": compute once over every pair, then free the model.
+    if ref_model is None and has_adapters(policy):
+        with adapters_disabled(policy) as base:
+            cache = ReferenceLogpsCache.build(base, ref_id, pairs, collate, batch_size=recipe.train.eval_batch_size
+                                              or max(1, recipe.train.batch_size // recipe.train.grad_accum),
+                                              device=device, console=console)
+    else:
+        model = ref_model if ref_model is not None else policy
+        cache = ReferenceLogpsCache.build(model, ref_id, pairs, collate, batch_size=recipe.train.eval_batch_size
+                                          or max(1, recipe.train.batch_size // recipe.train.grad_accum),
+                                          device=device, console=console)
+    return CachedReference(cache)
+
+
+def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    if has_adapters(policy):
+        save_adapter(policy, tmp)
+    else:
+        policy.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
+    """Run every stage of ``recipe``; write the run folder; return what happened."""
+    console = console or Console(stderr=True)
+    run_dir = recipe.run_dir()
+    device = resolve_device(recipe.train.device)
+    env = init_distributed(device)
+    device = resolve_device(recipe.train.device, env)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    summary = RunSummary(run_dir=run_dir)
+    seed_everything(recipe.seed)
+    started = time.perf_counter()
+    objective = build_objective(recipe.loss)
+
+    tokenizer = load_tokenizer(recipe.model)
+    is_reward_model = objective.inputs in ("scores", "kway")
+    policy = (load_reward_model if is_reward_model else load_causal_lm)(recipe.model, device)
+    train_pairs, test_pairs, drops = prepare_data(recipe, tokenizer, policy, console)
+    console.print(f"data: {len(train_pairs)} train / {len(test_pairs)} held-out pairs; {drops.summary()}")
+
+    if recipe.adapter.kind != "none":
+        apply_adapter(policy, recipe.adapter)
+    trainable, total = count_parameters(policy)
+    console.print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
+    chunk = recipe.model.logps_chunk_size
+    pad_id = tokenizer.pad_token_id
+    preference_collate = partial(collate_preference, pad_token_id=pad_id)
+
+    if recipe.sft.enabled:
+        sft_objective = build_objective({"name": "sft"})
+        sft = Trainer(policy, sft_objective, recipe.sft, train_pairs=train_pairs, eval_pairs=test_pairs,
+                      collate=partial(collate_sft, pad_token_id=pad_id), run_dir=run_dir / "sft",
+                      seed=recipe.sft.seed if recipe.sft.seed is not None else recipe.seed, stage="sft",
+                      device=device, env=env, chunk_size=chunk, console=console)
+        summary.stages["sft"] = sft.fit(resume=resume)
+
+    reference = _build_reference(recipe, objective, policy, train_pairs + test_pairs, preference_collate,
+                                 device, console)
+    trainer = Trainer(policy, objective, recipe.train, train_pairs=train_pairs, eval_pairs=test_pairs,
+                      collate=preference_collate, run_dir=run_dir / "preference", reference=reference,
+                      seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed,
+                      stage="preference", device=device, env=env, chunk_size=chunk, console=console)
+    result = trainer.fit(resume=resume)
+    summary.stages["preference"] = result
+    if env.is_main:
+        _save_model(policy, tokenizer, run_dir / "model")
+
+    report: dict[str, Any] = {
+        "recipe": recipe.name,
+        "objective": objective.describe(),
+        "train_pairs": len(train_pairs),
+        "heldout_pairs": len(test_pairs),
+        "parameters": {"trainable": trainable, "total": total},
+        "stages": {
+            name: {
+                "steps": r.steps,
+                "wall_seconds": r.wall_seconds,
+                "steps_per_second": r.steps / r.wall_seconds if r.wall_seconds else None,
+                "stopped_early": r.stopped_early,
+                "best_step": r.best_step,
+                "eval_before": r.eval_history[0] if r.eval_history and r.eval_history[0]["step"] == 0 else None,
+                "eval_after": r.eval_history[-1] if r.eval_history else None,
+            }
+            for name, r in summary.stages.items()
+        },
+    }
+    if recipe.eval is not None and recipe.eval.reward is not None and env.is_main:
+        from alignkit.eval.run_eval import evaluate_recipe_reward_kl
+
+        report["reward_kl"] = evaluate_recipe_reward_kl(recipe, policy, reference, tokenizer, test_pairs,
+                                                        console=console)
+    report["wall_seconds"] = time.perf_counter() - started
+    report["peak_rss_mib"] = peak_rss_mib()
+    if device.type == "cuda":
+        report["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    summary.report = report
+    if env.is_main:
+        write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+        from alignkit.report.tables import render_report
+
+        render_report(report, console=console, markdown_path=run_dir / "report.md")
+    return summary

@@ -1,0 +1,78 @@
+"""The closing report of a run: a rich table in the terminal and the same figures as Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_report", "report_rows"]
+
+_PREFERENCE_METRICS = (
+    ("eval/loss", "held-out loss"),
+    ("eval/rewards/accuracies", "held-out preference accuracy"),
+    ("eval/rewards/margins", "held-out reward margin"),
+)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Rows of (metric, before, after) for the report's tables."""
+    rows: list[list[str]] = []
+    pref = report.get("stages", {}).get("preference", {})
+    before, after = pref.get("eval_before") or {}, pref.get("eval_after") or {}
+    for key, label in _PREFERENCE_METRICS:
+        if key in before or key in after:
+            rows.append([label, _fmt(before.get(key)), _fmt(after.get(key))])
+    rk = report.get("reward_kl")
+    if rk:
+        rows.append([f"mean reward ({rk['reward']}, 95% CI)", _ci(rk["before"]["reward"]), _ci(rk["after"]["reward"])])
+        rows.append(["KL(policy || reference), nats (95% CI)", _ci(rk["before"]["kl"]), _ci(rk["after"]["kl"])])
+        rows.append(["mean completion tokens", _fmt(rk["before"].get("mean_length"), 1),
+                     _fmt(rk["after"].get("mean_length"), 1)])
+    return ["metric", "before", "after"], rows
+
+
+def render_report(report: dict[str, Any], *, console: Console, markdown_path: Path | None = None) -> str:
+    """Print the report table; write it (with run facts) as Markdown when a path is given."""
+    header, rows = report_rows(report)
+    table = Table(title=f"{report.get('recipe', 'run')}: {report.get('objective', '')}")
+    for name in header:
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    facts = [f"- wall time: {report.get('wall_seconds', 0):.1f} s",
+             f"- peak memory (RSS): {report.get('peak_rss_mib', 0):.0f} MiB",
+             f"- pairs: {report.get('train_pairs')} train, {report.get('heldout_pairs')} held out"]
+    params = report.get("parameters")
+    if params:
+        facts.append(f"- trainable parameters: {params['trainable']:,} of {params['total']:,}")
+    for name, stage in report.get("stages", {}).items():
+        sps = stage.get("steps_per_second")
+        facts.append(f"- {name}: {stage['steps']} steps in {stage['wall_seconds']:.1f} s"
+                     + (f" ({sps:.3f} steps/s)" if sps else ""))
+    console.print("\n".join(facts))
+    md = [f"# {report.get('recipe', 'run')}", "", f"Objective: `{report.get('objective', '')}`", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += ["", *facts, ""]
+    text = "\n".join(md)
+    if markdown_path is not None:
+        markdown_path.write_text(text)
+    return text
