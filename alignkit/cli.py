@@ -56,7 +56,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
     load_plugins(args.plugin)
     if args.markdown:
-        _out.print(render_losses_markdown(), markup=False, highlight=False)
+        _out.print(render_losses_markdown(list_losses()), markup=False, highlight=False)
         return 0
     table = Table(title="registered objectives")
     for column in ("name", "needs", "parameters (default)", "description"):

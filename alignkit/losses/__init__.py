@@ -1,5 +1,25 @@
-"""Objectives: pure functions of per-sequence statistics, registered by name."""
+"""Objectives: pure functions of per-sequence statistics, registered by name.
 
+Importing this package registers every built-in loss (one module per objective family).
+"""
+
+from alignkit.losses import (  # noqa: F401  (imported for their @register_loss side effect)
+    apo,
+    bco,
+    cpo,
+    discopop,
+    dpo,
+    exo,
+    hinge,
+    ipo,
+    nca,
+    orpo,
+    reward,
+    sft,
+    simpo,
+    slic,
+    sppo,
+)
 from alignkit.losses.base import (
     LOSSES,
     LossConfig,
@@ -10,13 +30,18 @@ from alignkit.losses.base import (
     list_losses,
     register_loss,
 )
+from alignkit.losses.compose import LossTerm, Objective, ObjectiveError, build_objective
 
 __all__ = [
     "LOSSES",
     "LossConfig",
     "LossOutput",
     "LossSpec",
+    "LossTerm",
+    "Objective",
+    "ObjectiveError",
     "PreferenceStats",
+    "build_objective",
     "get_loss",
     "list_losses",
     "register_loss",

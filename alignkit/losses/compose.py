@@ -1,0 +1,216 @@
+"""Objectives: one loss, or a weighted sum of several, parsed from a recipe's ``loss`` section.
+
+A recipe writes either one term or a list of them::
+
+    loss: {name: dpo, beta: 0.1}
+    loss: [{name: dpo, weight: 1.0, beta: 0.1}, {name: sft, weight: 0.1}]
+
+Each term's parameters are validated by its loss's config class; errors name the path
+(``loss[1].beta: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from alignkit.losses.base import LOSSES, LossConfig, LossOutput, LossSpec, PreferenceStats, get_loss
+
+__all__ = ["LossTerm", "Objective", "ObjectiveError", "build_objective"]
+
+
+class ObjectiveError(ValueError):
+    """A ``loss`` section that does not describe a valid objective; the message names the path."""
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted loss of an objective.
+
+    Attributes:
+        name: the registered loss name.
+        weight: its factor in the weighted sum (> 0).
+        config: an instance of the loss's config class (``get_loss(name).config``).
+    """
+
+    name: str
+    weight: float = 1.0
+    config: LossConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSSES:
+            known = ", ".join(LOSSES.names()) or "(none)"
+            raise ObjectiveError(f"unknown loss {self.name!r}; registered: {known}")
+        spec = get_loss(self.name)
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ObjectiveError(f"weight of loss {self.name!r} must be a finite number > 0, got {self.weight}")
+        if self.config is None:
+            object.__setattr__(self, "config", spec.config())
+        elif not isinstance(self.config, spec.config):
+            raise ObjectiveError(
+                f"loss {self.name!r} takes a {spec.config.__name__}, got {type(self.config).__name__}"
+            )
+
+    @property
+    def spec(self) -> LossSpec:
+        """The registry entry of this term's loss."""
+        return get_loss(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The term as a recipe entry, with every parameter spelled out (defaults included)."""
+        assert self.config is not None
+        return {"name": self.name, "weight": self.weight, **self.config.model_dump()}
+
+
+class Objective:
+    """A weighted sum of loss terms, called like a single loss.
+
+    Args:
+        terms: one or more :class:`LossTerm`; they must all read the same model ``inputs``.
+
+    Raises:
+        ObjectiveError: when there are no terms or their inputs disagree.
+    """
+
+    def __init__(self, terms: Sequence[LossTerm]) -> None:
+        self.terms = list(terms)
+        if not self.terms:
+            raise ObjectiveError("loss: an objective needs at least one term")
+        kinds = {t.spec.inputs for t in self.terms}
+        if len(kinds) > 1:
+            detail = ", ".join(f"{t.name} reads {t.spec.inputs!r}" for t in self.terms)
+            raise ObjectiveError(f"loss: terms read different model outputs ({detail}); they cannot be summed")
+        # Metric prefixes: the loss name, made unique by position when a name repeats.
+        names = [t.name for t in self.terms]
+        self._prefixes = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any term reads reference log-probs (the trainer then runs the reference model)."""
+        return any(t.spec.needs_reference for t in self.terms)
+
+    @property
+    def inputs(self) -> str:
+        """What the model must produce: "logps", "scores" or "kway" (the same for every term)."""
+        return self.terms[0].spec.inputs
+
+    @property
+    def name(self) -> str:
+        """A short label such as ``dpo`` or ``dpo+0.1*sft``."""
+        parts = [t.name if t.weight == 1 else f"{t.weight:g}*{t.name}" for t in self.terms]
+        return "+".join(parts)
+
+    def describe(self) -> str:
+        """A one-line summary naming parameters that differ from their defaults, e.g.
+        ``dpo(beta=0.2) + 0.1*sft`` (for logs and reports; :meth:`to_section` has everything)."""
+        parts = []
+        for t in self.terms:
+            assert t.config is not None
+            changed = t.config.model_dump(exclude_defaults=True)
+            text = t.name + (f"({', '.join(f'{k}={v!r}' for k, v in changed.items())})" if changed else "")
+            parts.append(text if t.weight == 1 else f"{t.weight:g}*{text}")
+        return " + ".join(parts)
+
+    def to_section(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The objective as a recipe ``loss`` section, defaults spelled out (for run metadata)."""
+        entries = [t.to_dict() for t in self.terms]
+        return entries[0] if len(entries) == 1 else entries
+
+    def __call__(self, stats: PreferenceStats) -> LossOutput:
+        """Per-example weighted sum of the terms' losses.
+
+        Args:
+            stats: the batch statistics (any dtype; each loss computes in fp32).
+
+        Returns:
+            (B,) weighted losses; rewards of the first term; metrics of a single term as they are,
+            of several terms prefixed ``<name>/`` and joined by each term's (B,) ``<name>/loss``.
+        """
+        outputs = [t.spec(stats, t.config) for t in self.terms]
+        losses = sum(t.weight * o.losses for t, o in zip(self.terms, outputs, strict=True))
+        assert isinstance(losses, torch.Tensor)
+        first = outputs[0]
+        if len(outputs) == 1:
+            return LossOutput(losses, first.chosen_rewards, first.rejected_rewards, dict(first.metrics))
+        metrics: dict[str, torch.Tensor] = {}
+        for prefix, out in zip(self._prefixes, outputs, strict=True):
+            metrics[f"{prefix}/loss"] = out.losses.detach()
+            metrics.update({f"{prefix}/{k}": v for k, v in out.metrics.items()})
+        return LossOutput(losses, first.chosen_rewards, first.rejected_rewards, metrics)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+
+def _format_loc(path: str, loc: tuple[Any, ...]) -> str:
+    return path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+def _build_term(entry: Any, path: str) -> LossTerm:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, Mapping):
+        raise ObjectiveError(
+            f"{path}: expected a mapping such as {{name: dpo, beta: 0.1}}, got {type(entry).__name__}"
+        )
+    params = dict(entry)
+    name = params.pop("name", None)
+    known = ", ".join(LOSSES.names()) or "(none)"
+    if not isinstance(name, str) or not name:
+        raise ObjectiveError(f"{path}.name: required, one of: {known}")
+    if name not in LOSSES:
+        raise ObjectiveError(f"{path}.name: unknown loss {name!r}; registered: {known}")
+    spec = get_loss(name)
+    weight = params.pop("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+        math.isfinite(weight) and weight > 0
+    ):
+        raise ObjectiveError(f"{path}.weight: must be a finite number > 0, got {weight!r}")
+    try:
+        config = spec.config(**params)
+    except ValidationError as err:
+        lines = []
+        fields = ", ".join(spec.config.model_fields) or "(none)"
+        for e in err.errors():
+            where = _format_loc(path, tuple(e["loc"]))
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{where}: unknown parameter of loss {name!r}; its parameters: {fields}")
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+                lines.append(f"{where}: {msg}")
+        raise ObjectiveError("\n".join(lines)) from None
+    return LossTerm(name, float(weight), config)
+
+
+def build_objective(section: Any, path: str = "loss") -> Objective:
+    """Parse a recipe's ``loss`` section into an :class:`Objective`.
+
+    Args:
+        section: a loss name (``"dpo"``), a mapping ``{name, weight?, **params}``, or a list of them.
+        path: where the section sits in the recipe, used as the prefix of error messages.
+
+    Returns:
+        The validated objective.
+
+    Raises:
+        ObjectiveError: naming the path of the first bad entry, e.g.
+            ``loss[1].beta: Input should be greater than 0`` or
+            ``loss.name: unknown loss 'dpoo'; registered: ...``.
+    """
+    if isinstance(section, Objective):
+        return section
+    if isinstance(section, (str, Mapping)):
+        return Objective([_build_term(section, path)])
+    if isinstance(section, Sequence) and not isinstance(section, (bytes, bytearray)):
+        if not section:
+            raise ObjectiveError(f"{path}: an empty list; give at least one loss")
+        return Objective([_build_term(entry, f"{path}[{i}]") for i, entry in enumerate(section)])
+    raise ObjectiveError(
+        f"{path}: expected a loss name, a mapping {{name: ..., ...}} or a list of them, "
+        f"got {type(section).__name__}"
+    )
