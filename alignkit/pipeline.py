@@ -18,16 +18,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from alignkit.data import (
-    DropReport,
-    PreferenceExample,
-    TokenizedPair,
-    collate_preference,
-    collate_sft,
-    load_examples,
-    split_train_test,
-    tokenize_pairs,
-)
+from alignkit.data import PreparedData, TokenizedPair, collate_preference, collate_sft
+from alignkit.data import prepare_data as prepare_data_section
 from alignkit.losses import Objective, build_objective
 from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
 from alignkit.models.reference import (
@@ -74,31 +66,13 @@ def peak_rss_mib() -> float:
 
 def prepare_data(
     recipe: Recipe, tokenizer, policy: torch.nn.Module | None, console: Console
-) -> tuple[list[TokenizedPair], list[TokenizedPair], DropReport]:
-    """Load (or generate), split and tokenize the preference pairs."""
-    data = recipe.data
-    if data.source.kind == "sentiment":
-        from alignkit.data.sentiment import sentiment_pairs_for_recipe
+) -> PreparedData:
+    """Load (or, for the sentiment task, generate with the initial policy), split and tokenize the pairs."""
+    if recipe.data.source.kind == "sentiment":
+        from alignkit.data.sentiment import prepare_sentiment_data
 
-        train_examples, test_examples, report = sentiment_pairs_for_recipe(data.source, policy, tokenizer,
-                                                                           seed=recipe.seed, console=console)
-    else:
-        examples, report = load_examples(data.source)
-        if data.max_examples:
-            examples = examples[: data.max_examples]
-        if data.test_source is not None:
-            train_examples = examples
-            test_examples, test_report = load_examples(data.test_source)
-            report.merge(test_report)
-        else:
-            train_examples, test_examples = split_train_test(examples, data.test_size, data.seed)
-    train_pairs, train_drops = tokenize_pairs(train_examples, tokenizer, data.max_length, data.max_prompt_length,
-                                              chat_template=data.chat_template)
-    test_pairs, test_drops = tokenize_pairs(test_examples, tokenizer, data.max_length, data.max_prompt_length,
-                                            chat_template=data.chat_template, start_index=len(train_examples))
-    report.merge(train_drops)
-    report.merge(test_drops)
-    return train_pairs, test_pairs, report
+        return prepare_sentiment_data(recipe.data, tokenizer, policy, seed=recipe.seed, console=console)
+    return prepare_data_section(recipe.data, tokenizer)
 
 
 def _build_reference(
@@ -175,8 +149,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
     tokenizer = load_tokenizer(recipe.model)
     is_reward_model = objective.inputs in ("scores", "kway")
     policy = (load_reward_model if is_reward_model else load_causal_lm)(recipe.model, device)
-    train_pairs, test_pairs, drops = prepare_data(recipe, tokenizer, policy, console)
-    console.print(f"data: {len(train_pairs)} train / {len(test_pairs)} held-out pairs; {drops.summary()}")
+    data = prepare_data(recipe, tokenizer, policy, console)
+    train_pairs, test_pairs = data.train, data.test
+    console.print(f"data: {len(train_pairs)} train / {len(test_pairs)} held-out pairs\n{data.summary()}")
 
     if recipe.adapter.kind != "none":
         apply_adapter(policy, recipe.adapter)

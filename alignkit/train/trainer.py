@@ -173,12 +173,16 @@ class Trainer:
         for name, values in out.metrics.items():
             sums.add(name, values)
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step (all micro-batches); returns this step's metrics."""
+    def accumulate_gradients(self, step: int) -> tuple[MetricSums, int]:
+        """Forward and backward over every micro-batch of optimizer step ``step``; gradients add up in .grad.
+
+        Returns the step's metric sums and its number of non-padding tokens on this process.
+        """
         self.model.train()
-        start = time.perf_counter()
         examples = self._step_examples(step)
         total_weight = sum(e.weight for e in examples)  # global: every process sees the whole step
+        if total_weight <= 0:
+            raise ValueError(f"{self.stage}: the examples of step {step + 1} all have weight 0")
         sums = MetricSums()
         tokens = 0
         for micro in self._micro_batches(examples):
@@ -195,6 +199,12 @@ class Trainer:
                 )
             loss.backward()
             self._accumulate(sums, out, stats, weights)
+        return sums, tokens
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step (all micro-batches); returns this step's metrics."""
+        start = time.perf_counter()
+        sums, tokens = self.accumulate_gradients(step)
         all_reduce_gradients(self.params, self.env)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")

@@ -1,0 +1,82 @@
+"""Pad tokenized pairs into batch tensors (right padding; the loss reads response tokens only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from alignkit.data.types import TokenizedPair
+
+__all__ = ["IGNORE_INDEX", "collate_preference", "collate_sft"]
+
+IGNORE_INDEX = -100  # label of tokens that are not scored (prompt and padding), as in torch's CE loss
+
+
+def _pad_rows(
+    rows: Sequence[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int | None
+) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask, labels for ``(prompt_ids, response_ids)`` rows, right-padded.
+
+    Labels come from the lengths, not from comparing ids with ``pad_token_id``: GPT-2 pads with its EOS,
+    and the EOS that ends a response must keep its label.
+    """
+    width = max(len(p) + len(r) for p, r in rows)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (prompt, response) in enumerate(rows):
+        p, t = len(prompt), len(prompt) + len(response)
+        input_ids[i, :t] = torch.tensor(prompt + response, dtype=torch.long)
+        attention_mask[i, :t] = 1
+        labels[i, p:t] = input_ids[i, p:t]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _meta(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
+    return {
+        "weights": torch.tensor([p.weight for p in pairs], dtype=torch.float32),
+        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+    }
+
+
+def collate_preference(
+    pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int | None = 8
+) -> dict[str, torch.Tensor]:
+    """Batch B pairs as 2B sequences for one concatenated forward pass: chosen rows first.
+
+    Args:
+        pairs: B tokenized pairs.
+        pad_token_id: id written into padding (masked out; any valid id works).
+        pad_to_multiple_of: round the padded length T up to a multiple of this (tensor-core friendly);
+            None pads to the longest sequence.
+
+    Returns:
+        input_ids: (2B, T) long; rows 0..B-1 are prompt+chosen, rows B..2B-1 prompt+rejected.
+        attention_mask: (2B, T) long, 1 on real tokens.
+        labels: (2B, T) long, the input id on response tokens, -100 on prompt and padding.
+        weights: (B,) float32 per-example loss weights.
+        index: (B,) long dataset positions (keys of cached reference log-probs).
+    """
+    if not pairs:
+        raise ValueError("collate_preference needs at least one pair")
+    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    return {**_pad_rows(rows, pad_token_id, pad_to_multiple_of), **_meta(pairs)}
+
+
+def collate_sft(
+    pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int | None = 8
+) -> dict[str, torch.Tensor]:
+    """Batch B pairs as B prompt+chosen sequences for supervised fine-tuning.
+
+    Returns:
+        input_ids, attention_mask, labels: (B, T) long; labels are -100 except on chosen tokens.
+        weights: (B,) float32. index: (B,) long.
+    """
+    if not pairs:
+        raise ValueError("collate_sft needs at least one pair")
+    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
+    return {**_pad_rows(rows, pad_token_id, pad_to_multiple_of), **_meta(pairs)}

@@ -1,0 +1,159 @@
+"""The recipe's ``data:`` section: where preference pairs come from and how they are cut to length."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DataConfig",
+    "HFDatasetSource",
+    "HHRLHFSource",
+    "HH_SUBSETS",
+    "JsonlSource",
+    "SentimentSource",
+    "SourceConfig",
+]
+
+# The preference subsets of Anthropic's hh-rlhf repository (red-team-attempts has another format).
+HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+HHSubset = Literal["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Columns(_Strict):
+    """Column names shared by the row-based sources (jsonl files and datasets)."""
+
+    prompt_field: str = Field(
+        "prompt",
+        description="Column holding the prompt: text, or a list of {role, content} messages. When the "
+        "column is absent and chosen/rejected are full conversations, the prompt is their shared leading "
+        "messages.",
+    )
+    chosen_field: str = Field(
+        "chosen", description="Column holding the preferred response: text, or a list of messages."
+    )
+    rejected_field: str = Field(
+        "rejected", description="Column holding the dispreferred response: text, or a list of messages."
+    )
+    weight_field: str | None = Field(
+        None, description="Optional column with a per-example loss weight (a number); 1.0 when unset."
+    )
+
+
+class HHRLHFSource(_Strict):
+    """Anthropic HH-RLHF: each row holds two full dialogues that differ in the last assistant turn."""
+
+    kind: Literal["hh_rlhf"] = "hh_rlhf"
+    path: str = Field(
+        "Anthropic/hh-rlhf",
+        description="A local .jsonl or .jsonl.gz file; a folder laid out like the original repository "
+        "(<subset>/<split>.jsonl.gz); or the hub id 'Anthropic/hh-rlhf' (needs network access).",
+    )
+    subsets: list[HHSubset] | None = Field(
+        None,
+        description="Which subsets to read (hub id or folder only); None reads every preference subset.",
+    )
+    split: Literal["train", "test"] = Field("train", description="Which split file to read.")
+    single_turn: bool = Field(
+        False, description="Keep only dialogues with a single Human turn (the prompt is one question)."
+    )
+
+
+class JsonlSource(_Columns):
+    """A local JSON-lines file (.jsonl or .jsonl.gz), one preference pair a line."""
+
+    kind: Literal["jsonl"] = "jsonl"
+    path: str = Field(description="Path of the .jsonl or .jsonl.gz file.")
+
+
+class HFDatasetSource(_Columns):
+    """A dataset readable by the ``datasets`` library: a hub name, or a folder saved with save_to_disk."""
+
+    kind: Literal["hf_dataset"] = "hf_dataset"
+    name: str = Field(
+        description="Hub dataset name, a local dataset script/folder for datasets.load_dataset, or a "
+        "folder written by Dataset.save_to_disk / DatasetDict.save_to_disk."
+    )
+    config_name: str | None = Field(None, description="Dataset configuration (the 'name' argument).")
+    data_dir: str | None = Field(None, description="Sub-folder of the dataset repository to read.")
+    split: str = Field("train", description="Split to read, e.g. 'train' or 'test'.")
+
+
+class SentimentSource(_Strict):
+    """Pairs generated from a reward: the reference model samples completions of built-in neutral prompts,
+    a sentiment reward scores them, best versus worst become chosen versus rejected
+    (:mod:`alignkit.data.sentiment`). Needs the model, so it is built by the run, not by load_examples.
+    """
+
+    kind: Literal["sentiment"] = "sentiment"
+    num_prompts: int | None = Field(None, ge=1, description="Training prompts to use; None = all of them.")
+    num_eval_prompts: int | None = Field(
+        None, ge=1, description="Held-out prompts for evaluation; None = all of the evaluation split."
+    )
+    completions_per_prompt: int = Field(4, ge=2, description="Completions sampled per prompt (K).")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens per sampled completion.")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (> 0, so samples differ).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    batch_size: int = Field(16, ge=1, description="Completions generated at once.")
+    reward: str = Field("vader_sentiment", description="Registered reward function that scores completions.")
+    min_reward_gap: float = Field(
+        0.0, ge=0.0, description="Keep a prompt only when its best - worst reward is above this."
+    )
+    use_cache: bool = Field(True, description="Reuse cached completions of the same model and settings.")
+
+
+SourceConfig = Annotated[
+    HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource, Field(discriminator="kind")
+]
+
+
+class DataConfig(_Strict):
+    """Where the preference pairs come from, how they are cut to length, and how they are split."""
+
+    source: SourceConfig = Field(description="Where the pairs come from; chosen by its 'kind'.")
+    test_source: SourceConfig | None = Field(
+        None,
+        description="A separate source for held-out evaluation (e.g. HH's test split). When set, "
+        "test_size is ignored and all of 'source' is used for training.",
+    )
+    max_length: int = Field(
+        512, ge=2, description="Most tokens of prompt + response; longer responses are cut at the end."
+    )
+    max_prompt_length: int = Field(
+        256, ge=1, description="Most prompt tokens; longer prompts keep their end (the latest turns)."
+    )
+    test_size: float | int = Field(
+        0.1,
+        description="Held-out share: a fraction in (0, 1) or a number of examples (0 = no held-out set).",
+    )
+    seed: int = Field(0, description="Seed of the train/test split and of the batch order.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Use only the first N examples of the source (quick runs); None = all."
+    )
+    chat_template: bool | None = Field(
+        None,
+        description="Render conversational rows with the tokenizer's chat template. None: when the "
+        "tokenizer has one and the rows are conversational; False: render them as plain "
+        "'Human:/Assistant:' text; True: require a template.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"data.max_prompt_length ({self.max_prompt_length}) must be smaller than data.max_length "
+                f"({self.max_length}) to leave room for a response"
+            )
+        size = self.test_size
+        if isinstance(size, bool) or (isinstance(size, float) and not 0.0 < size < 1.0) or (
+            isinstance(size, int) and size < 0
+        ):
+            raise ValueError(
+                f"data.test_size must be a fraction in (0, 1) or a count >= 0, got {size!r}"
+            )
+        return self

@@ -1,0 +1,47 @@
+"""prepare_data: the recipe's data section to train/test pairs in one call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignkit.data import DataConfig, DataError, prepare_data
+
+
+def test_prepare_data_on_real_hh(hh_path: Path, gpt2_tokenizer) -> None:
+    cfg = DataConfig(
+        source={"kind": "hh_rlhf", "path": str(hh_path)},
+        max_examples=300, test_size=0.1, max_length=96, max_prompt_length=48, seed=5,
+    )
+    data = prepare_data(cfg, gpt2_tokenizer)
+    assert len(data.train_examples) == 270 and len(data.test_examples) == 30
+    assert len(data.train) + data.train_report.dropped == 270
+    assert all(p.chosen_length <= 96 and p.rejected_length <= 96 for p in data.train + data.test)
+    # the split does not depend on the tokenizer's limits
+    again = prepare_data(cfg.model_copy(update={"max_length": 64, "max_prompt_length": 32}), gpt2_tokenizer)
+    assert again.test_examples == data.test_examples
+    assert "loading: kept" in data.summary()
+    indices = [p.index for p in data.train + data.test]
+    assert len(set(indices)) == len(indices) and min(p.index for p in data.test) >= 270
+    assert data.report.seen == 2312 and data.report.kept == len(data.train) + len(data.test)
+
+    sft = prepare_data(cfg, gpt2_tokenizer, sft=True)
+    assert all(p.rejected_ids == [] for p in sft.train)
+
+
+def test_prepare_data_with_test_source_and_empty_source(tmp_path: Path, gpt2_tokenizer) -> None:
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"Q{i}", "chosen": " a", "rejected": " b"}) + "\n" for i in range(5)))
+    test.write_text(json.dumps({"prompt": "T", "chosen": " a", "rejected": " b"}) + "\n")
+    cfg = DataConfig(source={"kind": "jsonl", "path": str(train)}, test_source={"kind": "jsonl", "path": str(test)})
+    data = prepare_data(cfg, gpt2_tokenizer)
+    assert len(data.train) == 5 and [e.prompt for e in data.test_examples] == ["T"]
+
+    with pytest.raises(DataError, match="generated from the model"):
+        prepare_data(DataConfig(source={"kind": "sentiment", "num_prompts": 8}), gpt2_tokenizer)
+
+    train.write_text("not json\n")
+    with pytest.raises(DataError, match=r"no usable training pairs(.|\n)*train\.jsonl:1"):
+        prepare_data(cfg, gpt2_tokenizer)
