@@ -5,6 +5,7 @@ This module only wires the layers together; each step's logic lives in its own p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import resource
@@ -31,7 +32,7 @@ from alignkit.models.reference import (
 )
 from alignkit.peft import adapters_disabled, apply_adapter, count_parameters, has_adapters, save_adapter
 from alignkit.recipe import Recipe, recipe_to_yaml
-from alignkit.train.checkpoint import write_atomic
+from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.trainer import Trainer, TrainResult
 
@@ -75,6 +76,25 @@ def prepare_data(
     return prepare_data_section(recipe.data, tokenizer)
 
 
+def _reference_loader(recipe: Recipe, device: torch.device):
+    """A function that loads the reference model again: the named reference, or the initial policy
+    (re-seeded, so even a model built from a config comes back identical), after SFT when there was one."""
+
+    def load() -> torch.nn.Module:
+        if recipe.reference.name_or_path:
+            cfg = recipe.model.model_copy(update={"name_or_path": recipe.reference.name_or_path,
+                                                  "from_config": None})
+            return load_causal_lm(cfg, device)
+        seed_everything(recipe.seed)
+        model = load_causal_lm(recipe.model, device)
+        sft_checkpoint = latest_checkpoint(recipe.run_dir() / "sft" / "checkpoints")
+        if recipe.sft.enabled and sft_checkpoint is not None:
+            load_checkpoint(sft_checkpoint, model=model, restore_rng=False)
+        return model
+
+    return load
+
+
 def _build_reference(
     recipe: Recipe,
     objective: Objective,
@@ -82,39 +102,38 @@ def _build_reference(
     pairs: list[TokenizedPair],
     collate,
     device: torch.device,
-    console: Console,
 ) -> Reference | None:
+    """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed)."""
     if not objective.needs_reference:
         return None
-    mode = recipe.reference.mode
+    mode, chunk = recipe.reference.mode, recipe.model.logps_chunk_size
     if mode == "none":
         raise ValueError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
     if mode == "adapters_off":
         if not has_adapters(policy):
             raise ValueError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
-        return AdaptersOffReference(policy, adapters_disabled)
-    if recipe.reference.name_or_path:
-        cfg = recipe.model.model_copy(update={"name_or_path": recipe.reference.name_or_path, "from_config": None})
-        ref_model = load_causal_lm(cfg, device)
-        ref_model.requires_grad_(False).eval()
-        ref_id = recipe.reference.name_or_path
-    else:
-        ref_model = None
-        ref_id = f"{recipe.model.name_or_path}"
+        return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk)
+    load_reference = _reference_loader(recipe, device)
+    separate = load_reference() if recipe.reference.name_or_path else None
     if mode == "copy":
-        return FrozenCopyReference(ref_model if ref_model is not None else policy)
-    # mode == "cached": compute once over every pair, then free the model.
-    if ref_model is None and has_adapters(policy):
-        with adapters_disabled(policy) as base:
-            cache = ReferenceLogpsCache.build(base, ref_id, pairs, collate, batch_size=recipe.train.eval_batch_size
-                                              or max(1, recipe.train.batch_size // recipe.train.grad_accum),
-                                              device=device, console=console)
-    else:
-        model = ref_model if ref_model is not None else policy
-        cache = ReferenceLogpsCache.build(model, ref_id, pairs, collate, batch_size=recipe.train.eval_batch_size
-                                          or max(1, recipe.train.batch_size // recipe.train.grad_accum),
-                                          device=device, console=console)
-    return CachedReference(cache)
+        if separate is not None:
+            return FrozenCopyReference(separate, chunk_size=chunk, copy=False)
+        return FrozenCopyReference(policy, chunk_size=chunk)
+    # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
+    batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)
+    extra = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
+    model_id = recipe.reference.name_or_path or recipe.model.name_or_path
+    with contextlib.ExitStack() as stack:
+        if separate is not None:
+            model = separate
+        elif has_adapters(policy):
+            model = stack.enter_context(adapters_disabled(policy))
+        else:
+            model = policy
+        cache = ReferenceLogpsCache.build(model, pairs, collate, batch_size, model_id, chunk_size=chunk,
+                                          extra=extra)
+    del separate
+    return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)
 
 
 def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
@@ -170,7 +189,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
         summary.stages["sft"] = sft.fit(resume=resume)
 
     reference = _build_reference(recipe, objective, policy, train_pairs + test_pairs, preference_collate,
-                                 device, console)
+                                 device)
     trainer = Trainer(policy, objective, recipe.train, train_pairs=train_pairs, eval_pairs=test_pairs,
                       collate=preference_collate, run_dir=run_dir / "preference", reference=reference,
                       seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed,

