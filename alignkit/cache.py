@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cache_dir", "build_once"]
+__all__ = ["atomic_folder", "build_once", "cache_dir", "write_atomic"]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -26,22 +27,44 @@ def cache_dir(*parts: str) -> Path:
 
 
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """Make ``target`` (a folder) by calling ``build(tmp)`` on a temporary sibling, then renaming it.
+    """Make the folder ``target`` by calling ``build(tmp)`` on a temporary sibling, then renaming it.
 
     A crash halfway leaves no half-written ``target``; a finished one is never rebuilt.
     """
-    if target.exists():
-        return target
+    if not target.exists():
+        with atomic_folder(target) as tmp:
+            build(tmp)
+    return target
+
+
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename.
+
+    A crash while writing leaves ``folder`` as it was (absent, or the previous complete version). An
+    existing ``folder`` is renamed to a hidden sibling first and deleted only once the new one is in
+    place, so no reader ever sees a half-written folder under the name.
+    """
+    target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary cache entry
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
     try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not target.exists():
-                raise
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace the file ``path`` with ``text`` in one rename (readers see the old or the new file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

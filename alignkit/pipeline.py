@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from alignkit.cache import atomic_folder, write_atomic
 from alignkit.data import PreparedData, TokenizedPair, collate_preference, collate_sft
 from alignkit.data import prepare_data as prepare_data_section
 from alignkit.losses import Objective, build_objective
@@ -30,9 +31,17 @@ from alignkit.models.reference import (
     Reference,
     ReferenceLogpsCache,
 )
-from alignkit.peft import adapters_disabled, apply_adapter, count_parameters, has_adapters, save_adapter
+from alignkit.peft import (
+    adapters_disabled,
+    apply_adapter,
+    count_parameters,
+    export_with_adapters,
+    format_parameter_table,
+    has_adapters,
+    parameter_table,
+)
 from alignkit.recipe import Recipe, recipe_to_yaml
-from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, write_atomic
+from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.trainer import Trainer, TrainResult
 
@@ -137,17 +146,13 @@ def _build_reference(
 
 
 def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
-    tmp = folder.with_name(f".tmp-{folder.name}")
+    """The trained model: a transformers folder (plus the adapter files when there are adapters)."""
     if has_adapters(policy):
-        save_adapter(policy, tmp)
-    else:
+        export_with_adapters(policy, tokenizer, folder)
+        return
+    with atomic_folder(folder) as tmp:
         policy.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+        tokenizer.save_pretrained(str(tmp))
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
@@ -175,7 +180,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
     if recipe.adapter.kind != "none":
         apply_adapter(policy, recipe.adapter)
     trainable, total = count_parameters(policy)
-    console.print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
+    console.print(format_parameter_table(parameter_table(policy)))
     chunk = recipe.model.logps_chunk_size
     pad_id = tokenizer.pad_token_id
     preference_collate = partial(collate_preference, pad_token_id=pad_id)

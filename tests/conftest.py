@@ -19,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HH_PATH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
+# Tiny models on a shared 2-core machine: one intra-op thread avoids thread-pool contention that made
+# tiny training steps ~100x slower under load (subprocess tests set OMP_NUM_THREADS themselves).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never write into the user's cache, except for the real model the slow tests share."""

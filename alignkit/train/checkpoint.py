@@ -9,7 +9,6 @@ checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from alignkit.cache import atomic_folder, write_atomic
 
 __all__ = [
     "latest_checkpoint",
@@ -31,12 +32,6 @@ __all__ = [
 WEIGHTS = "trainable.safetensors"
 STATE = "trainer_state.json"
 OPTIM = "optimizer.pt"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -70,27 +65,17 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint to ``folder`` atomically; update ``<parent>/<pointer>`` to name it."""
     folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": _rng_state(),
-        },
-        tmp / OPTIM,
-    )
-    (tmp / STATE).write_text(json.dumps(state, indent=2))
-    if folder.exists():  # replacing e.g. "best": move the old one aside first, then drop it
-        old = folder.with_name(f".old-{folder.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": _rng_state(),
+            },
+            tmp / OPTIM,
+        )
+        (tmp / STATE).write_text(json.dumps(state, indent=2))
     if pointer:
         write_atomic(folder.parent / pointer, folder.name)
     return folder
