@@ -22,6 +22,7 @@ from rich.console import Console
 from alignkit.cache import atomic_folder, write_atomic
 from alignkit.data import PreparedData, TokenizedPair, collate_preference, collate_sft
 from alignkit.data import prepare_data as prepare_data_section
+from alignkit.eval.run_eval import evaluate_before_after
 from alignkit.losses import Objective, build_objective
 from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
 from alignkit.models.reference import (
@@ -155,6 +156,31 @@ def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
+def heldout_prompts(examples: list) -> list[str]:
+    """Distinct prompts of the held-out examples, in order; a conversation gives its single user turn."""
+    seen: dict[str, None] = {}
+    for example in examples:
+        prompt = example.prompt
+        if not isinstance(prompt, str):
+            users = [m["content"] for m in prompt if m.get("role") == "user"]
+            if len(prompt) != 1 or not users:
+                continue  # multi-turn conversations are not sampled from in this evaluation
+            prompt = users[0]
+        seen.setdefault(prompt, None)
+    return list(seen)
+
+
+def _eval_reference(recipe: Recipe, reference: Reference | None, policy: torch.nn.Module,
+                    device: torch.device):
+    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl)."""
+    if has_adapters(policy):
+        return AdaptersOffReference(policy, adapters_disabled).model_context
+    if isinstance(reference, FrozenCopyReference):
+        return reference.model_context
+    model = _reference_loader(recipe, device)().requires_grad_(False).eval()  # loaded once, used twice
+    return lambda: contextlib.nullcontext(model)
+
+
 def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
     """Run every stage of ``recipe``; write the run folder; return what happened."""
     console = console or Console(stderr=True)
@@ -224,10 +250,10 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
         },
     }
     if recipe.eval is not None and recipe.eval.reward is not None and env.is_main:
-        from alignkit.eval.run_eval import evaluate_recipe_reward_kl
-
-        report["reward_kl"] = evaluate_recipe_reward_kl(recipe, policy, reference, tokenizer, test_pairs,
-                                                        console=console)
+        report["reward_kl"] = evaluate_before_after(
+            recipe.eval, policy, _eval_reference(recipe, reference, policy, device), tokenizer,
+            heldout_prompts(data.test_examples), console=console,
+        )
     report["wall_seconds"] = time.perf_counter() - started
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":

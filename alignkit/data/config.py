@@ -105,6 +105,10 @@ class SentimentSource(_Strict):
         0.0, ge=0.0, description="Keep a prompt only when its best - worst reward is above this."
     )
     use_cache: bool = Field(True, description="Reuse cached completions of the same model and settings.")
+    generation_dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="Sample from a temporary copy of the model in this dtype (bfloat16 is about twice "
+        "as fast on CPU); None samples with the model as loaded."
+    )
 
 
 SourceConfig = Annotated[

@@ -13,6 +13,7 @@ the seed; a rerun only re-scores them (microseconds a text) and rebuilds the pai
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -28,10 +29,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from alignkit.cache import cache_dir as default_cache_dir
-from alignkit.data.types import DropReport, PreferenceExample
+from alignkit.data.config import DataConfig, SentimentSource
+from alignkit.data.pipeline import PreparedData
+from alignkit.data.tokenize import tokenize_pairs
+from alignkit.data.types import DataError, DropReport, PreferenceExample
 from alignkit.eval.generate import ProgressFn, generate_completions, uses_chat_template
 from alignkit.eval.rewards import RewardFn, resolve_reward
 
@@ -44,6 +50,7 @@ __all__ = [
     "build_reward_pairs",
     "is_eval_prompt",
     "make_sentiment_pairs",
+    "prepare_sentiment_data",
     "model_fingerprint",
     "sentiment_prompts",
 ]
@@ -51,17 +58,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SENTIMENT_TEMPLATES: tuple[str, ...] = (
-    "Write one sentence about {x}.",
-    "Describe {x} in two sentences.",
+    "Write one line about {x}.",
+    "Describe {x} in two lines.",
     "What do you think of {x}?",
     "Give a short review of {x}.",
     "Tell me about {x}.",
     "Write a short diary entry about {x}.",
     "Describe your morning with {x}.",
-    "Write a text message to a friend about {x}.",
+    "Write a text message to your brother about {x}.",
     "How would you describe {x} to a child?",
     "Write the opening line of a story about {x}.",
-    "Share a quick thought about {x}.",
+    "Write a quick thought about {x}.",
     "Write a short social media post about {x}.",
     "Explain what you noticed about {x} today.",
     "Write a haiku about {x}.",
@@ -71,14 +78,14 @@ SENTIMENT_TEMPLATES: tuple[str, ...] = (
     "Describe {x} as if you were a tour guide.",
     "Write a short note about {x} for your neighbor.",
     "Tell a short anecdote involving {x}.",
-    "Write two sentences comparing {x} to last year.",
+    "Compare {x} to last year in two lines.",
     "Describe the sound and look of {x}.",
     "Write a one-line caption for a photo of {x}.",
-    "Continue this sentence: Yesterday, {x}",
+    "Continue this line: Yesterday, {x}",
     "Write a short product description for {x}.",
     "Describe a typical day involving {x}.",
-    "Write a short letter to a friend that mentions {x}.",
-    "Give your honest opinion on {x}.",
+    "Write a short letter to a cousin that mentions {x}.",
+    "Give your opinion on {x}.",
     "Write a weather-style report about {x}.",
     "In a few words, how was {x}?",
     "Write a short poem about {x}.",
@@ -89,7 +96,7 @@ SENTIMENT_TEMPLATES: tuple[str, ...] = (
     "Describe the first time you saw {x}.",
 )
 
-# Everyday things with no sentiment of their own; the model decides the tone.
+# Everyday things with no sentiment of their own (VADER scores every prompt 0); the model sets the tone.
 SENTIMENT_SUBJECTS: tuple[str, ...] = (
     "the local library",
     "a train ride to work",
@@ -123,7 +130,7 @@ SENTIMENT_SUBJECTS: tuple[str, ...] = (
     "a camping trip",
     "the laundry room",
     "a software update",
-    "the town festival",
+    "the town square",
     "a team meeting",
     "the winter coat",
     "a road trip",
@@ -307,6 +314,7 @@ def build_reward_pairs(
     use_chat_template: bool | None = None,
     model_id: str | None = None,
     progress: ProgressFn | None = None,
+    generation_dtype: torch.dtype | None = None,
 ) -> RewardPairs:
     """Sample K completions per prompt, score them, keep best versus worst (see the module docstring).
 
@@ -328,9 +336,11 @@ def build_reward_pairs(
             conversations (user prompt, assistant responses).
         model_id: a name to key the cache by instead of the weights' fingerprint.
         progress: optional ``fn(done, total)`` per generation batch.
+        generation_dtype: sample from a temporary copy of the model in this dtype (``torch.bfloat16``
+            about doubles CPU sampling speed on CPUs with bf16 units); None samples from ``model``.
 
     Returns:
-        The pairs and their statistics. Ties go to the earliest sample (argmax / argmin).
+        The pairs and their statistics. Chosen is the first best sample, rejected the last worst one.
     """
     if completions_per_prompt < 2:
         raise ValueError(f"completions_per_prompt must be >= 2 to pick a best and a worst, got {completions_per_prompt}")
@@ -358,21 +368,26 @@ def build_reward_pairs(
                 "batch_size": batch_size,
                 "seed": seed,
                 "chat": chat,
+                "dtype": str(generation_dtype),
             }
         )
         path = (cache_dir or default_cache_dir("reward_pairs")) / f"{key[:32]}.jsonl"
     texts = _read_cache(path, prompts, k) if path is not None else None
     from_cache = texts is not None
     if texts is None:
+        sampler = model
+        if generation_dtype is not None and generation_dtype != next(model.parameters()).dtype:
+            sampler = copy.deepcopy(model).to(generation_dtype)
         completions = generate_completions(
-            model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             num_return_sequences=k, batch_size=batch_size, seed=seed, use_chat_template=chat,
             progress=progress,
         )
         texts = [[c.text for c in completions[i * k : (i + 1) * k]] for i in range(len(prompts))]
         if path is not None:
             meta = {"model_id": model_id, "k": k, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                    "top_p": top_p, "batch_size": batch_size, "seed": seed, "chat": chat}
+                    "top_p": top_p, "batch_size": batch_size, "seed": seed, "chat": chat,
+                    "dtype": str(generation_dtype)}
             rows = [{"meta": meta}] + [{"prompt": p, "completions": t} for p, t in zip(prompts, texts, strict=True)]
             _write_jsonl_atomic(path, rows)
 
@@ -386,7 +401,8 @@ def build_reward_pairs(
     pairs, chosen_r, rejected_r = [], [], []
     for i, prompt in enumerate(prompts):
         drops.seen += 1
-        best, worst = int(scores[i].argmax()), int(scores[i].argmin())
+        # First maximum and last minimum: distinct samples even when all K rewards tie.
+        best, worst = int(scores[i].argmax()), k - 1 - int(scores[i][::-1].argmin())
         if scores[i, best] - scores[i, worst] <= min_reward_gap:
             drops.drop(SMALL_GAP, f"prompt {i}")
             continue
@@ -429,6 +445,7 @@ def make_sentiment_pairs(
     use_chat_template: bool | None = None,
     model_id: str | None = None,
     progress: ProgressFn | None = None,
+    generation_dtype: torch.dtype | None = None,
 ) -> list[PreferenceExample]:
     """The pairs of :func:`build_reward_pairs` (same arguments), for callers that need only the data.
 
@@ -440,4 +457,81 @@ def make_sentiment_pairs(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
         seed=seed, reward=reward, min_reward_gap=min_reward_gap, cache_dir=cache_dir, use_cache=use_cache,
         use_chat_template=use_chat_template, model_id=model_id, progress=progress,
+        generation_dtype=generation_dtype,
     ).pairs
+
+
+def prepare_sentiment_data(
+    cfg: DataConfig,
+    tokenizer,
+    model: nn.Module,
+    *,
+    seed: int = 0,
+    console: Console | None = None,
+    generation_dtype: torch.dtype | None = None,
+) -> PreparedData:
+    """A recipe's ``data:`` section with a ``sentiment`` source: generate, score, pair and tokenize.
+
+    Training pairs come from ``num_prompts`` prompts of the training split (capped by
+    ``max_examples``); test pairs from ``num_eval_prompts`` held-out prompts. Test pairs keep every
+    held-out prompt, ties included (``min_reward_gap`` applies to training only), so the reward
+    evaluation, which samples from the test pairs' prompts, sees the whole held-out set.
+
+    Args:
+        cfg: the data section; ``cfg.source`` must be a :class:`SentimentSource`.
+        tokenizer: the model's tokenizer.
+        model: the initial policy, which is the reference that samples.
+        seed: sampling seed (the recipe's seed); ``cfg.seed`` orders the prompts.
+        console: where progress is shown (stderr when None).
+        generation_dtype: see :func:`build_reward_pairs`; default: ``cfg.source.generation_dtype``.
+    """
+    src = cfg.source
+    if generation_dtype is None and getattr(src, "generation_dtype", None):
+        generation_dtype = getattr(torch, src.generation_dtype)
+    if not isinstance(src, SentimentSource):
+        raise DataError(f"data.source.kind must be 'sentiment' here, got {src.kind!r}")
+    if model is None:
+        raise DataError("data.source.kind 'sentiment' needs the model to sample completions from")
+    # max_examples caps the prompts (one pair each) without ever asking for more than the split holds.
+    n_train = src.num_prompts
+    if cfg.max_examples is not None:
+        n_train = min(n_train or len(sentiment_prompts(split="train")), cfg.max_examples)
+    train_prompts = sentiment_prompts(n_train, seed=cfg.seed, split="train")
+    eval_prompts = sentiment_prompts(src.num_eval_prompts, seed=cfg.seed, split="eval")
+    common = dict(
+        completions_per_prompt=src.completions_per_prompt, max_new_tokens=src.max_new_tokens,
+        temperature=src.temperature, top_p=src.top_p, batch_size=src.batch_size, seed=seed,
+        reward=src.reward, use_cache=src.use_cache, use_chat_template=cfg.chat_template,
+        generation_dtype=generation_dtype,
+    )
+    console = console or Console(stderr=True)
+    results = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        for name, prompts, gap in (
+            ("train", train_prompts, src.min_reward_gap),
+            ("test", eval_prompts, float("-inf")),
+        ):
+            task = progress.add_task(f"sentiment pairs ({name}): sampling", total=len(prompts) * src.completions_per_prompt)
+            results[name] = build_reward_pairs(
+                model, tokenizer, prompts, min_reward_gap=gap,
+                progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
+                **common,
+            )
+            progress.update(task, completed=len(prompts) * src.completions_per_prompt)
+    for name, result in results.items():
+        console.print(f"sentiment {name}: {result.summary()}")
+    train_ex, test_ex = results["train"].pairs, results["test"].pairs
+    load_report = DropReport().merge(results["train"].drops).merge(results["test"].drops)
+    train, train_report = tokenize_pairs(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template)
+    test, test_report = tokenize_pairs(
+        test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template, start_index=len(train_ex)
+    )
+    if not train:
+        raise DataError(
+            f"no usable training pairs from data.source (sentiment):\nloading: {load_report.summary()}\n"
+            f"tokenization: {train_report.summary()}"
+        )
+    return PreparedData(train, test, train_ex, test_ex, load_report, train_report, test_report)

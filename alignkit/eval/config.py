@@ -23,5 +23,5 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per completion.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(16, ge=1, description="Completions generated (and scored for KL) per batch.")
     seed: int = Field(1234, description="Sampling seed, shared by the before and after evaluations.")

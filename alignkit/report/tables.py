@@ -28,7 +28,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def _ci(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "-"
-    return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    return f"{entry['estimate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -42,6 +42,7 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rk = report.get("reward_kl")
     if rk:
         rows.append([f"mean reward ({rk['reward']}, 95% CI)", _ci(rk["before"]["reward"]), _ci(rk["after"]["reward"])])
+        rows.append(["reward gain, paired (95% CI)", "", _ci(rk["reward_gain"])])
         rows.append(["KL(policy || reference), nats (95% CI)", _ci(rk["before"]["kl"]), _ci(rk["after"]["kl"])])
         rows.append(["mean completion tokens", _fmt(rk["before"].get("mean_length"), 1),
                      _fmt(rk["after"].get("mean_length"), 1)])

@@ -1,0 +1,58 @@
+"""Reward functions: the registry and VADER sentiment."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignkit.eval.rewards import (
+    REWARDS,
+    get_reward,
+    list_rewards,
+    register_reward,
+    resolve_reward,
+    vader_sentiment,
+)
+from alignkit.registry import RegistryError
+
+
+def test_vader_sign_on_obvious_texts():
+    pos, neg, neutral = vader_sentiment(
+        ["I love this, it is wonderful and makes me so happy!", "This is terrible. I hate it.", "The table is brown."]
+    )
+    assert pos > 0.5
+    assert neg < -0.5
+    assert neutral == 0.0
+    assert get_reward("vader_sentiment") is vader_sentiment
+    assert "vader_sentiment" in list_rewards()
+
+
+def test_vader_scores_are_in_range_and_batched():
+    texts = ["great " * 50, "awful " * 50, ""]
+    scores = vader_sentiment(texts)
+    assert len(scores) == 3 and all(-1.0 <= s <= 1.0 for s in scores)
+    assert vader_sentiment([]) == []
+
+
+def test_registering_a_reward_and_errors():
+    @register_reward("test_num_words")
+    def num_words(texts: list[str]) -> list[float]:
+        return [float(len(t.split())) for t in texts]
+
+    try:
+        assert get_reward("test_num_words")(["a b c", ""]) == [3.0, 0.0]
+        assert resolve_reward("test_num_words") == ("test_num_words", num_words)
+        with pytest.raises(RegistryError, match="already registered"):
+            register_reward("test_num_words")(num_words)
+    finally:
+        REWARDS.remove("test_num_words")
+    with pytest.raises(RegistryError, match="unknown reward function 'test_num_words'.*vader_sentiment"):
+        get_reward("test_num_words")
+
+
+def test_resolve_reward_takes_callables():
+    def shout(texts: list[str]) -> list[float]:
+        return [float(t.count("!")) for t in texts]
+
+    assert resolve_reward(shout) == ("shout", shout)
+    with pytest.raises(TypeError, match="registered name or a callable"):
+        resolve_reward(3)  # type: ignore[arg-type]
