@@ -27,4 +27,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check alignkit tests scripts benchmarks examples
 
 docs: $(STAMP)  ## regenerate the generated reference pages
-	$(BIN)/python scripts/gen_loss_docs.py
+	$(BIN)/python scripts/gen_docs.py

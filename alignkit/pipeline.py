@@ -198,7 +198,10 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
 
     tokenizer = load_tokenizer(recipe.model)
     is_reward_model = objective.inputs in ("scores", "kway")
-    policy = (load_reward_model if is_reward_model else load_causal_lm)(recipe.model, device)
+    if is_reward_model:
+        policy = load_reward_model(recipe.model, device, pad_token_id=tokenizer.pad_token_id)
+    else:
+        policy = load_causal_lm(recipe.model, device)
     data = prepare_data(recipe, tokenizer, policy, console)
     train_pairs, test_pairs = data.train, data.test
     console.print(f"data: {len(train_pairs)} train / {len(test_pairs)} held-out pairs\n{data.summary()}")

@@ -74,3 +74,15 @@ def hh_path() -> Path:
     if not HH_PATH.exists():
         pytest.skip(f"HH-RLHF sample not found at {HH_PATH}")
     return HH_PATH
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(_isolated_cache) -> Path:
+    """The converted SmolLM2 folder, which tests never download: `make test-slow` fetches it first."""
+    from alignkit.cache import cache_dir
+
+    folder = cache_dir("models") / "smollm2-135m-instruct"
+    if not (folder / "config.json").exists():
+        pytest.skip("SmolLM2 is not in the cache: run `alignkit fetch smollm2-135m-instruct` and set "
+                    "ALIGNKIT_TEST_USE_USER_CACHE=1 (`make test-slow` does both)")
+    return folder

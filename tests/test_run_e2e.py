@@ -49,3 +49,23 @@ def test_without_local_copies_the_recipe_stops_with_a_clear_message(capsys):
     assert main(["run", "recipes/dpo_gpt2_hh.yaml"]) == 2
     err = capsys.readouterr().err
     assert "model.name_or_path" in err and "Traceback" not in err
+
+
+def test_reward_model_recipe_trains_a_scalar_head(tmp_path, hh_path):
+    """Swapping the objective to a Bradley-Terry reward model loads a sequence-classification model."""
+    out = tmp_path / "rm"
+    args = _overrides(hh_path, out, "loss.name=reward_bt", "sft.enabled=false", "reference.mode=none")
+    assert main(["run", "recipes/dpo_gpt2_hh.yaml", *args]) == 0
+    report = json.loads((out / "report.json").read_text())
+    after = report["stages"]["preference"]["eval_after"]
+    assert 0.0 <= after["eval/rewards/accuracies"] <= 1.0
+    assert json.loads((out / "model" / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
+
+
+def test_resume_continues_a_finished_run_without_retraining(tmp_path, hh_path):
+    out = tmp_path / "run"
+    args = _overrides(hh_path, out, "sft.enabled=false")
+    assert main(["run", "recipes/dpo_gpt2_hh.yaml", *args]) == 0
+    first = (out / "preference" / "metrics.jsonl").read_text()
+    assert main(["run", "recipes/dpo_gpt2_hh.yaml", *args, "--resume"]) == 0
+    assert (out / "preference" / "metrics.jsonl").read_text() == first

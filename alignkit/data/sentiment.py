@@ -427,38 +427,12 @@ def build_reward_pairs(
     return result
 
 
-def make_sentiment_pairs(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    completions_per_prompt: int = 4,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    reward: str | RewardFn = "vader_sentiment",
-    min_reward_gap: float = 0.0,
-    cache_dir: Path | None = None,
-    use_cache: bool = True,
-    use_chat_template: bool | None = None,
-    model_id: str | None = None,
-    progress: ProgressFn | None = None,
-    generation_dtype: torch.dtype | None = None,
-) -> list[PreferenceExample]:
+def make_sentiment_pairs(*args: Any, **kwargs: Any) -> list[PreferenceExample]:
     """The pairs of :func:`build_reward_pairs` (same arguments), for callers that need only the data.
 
-    The number of prompts dropped for a small reward gap is logged; use :func:`build_reward_pairs` to
-    get it (and the reward statistics) as values.
+    Use :func:`build_reward_pairs` to get the drop counts and reward statistics as values too.
     """
-    return build_reward_pairs(
-        model, tokenizer, prompts, completions_per_prompt=completions_per_prompt,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size,
-        seed=seed, reward=reward, min_reward_gap=min_reward_gap, cache_dir=cache_dir, use_cache=use_cache,
-        use_chat_template=use_chat_template, model_id=model_id, progress=progress,
-        generation_dtype=generation_dtype,
-    ).pairs
+    return build_reward_pairs(*args, **kwargs).pairs
 
 
 def prepare_sentiment_data(

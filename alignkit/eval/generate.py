@@ -10,13 +10,14 @@ and left out of ``text``. A completion that hit ``max_new_tokens`` has ``finishe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from alignkit.models.reference import eval_mode
 
 __all__ = [
     "Completion",
@@ -99,17 +100,6 @@ def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("neither the tokenizer nor the model's generation config defines an EOS token")
     return ids
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Switch dropout off for the block and restore the model's train/eval flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _split_completion(row: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:

@@ -1,87 +1,26 @@
 """Render the loss registry as Markdown (docs/losses.md) and describe a loss's parameters.
 
-``scripts/gen_loss_docs.py`` writes the file; a test fails when the checked-in copy drifts.
+``scripts/gen_docs.py`` writes the file; a test fails when the checked-in copy drifts.
 """
 
 from __future__ import annotations
 
 import inspect
 import textwrap
-import types
-import typing
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
-
-from annotated_types import Ge, Gt, Le, Lt
-from pydantic_core import PydanticUndefined
 
 from alignkit.losses.base import LossSpec, list_losses
+from alignkit.schema_docs import ParameterDoc, field_docs, markdown_cell
 
 __all__ = ["ParameterDoc", "builtin_losses", "loss_parameters", "render_losses_markdown"]
 
-REGENERATE = "python scripts/gen_loss_docs.py"
+REGENERATE = "python scripts/gen_docs.py"
 _BUILTIN_PREFIX = "alignkit.losses."
-
-
-@dataclass(frozen=True)
-class ParameterDoc:
-    """One config field of a loss, in words.
-
-    Attributes:
-        name: the parameter name used in recipes.
-        type: its type, e.g. ``float`` or ``float | None``.
-        default: its default, as written in YAML (``required`` when there is none).
-        bounds: constraints such as ``> 0, < 0.5`` (empty when unbounded).
-        description: what it does.
-    """
-
-    name: str
-    type: str
-    default: str
-    bounds: str
-    description: str
-
-
-def _type_name(annotation: Any) -> str:
-    if annotation is None or annotation is type(None):
-        return "None"
-    if isinstance(annotation, type):
-        return annotation.__name__
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
-    return str(annotation).replace("typing.", "")
-
-
-def _yaml_value(value: Any) -> str:
-    if value is PydanticUndefined:
-        return "required"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def loss_parameters(spec: LossSpec) -> list[ParameterDoc]:
     """The parameters of a registered loss, from its config class."""
-    out = []
-    for name, info in spec.config.model_fields.items():
-        bounds = []
-        for m in info.metadata:
-            for cls, op, attr in ((Gt, ">", "gt"), (Ge, ">=", "ge"), (Lt, "<", "lt"), (Le, "<=", "le")):
-                if isinstance(m, cls):
-                    bounds.append(f"{op} {_yaml_value(getattr(m, attr))}")
-        out.append(
-            ParameterDoc(
-                name=name,
-                type=_type_name(info.annotation),
-                default=_yaml_value(info.default),
-                bounds=", ".join(bounds),
-                description=info.description or "",
-            )
-        )
-    return out
+    return field_docs(spec.config)
 
 
 def builtin_losses() -> list[LossSpec]:
@@ -113,10 +52,6 @@ def _docstring_body(spec: LossSpec) -> str:
     return "\n".join(body).strip()
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|") if text else ""
-
-
 def _render_one(spec: LossSpec) -> list[str]:
     out = [
         f"## {spec.name}",
@@ -132,7 +67,7 @@ def _render_one(spec: LossSpec) -> list[str]:
     if params:
         out += ["| parameter | type | default | bounds | description |", "|---|---|---|---|---|"]
         out += [
-            f"| `{p.name}` | {_cell(p.type)} | `{p.default}` | {_cell(p.bounds)} | {_cell(p.description)} |"
+            f"| `{p.name}` | {markdown_cell(p.type)} | `{p.default}` | {markdown_cell(p.bounds)} | {markdown_cell(p.description)} |"
             for p in params
         ]
     else:
@@ -171,7 +106,7 @@ def render_losses_markdown(specs: Iterable[LossSpec] | None = None) -> str:
     ]
     out += [
         f"| [`{s.name}`](#{s.name}) | {'yes' if s.needs_reference else 'no'} | "
-        f"`{s.inputs}` | {_cell(s.description)} |"
+        f"`{s.inputs}` | {markdown_cell(s.description)} |"
         for s in specs
     ]
     out.append("")

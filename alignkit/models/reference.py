@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from alignkit.models.logps import concatenated_forward
 from alignkit.models.reference_cache import ReferenceLogpsCache
 
-__all__ = ["AdaptersOffReference", "CachedReference", "FrozenCopyReference", "Reference"]
+__all__ = ["AdaptersOffReference", "CachedReference", "FrozenCopyReference", "Reference", "eval_mode"]
 
 Batch = Mapping[str, Tensor]
 
@@ -48,7 +48,7 @@ class Reference(Protocol):
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (no dropout) inside the block, the previous mode restored after."""
     was_training = model.training
     model.eval()
@@ -75,12 +75,12 @@ class FrozenCopyReference:
         self.chunk_size = chunk_size
 
     def logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             out = concatenated_forward(self.model, batch, self.chunk_size)
         return out["chosen_logps"], out["rejected_logps"]
 
     def model_context(self) -> AbstractContextManager[nn.Module]:
-        return _eval_mode(self.model)
+        return eval_mode(self.model)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -122,7 +122,7 @@ class AdaptersOffReference:
 
     @contextmanager
     def model_context(self) -> Iterator[nn.Module]:
-        with self.disable(self.policy), _eval_mode(self.policy):
+        with self.disable(self.policy), eval_mode(self.policy):
             yield self.policy
 
 
@@ -157,7 +157,7 @@ class CachedReference:
             )
         model = self.model_factory().requires_grad_(False)
         try:
-            with _eval_mode(model):
+            with eval_mode(model):
                 yield model
         finally:
             del model

@@ -197,12 +197,10 @@ def test_bad_arguments(tiny_gpt2, gpt2_tokenizer):
 
 
 @pytest.mark.slow
-def test_real_smollm2_sentiment_pairs(tmp_path):
+def test_real_smollm2_sentiment_pairs(tmp_path, smollm2_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignkit.models.smollm2 import ensure_smollm2
-
-    folder = ensure_smollm2(progress=False)
+    folder = smollm2_folder
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompts = sentiment_prompts(8, seed=0)

