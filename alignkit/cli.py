@@ -77,6 +77,45 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from alignkit.eval.evaluate_run import evaluate_run
+    from alignkit.eval.judges.openai_compat import JudgeRequestError
+
+    try:
+        evaluate_run(args.run_dir, args.overrides, console=_err, device=args.device, redo_reward_kl=args.redo_reward_kl)
+    except (ValueError, JudgeRequestError) as err:  # settings that cannot work: a message, not a traceback
+        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        return 2
+    _err.print(f"[green]done[/]: {args.run_dir}/report.md")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from alignkit.serve import ChatModel, load_for_serving, make_server
+
+    model, tokenizer = load_for_serving(args.model, tokenizer=args.tokenizer, device=args.device)
+    server = make_server(ChatModel(model, tokenizer, args.name or str(args.model)), args.host, args.port,
+                         log=None if args.quiet else lambda line: _err.print(line, markup=False, highlight=False))
+    host, port = server.server_address[:2]
+    _err.print(f"[green]serving[/] {escape(str(args.model))} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from alignkit.compare import run_comparison
+
+    losses = [name.strip() for name in args.losses.split(",") if name.strip()]
+    result = run_comparison(args.recipe, losses, sweeps=args.sweep, overrides=args.overrides, plugins=args.plugin,
+                            out=args.out, overwrite=args.overwrite, console=_err)
+    failed = [o.plan.label for o in result.outcomes if o.status == "failed"]
+    _err.print(f"[green]done[/]: {result.out_dir}" + (f" ([red]failed: {', '.join(failed)}[/])" if failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description="Align language models from preference data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
 
+    compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "
+                             "tabulate and plot them side by side.")
+    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo")
+    compare.add_argument("--sweep", action="append", default=[],
+                         help="loss parameter values, e.g. loss.beta=0.05,0.1,0.5 (repeatable: a grid)")
+    compare.add_argument("--out", default=None, help="comparison folder (default runs/compare_<recipe name>)")
+    compare.add_argument("--overwrite", action="store_true", help="retrain run folders that hold a different recipe")
+    compare.set_defaults(func=_cmd_compare)
+
     losses = sub.add_parser("losses", help="List registered objectives with their parameters.")
     losses.add_argument("--plugin", action="append", default=[], help="file or module registering losses")
     losses.add_argument("--markdown", action="store_true", help="print the Markdown reference (docs/losses.md)")
@@ -101,11 +149,35 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="Fetch and convert a built-in model alias (e.g. smollm2-135m-instruct).")
     fetch.add_argument("model")
     fetch.set_defaults(func=_cmd_fetch)
+
+    evaluate = sub.add_parser("eval", help="Judge a finished run against its baseline; add to its report and plots.")
+    evaluate.add_argument("run_dir", help="run folder written by `alignkit run`")
+    evaluate.add_argument("overrides", nargs="*",
+                          help="dotted recipe overrides, e.g. eval.judge.kind=reward eval.judge.reward=vader_sentiment")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    evaluate.add_argument("--redo-reward-kl", action="store_true", help="recompute reward/KL even if the report has it")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible chat-completions server over a model or run folder.")
+    serve.add_argument("model", help="model folder, run folder (uses its model/) or built-in alias")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    serve.add_argument("--name", default=None, help="model id reported to clients (default: the path)")
+    serve.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    serve.add_argument("--quiet", action="store_true", help="do not print a line per request")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`compare r.yaml --losses dpo train.max_steps=4`); argparse stops at them.
+    if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except _user_errors() as err:

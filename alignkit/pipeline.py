@@ -6,7 +6,6 @@ This module only wires the layers together; each step's logic lives in its own p
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import resource
 import time
@@ -22,7 +21,7 @@ from rich.console import Console
 from alignkit.cache import atomic_folder, write_atomic
 from alignkit.data import PreparedData, TokenizedPair, collate_preference, collate_sft
 from alignkit.data import prepare_data as prepare_data_section
-from alignkit.eval.run_eval import evaluate_before_after
+from alignkit.eval.evaluate_run import evaluate_heldout, heldout_prompts
 from alignkit.losses import Objective, build_objective
 from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
 from alignkit.models.reference import (
@@ -42,6 +41,7 @@ from alignkit.peft import (
     parameter_table,
 )
 from alignkit.recipe import Recipe, recipe_to_yaml
+from alignkit.report.tables import write_report
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.trainer import Trainer, TrainResult
@@ -86,7 +86,7 @@ def prepare_data(
     return prepare_data_section(recipe.data, tokenizer)
 
 
-def _reference_loader(recipe: Recipe, device: torch.device):
+def reference_loader(recipe: Recipe, device: torch.device):
     """A function that loads the reference model again: the named reference, or the initial policy
     (re-seeded, so even a model built from a config comes back identical), after SFT when there was one."""
 
@@ -123,7 +123,7 @@ def _build_reference(
         if not has_adapters(policy):
             raise ValueError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
         return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk)
-    load_reference = _reference_loader(recipe, device)
+    load_reference = reference_loader(recipe, device)
     separate = load_reference() if recipe.reference.name_or_path else None
     if mode == "copy":
         if separate is not None:
@@ -156,20 +156,6 @@ def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
-def heldout_prompts(examples: list) -> list[str]:
-    """Distinct prompts of the held-out examples, in order; a conversation gives its single user turn."""
-    seen: dict[str, None] = {}
-    for example in examples:
-        prompt = example.prompt
-        if not isinstance(prompt, str):
-            users = [m["content"] for m in prompt if m.get("role") == "user"]
-            if len(prompt) != 1 or not users:
-                continue  # multi-turn conversations are not sampled from in this evaluation
-            prompt = users[0]
-        seen.setdefault(prompt, None)
-    return list(seen)
-
-
 def _eval_reference(recipe: Recipe, reference: Reference | None, policy: torch.nn.Module,
                     device: torch.device):
     """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl)."""
@@ -177,7 +163,7 @@ def _eval_reference(recipe: Recipe, reference: Reference | None, policy: torch.n
         return AdaptersOffReference(policy, adapters_disabled).model_context
     if isinstance(reference, FrozenCopyReference):
         return reference.model_context
-    model = _reference_loader(recipe, device)().requires_grad_(False).eval()  # loaded once, used twice
+    model = reference_loader(recipe, device)().requires_grad_(False).eval()  # loaded once, used twice
     return lambda: contextlib.nullcontext(model)
 
 
@@ -243,7 +229,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
             name: {
                 "steps": r.steps,
                 "wall_seconds": r.wall_seconds,
-                "steps_per_second": r.steps / r.wall_seconds if r.wall_seconds else None,
+                "steps_per_second": r.steps_per_second,
+                "last_train_metrics": {k: v for k, v in r.final_metrics.items() if not k.startswith("eval/")},
                 "stopped_early": r.stopped_early,
                 "best_step": r.best_step,
                 "eval_before": r.eval_history[0] if r.eval_history and r.eval_history[0]["step"] == 0 else None,
@@ -252,19 +239,16 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
             for name, r in summary.stages.items()
         },
     }
-    if recipe.eval is not None and recipe.eval.reward is not None and env.is_main:
-        report["reward_kl"] = evaluate_before_after(
-            recipe.eval, policy, _eval_reference(recipe, reference, policy, device), tokenizer,
-            heldout_prompts(data.test_examples), console=console,
-        )
+    if recipe.eval is not None and env.is_main:
+        prompts, chosen = heldout_prompts(data.test_examples)
+        report.update(evaluate_heldout(recipe.eval, policy, _eval_reference(recipe, reference, policy, device),
+                                       tokenizer, prompts, chosen, run_dir=run_dir, console=console,
+                                       device=str(device)))
     report["wall_seconds"] = time.perf_counter() - started
     report["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         report["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     summary.report = report
     if env.is_main:
-        write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=float))
-        from alignkit.report.tables import render_report
-
-        render_report(report, console=console, markdown_path=run_dir / "report.md")
+        write_report(report, run_dir, console=console)
     return summary

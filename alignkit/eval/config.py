@@ -2,17 +2,91 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Literal
 
-__all__ = ["EvalConfig"]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "EvalConfig",
+    "JudgeConfig",
+    "LocalJudgeConfig",
+    "NoJudge",
+    "OpenAIJudgeConfig",
+    "RewardJudgeConfig",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class NoJudge(_Strict):
+    """No pairwise judging (the default)."""
+
+    kind: Literal["none"] = Field("none", description="No judge: no win rate is computed.")
+
+
+class LocalJudgeConfig(_Strict):
+    """A local causal LM reads both responses and is asked which is better.
+
+    The verdict is the comparison of the judge's next-token log-probabilities of "A" and "B" after the
+    judge prompt, so it is deterministic and can never be unparseable.
+    """
+
+    kind: Literal["local"] = Field(description="A local transformers model as the judge.")
+    model: str = Field(description="Judge model: local folder, Hub id or alias (e.g. smollm2-135m-instruct).")
+    tokenizer: str | None = Field(None, description="Judge tokenizer; default: the judge model's own.")
+    batch_size: int = Field(4, ge=1, description="Judge prompts per forward pass.")
+    max_prompt_tokens: int = Field(1024, ge=16, description="Judge prompts longer than this are cut from the left.")
+
+
+class OpenAIJudgeConfig(_Strict):
+    """Any OpenAI-compatible ``/v1/chat/completions`` server as the judge (``alignkit serve`` included)."""
+
+    kind: Literal["openai"] = Field(description="A chat-completions server as the judge.")
+    base_url: str = Field(description="Server root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1.")
+    model: str = Field(description="Model name sent with every request.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key (the key itself never goes in a "
+        "recipe, a log or the cache); null sends no key.",
+    )
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one answer.")
+    max_retries: int = Field(4, ge=0, description="Retries of a request after a 5xx, 429, timeout or lost connection.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on every retry.")
+    max_tokens: int = Field(16, ge=1, description="Tokens the judge may answer with.")
+    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = its most likely answer).")
+    cache: bool = Field(True, description="Keep verdicts on disk so that a rerun sends no request twice.")
+
+
+class RewardJudgeConfig(_Strict):
+    """The response with the higher reward wins: a registered reward function or a reward model folder."""
+
+    kind: Literal["reward"] = Field(description="A reward as the judge.")
+    reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
+    model: str | None = Field(None, description="Folder of an alignkit reward model (a run's model/ folder).")
+    batch_size: int = Field(8, ge=1, description="Texts per reward-model forward pass.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardJudgeConfig:
+        if (self.reward is None) == (self.model is None):
+            raise ValueError("eval.judge: set exactly one of 'reward' (a registered function) or 'model' (a folder)")
+        return self
+
+
+JudgeConfig = Annotated[
+    NoJudge | LocalJudgeConfig | OpenAIJudgeConfig | RewardJudgeConfig, Field(discriminator="kind")
+]
 
 
 class EvalConfig(BaseModel):
-    """Reward and KL of the tuned policy against the reference on held-out prompts.
+    """Reward and KL of the tuned policy against the reference on held-out prompts, and a judged win rate.
 
     Generation samples `samples_per_prompt` completions per prompt from both the reference (before) and
     the tuned policy (after); the reward is a registered reward function and KL(policy || reference) is
-    the sample-based sequence-sum estimate in nats.
+    the sample-based sequence-sum estimate in nats. With a `judge`, one completion of the policy per
+    prompt is compared with the `baseline`'s, in both orders.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -25,3 +99,11 @@ class EvalConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     batch_size: int = Field(16, ge=1, description="Completions generated (and scored for KL) per batch.")
     seed: int = Field(1234, description="Sampling seed, shared by the before and after evaluations.")
+    judge: JudgeConfig = Field(
+        default_factory=NoJudge,
+        description="Pairwise judge of policy versus baseline: {kind: none | local | openai | reward, ...}.",
+    )
+    baseline: Literal["reference", "chosen"] = Field(
+        "reference",
+        description="What the policy is judged against: the reference model's samples, or the dataset's chosen responses.",
+    )

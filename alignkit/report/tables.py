@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_report", "report_rows"]
+from alignkit.cache import write_atomic
+from alignkit.eval.evaluate_run import judge_markdown, judge_report_rows
+from alignkit.report.plots import plot_reward_kl, plot_win_rate
+
+__all__ = ["render_report", "report_rows", "write_report"]
 
 _PREFERENCE_METRICS = (
     ("eval/loss", "held-out loss"),
@@ -46,6 +51,7 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append(["KL(policy || reference), nats (95% CI)", _ci(rk["before"]["kl"]), _ci(rk["after"]["kl"])])
         rows.append(["mean completion tokens", _fmt(rk["before"].get("mean_length"), 1),
                      _fmt(rk["after"].get("mean_length"), 1)])
+    rows += judge_report_rows(report)
     return ["metric", "before", "after"], rows
 
 
@@ -77,3 +83,16 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     if markdown_path is not None:
         markdown_path.write_text(text)
     return text
+
+
+def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> None:
+    """Write plots (win rate, reward vs KL), report.json and report.md into ``run_dir``; print the table."""
+    plots = []
+    if report.get("judge"):
+        plots.append(plot_win_rate(report["judge"], run_dir / "plots" / "win_rate.png"))
+    if report.get("reward_kl"):
+        plots.append(plot_reward_kl(report["reward_kl"], run_dir / "plots" / "reward_kl.png"))
+    report["plots"] = [str(p.relative_to(run_dir)) for p in plots]
+    write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+    markdown = render_report(report, console=console)
+    write_atomic(run_dir / "report.md", markdown + "\n" + judge_markdown(report, report["plots"]))

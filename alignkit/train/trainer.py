@@ -42,6 +42,12 @@ class TrainResult:
     best_step: int | None
     eval_history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
+    resumed_at: int = 0  # steps already done when this process started (wall_seconds covers the rest)
+
+    @property
+    def steps_per_second(self) -> float | None:
+        done = self.steps - self.resumed_at
+        return done / self.wall_seconds if done and self.wall_seconds else None
 
 
 def step_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -254,7 +260,7 @@ class Trainer:
             self.console.print(f"[cyan]{self.stage}: resumed from {ckpt} (step {state['step']})[/]")
         writer = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.env.is_main,
                                resume_from_step=state["step"] if ckpt is not None else None)
-        start_wall = time.perf_counter()
+        start_wall, resumed_at = time.perf_counter(), state["step"]
         if state["step"] == 0 and self.eval_pairs and cfg.eval_every:
             self._record_eval(0, state, writer)
         step_metrics: dict[str, float] = {}
@@ -282,7 +288,7 @@ class Trainer:
             steps=state["step"], stopped_early=state["stopped_early"],
             final_metrics={**step_metrics, **eval_metrics}, best_metric=state["best_metric"],
             best_step=state["best_step"], eval_history=state["eval_history"],
-            wall_seconds=time.perf_counter() - start_wall,
+            wall_seconds=time.perf_counter() - start_wall, resumed_at=resumed_at,
         )
 
     def _record_eval(self, step: int, state: dict[str, Any], writer: MetricsWriter) -> None:

@@ -1,0 +1,385 @@
+"""`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed and budget.
+
+The protocol: every run is the base recipe with the same overrides; only the ``loss`` section and the run
+folder (``<out>/<label>``) differ, which :func:`plan_comparison` checks. Runs are trained one after another
+in this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
+one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
+reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
+data, so every run after the first reuses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from rich.console import Console
+
+from alignkit.losses import get_loss, list_losses
+from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
+from alignkit.report.compare_plots import plot_frontier, plot_training_curves
+from alignkit.report.compare_table import comparison_row, render_comparison
+
+__all__ = [
+    "Comparison",
+    "PlannedRun",
+    "RunOutcome",
+    "parse_sweep",
+    "plan_comparison",
+    "read_metrics",
+    "run_comparison",
+]
+
+Status = Literal["trained", "resumed", "reused", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell of the comparison grid.
+
+    Attributes:
+        label: folder name and table label, e.g. ``dpo`` or ``dpo_beta0.1``.
+        loss: registered objective name.
+        params: loss parameters set by ``--sweep`` for this run (raw command-line text as value).
+        recipe: the resolved recipe, or None when the run is skipped.
+        skip_reason: why the combination cannot run (a swept parameter the loss lacks), else None.
+    """
+
+    label: str
+    loss: str
+    params: dict[str, str]
+    recipe: Recipe | None
+    skip_reason: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one planned run."""
+
+    plan: PlannedRun
+    status: Status
+    report: dict[str, Any] | None = None
+    note: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`run_comparison`: outcomes, table rows and the files written."""
+
+    out_dir: Path
+    outcomes: list[RunOutcome]
+    rows: list[dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning
+
+def parse_sweep(spec: str) -> tuple[str, list[str]]:
+    """``"loss.beta=0.05,0.1"`` -> ``("loss.beta", ["0.05", "0.1"])``.
+
+    Raises:
+        RecipeError: when the spec is not ``loss.<param>=v1,v2,...``.
+    """
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not items:
+        raise RecipeError(f"--sweep {spec!r}: expected key=v1,v2,..., e.g. loss.beta=0.05,0.1,0.5")
+    if not re.fullmatch(r"loss\.[A-Za-z_]\w*", key):
+        raise RecipeError(f"--sweep {spec!r}: only loss parameters are swept (loss.<param>), "
+                          "so data, model, seed and budget stay identical across runs")
+    if len(set(items)) != len(items):
+        raise RecipeError(f"--sweep {spec!r}: a value is repeated")
+    return key, items
+
+
+def _label(loss: str, params: dict[str, str]) -> str:
+    parts = [loss] + [f"{name}{value}" for name, value in params.items()]
+    return re.sub(r"[^\w.+-]", "-", "_".join(parts))
+
+
+def _loss_param_overrides(overrides: Sequence[str]) -> list[str]:
+    """The loss parameters that plain overrides set (``loss.beta=0.2`` -> ``beta``)."""
+    names = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in ("loss", "loss.name") or key.startswith("loss["):
+            raise RecipeError(f"override {item!r}: the objective is chosen with --losses in a comparison")
+        if key.startswith("loss."):
+            names.append(key.split(".", 2)[1])
+    return names
+
+
+def _common_part(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe without what may differ between runs of one comparison."""
+    data = recipe.model_dump(mode="json")
+    data.pop("loss")
+    data.pop("output_dir")
+    return data
+
+
+def plan_comparison(
+    recipe_path: str | Path,
+    losses: Sequence[str],
+    *,
+    sweeps: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    plugins: Sequence[str] = (),
+    out: str | Path | None = None,
+) -> tuple[Path, list[PlannedRun]]:
+    """Expand losses x sweep values into resolved recipes, one run folder each under ``out``.
+
+    Args:
+        recipe_path: the base recipe; its ``loss`` section is replaced by ``{name: <loss>}``.
+        losses: registered objective names, in table order.
+        sweeps: ``loss.<param>=v1,v2`` specs; several form a grid. A loss without ``<param>`` skips the
+            combination (with a note) rather than failing.
+        overrides: dotted overrides applied to every run (``loss.<param>`` ones only to losses that have it).
+        plugins: extra plugin files or modules.
+        out: comparison folder; default ``runs/compare_<recipe name>`` (``runs/<name>`` if it starts with compare_).
+
+    Returns:
+        (comparison folder, planned runs).
+
+    Raises:
+        RecipeError: bad recipe, override, sweep or loss name (nothing has run yet).
+    """
+    if not losses:
+        raise RecipeError("--losses: name at least one objective, e.g. dpo,ipo,simpo")
+    if len(set(losses)) != len(losses):
+        raise RecipeError(f"--losses {','.join(losses)}: an objective is repeated")
+    known = {spec.name for spec in list_losses()}
+    unknown = [name for name in losses if name not in known]
+    if unknown:
+        raise RecipeError(f"--losses: unknown objective {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    override_params = _loss_param_overrides(overrides)
+    parsed = [parse_sweep(s) for s in sweeps]
+    if len({k for k, _ in parsed}) != len(parsed):
+        raise RecipeError("--sweep: the same parameter is swept twice")
+    base = load_recipe(recipe_path, list(_overrides_without_loss(overrides)), list(plugins))
+    default = base.name if base.name.startswith("compare_") else f"compare_{base.name}"
+    out_dir = Path(out) if out is not None else Path("runs") / default
+
+    plans: list[PlannedRun] = []
+    grid = list(itertools.product(*[[(k.split(".", 1)[1], v) for v in vals] for k, vals in parsed]))
+    for loss in losses:
+        fields = get_loss(loss).config.model_fields
+        missing_fixed = [p for p in override_params if p not in fields]
+        for combo in grid:
+            params = dict(combo)
+            label = _label(loss, params)
+            missing = missing_fixed + [p for p in params if p not in fields]
+            if missing:
+                have = ", ".join(fields) or "none"
+                plans.append(PlannedRun(label, loss, params, None,
+                                        f"{loss} has no parameter {', '.join(missing)} (its parameters: {have})"))
+                continue
+            run_overrides = [f"loss={{name: {loss}}}", *overrides,
+                             *(f"loss.{k}={v}" for k, v in params.items()), f"output_dir={out_dir / label}"]
+            plans.append(PlannedRun(label, loss, params, load_recipe(recipe_path, run_overrides, list(plugins))))
+
+    # The protocol's promise, checked rather than assumed.
+    reference = _common_part(base)
+    for plan in plans:
+        if plan.recipe is not None and _common_part(plan.recipe) != reference:
+            diff = _first_differences(reference, _common_part(plan.recipe))
+            raise RecipeError(f"run {plan.label} differs from the others outside `loss`: {diff}")
+    return out_dir, plans
+
+
+def _overrides_without_loss(overrides: Sequence[str]) -> list[str]:
+    """The overrides that do not touch the loss section (for the shared part of the recipe)."""
+    return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("loss")]
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _first_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
+    a, b = _flatten(old), _flatten(new)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The preference stage's metrics records (``preference/metrics.jsonl``); [] if absent."""
+    path = run_dir / "preference" / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _folder_state(recipe: Recipe) -> tuple[Literal["new", "complete", "partial", "stale"], str]:
+    """Whether the run folder is empty, finished, interrupted, or holds a different recipe."""
+    run_dir = recipe.run_dir()
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return "new", ""
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = yaml.safe_load(recipe_to_yaml(recipe))
+    # The folder path itself may be spelt differently (relative/absolute) between invocations.
+    old.pop("output_dir", None)
+    new.pop("output_dir", None)
+    if old != new:
+        return "stale", _first_differences(old, new)
+    return ("complete" if (run_dir / "report.json").is_file() else "partial"), ""
+
+
+def _clear_stale_folders(plans: Sequence[PlannedRun], *, overwrite: bool, console: Console) -> None:
+    """Refuse (or, with ``overwrite``, delete) run folders that hold a different recipe, before any run starts.
+
+    Raises:
+        RecipeError: listing every stale folder with its first differences, when ``overwrite`` is False.
+    """
+    stale = []
+    for plan in plans:
+        if plan.recipe is not None:
+            state, diff = _folder_state(plan.recipe)
+            if state == "stale":
+                stale.append((plan.recipe.run_dir(), diff))
+    if stale and not overwrite:
+        listed = "\n".join(f"  - {folder}: {diff}" for folder, diff in stale)
+        raise RecipeError(f"{len(stale)} run folder(s) hold a different recipe:\n{listed}\n"
+                          "pass --overwrite to retrain them, or choose another --out")
+    for folder, _ in stale:
+        console.print(f"[yellow]{folder}: different recipe, retraining from scratch (--overwrite)[/]")
+        shutil.rmtree(folder)
+
+
+def _reset_peak_memory() -> None:
+    """Start each run's peak-memory figure afresh (runs share this process)."""
+    try:
+        # Linux: writing 5 resets the process's peak resident set size (VmHWM, which getrusage reports).
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _run_one(plan: PlannedRun, *, console: Console) -> RunOutcome:
+    from alignkit.pipeline import run_recipe  # heavy imports only when something runs
+
+    if plan.recipe is None:
+        return RunOutcome(plan, "skipped", note=plan.skip_reason or "")
+    run_dir = plan.recipe.run_dir()
+    state, _ = _folder_state(plan.recipe)
+    if state == "complete":
+        report = json.loads((run_dir / "report.json").read_text())
+        console.print(f"[cyan]{plan.label}: complete in {run_dir}, reused[/]")
+        return RunOutcome(plan, "reused", report)
+    console.rule(f"[bold]{plan.label}[/] ({'resuming' if state == 'partial' else 'training'})")
+    _reset_peak_memory()
+    started = time.perf_counter()
+    try:
+        summary = run_recipe(plan.recipe, resume=state == "partial", console=console)
+    except Exception as err:  # noqa: BLE001 - one failing objective must not stop the comparison
+        console.print(f"[red]{plan.label} failed[/]:\n{traceback.format_exc(limit=-3)}", markup=True,
+                      highlight=False)
+        return RunOutcome(plan, "failed", note=f"{type(err).__name__}: {err}".splitlines()[0],
+                          seconds=time.perf_counter() - started)
+    return RunOutcome(plan, "resumed" if state == "partial" else "trained", summary.report,
+                      seconds=time.perf_counter() - started)
+
+
+def run_comparison(
+    recipe_path: str | Path,
+    losses: Sequence[str],
+    *,
+    sweeps: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    plugins: Sequence[str] = (),
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> Comparison:
+    """Plan, run (or reuse) every combination, then write the table (md, json) and plots into ``out``.
+
+    Files written in the comparison folder: ``comparison.md``, ``comparison.json``, ``training_curves.png``
+    and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
+    :func:`plan_comparison`, plus ``overwrite`` (retrain a run folder that holds a different recipe) and
+    the console progress goes to.
+
+    Raises:
+        RecipeError: a bad recipe, override, sweep or loss name, before anything runs.
+    """
+    console = console or Console(stderr=True)
+    out_dir, plans = plan_comparison(recipe_path, losses, sweeps=sweeps, overrides=overrides, plugins=plugins,
+                                     out=out)
+    _clear_stale_folders(plans, overwrite=overwrite, console=console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runnable = [p for p in plans if p.recipe is not None]
+    console.print(f"comparison: {len(runnable)} run(s) of {recipe_path} into {out_dir}"
+                  + (f", {len(plans) - len(runnable)} skipped" if len(runnable) < len(plans) else ""))
+    started = time.perf_counter()
+    outcomes = [_run_one(plan, console=console) for plan in plans]
+
+    rows, curves = [], {}
+    for outcome in outcomes:
+        plan = outcome.plan
+        metrics = read_metrics(plan.recipe.run_dir()) if plan.recipe is not None and outcome.report else []
+        rows.append(comparison_row(label=plan.label, loss=plan.loss, params=plan.params, status=outcome.status,
+                                   report=outcome.report, metrics=metrics, note=outcome.note))
+        if metrics:
+            curves[plan.label] = (plan.loss, metrics)
+
+    base = next((p.recipe for p in plans if p.recipe is not None), None)
+    title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, time.perf_counter() - started)
+    files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
+    render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
+                      json_path=files["json"],
+                      extra_json={"recipe": str(recipe_path), "losses": list(losses), "sweeps": list(sweeps),
+                                  "overrides": list(overrides), "shared_recipe": _common_part(base) if base else None})
+    frontier = plot_frontier(rows, out_dir / "frontier.png", title=f"{title}: reward vs KL")
+    if frontier is not None:
+        files["frontier"] = frontier
+    training = plot_training_curves(curves, out_dir / "training_curves.png", title=f"{title}: training")
+    if training is not None:
+        files["training_curves"] = training
+    if files.keys() & {"frontier", "training_curves"}:
+        with files["markdown"].open("a") as f:
+            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()
+                                   if path.suffix == ".png"))
+    console.print("written: " + ", ".join(str(p) for p in files.values()))
+    return Comparison(out_dir, outcomes, rows, files)
+
+
+def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
+                    overrides: Sequence[str], seconds: float) -> list[str]:
+    """Bullet lines stating what every run shared."""
+    command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
+                        *(f"--sweep {s}" for s in sweeps), *overrides])
+    facts = [f"- command: `{command}`"]
+    if base is not None:
+        t = base.train
+        budget = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
+        model = (f"{base.model.from_config['model_type']} built from a config" if base.model.from_config
+                 else base.model.name_or_path)
+        facts.append(f"- shared by every run: model `{model}`, seed {base.seed}, "
+                     f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
+    facts.append(f"- this invocation took {seconds:.0f} s (reused runs cost nothing)")
+    facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
+    return facts

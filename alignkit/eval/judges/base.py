@@ -1,0 +1,145 @@
+"""The judge interface, and the both-orders rule that turns verdicts into a per-pair score.
+
+A judge sees a prompt and two responses labelled A and B and says which is better. Judges (LLMs in
+particular) favour a position, so every pair is judged twice, once in each order; the policy's score for
+the pair is 1 when both verdicts prefer it, 0 when both prefer the baseline, and 0.5 otherwise
+(disagreement, an explicit tie, or a verdict that could not be read).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+__all__ = ["Choice", "Judge", "JudgedPair", "Verdict", "judge_pairs", "pair_score"]
+
+# "A" / "B": that response is better; "tie": judged equal; None: no usable verdict.
+Choice = Literal["A", "B", "tie"] | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judgement of (prompt, A, B).
+
+    Attributes:
+        choice: "A", "B", "tie", or None when the judge gave no usable answer.
+        raw: the judge's answer as it came (text, or a short description of the scores compared).
+        margin: how strongly A was preferred, when the judge has a number for it (log-prob or reward
+            difference, A minus B); None otherwise.
+        error: why there is no verdict (transport failure, unparseable text), else None.
+        cached: whether the verdict was read from a cache instead of asked for.
+    """
+
+    choice: Choice
+    raw: str = ""
+    margin: float | None = None
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.choice is not None
+
+
+class Judge(ABC):
+    """Compares two responses to one prompt.
+
+    Subclasses implement :meth:`compare`; those that can batch (a local model, a pool of HTTP requests)
+    also override :meth:`compare_many`.
+    """
+
+    name: str = "judge"
+
+    @abstractmethod
+    def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
+        """Which of ``response_a`` (A) and ``response_b`` (B) answers ``prompt`` better."""
+
+    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        """Verdicts for (prompt, A, B) triples, in order."""
+        return [self.compare(p, a, b) for p, a, b in items]
+
+    def describe(self) -> dict[str, Any]:
+        """What judged, for the report (never secrets)."""
+        return {"name": self.name}
+
+
+def pair_score(policy_first: Verdict, policy_second: Verdict) -> float:
+    """The policy's score for one pair from its two verdicts.
+
+    Args:
+        policy_first: verdict with the policy's response as A.
+        policy_second: verdict with the policy's response as B.
+
+    Returns:
+        1.0 if both prefer the policy, 0.0 if both prefer the baseline, else 0.5.
+    """
+    first = {"A": 1.0, "B": 0.0}.get(policy_first.choice or "", 0.5)
+    second = {"B": 1.0, "A": 0.0}.get(policy_second.choice or "", 0.5)
+    return first if first == second else 0.5
+
+
+@dataclass
+class JudgedPair:
+    """One prompt's policy and baseline responses with both verdicts and the resulting score."""
+
+    prompt: str
+    policy: str
+    baseline: str
+    policy_first: Verdict
+    policy_second: Verdict
+
+    @property
+    def score(self) -> float:
+        return pair_score(self.policy_first, self.policy_second)
+
+    @property
+    def consistent(self) -> bool:
+        """Both verdicts valid and naming the same response."""
+        return self.score != 0.5 or (self.policy_first.choice == self.policy_second.choice == "tie")
+
+    @property
+    def invalid(self) -> int:
+        """Verdicts of this pair without a usable answer (0, 1 or 2)."""
+        return int(not self.policy_first.valid) + int(not self.policy_second.valid)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "policy": self.policy,
+            "baseline": self.baseline,
+            "score": self.score,
+            "policy_first": asdict(self.policy_first),
+            "policy_second": asdict(self.policy_second),
+        }
+
+
+def judge_pairs(
+    judge: Judge, prompts: Sequence[str], policy: Sequence[str], baseline: Sequence[str]
+) -> list[JudgedPair]:
+    """Judge every (policy, baseline) pair in both orders, in one batch of 2N comparisons.
+
+    Args:
+        judge: any :class:`Judge`.
+        prompts: N prompts.
+        policy: N responses of the evaluated model.
+        baseline: N responses it is compared with.
+
+    Returns:
+        N judged pairs, in prompt order.
+    """
+    if not len(prompts) == len(policy) == len(baseline):
+        raise ValueError(
+            f"judge_pairs needs as many responses as prompts: {len(prompts)} prompts, "
+            f"{len(policy)} policy and {len(baseline)} baseline responses"
+        )
+    items = [(p, x, y) for p, x, y in zip(prompts, policy, baseline, strict=True)]
+    items += [(p, y, x) for p, x, y in zip(prompts, policy, baseline, strict=True)]
+    verdicts = judge.compare_many(items)
+    if len(verdicts) != len(items):
+        raise RuntimeError(f"{type(judge).__name__} returned {len(verdicts)} verdicts for {len(items)} comparisons")
+    n = len(prompts)
+    return [
+        JudgedPair(prompts[i], policy[i], baseline[i], verdicts[i], verdicts[n + i]) for i in range(n)
+    ]

@@ -1,0 +1,60 @@
+"""An on-disk cache of judge answers, so that judging the same pairs again sends no request.
+
+One JSON line per answer, appended under a lock; the key is a SHA-256 of everything that determines the
+answer (judge model, prompt version, sampling settings, the prompt and both responses in their order).
+Only answers the server actually gave are stored: transport failures are retried on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["VerdictCache", "verdict_key"]
+
+log = logging.getLogger(__name__)
+
+
+def verdict_key(**parts: Any) -> str:
+    """A stable hex key of ``parts`` (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class VerdictCache:
+    """A JSON-lines file of ``{"key": ..., "raw": ...}`` answers, loaded into memory on open.
+
+    Thread-safe: the HTTP judge writes from its worker threads.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._answers: dict[str, str] = {}
+        if self.path.exists():
+            for number, line in enumerate(self.path.read_text().splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                    self._answers[row["key"]] = row["raw"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    # A line cut by an interrupted write: skip it, the answer is asked for again.
+                    log.warning("%s:%d: skipping an unreadable cache line", self.path, number)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            return self._answers.get(key)
+
+    def put(self, key: str, raw: str) -> None:
+        with self._lock:
+            if key in self._answers:
+                return
+            self._answers[key] = raw
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"key": key, "raw": raw}, ensure_ascii=False) + "\n")

@@ -1,0 +1,109 @@
+"""A local causal LM as the pairwise judge, read off its next-token log-probabilities.
+
+The judge prompt (:func:`alignkit.eval.judges.prompt.judge_messages` with ``letter_only``) is rendered with
+the judge's chat template (plain "system/user/assistant" lines when it has none) and the verdict is A when
+log p("A") > log p("B") for the first answer token, B when smaller, a tie when equal. Each letter's
+probability sums its spellings ("A" and " A"), since tokenizers split a leading space differently. No text
+is generated, so the verdict is deterministic and always readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignkit.eval.generate import eval_mode
+from alignkit.eval.judges.base import Judge, Verdict
+from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages
+
+__all__ = ["LocalJudge", "letter_token_ids"]
+
+
+def letter_token_ids(tokenizer, letter: str) -> list[int]:
+    """Ids of the single tokens that spell ``letter`` (with and without a leading space)."""
+    ids: list[int] = []
+    for text in (letter, " " + letter):
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(encoded[0])
+    if not ids:
+        raise ValueError(f"the judge's tokenizer has no single token for {letter!r}")
+    return ids
+
+
+def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant: Answer:"
+    return list(tokenizer(text)["input_ids"])
+
+
+class LocalJudge(Judge):
+    """Pairwise judge running a transformers causal LM in this process.
+
+    Args:
+        model: the judge model (any causal LM; eval mode is set for each call).
+        tokenizer: its tokenizer.
+        batch_size: judge prompts per forward pass.
+        max_prompt_tokens: longer judge prompts keep their last tokens (the question and answer slot).
+        name: shown in the report.
+    """
+
+    name = "local"
+
+    def __init__(self, model: nn.Module, tokenizer, *, batch_size: int = 4, max_prompt_tokens: int = 1024,
+                 name: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.model_name = name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        self.a_ids = letter_token_ids(tokenizer, "A")
+        self.b_ids = letter_token_ids(tokenizer, "B")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_name, "prompt_version": PROMPT_VERSION,
+                "verdict": "next-token log p(A) vs log p(B)"}
+
+    def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
+        return self.compare_many([(prompt, response_a, response_b)])[0]
+
+    @torch.inference_mode()
+    def letter_logps(self, items: Sequence[tuple[str, str, str]]) -> torch.Tensor:
+        """(N, 2) log-probabilities of answering "A" and "B" first, for N (prompt, A, B) triples."""
+        rows = [_render(self.tokenizer, judge_messages(p, a, b, letter_only=True))[-self.max_prompt_tokens:]
+                for p, a, b in items]
+        device = next(self.model.parameters()).device
+        out = []
+        with eval_mode(self.model):
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                width = max(len(r) for r in batch)
+                # Right padding: with causal attention the last real token's logits ignore the pads.
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for i, r in enumerate(batch):
+                    ids[i, : len(r)] = torch.tensor(r)
+                    mask[i, : len(r)] = 1
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+                last = torch.tensor([len(r) - 1 for r in batch], device=device)
+                logps = torch.log_softmax(logits[torch.arange(len(batch), device=device), last].float(), dim=-1)  # (B, V)
+                a = torch.logsumexp(logps[:, self.a_ids], dim=-1)
+                b = torch.logsumexp(logps[:, self.b_ids], dim=-1)
+                out.append(torch.stack([a, b], dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 2)
+
+    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        if not items:
+            return []
+        verdicts = []
+        for a, b in self.letter_logps(items).tolist():
+            choice = "A" if a > b else "B" if b > a else "tie"
+            verdicts.append(Verdict(choice, raw=f"log p(A)={a:.4f} log p(B)={b:.4f}", margin=a - b))
+        return verdicts

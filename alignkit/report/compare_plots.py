@@ -1,0 +1,139 @@
+"""Plots of a comparison (PNG, matplotlib's Agg backend so no display is needed).
+
+- The reward-versus-KL frontier (the protocol of the DPO paper's Figure 2): one colour per objective,
+  one point per swept value joined by a line, 95% intervals as error bars on both axes, and the reference
+  model as a black star.
+- Training curves: loss, reward margin and reward accuracy against the optimizer step, one line per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: render to files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_frontier", "plot_training_curves"]
+
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _colours(losses: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {loss: cmap(i % 10) for i, loss in enumerate(dict.fromkeys(losses))}
+
+
+def _err(entry: dict[str, float]) -> list[list[float]]:
+    """Asymmetric error-bar lengths ([[below], [above]]) of an interval; 0 where it has none."""
+    low, high, est = entry["low"], entry["high"], entry["estimate"]
+    below = est - low if low == low else 0.0
+    above = high - est if high == high else 0.0
+    return [[max(below, 0.0)], [max(above, 0.0)]]
+
+
+def _sort_key(row: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, float(v) if isinstance(v, (int, float)) else 0.0) for k, v in row["params"].items()))
+
+
+def _param_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path | None:
+    """Mean reward against KL to the reference, per objective and swept value.
+
+    Args:
+        rows: comparison rows (see :func:`alignkit.report.compare_table.comparison_row`); rows without
+            ``reward`` and ``kl`` are left out.
+        path: the PNG file to write.
+        title: figure title.
+
+    Returns:
+        ``path``, or None when no row has a reward and a KL (nothing is written then).
+    """
+    points = [r for r in rows if r.get("reward") and r.get("kl")]
+    if not points:
+        return None
+    colours = _colours([r["loss"] for r in points])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    reference = next((r for r in points if r.get("reference_reward")), None)
+    if reference is not None:
+        ref_kl = reference["reference_kl"]["estimate"] if reference.get("reference_kl") else 0.0
+        ax.errorbar([ref_kl], [reference["reference_reward"]["estimate"]],
+                    yerr=_err(reference["reference_reward"]), fmt="*", color="black", markersize=12,
+                    capsize=3, label="reference (before training)")
+    for loss, colour in colours.items():
+        group = sorted((r for r in points if r["loss"] == loss), key=_sort_key)
+        xs = [r["kl"]["estimate"] for r in group]
+        ys = [r["reward"]["estimate"] for r in group]
+        if len(group) > 1:
+            ax.plot(xs, ys, "-", color=colour, alpha=0.6)
+        for r, x, y in zip(group, xs, ys, strict=True):
+            ax.errorbar([x], [y], xerr=_err(r["kl"]), yerr=_err(r["reward"]), fmt="o", color=colour, capsize=3,
+                        label=loss if r is group[0] else None)
+            if r["params"]:
+                ax.annotate(_param_text(r["params"]), (x, y), textcoords="offset points", xytext=(5, 5),
+                            fontsize=7, color=colour)
+    reward_name = points[0].get("reward_name") or "reward"
+    ax.set_xlabel("KL(policy || reference), nats per completion")
+    ax.set_ylabel(f"mean reward ({reward_name})")
+    ax.set_title(title or "reward vs KL frontier (95% intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+_CURVES = (
+    ("loss", "eval/loss", "loss"),
+    ("rewards/margins", "eval/rewards/margins", "reward margin"),
+    ("rewards/accuracies", "eval/rewards/accuracies", "reward accuracy"),
+)
+
+
+def plot_training_curves(
+    curves: dict[str, tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str = ""
+) -> Path | None:
+    """Training (solid) and held-out (dots) loss, reward margin and accuracy against the step.
+
+    Args:
+        curves: run label -> (loss name, that run's preference-stage metrics records).
+        path: the PNG file to write.
+        title: figure title.
+
+    Returns:
+        ``path``, or None when no run has any training record (nothing is written then).
+    """
+    if not any(any("loss" in r for r in records) for _, records in curves.values()):
+        return None
+    colours = _colours([loss for loss, _ in curves.values()])
+    style_index: dict[str, int] = {}
+    fig, axes = plt.subplots(1, len(_CURVES), figsize=(5 * len(_CURVES), 4))
+    for label, (loss, records) in curves.items():
+        index = style_index[loss] = style_index.get(loss, -1) + 1
+        style = _LINESTYLES[index % len(_LINESTYLES)]
+        for ax, (train_key, eval_key, _) in zip(axes, _CURVES, strict=True):
+            train = [(r["step"], r[train_key]) for r in records if train_key in r and "step" in r]
+            held_out = [(r["step"], r[eval_key]) for r in records if eval_key in r and "step" in r]
+            if train:
+                ax.plot(*zip(*train, strict=True), style, color=colours[loss], label=label)
+            if held_out:
+                ax.plot(*zip(*held_out, strict=True), "o", color=colours[loss], markersize=4)
+    for ax, (_, _, name) in zip(axes, _CURVES, strict=True):
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "training (lines) and held-out (dots) metrics")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,78 @@
+"""PNG plots of an evaluation: the win rate with its interval, and reward versus KL.
+
+matplotlib runs with the Agg backend (no display needed); each function writes one file and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_reward_kl", "plot_win_rate"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
+    """Horizontal bars of the win rate and the length-controlled win rate with their 95% intervals.
+
+    Args:
+        judge: the ``judge`` section of report.json (:func:`alignkit.eval.evaluate_run.judge_run`).
+        path: PNG file to write.
+    """
+    plt = _pyplot()
+    rows = [("win rate", judge["win_rate"])]
+    if judge.get("length_controlled_win_rate"):
+        rows.append(("length-controlled", judge["length_controlled_win_rate"]))
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.6 * len(rows)))
+    for y, (_label, ci) in enumerate(rows):
+        est = ci["estimate"]
+        ax.barh(y, est, color="tab:blue", alpha=0.6, height=0.5)
+        ax.errorbar(est, y, xerr=[[est - ci["low"]], [ci["high"] - est]], fmt="o", color="black", capsize=4)
+        ax.text(min(ci["high"] + 0.02, 0.86), y, f"{est:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]", va="center", fontsize=8)
+    ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlim(0, 1)
+    name = judge.get("judge", {}).get("name", "judge")
+    ax.set_xlabel(f"policy vs {judge.get('baseline', 'baseline')} ({name} judge, n={judge.get('n')}, 95% CI)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
+    """Mean reward against KL(policy || reference) for the reference and the policy, with 95% intervals.
+
+    Args:
+        reward_kl: the ``reward_kl`` section of report.json (:func:`alignkit.eval.run_eval.evaluate_before_after`).
+        path: PNG file to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key, color in (("before", "tab:gray"), ("after", "tab:red")):
+        entry = reward_kl[key]
+        r, k = entry["reward"], entry["kl"]
+        ax.errorbar(k["estimate"], r["estimate"],
+                    xerr=[[k["estimate"] - k["low"]], [k["high"] - k["estimate"]]],
+                    yerr=[[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]],
+                    fmt="o", color=color, capsize=4, label=entry.get("label", key))
+    ax.set_xlabel("KL(policy || reference), nats per sequence")
+    ax.set_ylabel(f"mean reward ({reward_kl.get('reward', '')})")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
