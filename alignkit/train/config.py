@@ -43,7 +43,8 @@ class TrainConfig(_Strict):
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast on a GPU that supports it when auto; fp32 on CPU."
+        "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; bf16: autocast on any "
+        "device (on CPU it pays only with AVX512-BF16 or AMX); fp32: no autocast."
     )
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     log_every: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")

@@ -138,11 +138,11 @@ class Trainer:
                                  foreach=True)
 
     def _autocast_dtype(self) -> torch.dtype | None:
-        if self.cfg.precision == "fp32" or self.device.type != "cuda":
-            if self.cfg.precision == "bf16" and self.device.type != "cuda":
-                self.console.print("[yellow]precision bf16 requested on CPU: training in fp32[/]")
-            return None
-        if self.cfg.precision == "bf16" or torch.cuda.is_bf16_supported():
+        """bf16 autocast when asked for (CPU too: fast on CPUs with AVX512-BF16/AMX), or on a bf16 GPU when auto."""
+        precision = self.cfg.precision
+        if precision == "bf16":
+            return torch.bfloat16
+        if precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
 

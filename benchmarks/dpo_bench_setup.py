@@ -1,0 +1,186 @@
+"""What both sides of the DPO benchmark share: the case (model, tokenizer), the data, the step order.
+
+alignkit and TRL must see the same model weights, the same tokenized pairs in the same order, and the
+same batch shapes; everything that decides those lives here, so the two runners cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.data.types import TokenizedPair
+
+__all__ = [
+    "CASES",
+    "HH_DEFAULT",
+    "BenchSpec",
+    "build_model",
+    "build_tokenizer",
+    "machine_summary",
+    "ordered_pairs",
+    "step_tokens",
+    "wait_for_idle",
+]
+
+HH_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+# Case name -> (model kind, default batch, max_length, max_prompt_length, timed steps, warm-up steps).
+CASES: dict[str, dict] = {
+    "tiny-gpt2": {"batch": 8, "max_length": 512, "max_prompt_length": 256, "steps": 10, "warmup": 2},
+    "smollm2": {"batch": 4, "max_length": 256, "max_prompt_length": 128, "steps": 3, "warmup": 1},
+}
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark setting, identical for both frameworks.
+
+    Attributes:
+        case: ``tiny-gpt2`` (GPT2Config with small dims, real 50,257-token vocabulary) or ``smollm2``
+            (SmolLM2-135M-Instruct from ``model_path``).
+        batch: pairs per optimizer step (2 x batch sequences per forward).
+        max_length / max_prompt_length: token limits of prompt + response and of the prompt.
+        steps: timed optimizer steps, after ``warmup`` untimed ones.
+        reference: ``copy`` (a frozen reference model, one extra forward per step) or ``cached``
+            (reference log-probs computed before training; no reference model while training).
+        hidden / layers / heads: tiny GPT-2 dims (ignored for smollm2).
+        lr: peak learning rate (linear decay to 0 over warmup + steps, no warm-up ramp).
+        beta: DPO beta (sigmoid loss).
+        seed: weights and data order.
+        hh_path: the HH-RLHF .jsonl.gz file.
+        model_path: the converted SmolLM2 folder (smollm2 only).
+        chunk_size: alignkit's lm-head chunk size.
+    """
+
+    case: str = "tiny-gpt2"
+    batch: int = 8
+    max_length: int = 512
+    max_prompt_length: int = 256
+    steps: int = 10
+    warmup: int = 2
+    reference: str = "copy"
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    lr: float = 1e-5
+    beta: float = 0.1
+    seed: int = 0
+    hh_path: str = str(HH_DEFAULT)
+    model_path: str | None = None
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.case not in CASES:
+            raise ValueError(f"case must be one of {sorted(CASES)}, got {self.case!r}")
+        if self.reference not in ("copy", "cached"):
+            raise ValueError(f"reference must be 'copy' or 'cached', got {self.reference!r}")
+        if self.warmup < 1 or self.steps < 1:
+            raise ValueError(f"need warmup >= 1 and steps >= 1, got warmup={self.warmup} steps={self.steps}")
+        if self.case == "smollm2" and not self.model_path:
+            raise ValueError("case smollm2 needs model_path (alignkit.models.smollm2.ensure_smollm2())")
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_tokenizer(spec: BenchSpec):
+    """The real tokenizer of the case: GPT-2 BPE (pad = eos) or SmolLM2's own."""
+    if spec.case == "tiny-gpt2":
+        from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
+
+        tok = offline_gpt2_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec.model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(spec: BenchSpec) -> nn.Module:
+    """The policy, fp32, train mode, no dropout; the same weights on every call with the same spec."""
+    torch.manual_seed(spec.seed)
+    if spec.case == "tiny-gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=50257, n_positions=max(1024, spec.max_length), n_embd=spec.hidden,
+                         n_layer=spec.layers, n_head=spec.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=torch.float32)
+    return model.train()
+
+
+def ordered_pairs(spec: BenchSpec, tokenizer) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """The first ``batch x total_steps`` usable HH pairs, re-indexed 0..P-1.
+
+    Returns:
+        ``(pairs, visited)``: the pairs in dataset order (what alignkit's Trainer is given) and in the order
+        the Trainer visits them, ``step_order(P, seed, 0)``; feeding TRL ``visited`` with a sequential
+        sampler makes step k of both frameworks see exactly the same pairs.
+    """
+    from alignkit.data.config import HHRLHFSource
+    from alignkit.data.hh_rlhf import load_hh_rlhf
+    from alignkit.data.tokenize import tokenize_pairs
+    from alignkit.train.trainer import step_order
+
+    if not Path(spec.hh_path).exists():
+        raise FileNotFoundError(f"HH-RLHF file not found: {spec.hh_path}")
+    need = spec.batch * spec.total_steps
+    examples, _ = load_hh_rlhf(HHRLHFSource(path=spec.hh_path))
+    pairs, _ = tokenize_pairs(examples[: need * 2], tokenizer, spec.max_length, spec.max_prompt_length)
+    if len(pairs) < need:
+        raise ValueError(f"only {len(pairs)} usable pairs, need {need} (batch {spec.batch} x {spec.total_steps} steps)")
+    pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, p.rejected_ids, 1.0, i) for i, p in enumerate(pairs[:need])]
+    return pairs, [pairs[i] for i in step_order(need, spec.seed, 0)]
+
+
+def step_tokens(pairs: list[TokenizedPair], batch: int, step: int) -> int:
+    """Non-padding tokens of optimizer step ``step`` (chosen and rejected sequences, prompts included)."""
+    chunk = pairs[step * batch:(step + 1) * batch]
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in chunk)
+
+
+def wait_for_idle(max_load: float, poll_seconds: float = 60.0, max_wait_seconds: float = 1800.0) -> float:
+    """Block until the 1-minute load average is below ``max_load`` (0 disables); returns the load seen.
+
+    Timings on a shared machine mean something only when nothing else runs.
+    """
+    load = os.getloadavg()[0]
+    if max_load <= 0:
+        return load
+    deadline = time.monotonic() + max_wait_seconds
+    while load >= max_load and time.monotonic() < deadline:
+        print(f"  load {load:.2f} >= {max_load}: waiting {poll_seconds:.0f} s", flush=True)
+        time.sleep(poll_seconds)
+        load = os.getloadavg()[0]
+    return load
+
+
+def machine_summary() -> str:
+    """CPU model, cores, RAM, OS and Python: one line."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}")
