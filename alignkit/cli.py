@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,8 +27,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from alignkit.recipe import RecipeError
     from alignkit.registry import RegistryError
 
+    # ValueError: settings that are valid one by one but not together (found while running).
     return (RecipeError, DataError, ModelLoadError, SmolLM2FetchError, ObjectiveError, PluginError, RegistryError,
-            FileNotFoundError)
+            FileNotFoundError, ValueError)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,6 +40,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run_recipe(recipe, resume=args.resume, console=_err)
     _err.print(f"[green]done[/]: {summary.run_dir}")
     return 0
+
+
+def _cmd_online(args: argparse.Namespace) -> int:
+    from alignkit.online.recipe import load_online_recipe
+
+    recipe = load_online_recipe(args.recipe, args.overrides, args.plugin)
+    if args.validate:
+        _out.print(f"[green]ok[/]: {args.recipe} (online, run folder {recipe.run_dir()})")
+        return 0
+    from alignkit.online.run import run_online_recipe
+
+    summary = run_online_recipe(recipe, resume=args.resume, console=_err)
+    _err.print(f"[green]done[/]: {summary.run_dir}")
+    return 0
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alignkit.online.frontier import plot_online_frontier, rows_from_comparison
+
+    extra = [row for path in args.comparison for row in rows_from_comparison(path)]
+    path = plot_online_frontier(args.run_dirs, Path(args.out), extra_rows=extra, title=args.title)
+    _err.print(f"[green]written[/]: {path}" if path else "[yellow]no run has a reward and a KL to plot[/]")
+    return 0 if path else 1
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -131,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
+    online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
+    online.add_argument("--validate", action="store_true", help="only check the recipe")
+    online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
+    online.set_defaults(func=_cmd_online)
+    frontier = sub.add_parser("frontier", help="Plot online runs (and offline comparisons) on one reward-vs-KL plot.")
+    frontier.add_argument("run_dirs", nargs="*", help="online run folders (their report.json)")
+    frontier.add_argument("--comparison", action="append", default=[], help="comparison.json of `alignkit compare`")
+    frontier.add_argument("--out", default="frontier.png", help="PNG file to write")
+    frontier.add_argument("--title", default="", help="figure title")
+    frontier.set_defaults(func=_cmd_frontier)
 
     compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "
                              "tabulate and plot them side by side.")
@@ -181,7 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as err:
+        if os.environ.get("ALIGNKIT_DEBUG"):
+            raise
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]: rerun with --resume to continue from the last checkpoint")

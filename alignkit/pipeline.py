@@ -21,6 +21,7 @@ from rich.console import Console
 from alignkit.cache import atomic_folder, write_atomic
 from alignkit.data import PreparedData, TokenizedPair, collate_preference, collate_sft
 from alignkit.data import prepare_data as prepare_data_section
+from alignkit.data.kway import collate_kway, prepare_kway_data
 from alignkit.eval.evaluate_run import evaluate_heldout, heldout_prompts
 from alignkit.losses import Objective, build_objective
 from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
@@ -40,7 +41,7 @@ from alignkit.peft import (
     has_adapters,
     parameter_table,
 )
-from alignkit.recipe import Recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.tables import write_report
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.distributed import DistEnv, init_distributed
@@ -79,10 +80,16 @@ def prepare_data(
     recipe: Recipe, tokenizer, policy: torch.nn.Module | None, console: Console
 ) -> PreparedData:
     """Load (or, for the sentiment task, generate with the initial policy), split and tokenize the pairs."""
-    if recipe.data.source.kind == "sentiment":
+    kind = recipe.data.source.kind
+    if kind == "sentiment":
         from alignkit.data.sentiment import prepare_sentiment_data
 
         return prepare_sentiment_data(recipe.data, tokenizer, policy, seed=recipe.seed, console=console)
+    if (kind == "kway_jsonl") != (build_objective(recipe.loss).inputs == "kway"):
+        raise RecipeError("K-way comparisons (data.source.kind: kway_jsonl) go with a K-way loss (reward_kway) "
+                          "and only with one")
+    if kind == "kway_jsonl":
+        return prepare_kway_data(recipe.data, tokenizer)
     return prepare_data_section(recipe.data, tokenizer)
 
 
@@ -118,10 +125,10 @@ def _build_reference(
         return None
     mode, chunk = recipe.reference.mode, recipe.model.logps_chunk_size
     if mode == "none":
-        raise ValueError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
+        raise RecipeError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
     if mode == "adapters_off":
         if not has_adapters(policy):
-            raise ValueError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
+            raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
         return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk)
     load_reference = reference_loader(recipe, device)
     separate = load_reference() if recipe.reference.name_or_path else None
@@ -198,7 +205,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
     console.print(format_parameter_table(parameter_table(policy)))
     chunk = recipe.model.logps_chunk_size
     pad_id = tokenizer.pad_token_id
-    preference_collate = partial(collate_preference, pad_token_id=pad_id)
+    preference_collate = partial(collate_kway if objective.inputs == "kway" else collate_preference,
+                                 pad_token_id=pad_id)
 
     if recipe.sft.enabled:
         sft_objective = build_objective({"name": "sft"})
@@ -239,7 +247,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
             for name, r in summary.stages.items()
         },
     }
-    if recipe.eval is not None and env.is_main:
+    if recipe.eval is not None and is_reward_model:
+        console.print("[yellow]eval: skipped, a reward model does not generate (the held-out accuracy is above)[/]")
+    elif recipe.eval is not None and env.is_main:
         prompts, chosen = heldout_prompts(data.test_examples)
         report.update(evaluate_heldout(recipe.eval, policy, _eval_reference(recipe, reference, policy, device),
                                        tokenizer, prompts, chosen, run_dir=run_dir, console=console,

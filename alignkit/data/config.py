@@ -12,6 +12,7 @@ __all__ = [
     "HHRLHFSource",
     "HH_SUBSETS",
     "JsonlSource",
+    "KWayJsonlSource",
     "SentimentSource",
     "SourceConfig",
 ]
@@ -111,8 +112,20 @@ class SentimentSource(_Strict):
     )
 
 
+class KWayJsonlSource(_Strict):
+    """A local .jsonl(.gz) file of K-way comparisons, for ``reward_kway``."""
+
+    kind: Literal["kway_jsonl"] = "kway_jsonl"
+    path: str = Field(description="Path of the .jsonl or .jsonl.gz file.")
+    prompt_field: str = Field("prompt", description="Column with the prompt text.")
+    responses_field: str = Field("responses", description="Column with the list of K response texts.")
+    best_field: str = Field("best", description="Column with the index of the best response (or use scores_field).")
+    scores_field: str = Field("scores", description="Column with K scores; the best is the arg-max. Used when "
+                              "best_field is absent from a row.")
+
+
 SourceConfig = Annotated[
-    HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource, Field(discriminator="kind")
+    HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource | KWayJsonlSource, Field(discriminator="kind")
 ]
 
 

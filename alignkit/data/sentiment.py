@@ -260,6 +260,7 @@ def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is an ordinary cache file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -271,7 +272,8 @@ def _read_cache(path: Path, prompts: Sequence[str], k: int) -> list[list[str]] |
     if not path.exists():
         return None
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # split("\n"), not splitlines(): completions may hold U+2028 and other characters splitlines() breaks on
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     except (OSError, json.JSONDecodeError) as err:
         log.warning("ignoring unreadable pair cache %s: %s", path, err)
         return None

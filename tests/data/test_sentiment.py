@@ -257,3 +257,14 @@ def test_bf16_generation_copy_leaves_the_model_alone(tiny_gpt2, gpt2_tokenizer, 
                               generation_dtype=torch.bfloat16, **PAIR_SETTINGS)
     assert next(tiny_gpt2.parameters()).dtype == torch.float32
     assert bf16.cache_path != fp32.cache_path and not bf16.from_cache
+
+
+def test_pair_cache_survives_unicode_line_separators(tmp_path):
+    """Completions may contain U+2028/U+0085, which str.splitlines() treats as line breaks."""
+    from alignkit.data.sentiment import _read_cache, _write_jsonl_atomic
+
+    path = tmp_path / "cache.jsonl"
+    texts = [["a\u2028b", "c\x85d"], ["e", "f\u2029g"]]
+    rows = [{"meta": {}}] + [{"prompt": p, "completions": t} for p, t in zip(["p1", "p2"], texts, strict=True)]
+    _write_jsonl_atomic(path, rows)
+    assert _read_cache(path, ["p1", "p2"], k=2) == texts

@@ -1,0 +1,98 @@
+"""Online recipes: shipped ones validate; errors name file, line and path; the frontier reads run reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignkit.cli import main
+from alignkit.online.frontier import online_frontier_rows, plot_online_frontier
+from alignkit.online.recipe import is_online_recipe, load_online_recipe
+from alignkit.recipe import RecipeError
+
+ONLINE_RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))
+
+BASE = """name: t
+model:
+  name_or_path: gpt2
+prompts:
+  kind: inline
+  train: [a, b]
+  eval: [c]
+online:
+  reward: vader_sentiment
+"""
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", ONLINE_RECIPES, ids=[p.stem for p in ONLINE_RECIPES])
+def test_every_shipped_online_recipe_validates(path):
+    recipe = load_online_recipe(path)
+    assert is_online_recipe(path)
+    assert recipe.online.reward == "vader_sentiment"
+
+
+def test_there_are_rloo_and_warp_recipes():
+    assert {p.stem for p in ONLINE_RECIPES} >= {"rloo_smollm2_sentiment", "warp_smollm2_sentiment"}
+
+
+def test_unknown_key_reports_file_line_and_path(tmp_path):
+    path = _write(tmp_path, BASE + "  betta: 0.1\n")
+    with pytest.raises(RecipeError) as err:
+        load_online_recipe(path)
+    assert f"{path}:10: online.betta: Extra inputs are not permitted" in str(err.value)
+
+
+def test_overrides_and_cross_field_checks(tmp_path):
+    path = _write(tmp_path, BASE)
+    assert load_online_recipe(path, ["online.beta=0.3"]).online.beta == 0.3
+    with pytest.raises(RecipeError, match="kl_control.target is required"):
+        load_online_recipe(path, ["online.kl_control.kind=adaptive"])
+    with pytest.raises(RecipeError, match="exactly one of 'reward'"):
+        load_online_recipe(path, ["online.reward_model=some/folder"])
+    with pytest.raises(RecipeError, match="needs anchor.kind 'ema'"):
+        load_online_recipe(path, ["online.warp={runs: 2}"])
+    with pytest.raises(RecipeError, match=r"adapter\.kind: WARP merges"):
+        load_online_recipe(path, ["online.warp={runs: 2}", "online.anchor.kind=ema", "adapter={kind: lora}"])
+
+
+def test_cli_validate_and_error(tmp_path, capsys):
+    path = _write(tmp_path, BASE)
+    assert main(["online", str(path), "--validate"]) == 0
+    assert main(["online", str(path), "online.samples_per_prompt=0", "--validate"]) == 2
+    assert "online.samples_per_prompt" in capsys.readouterr().err
+
+
+def _interval(x: float) -> dict:
+    return {"estimate": x, "low": x - 0.1, "high": x + 0.1}
+
+
+def test_frontier_rows_from_online_reports(tmp_path):
+    before = {"reward": _interval(0.1), "kl": _interval(0.0)}
+    rloo = tmp_path / "rloo"
+    rloo.mkdir()
+    (rloo / "report.json").write_text(json.dumps({
+        "method": "rloo", "online": {"beta": 0.05},
+        "reward_kl": {"reward": "vader_sentiment", "before": before,
+                      "after": {"reward": _interval(0.5), "kl": _interval(3.0)}}}))
+    warp = tmp_path / "warp"
+    warp.mkdir()
+    (warp / "report.json").write_text(json.dumps({
+        "method": "warp", "online": {"beta": 0.05}, "reward_kl": {"reward": "vader_sentiment", "before": before},
+        "warp_front": [{"eta": e, "reward": _interval(0.1 + e), "kl": _interval(4 * e), "mean_length": 9.0,
+                        "reward_name": "vader_sentiment"} for e in (0.0, 0.5, 1.0)]}))
+    rows = online_frontier_rows([rloo, warp])
+    assert [(r["loss"], r["params"]) for r in rows] == [
+        ("rloo", {"beta": 0.05}), ("warp front", {"eta": 0.0}), ("warp front", {"eta": 0.5}),
+        ("warp front", {"eta": 1.0})]
+    assert rows[0]["reference_reward"]["estimate"] == 0.1
+    assert plot_online_frontier([rloo, warp], tmp_path / "f.png").is_file()
+    with pytest.raises(FileNotFoundError):
+        online_frontier_rows([tmp_path / "missing"])
