@@ -33,6 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from alignkit.online.recipe import is_online_recipe
+
+    if is_online_recipe(args.recipe):  # a recipe with an `online:` section runs the online loop
+        args.validate = False
+        return _cmd_online(args)
     from alignkit.pipeline import run_recipe
     from alignkit.recipe import load_recipe
 
@@ -68,8 +73,12 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from alignkit.online.recipe import is_online_recipe
     from alignkit.recipe import load_recipe
 
+    if is_online_recipe(args.recipe):
+        args.validate = True
+        return _cmd_online(args)
     recipe = load_recipe(args.recipe, args.overrides, args.plugin)
     objective = recipe.objective()
     _out.print(f"[green]ok[/]: {args.recipe} (objective {objective.describe()}, run folder {recipe.run_dir()})")

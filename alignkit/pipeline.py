@@ -153,7 +153,7 @@ def _build_reference(
     return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)
 
 
-def _save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
+def save_model(policy: torch.nn.Module, tokenizer, folder: Path) -> None:
     """The trained model: a transformers folder (plus the adapter files when there are adapters)."""
     if has_adapters(policy):
         export_with_adapters(policy, tokenizer, folder)
@@ -225,7 +225,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
     result = trainer.fit(resume=resume)
     summary.stages["preference"] = result
     if env.is_main:
-        _save_model(policy, tokenizer, run_dir / "model")
+        save_model(policy, tokenizer, run_dir / "model")
 
     report: dict[str, Any] = {
         "recipe": recipe.name,

@@ -20,7 +20,18 @@ from alignkit.peft.config import AdapterConfig, NoAdapter
 from alignkit.plugins import load_plugins
 from alignkit.train.config import SFTConfig, TrainConfig
 
-__all__ = ["Recipe", "RecipeError", "apply_overrides", "load_recipe", "recipe_to_yaml"]
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "apply_overrides",
+    "load_recipe",
+    "load_recipe_plugins",
+    "raise_problems",
+    "read_recipe_file",
+    "recipe_to_yaml",
+    "validate_recipe",
+    "validation_problems",
+]
 
 LossSection = dict[str, Any] | list[dict[str, Any]]
 
@@ -156,15 +167,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 
-def load_recipe(
-    path: str | Path,
-    overrides: list[str] | None = None,
-    extra_plugins: list[str] | None = None,
-) -> Recipe:
-    """Read, override, validate a recipe; load its plugins first so plugin losses validate.
+def read_recipe_file(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict]:
+    """Read a recipe YAML file and apply dotted overrides.
+
+    Returns:
+        The recipe dict and the map from YAML paths to line numbers (for error messages).
 
     Raises:
-        RecipeError: with every problem listed as ``file:line: path: message``.
+        RecipeError: missing file, invalid YAML, not a mapping, or a malformed override.
     """
     path = Path(path)
     if not path.is_file():
@@ -177,8 +187,42 @@ def load_recipe(
         raise RecipeError(f"{path}: not valid YAML:\n{err}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {type(data).__name__}")
-    apply_overrides(data, overrides or [])
-    return validate_recipe(data, lines=_line_map(node), source=str(path), base_dir=path.parent,
+    return apply_overrides(data, overrides or []), _line_map(node)
+
+
+def load_recipe_plugins(data: dict[str, Any], extra: list[str] | None, *, base_dir: Path | None, lines: dict,
+                        source: str) -> None:
+    """Import the recipe's ``plugins`` (and ``extra`` ones) before validation, so what they register exists."""
+    try:
+        load_plugins(list(data.get("plugins") or []) + list(extra or []), base_dir=base_dir)
+    except Exception as err:  # noqa: BLE001 - any plugin failure is reported as a recipe problem
+        raise RecipeError(_describe(("plugins",), str(err), lines, source)) from None
+
+
+def validation_problems(err: ValidationError, lines: dict, source: str) -> list[str]:
+    """pydantic errors as ``file:line: path: message`` lines."""
+    return [_describe(_clean_loc(tuple(e["loc"])), e["msg"], lines, source) for e in err.errors()]
+
+
+def raise_problems(problems: list[str], source: str) -> None:
+    """Raise one RecipeError listing every problem (no-op when there are none)."""
+    if problems:
+        header = f"{source or 'recipe'}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise RecipeError(header + "\n" + "\n".join(f"  - {p}" for p in sorted(set(problems))))
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    extra_plugins: list[str] | None = None,
+) -> Recipe:
+    """Read, override, validate a recipe; load its plugins first so plugin losses validate.
+
+    Raises:
+        RecipeError: with every problem listed as ``file:line: path: message``.
+    """
+    data, lines = read_recipe_file(path, overrides)
+    return validate_recipe(data, lines=lines, source=str(path), base_dir=Path(path).parent,
                            extra_plugins=extra_plugins)
 
 
@@ -192,18 +236,13 @@ def validate_recipe(
 ) -> Recipe:
     """Validate a recipe dict (already overridden). See :func:`load_recipe`."""
     lines = lines or {}
-    plugins = list(data.get("plugins") or []) + list(extra_plugins or [])
-    try:
-        load_plugins(plugins, base_dir=base_dir)
-    except Exception as err:  # noqa: BLE001 - any plugin failure is reported as a recipe problem
-        raise RecipeError(_describe(("plugins",), str(err), lines, source)) from None
+    load_recipe_plugins(data, extra_plugins, base_dir=base_dir, lines=lines, source=source)
     problems: list[str] = []
     recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        for e in err.errors():
-            problems.append(_describe(_clean_loc(tuple(e["loc"])), e["msg"], lines, source))
+        problems += validation_problems(err, lines, source)
     if "loss" in data and data["loss"] is not None:
         try:
             build_objective(data["loss"])
@@ -212,9 +251,7 @@ def validate_recipe(
                 loc_text, _, msg = message.partition(": ")
                 problems.append(_describe(tuple(_parse_key(loc_text)) if msg else ("loss",),
                                           msg or message, lines, source))
-    if problems:
-        header = f"{source or 'recipe'}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise RecipeError(header + "\n" + "\n".join(f"  - {p}" for p in sorted(set(problems))))
+    raise_problems(problems, source)
     assert recipe is not None
     return recipe
 

@@ -9,11 +9,16 @@ import pytest
 from alignkit.cli import main
 from alignkit.recipe import RecipeError, apply_overrides, load_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_shipped_recipe_validates(path):
+    from alignkit.online.recipe import is_online_recipe, load_online_recipe
+
+    if is_online_recipe(path):
+        assert load_online_recipe(path).online
+        return
     recipe = load_recipe(path)
     assert recipe.objective().terms
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from alignkit.eval.generate import Completion, eval_mode
 from alignkit.models.logps import IGNORE_INDEX, sequence_logps
 
-__all__ = ["ReferenceFn", "as_reference", "completion_logps", "sequence_kl"]
+__all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]
 
 ReferenceFn = Callable[[], AbstractContextManager[nn.Module]]
 
@@ -51,7 +51,7 @@ def as_reference(reference: nn.Module | ReferenceFn | Any) -> ReferenceFn:
     return reference
 
 
-def _batch(completions: Sequence[Completion], pad_token_id: int, device: torch.device) -> dict[str, Tensor]:
+def completion_batch(completions: Sequence[Completion], pad_token_id: int, device: torch.device) -> dict[str, Tensor]:
     """Right-padded (B, T) input_ids / attention_mask / labels with only completion tokens labelled."""
     width = max(len(c.prompt_ids) + len(c.completion_ids) for c in completions)
     input_ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
@@ -90,7 +90,7 @@ def completion_logps(
     out = []
     with eval_mode(model):
         for start in range(0, len(completions), batch_size):
-            batch = _batch(completions[start : start + batch_size], pad_token_id, device)
+            batch = completion_batch(completions[start : start + batch_size], pad_token_id, device)
             logps, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             out.append(logps.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)

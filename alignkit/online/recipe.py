@@ -15,8 +15,13 @@ from alignkit.eval.config import EvalConfig
 from alignkit.models.config import ModelConfig
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig, PromptsConfig
 from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
-from alignkit.plugins import load_plugins
-from alignkit.recipe import RecipeError, _clean_loc, _describe, _line_map, apply_overrides
+from alignkit.recipe import (
+    _describe,
+    load_recipe_plugins,
+    raise_problems,
+    read_recipe_file,
+    validation_problems,
+)
 
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
 
@@ -66,31 +71,14 @@ def load_online_recipe(
     Raises:
         RecipeError: every problem as ``file:line: path: message``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML:\n{err}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {type(data).__name__}")
-    apply_overrides(data, overrides or [])
-    lines, source = _line_map(node), str(path)
-    try:
-        load_plugins(list(data.get("plugins") or []) + list(extra_plugins or []), base_dir=path.parent)
-    except Exception as err:  # noqa: BLE001 - any plugin failure is a recipe problem
-        raise RecipeError(_describe(("plugins",), str(err), lines, source)) from None
+    data, lines = read_recipe_file(path, overrides)
+    source = str(path)
+    load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source)
     try:
         recipe = OnlineRecipe.model_validate(data)
     except ValidationError as err:
-        problems = sorted({_describe(_clean_loc(tuple(e["loc"])), e["msg"], lines, source) for e in err.errors()})
-        raise RecipeError(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems)) from None
-    problems = [_describe(loc, msg, lines, source) for loc, msg in _cross_checks(recipe)]
-    if problems:
-        raise RecipeError(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+        raise_problems(validation_problems(err, lines, source), source)
+    raise_problems([_describe(loc, msg, lines, source) for loc, msg in _cross_checks(recipe)], source)
     return recipe
 
 

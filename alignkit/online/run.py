@@ -31,7 +31,7 @@ from alignkit.online.recipe import OnlineRecipe, online_recipe_to_yaml
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.peft import apply_adapter, count_parameters
-from alignkit.pipeline import _save_model, peak_rss_mib, resolve_device, seed_everything
+from alignkit.pipeline import peak_rss_mib, resolve_device, save_model, seed_everything
 from alignkit.report.tables import write_report
 
 __all__ = ["OnlineSummary", "build_score", "describe_objective", "load_tensors", "online_prompts", "run_online_recipe"]
@@ -207,7 +207,7 @@ def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, console: Co
             report["warp_front"] = _front(recipe, policy, tokenizer, eval_prompts, initial, theta_sft, theta_final,
                                           console)
     report["stages"] = {name: _stage_summary(r) for name, r in summary.results.items()}
-    _save_model(policy, tokenizer, run_dir / "model")
+    save_model(policy, tokenizer, run_dir / "model")
     if recipe.eval is not None:
         report.update(evaluate_heldout(recipe.eval, policy, initial, tokenizer, eval_prompts, None, run_dir=run_dir,
                                        console=console, device=str(torch_device)))

@@ -23,7 +23,7 @@ from torch import nn
 
 from alignkit.cache import write_atomic
 from alignkit.eval.generate import Completion, eos_token_ids, eval_mode, generate_completions
-from alignkit.eval.kl import ReferenceFn, _batch, completion_logps
+from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
 from alignkit.models.logps import sequence_logps
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
@@ -38,21 +38,14 @@ from alignkit.online.rloo import (
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from alignkit.train.metrics import MetricsWriter
 from alignkit.train.schedule import make_scheduler
-from alignkit.train.trainer import step_order
+from alignkit.train.trainer import make_optimizer, step_order
 
-__all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn", "make_optimizer"]
+__all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
 
 ANCHOR_FILE = "anchor.safetensors"
 
 # score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
 ScoreFn = Callable[[list[str], list[str]], list[float]]
-
-
-def make_optimizer(params: list[nn.Parameter], cfg: OnlineTrainConfig) -> torch.optim.Optimizer:
-    """AdamW or RMSprop over ``params`` as ``cfg`` says."""
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def write_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -185,7 +178,7 @@ class OnlineTrainer:
         loss_total = 0.0
         with eval_mode(self.policy):
             for lo in range(0, n, size):
-                batch = _batch(comps[lo:lo + size], self.pad_id, self.device)
+                batch = completion_batch(comps[lo:lo + size], self.pad_id, self.device)
                 logps, _ = sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           chunk_size=self.chunk_size)
                 loss = policy_gradient_loss(logps, advantages[lo:lo + size].to(logps.device), num_samples=n)

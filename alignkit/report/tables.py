@@ -66,7 +66,9 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     console.print(table)
     facts = [f"- wall time: {report.get('wall_seconds', 0):.1f} s",
              f"- peak memory (RSS): {report.get('peak_rss_mib', 0):.0f} MiB",
-             f"- pairs: {report.get('train_pairs')} train, {report.get('heldout_pairs')} held out"]
+]
+    if report.get("train_pairs") is not None:
+        facts.append(f"- pairs: {report['train_pairs']} train, {report.get('heldout_pairs')} held out")
     params = report.get("parameters")
     if params:
         facts.append(f"- trainable parameters: {params['trainable']:,} of {params['total']:,}")

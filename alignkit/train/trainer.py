@@ -28,7 +28,7 @@ from alignkit.train.forward import objective_step
 from alignkit.train.metrics import MetricSums, MetricsWriter
 from alignkit.train.schedule import make_scheduler
 
-__all__ = ["Trainer", "TrainResult", "step_order"]
+__all__ = ["Trainer", "TrainResult", "make_optimizer", "step_order"]
 
 Collate = Callable[[list[TokenizedPair]], dict[str, Any]]
 
@@ -48,6 +48,13 @@ class TrainResult:
     def steps_per_second(self) -> float | None:
         done = self.steps - self.resumed_at
         return done / self.wall_seconds if done and self.wall_seconds else None
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (default) or RMSprop, as ``cfg`` (optimizer, lr, betas, weight_decay) says."""
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def step_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -124,19 +131,12 @@ class Trainer:
             )
         self.steps_per_epoch = len(self.train_pairs) // cfg.batch_size
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.params, cfg)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=cfg.warmup_steps,
                                         total_steps=self.total_steps, schedule=cfg.schedule)
         self.autocast_dtype = self._autocast_dtype()
 
     # -----------------------------------------------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        if cfg.optimizer == "rmsprop":
-            return torch.optim.RMSprop(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                 foreach=True)
-
     def _autocast_dtype(self) -> torch.dtype | None:
         """bf16 autocast when asked for (CPU too: fast on CPUs with AVX512-BF16/AMX), or on a bf16 GPU when auto."""
         precision = self.cfg.precision

@@ -67,7 +67,7 @@ train:
   optimizer: adamw
   lr: 0.0003
   prompts_per_step: 2
-  max_steps: 16
+  max_steps: 12
   device: cpu
 eval:
   reward: {REWARD}
@@ -108,7 +108,7 @@ def test_rloo_reward_rises_and_report_is_written(tmp_path):
     assert report["reward_kl"]["before"]["kl"]["estimate"] == 0.0
     assert report["reward_kl"]["after"]["reward"]["estimate"] > report["reward_kl"]["before"]["reward"]["estimate"]
     lines = (tmp_path / "run" / "online" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 16
+    assert len(lines) == 12
     assert time.perf_counter() - started < 60
 
 

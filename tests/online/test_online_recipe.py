@@ -96,3 +96,10 @@ def test_frontier_rows_from_online_reports(tmp_path):
     assert plot_online_frontier([rloo, warp], tmp_path / "f.png").is_file()
     with pytest.raises(FileNotFoundError):
         online_frontier_rows([tmp_path / "missing"])
+
+
+def test_run_and_validate_dispatch_on_the_online_key(tmp_path):
+    path = _write(tmp_path, BASE)
+    assert main(["validate", str(path)]) == 0
+    # `alignkit run` on an online recipe goes to the online loop: here it stops at the bad override.
+    assert main(["run", str(path), "online.max_new_tokens=0"]) == 2
