@@ -45,6 +45,8 @@ def evaluate_before_after(
         "temperature": cfg.temperature, "top_p": cfg.top_p, "batch_size": cfg.batch_size, "seed": cfg.seed,
     }
     console = console or Console(stderr=True)
+    console.print(f"eval: {cfg.samples_per_prompt} samples on each of {len(prompts)} held-out prompts from the "
+                  f"reference, then the policy; reward {cfg.reward}, KL to the reference")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("eval: reference samples", total=None)
