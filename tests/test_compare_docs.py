@@ -38,4 +38,5 @@ def test_shipped_offline_comparison_plans_five_runs_that_differ_only_in_the_loss
                                  ["dpo", "ipo", "slic_hf", "simpo", "orpo"])
     assert out == Path("runs/compare_smollm2_sentiment")
     assert [p.recipe.loss for p in plans] == [{"name": n} for n in ("dpo", "ipo", "slic_hf", "simpo", "orpo")]
-    assert plans[0].recipe.train.max_steps == 8
+    for section in ("train", "data", "model", "adapter", "reference", "eval"):  # one protocol for all five
+        assert len({getattr(p.recipe, section).model_dump_json() for p in plans}) == 1, section
