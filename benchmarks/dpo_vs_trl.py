@@ -186,11 +186,15 @@ def _ratio(ours: float, theirs: float) -> float:
     return ours / theirs if theirs > 0 else float("nan")
 
 
-def compare(spec: BenchSpec, max_load: float = 0.0, frameworks=FRAMEWORKS) -> dict:
-    """Both frameworks on ``spec``, each in its own process, with the load seen before each run."""
+def compare(spec: BenchSpec, max_load: float = 0.0, frameworks=FRAMEWORKS, max_wait: float = 1800.0) -> dict:
+    """Both frameworks on ``spec``, each in its own process, with the load seen before each run.
+
+    Before each run, waits up to ``max_wait`` seconds for the 1-minute load to fall below ``max_load``
+    (then runs anyway: the load is recorded next to the figures).
+    """
     results = {}
     for framework in frameworks:
-        load = wait_for_idle(max_load)
+        load = wait_for_idle(max_load, max_wait_seconds=max_wait)
         result = run_framework_subprocess(framework, spec)
         result["load_before"] = load
         result["load_after"] = os.getloadavg()[0]
@@ -259,6 +263,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--frameworks", default="alignkit,trl")
     parser.add_argument("--max-load", type=float, default=1.3, help="wait until the 1-min load is below (0: never wait)")
+    parser.add_argument("--max-wait", type=float, default=1800.0, help="seconds to wait for that load, then run")
     parser.add_argument("--json", type=Path, help="append the results (one JSON object a line) to this file")
     parser.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -283,7 +288,7 @@ def main() -> None:
     for reference in references:
         spec = BenchSpec(case=args.case, reference=reference, model_path=model_path, chunk_size=args.chunk_size,
                          **defaults)
-        run = compare(spec, args.max_load, tuple(args.frameworks.split(",")))
+        run = compare(spec, args.max_load, tuple(args.frameworks.split(",")), args.max_wait)
         print("\n".join(markdown_rows(run)), flush=True)
         if args.json:
             with args.json.open("a") as fh:
