@@ -36,7 +36,7 @@ class ModelConfig(BaseModel):
         default=False, description="Recompute activations in backward to save memory (slower)."
     )
     logps_chunk_size: int = Field(
-        default=1024,
+        default=256,
         ge=1,
         description="Response tokens per chunk when applying the lm-head to compute sequence log-probs; "
         "bounds the logits held in memory to chunk_size x vocab.",
