@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from dpo_bench_setup import machine_summary  # noqa: E402  (benchmarks/ is on sys.path when run)
 from torch import nn  # noqa: E402
 
 # The adapter configs compared, by the name shown in the tables (each with its defaults).
@@ -160,23 +160,6 @@ def trainable_counts() -> list[tuple[str, str, int, int]]:
     return rows
 
 
-def machine() -> str:
-    """A one-line description of this machine."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
-
-
 def memory_table(results: list[dict]) -> str:
     lines = [
         "| variant | trainable params | params held (MiB) | peak RSS (MiB) | peak RSS over imports (MiB) |",
@@ -209,7 +192,7 @@ def main() -> None:
     results = [measure_in_subprocess(name) for name in VARIANTS]
     report = "\n\n".join(
         [
-            f"Machine: {machine()}",
+            f"Machine: {machine_summary()}, torch {torch.__version__}",
             f"GPT-2 small (124M, fp32), one training step on a batch of {BATCH} x {LENGTH} tokens, "
             "one fresh process per variant:",
             memory_table(results),
