@@ -11,7 +11,7 @@ from alignkit.cli import main
 
 SHORT = [
     "data.source.num_prompts=16", "data.source.num_eval_prompts=8", "data.source.max_new_tokens=16",
-    "data.source.batch_size=32", "train.batch_size=4", "train.epochs=1", "train.eval_every=2",
+    "data.source.batch_size=32", "train.batch_size=4", "train.max_steps=4", "train.eval_every=2",
     "train.save_every=2", "train.max_eval_examples=8", "eval.num_prompts=8", "eval.samples_per_prompt=2",
     "eval.max_new_tokens=16",
 ]
