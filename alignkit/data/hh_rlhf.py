@@ -13,7 +13,6 @@ same way whatever stray whitespace the raw data had.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from alignkit.data.types import (
     DropReport,
     PreferenceExample,
 )
+from alignkit.hub import hub_unavailable_reason
 
 __all__ = ["ASSISTANT", "HUMAN", "hh_example", "load_hh_rlhf", "split_dialogue"]
 
@@ -124,10 +124,10 @@ def _hub_rows(cfg: HHRLHFSource):
         "github.com/anthropics/hh-rlhf) and set data.source.path to the .jsonl.gz file or to the folder "
         "holding <subset>/<split>.jsonl.gz"
     )
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if (reason := hub_unavailable_reason()) is not None:
         raise DataError(
             f"data.source.path {cfg.path!r} is a hub id (no local file or folder has that "
-            f"name) but HF_HUB_OFFLINE is set: {advice}"
+            f"name) but {reason}: {advice}"
         )
     try:
         import datasets

@@ -8,7 +8,7 @@ instead.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignkit.hub import go_offline_if_unreachable, hub_unavailable_reason
 from alignkit.models.config import ModelConfig
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
 from alignkit.models.smollm2 import MODEL_ALIASES
@@ -54,18 +55,33 @@ def resolve_model_path(name: str) -> str:
     return str(resolver()) if resolver is not None else name
 
 
-def _load_error(what: str, name: str, field: str, err: Exception) -> ModelLoadError:
+def _load_error(what: str, name: str, field: str, err: Exception | str) -> ModelLoadError:
     if Path(name).exists():
         return ModelLoadError(f"could not load the {what} from local folder {name!r} ({field}): {err}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why = "the Hugging Face Hub is switched off (HF_HUB_OFFLINE=1)" if offline else "the Hub was unreachable"
+    why = hub_unavailable_reason() or "the Hub did not provide it"
     aliases = ", ".join(sorted(MODEL_ALIASES))
     return ModelLoadError(
-        f"could not load the {what} {name!r} ({field}): it is not a local folder and {why} "
-        f"(and it is not in the local Hugging Face cache). Point {field} at a local folder saved with "
+        f"could not load the {what} {name!r} ({field}): it is not a local folder, {why} "
+        f"and it is not in the local Hugging Face cache. Point {field} at a local folder saved with "
         f"save_pretrained, or use a built-in alias ({aliases}; 'gpt2' for the tokenizer), or set "
         f"model.from_config to build a small model without weights. Original error: {err}"
     )
+
+
+def _from_pretrained(loader: Callable[..., Any], what: str, path: str, field: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained``; when the Hub does not answer, only a local folder or the HF cache.
+
+    Offline, this fails in milliseconds instead of after huggingface_hub's minute of retries.
+    """
+    if not Path(path).exists() and (reason := go_offline_if_unreachable()) is not None:
+        try:
+            return loader.from_pretrained(path, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            raise _load_error(what, path, field, reason) from None
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(what, path, field, err) from err
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -78,11 +94,7 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     if name.lower() in _GPT2_NAMES and not Path(name).is_dir():
         tokenizer = offline_gpt2_tokenizer()
     else:
-        path = resolve_model_path(name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise _load_error("tokenizer", path, field, err) from err
+        tokenizer = _from_pretrained(AutoTokenizer, "tokenizer", resolve_model_path(name), field)
     if tokenizer.pad_token is None:
         # Padding positions are masked out everywhere; any id works, eos is always in the vocabulary.
         tokenizer.pad_token = tokenizer.eos_token
@@ -132,11 +144,8 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device | str = "cpu") -> PreT
         config = _config_from_dict(cfg)
         model = AutoModelForCausalLM.from_config(config, **_model_kwargs(cfg))
     else:
-        path = resolve_model_path(cfg.name_or_path)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(cfg))
-        except (OSError, ValueError) as err:
-            raise _load_error("model", path, "model.name_or_path", err) from err
+        model = _from_pretrained(AutoModelForCausalLM, "model", resolve_model_path(cfg.name_or_path),
+                                 "model.name_or_path", **_model_kwargs(cfg))
     return _finish(model, cfg, device)
 
 
@@ -155,11 +164,9 @@ def load_reward_model(
         config = _config_from_dict(cfg, num_labels=1)
         model = AutoModelForSequenceClassification.from_config(config, **_model_kwargs(cfg))
     else:
-        path = resolve_model_path(cfg.name_or_path)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_model_kwargs(cfg))
-        except (OSError, ValueError) as err:
-            raise _load_error("reward model", path, "model.name_or_path", err) from err
+        model = _from_pretrained(AutoModelForSequenceClassification, "reward model",
+                                 resolve_model_path(cfg.name_or_path), "model.name_or_path", num_labels=1,
+                                 **_model_kwargs(cfg))
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id
     if pad_token_id is None:
