@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "all_reduce_gradients", "all_reduce_sum", "init_distributed"]
+__all__ = ["DistEnv", "all_reduce_gradients", "all_reduce_sum", "broadcast_parameters", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,12 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv) -> None
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
         grad.copy_(synced)
+
+
+def broadcast_parameters(params: list[torch.nn.Parameter], env: DistEnv) -> None:
+    """Start every process from rank 0's trainable weights (a randomly initialised adapter or head, say)."""
+    if not env.enabled:
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)

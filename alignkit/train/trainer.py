@@ -23,7 +23,7 @@ from alignkit.losses import Objective
 from alignkit.models.reference import Reference
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from alignkit.train.config import TrainConfig
-from alignkit.train.distributed import DistEnv, all_reduce_gradients
+from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_parameters
 from alignkit.train.forward import objective_step
 from alignkit.train.metrics import MetricSums, MetricsWriter
 from alignkit.train.schedule import make_scheduler
@@ -119,6 +119,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
+        broadcast_parameters(self.params, self.env)
         if len(self.train_pairs) < cfg.batch_size:
             raise ValueError(
                 f"{stage}: {len(self.train_pairs)} training examples are fewer than one batch "
