@@ -33,6 +33,6 @@ def test_offline_main_job_shortened(tmp_path, smollm2_folder, capsys):
         reward = rk[side]["reward"]
         assert -1.0 <= reward["low"] <= reward["estimate"] <= reward["high"] <= 1.0
     assert math.isfinite(rk["after"]["kl"]["estimate"])
-    assert report["parameters"]["trainable"] < report["parameters"]["total"] / 50
+    assert report["parameters"]["trainable"] < report["parameters"]["total"] / 20  # LoRA only: 3.5%
     assert (out / "model" / "alignkit_adapter.safetensors").is_file()
     assert "mean reward (vader_sentiment" in capsys.readouterr().err
