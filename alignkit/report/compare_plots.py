@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from alignkit.report.plots import pyplot, save_figure
 
-matplotlib.use("Agg")  # before pyplot: render to files only
-import matplotlib.pyplot as plt  # noqa: E402
+plt = pyplot()  # Agg backend: render to files only
 
 __all__ = ["plot_frontier", "plot_training_curves"]
 
@@ -85,10 +84,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 _CURVES = (
@@ -133,7 +129,4 @@ def plot_training_curves(
     axes[0].legend(fontsize=7)
     fig.suptitle(title or "training (lines) and held-out (dots) metrics")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

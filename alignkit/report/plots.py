@@ -8,16 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_reward_kl", "plot_win_rate"]
+__all__ = ["plot_reward_kl", "plot_win_rate", "pyplot", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG (creating the folder) and release it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
@@ -27,7 +36,7 @@ def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
         judge: the ``judge`` section of report.json (:func:`alignkit.eval.evaluate_run.judge_run`).
         path: PNG file to write.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = [("win rate", judge["win_rate"])]
     if judge.get("length_controlled_win_rate"):
         rows.append(("length-controlled", judge["length_controlled_win_rate"]))
@@ -43,11 +52,7 @@ def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
     name = judge.get("judge", {}).get("name", "judge")
     ax.set_xlabel(f"policy vs {judge.get('baseline', 'baseline')} ({name} judge, n={judge.get('n')}, 95% CI)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
@@ -57,7 +62,7 @@ def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
         reward_kl: the ``reward_kl`` section of report.json (:func:`alignkit.eval.run_eval.evaluate_before_after`).
         path: PNG file to write.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for key, color in (("before", "tab:gray"), ("after", "tab:red")):
         entry = reward_kl[key]
@@ -71,8 +76,4 @@ def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
