@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alignkit.train.config import OptimizerConfig
+
 __all__ = [
     "AnchorConfig",
     "InlinePrompts",
@@ -109,13 +111,10 @@ class OnlineConfig(_Strict):
         return self
 
 
-class OnlineTrainConfig(_Strict):
+class OnlineTrainConfig(OptimizerConfig):
     """Optimisation of the online stage: one optimizer step per batch of rollouts."""
 
-    optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW or RMSprop.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (RMSprop).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per update (each sampled samples_per_prompt times).")
     max_steps: int = Field(100, ge=1, description="Updates per run (per WARP run).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to `lr`.")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["EarlyStoppingConfig", "SFTConfig", "TrainConfig"]
+__all__ = ["EarlyStoppingConfig", "OptimizerConfig", "SFTConfig", "TrainConfig"]
 
 
 class _Strict(BaseModel):
@@ -22,17 +22,22 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
-class TrainConfig(_Strict):
+class OptimizerConfig(_Strict):
+    """The optimizer of a stage (shared by preference, SFT and online training)."""
+
+    optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW, or RMSprop as in the DPO paper.")
+    lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (RMSprop).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+
+
+class TrainConfig(OptimizerConfig):
     """Optimisation of one training stage.
 
     `batch_size` is the number of examples (pairs) per optimizer step over all processes; each process runs
     `batch_size / (grad_accum * world_size)` examples per forward pass.
     """
 
-    optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW, or RMSprop as in the DPO paper.")
-    lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (RMSprop).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step, over all processes.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (per process).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; default: `epochs` passes over the data.")

@@ -22,7 +22,7 @@ from alignkit.data.types import TokenizedPair
 from alignkit.losses import Objective
 from alignkit.models.reference import Reference
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from alignkit.train.config import TrainConfig
+from alignkit.train.config import OptimizerConfig, TrainConfig
 from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_parameters
 from alignkit.train.forward import objective_step
 from alignkit.train.metrics import MetricSums, MetricsWriter
@@ -50,7 +50,7 @@ class TrainResult:
         return done / self.wall_seconds if done and self.wall_seconds else None
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW (default) or RMSprop, as ``cfg`` (optimizer, lr, betas, weight_decay) says."""
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
