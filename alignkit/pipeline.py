@@ -123,19 +123,19 @@ def _build_reference(
     """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed)."""
     if not objective.needs_reference:
         return None
-    mode, chunk = recipe.reference.mode, recipe.model.logps_chunk_size
+    mode, chunk, packed = recipe.reference.mode, recipe.model.logps_chunk_size, recipe.model.padding_free
     if mode == "none":
         raise RecipeError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
     if mode == "adapters_off":
         if not has_adapters(policy):
             raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
-        return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk)
+        return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk, padding_free=packed)
     load_reference = reference_loader(recipe, device)
     separate = load_reference() if recipe.reference.name_or_path else None
     if mode == "copy":
         if separate is not None:
-            return FrozenCopyReference(separate, chunk_size=chunk, copy=False)
-        return FrozenCopyReference(policy, chunk_size=chunk)
+            return FrozenCopyReference(separate, chunk_size=chunk, copy=False, padding_free=packed)
+        return FrozenCopyReference(policy, chunk_size=chunk, padding_free=packed)
     # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
     batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)
     extra = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
@@ -148,7 +148,7 @@ def _build_reference(
         else:
             model = policy
         cache = ReferenceLogpsCache.build(model, pairs, collate, batch_size, model_id, chunk_size=chunk,
-                                          extra=extra)
+                                          padding_free=packed, extra=extra)
     del separate
     return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)
 
@@ -203,7 +203,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
         apply_adapter(policy, recipe.adapter)
     trainable, total = count_parameters(policy)
     console.print(format_parameter_table(parameter_table(policy)))
-    chunk = recipe.model.logps_chunk_size
+    chunk, packed = recipe.model.logps_chunk_size, recipe.model.padding_free
     pad_id = tokenizer.pad_token_id
     preference_collate = partial(collate_kway if objective.inputs == "kway" else collate_preference,
                                  pad_token_id=pad_id)
@@ -213,7 +213,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
         sft = Trainer(policy, sft_objective, recipe.sft, train_pairs=train_pairs, eval_pairs=test_pairs,
                       collate=partial(collate_sft, pad_token_id=pad_id), run_dir=run_dir / "sft",
                       seed=recipe.sft.seed if recipe.sft.seed is not None else recipe.seed, stage="sft",
-                      device=device, env=env, chunk_size=chunk, console=console)
+                      device=device, env=env, chunk_size=chunk, padding_free=packed, console=console)
         summary.stages["sft"] = sft.fit(resume=resume)
 
     reference = _build_reference(recipe, objective, policy, train_pairs + test_pairs, preference_collate,
@@ -221,7 +221,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None 
     trainer = Trainer(policy, objective, recipe.train, train_pairs=train_pairs, eval_pairs=test_pairs,
                       collate=preference_collate, run_dir=run_dir / "preference", reference=reference,
                       seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed,
-                      stage="preference", device=device, env=env, chunk_size=chunk, console=console)
+                      stage="preference", device=device, env=env, chunk_size=chunk, padding_free=packed,
+                      console=console)
     result = trainer.fit(resume=resume)
     summary.stages["preference"] = result
     if env.is_main:

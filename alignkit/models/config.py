@@ -41,6 +41,12 @@ class ModelConfig(BaseModel):
         description="Response tokens per chunk when applying the lm-head to compute sequence log-probs; "
         "bounds the logits held in memory to chunk_size x vocab.",
     )
+    padding_free: bool = Field(
+        default=True,
+        description="Pack the sequences of a batch into fewer rows without padding for log-prob forwards "
+        "(position ids restart per sequence; same values as the padded batch). Used for architectures known "
+        "to support it (alignkit.models.packing.PACKABLE_MODEL_TYPES), otherwise ignored.",
+    )
     from_config: dict[str, Any] | None = Field(
         default=None,
         description="Build a randomly initialised model from a transformers config instead of loading "

@@ -5,7 +5,9 @@ tokens, 8 sequences of 512 tokens that is 800 MB per copy, kept alive for backwa
 body runs once to give hidden states (N, T, H); the lm-head is then applied only at positions whose label
 counts, ``chunk_size`` positions at a time, and each chunk is wrapped in activation checkpointing, so
 backward recomputes that chunk's logits instead of storing them. Peak extra memory is one chunk of
-(chunk_size, V) fp32 logits, and values and gradients match the naive computation.
+(chunk_size, V) fp32 logits, and values and gradients match the naive computation. Before the body runs,
+the batch's sequences are packed into fewer rows without padding where the architecture allows it
+(:mod:`alignkit.models.packing`), so the body does not spend compute and activation memory on padding.
 
 The chunked path needs to know what the model's forward does between the last hidden state and the
 logits. Supported (see ``_LOGIT_TRANSFORMS``): a plain lm-head (GPT-2, Llama, Mistral, Qwen2/3, Gemma,
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from alignkit.models.packing import pack_rows, supports_packing
 
 __all__ = [
     "IGNORE_INDEX",
@@ -135,6 +139,7 @@ def sequence_logps(
     attention_mask: Tensor,
     labels: Tensor,
     chunk_size: int = 1024,
+    padding_free: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the labelled tokens of each sequence under a causal LM.
 
@@ -147,6 +152,8 @@ def sequence_logps(
         attention_mask: (N, T) 1 for real tokens, 0 for padding.
         labels: (N, T) target ids, -100 where a token is not scored.
         chunk_size: positions per lm-head chunk; bounds the transient logits at chunk_size x V floats.
+        padding_free: pack the sequences into fewer rows (:mod:`alignkit.models.packing`) when the
+            architecture supports it and packing saves at least one row.
 
     Returns:
         logps: (N,) fp32 (float64 for a float64 model) sum of log p(label_t | tokens < t) over scored tokens (0 for a row with none).
@@ -165,12 +172,21 @@ def sequence_logps(
     body = model.get_decoder()
     head = model.get_output_embeddings()
     transform = _LOGIT_TRANSFORMS[model.config.model_type]
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (N,T,H)
+    counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1).float()
+    packed = pack_rows(input_ids, attention_mask, labels) if padding_free and supports_packing(model) else None
+    if packed is not None and packed.num_rows < input_ids.shape[0]:
+        hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
+        labels, owner = packed.labels, packed.sequence[:, 1:]  # owner: the original row of each target
+    else:
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        owner = None
+    # hidden: (R, C, H) with R = N, C = T unless packed
 
-    targets, mask = _shifted_targets(labels)  # (N, T-1)
+    targets, mask = _shifted_targets(labels)  # (R, C-1)
     rows, cols = mask.nonzero(as_tuple=True)  # (M,) each: the scored positions, row-major
     picked_hidden = hidden[:, :-1][rows, cols]  # (M, H)
     picked_targets = targets[rows, cols]  # (M,)
+    sequences = rows if owner is None else owner[rows, cols]  # (M,) original row of each scored token
 
     # Checkpoint only when backward will run; under no_grad it would just add overhead.
     recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
@@ -184,16 +200,16 @@ def sequence_logps(
         else:
             pieces.append(_chunk_token_logps(*args, head, transform, model.config))
     if not pieces:  # nothing scored: zeros, still attached to the graph so backward() works
-        return hidden.sum() * 0.0 + hidden.new_zeros(input_ids.shape[0]).float(), mask.sum(-1).float()
+        return hidden.sum() * 0.0 + hidden.new_zeros(input_ids.shape[0]).float(), counts
     token_logps = torch.cat(pieces)  # (M,)
 
     logps = token_logps.new_zeros(input_ids.shape[0])
-    logps = logps.index_add(0, rows, token_logps)  # (N,)
-    return logps, mask.sum(-1).float()
+    logps = logps.index_add(0, sequences, token_logps)  # (N,)
+    return logps, counts
 
 
 def concatenated_forward(
-    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int = 1024
+    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int = 1024, padding_free: bool = True
 ) -> dict[str, Tensor]:
     """Chosen and rejected log-probs of a preference batch in one forward pass.
 
@@ -201,7 +217,7 @@ def concatenated_forward(
         model: the causal LM.
         batch: ``input_ids``, ``attention_mask``, ``labels``, each (2B, T), rows 0..B-1 the chosen
             sequences and rows B..2B-1 the rejected ones (pair i is rows i and B+i).
-        chunk_size: see :func:`sequence_logps`.
+        chunk_size, padding_free: see :func:`sequence_logps`.
 
     Returns:
         ``chosen_logps``, ``rejected_logps`` (B,) summed response log-probs and ``chosen_lengths``,
@@ -211,7 +227,8 @@ def concatenated_forward(
     if n % 2:
         raise ValueError(f"a preference batch needs an even number of rows (chosen then rejected), got {n}")
     logps, counts = sequence_logps(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=chunk_size
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=chunk_size,
+        padding_free=padding_free,
     )
     b = n // 2
     return {

@@ -64,19 +64,19 @@ class FrozenCopyReference:
     Args:
         model: the initial policy (copied), or a separately loaded reference model (``copy=False``:
             used as is, frozen in place).
-        chunk_size: lm-head chunk size, see :func:`sequence_logps`.
+        chunk_size, padding_free: see :func:`sequence_logps`.
         copy: deep-copy ``model`` (so later policy updates do not reach the reference).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024, copy: bool = True) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int = 1024, copy: bool = True, padding_free: bool = True) -> None:
         self.model = _frozen_copy(model) if copy else model
         self.model.requires_grad_(False)
         self.model.eval()
-        self.chunk_size = chunk_size
+        self.chunk_size, self.padding_free = chunk_size, padding_free
 
     def logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
         with torch.no_grad(), eval_mode(self.model):
-            out = concatenated_forward(self.model, batch, self.chunk_size)
+            out = concatenated_forward(self.model, batch, self.chunk_size, self.padding_free)
         return out["chosen_logps"], out["rejected_logps"]
 
     def model_context(self) -> AbstractContextManager[nn.Module]:
@@ -102,7 +102,7 @@ class AdaptersOffReference:
         policy: the adapted policy model.
         disable: ``disable(policy)`` is a context manager inside which the adapters are off
             (``alignkit.peft.adapters_disabled``).
-        chunk_size: lm-head chunk size.
+        chunk_size, padding_free: see :func:`sequence_logps`.
     """
 
     def __init__(
@@ -110,14 +110,15 @@ class AdaptersOffReference:
         policy: nn.Module,
         disable: Callable[[nn.Module], AbstractContextManager[object]],
         chunk_size: int = 1024,
+        padding_free: bool = True,
     ) -> None:
         self.policy = policy
         self.disable = disable
-        self.chunk_size = chunk_size
+        self.chunk_size, self.padding_free = chunk_size, padding_free
 
     def logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
         with torch.no_grad(), self.model_context() as model:
-            out = concatenated_forward(model, batch, self.chunk_size)
+            out = concatenated_forward(model, batch, self.chunk_size, self.padding_free)
         return out["chosen_logps"], out["rejected_logps"]
 
     @contextmanager

@@ -130,6 +130,7 @@ class ReferenceLogpsCache:
         model_id: str,
         *,
         chunk_size: int = 1024,
+        padding_free: bool = True,
         extra: Mapping[str, Any] | None = None,
         progress: bool = True,
     ) -> ReferenceLogpsCache:
@@ -143,7 +144,8 @@ class ReferenceLogpsCache:
             collate_fn: turns a list of examples into a batch of tensors.
             batch_size: pairs per forward pass.
             model_id: the reference's name_or_path, part of the cache key.
-            chunk_size: lm-head chunk size, see :func:`sequence_logps`.
+            chunk_size, padding_free: see :func:`sequence_logps` (they change rounding only, so they are not
+                part of the key).
             extra: other settings that change the values (e.g. max lengths), part of the key.
             progress: show a progress bar while computing.
         """
@@ -151,7 +153,7 @@ class ReferenceLogpsCache:
         cached = cls.load(key)
         if cached is not None and len(cached) == len(pairs):
             return cached
-        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, chunk_size, progress)
+        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, chunk_size, padding_free, progress)
         path = cls.path_for(key)
         _atomic_save({"chosen": chosen, "rejected": rejected}, path, {"model_id": model_id, "pairs": str(len(pairs))})
         return cls(path, chosen, rejected)
@@ -168,7 +170,8 @@ class ReferenceLogpsCache:
 
 
 def _compute(
-    model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, chunk_size: int, progress: bool
+    model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, chunk_size: int,
+    padding_free: bool, progress: bool,
 ) -> tuple[Tensor, Tensor]:
     """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU."""
     from rich.progress import Progress
@@ -188,7 +191,7 @@ def _compute(
                 if index is None:
                     index = torch.arange(start, min(start + batch_size, n))
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-                out = concatenated_forward(model, inputs, chunk_size=chunk_size)
+                out = concatenated_forward(model, inputs, chunk_size=chunk_size, padding_free=padding_free)
                 chosen[index.cpu()] = out["chosen_logps"].float().cpu()
                 rejected[index.cpu()] = out["rejected_logps"].float().cpu()
                 bar.advance(task, len(index))

@@ -108,7 +108,8 @@ def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: lis
     anchor = EMAAnchor(policy, cfg.anchor.ema_rate) if cfg.anchor.kind == "ema" else FrozenAnchor(policy)
     trainer = OnlineTrainer(policy, tokenizer, score, cfg, recipe.train, prompts=prompts, anchor=anchor,
                             controller=_controller(cfg), run_dir=run_dir, initial=initial, seed=seed, stage=stage,
-                            chunk_size=recipe.model.logps_chunk_size, console=console)
+                            chunk_size=recipe.model.logps_chunk_size, padding_free=recipe.model.padding_free,
+                            console=console)
     return trainer.fit(resume=resume)
 
 

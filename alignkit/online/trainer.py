@@ -89,6 +89,7 @@ class OnlineTrainer:
         seed: prompt order and sampling seed.
         stage: written into every metrics record.
         chunk_size: positions per lm-head chunk for log-probs.
+        padding_free: pack completions without padding for the log-prob forwards (see sequence_logps).
     """
 
     def __init__(
@@ -107,9 +108,11 @@ class OnlineTrainer:
         seed: int = 0,
         stage: str = "online",
         chunk_size: int = 1024,
+        padding_free: bool = True,
         console: Console | None = None,
     ) -> None:
         self.policy, self.tokenizer, self.score = policy, tokenizer, score
+        self.padding_free = padding_free
         self.cfg, self.train_cfg = cfg, train_cfg
         self.prompts = list(prompts)
         self.anchor, self.controller, self.initial = anchor, controller, initial
@@ -180,7 +183,7 @@ class OnlineTrainer:
             for lo in range(0, n, size):
                 batch = completion_batch(comps[lo:lo + size], self.pad_id, self.device)
                 logps, _ = sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                          chunk_size=self.chunk_size)
+                                          chunk_size=self.chunk_size, padding_free=self.padding_free)
                 loss = policy_gradient_loss(logps, advantages[lo:lo + size].to(logps.device), num_samples=n)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{self.stage}: non-finite loss at step {step + 1}")

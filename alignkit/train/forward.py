@@ -24,6 +24,7 @@ def preference_stats(
     reference: Reference | None,
     *,
     chunk_size: int = 1024,
+    padding_free: bool = True,
 ) -> PreferenceStats:
     """Run the policy (and, if the objective needs it, the reference) on one batch.
 
@@ -40,9 +41,9 @@ def preference_stats(
         return PreferenceStats(scores=scores.view(-1, k), best_index=batch["best_index"])
     if batch["input_ids"].shape[0] == batch["weights"].shape[0]:  # chosen responses only (SFT)
         logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, padding_free=padding_free)
         return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
-    out = concatenated_forward(model, batch, chunk_size=chunk_size)
+    out = concatenated_forward(model, batch, chunk_size=chunk_size, padding_free=padding_free)
     stats = PreferenceStats(
         policy_chosen_logps=out["chosen_logps"],
         policy_rejected_logps=out["rejected_logps"],
@@ -64,6 +65,7 @@ def objective_step(
     reference: Reference | None,
     *,
     chunk_size: int = 1024,
+    padding_free: bool = True,
 ) -> tuple[LossOutput, PreferenceStats]:
-    stats = preference_stats(model, batch, objective, reference, chunk_size=chunk_size)
+    stats = preference_stats(model, batch, objective, reference, chunk_size=chunk_size, padding_free=padding_free)
     return objective(stats), stats

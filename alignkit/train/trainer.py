@@ -82,6 +82,7 @@ class Trainer:
         stage: a name written into every metrics record ("sft", "preference").
         env: the data-parallel environment.
         chunk_size: positions per chunk of the output layer when computing log-probs.
+        padding_free: pack each batch's sequences without padding where the model supports it.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class Trainer:
         device: torch.device | None = None,
         env: DistEnv | None = None,
         chunk_size: int = 1024,
+        padding_free: bool = True,
         console: Console | None = None,
     ) -> None:
         self.model = model
@@ -115,6 +117,7 @@ class Trainer:
         self.env = env or DistEnv()
         self.device = device or next(model.parameters()).device
         self.chunk_size = chunk_size
+        self.padding_free = padding_free
         self.console = console or Console(stderr=True)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -197,7 +200,7 @@ class Trainer:
             tokens += int(batch["attention_mask"].sum())
             with self._autocast():
                 out, stats = objective_step(self.model, batch, self.objective, self.reference,
-                                            chunk_size=self.chunk_size)
+                                            chunk_size=self.chunk_size, padding_free=self.padding_free)
             weights = batch["weights"].to(out.losses.dtype)
             loss = (out.losses * weights).sum() / total_weight
             if not torch.isfinite(loss):
@@ -243,7 +246,7 @@ class Trainer:
             batch = _to_device(self.collate(local[i:i + size]), self.device)
             with self._autocast():
                 out, stats = objective_step(self.model, batch, self.objective, self.reference,
-                                            chunk_size=self.chunk_size)
+                                            chunk_size=self.chunk_size, padding_free=self.padding_free)
             self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)
         metrics.pop("loss_weighted", None)
