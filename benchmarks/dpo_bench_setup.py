@@ -26,6 +26,7 @@ __all__ = [
     "machine_summary",
     "ordered_pairs",
     "step_tokens",
+    "training_flops",
     "wait_for_idle",
 ]
 
@@ -57,6 +58,13 @@ class BenchSpec:
         hh_path: the HH-RLHF .jsonl.gz file.
         model_path: the converted SmolLM2 folder (smollm2 only).
         chunk_size: alignkit's lm-head chunk size.
+        gradient_checkpointing: activation checkpointing of the transformer body, on both sides (TRL's
+            default is on).
+        padding_free: alignkit packs each batch's sequences without padding (its default); TRL's
+            collator pads as by default.
+        device: ``cpu`` or ``cuda``; peak memory is the process's peak RSS on CPU and
+            ``torch.cuda.max_memory_allocated`` on CUDA.
+        precision: ``fp32``, or ``bf16`` autocast over fp32 weights on both sides (TRL ``bf16=True``).
     """
 
     case: str = "tiny-gpt2"
@@ -75,6 +83,10 @@ class BenchSpec:
     hh_path: str = str(HH_DEFAULT)
     model_path: str | None = None
     chunk_size: int = 1024
+    gradient_checkpointing: bool = False
+    padding_free: bool = True
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.case not in CASES:
@@ -83,12 +95,23 @@ class BenchSpec:
             raise ValueError(f"reference must be 'copy' or 'cached', got {self.reference!r}")
         if self.warmup < 1 or self.steps < 1:
             raise ValueError(f"need warmup >= 1 and steps >= 1, got warmup={self.warmup} steps={self.steps}")
+        if self.device not in ("cpu", "cuda") or self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"device must be cpu/cuda and precision fp32/bf16, got {self.device}/{self.precision}")
         if self.case == "smollm2" and not self.model_path:
             raise ValueError("case smollm2 needs model_path (alignkit.models.smollm2.ensure_smollm2())")
 
     @property
     def total_steps(self) -> int:
         return self.warmup + self.steps
+
+    @property
+    def label(self) -> str:
+        """One line naming the setting, for tables."""
+        extras = [self.device, self.precision] if self.device != "cpu" or self.precision != "fp32" else []
+        extras += ["ckpt"] if self.gradient_checkpointing else []
+        extras += [] if self.padding_free else ["padded"]
+        tail = f" ({', '.join(extras)})" if extras else ""
+        return f"{self.case} B={self.batch} L={self.max_length} ref={self.reference}{tail}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +145,17 @@ def build_model(spec: BenchSpec) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=torch.float32)
-    return model.train()
+    return model.to(spec.device).train()
+
+
+def training_flops(model: nn.Module, tokens: int, reference_forward: bool) -> float:
+    """Model FLOPs of one optimizer step over ``tokens`` real tokens: 6 N per token for forward and
+    backward of the N non-embedding parameters (plus 2 N for a reference forward), the convention of
+    MFU figures; padding, recomputation and attention scores are not counted."""
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    # The output projection is real work even when it shares its weight with the input embedding.
+    n = sum(p.numel() for p in model.parameters() if p is not embed) + (head.numel() if head is embed else 0)
+    return (6 + (2 if reference_forward else 0)) * n * tokens
 
 
 def ordered_pairs(spec: BenchSpec, tokenizer) -> tuple[list[TokenizedPair], list[TokenizedPair]]:

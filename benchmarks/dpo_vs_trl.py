@@ -1,13 +1,15 @@
-"""DPO training speed and memory: alignkit's Trainer against TRL's DPOTrainer, side by side, on CPU.
+"""DPO training speed and memory: alignkit's Trainer against TRL's DPOTrainer, side by side.
 
 Both frameworks get the same model weights, the same real HH-RLHF pairs (tokenized once by alignkit, in
-the same order, so step k sees the same pairs), batch, sequence limits, fp32, sigmoid DPO with beta 0.1,
-AdamW with a linear decay, gradient clipping at 1.0, no evaluation, no checkpoints, no logging, no
-gradient checkpointing, no dropout. Each framework runs in its own fresh interpreter, so its peak
-resident memory (``ru_maxrss``) is its own. Warm-up steps are run first and not timed.
+the same order, so step k sees the same pairs), batch, sequence limits, precision, sigmoid DPO with beta
+0.1, AdamW with a linear decay, gradient clipping at 1.0, no evaluation, no checkpoints, no logging, no
+dropout, and the same activation-checkpointing setting. Each framework runs in its own fresh interpreter,
+so its peak memory (``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is its own.
+Warm-up steps are run first and not timed.
 
     python benchmarks/dpo_vs_trl.py --case tiny-gpt2                      # both reference modes
-    python benchmarks/dpo_vs_trl.py --case smollm2 --reference copy
+    python benchmarks/dpo_vs_trl.py --case smollm2 --reference copy --gradient-checkpointing
+    python benchmarks/dpo_vs_trl.py --case smollm2 --device cuda --precision bf16 --max-length 1024
     python benchmarks/dpo_vs_trl.py --case tiny-gpt2 --json out.json --max-load 1.3
 
 Reference modes: ``copy`` keeps a frozen reference model (alignkit FrozenCopyReference, TRL an explicit
@@ -39,6 +41,7 @@ from dpo_bench_setup import (  # noqa: E402
     machine_summary,
     ordered_pairs,
     step_tokens,
+    training_flops,
     wait_for_idle,
 )
 
@@ -52,6 +55,15 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _peak_memory_mib(spec: BenchSpec) -> float:
+    """The figure both frameworks are compared on: peak RSS on CPU, peak allocated tensors on CUDA."""
+    if spec.device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _peak_rss_mib()
+
+
 def _current_rss_mib() -> float:
     """Resident memory now (not the high-water mark), from /proc; falls back to the peak elsewhere."""
     try:
@@ -63,19 +75,30 @@ def _current_rss_mib() -> float:
     return _peak_rss_mib()
 
 
-def _summarize(spec: BenchSpec, pairs, step_ends: list[float], losses: list[float], baseline: float) -> dict:
+def _summarize(spec: BenchSpec, pairs, step_ends: list[float], losses: list[float], baseline: float,
+               model) -> dict:
     """Throughput over the timed steps (from the end of the last warm-up step to the end of the run)."""
     timed = step_ends[spec.total_steps - 1] - step_ends[spec.warmup - 1]
     tokens = sum(step_tokens(pairs, spec.batch, s) for s in range(spec.warmup, spec.total_steps))
-    return {
+    flops = training_flops(model, tokens, reference_forward=spec.reference == "copy")
+    out = {
         "steps_per_s": spec.steps / timed,
         "tokens_per_s": tokens / timed,
         "seconds_per_step": timed / spec.steps,
         "timed_tokens": tokens,
-        "peak_rss_mib": _peak_rss_mib(),
-        "rss_after_imports_mib": baseline,
+        "model_tflops_per_s": flops / timed / 1e12,
+        "peak_rss_mib": _peak_memory_mib(spec),
+        "rss_after_imports_mib": baseline if spec.device == "cpu" else 0.0,
         "losses": losses,
     }
+    return out
+
+
+def _sync(spec: BenchSpec) -> None:
+    if spec.device == "cuda":  # kernels run asynchronously: a step ends when the GPU is done
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def run_alignkit(spec: BenchSpec) -> dict:
@@ -93,28 +116,32 @@ def run_alignkit(spec: BenchSpec) -> dict:
     tokenizer = build_tokenizer(spec)
     pairs, visited = ordered_pairs(spec, tokenizer)
     model = build_model(spec)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = partial(collate_preference, pad_token_id=tokenizer.pad_token_id)
+    packed = spec.padding_free
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ALIGNKIT_CACHE"] = tmp  # a fresh reference cache: nothing reused from earlier runs
         if spec.reference == "cached":
             cache = ReferenceLogpsCache.build(model, pairs, collate, spec.batch, "bench", chunk_size=spec.chunk_size,
-                                              progress=False)
+                                              padding_free=packed, progress=False)
             reference = CachedReference(cache)
         else:
-            reference = FrozenCopyReference(model, chunk_size=spec.chunk_size)
+            reference = FrozenCopyReference(model, chunk_size=spec.chunk_size, padding_free=packed)
         cfg = TrainConfig(lr=spec.lr, batch_size=spec.batch, max_steps=spec.total_steps, warmup_steps=0,
-                          schedule="linear", max_grad_norm=1.0, precision="fp32", device="cpu")
+                          schedule="linear", max_grad_norm=1.0, precision=spec.precision, device=spec.device)
         trainer = Trainer(model, build_objective({"name": "dpo", "beta": spec.beta}), cfg, train_pairs=pairs,
                           collate=collate, run_dir=Path(tmp) / "run", reference=reference, seed=spec.seed,
-                          chunk_size=spec.chunk_size)
+                          chunk_size=spec.chunk_size, padding_free=packed)
         if trainer._step_examples(0) != visited[: spec.batch]:  # the order TRL is fed must be alignkit's
             raise RuntimeError("alignkit's step order differs from the benchmark's pair order")
         step_ends, losses = [], []
         for step in range(spec.total_steps):
             metrics = trainer.train_step(step)
+            _sync(spec)
             step_ends.append(time.perf_counter())
             losses.append(metrics["loss"])
-    return _summarize(spec, visited, step_ends, losses, baseline)
+    return _summarize(spec, visited, step_ends, losses, baseline, model)
 
 
 def run_trl(spec: BenchSpec) -> dict:
@@ -139,6 +166,7 @@ def run_trl(spec: BenchSpec) -> dict:
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            _sync(spec)
             step_ends.append(time.perf_counter())
 
     class PretokenizedDPOTrainer(DPOTrainer):
@@ -154,12 +182,12 @@ def run_trl(spec: BenchSpec) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(
-            output_dir=tmp, use_cpu=True, bf16=False, fp16=False, per_device_train_batch_size=spec.batch,
+            output_dir=tmp, use_cpu=spec.device == "cpu", bf16=spec.precision == "bf16", fp16=False, per_device_train_batch_size=spec.batch,
             gradient_accumulation_steps=1, max_steps=spec.total_steps, learning_rate=spec.lr,
             lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
             beta=spec.beta, loss_type=["sigmoid"], max_length=spec.max_length, pad_to_multiple_of=8,
             precompute_ref_log_probs=spec.reference == "cached", precompute_ref_batch_size=spec.batch,
-            gradient_checkpointing=False, disable_dropout=True, train_sampling_strategy="sequential",
+            gradient_checkpointing=spec.gradient_checkpointing, disable_dropout=True, train_sampling_strategy="sequential",
             eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
             dataloader_num_workers=0, dataloader_pin_memory=False, seed=spec.seed, data_seed=spec.seed,
         )
@@ -169,7 +197,7 @@ def run_trl(spec: BenchSpec) -> dict:
         trainer.train()
     if len(step_ends) != spec.total_steps:
         raise RuntimeError(f"TRL ran {len(step_ends)} optimizer steps, expected {spec.total_steps}")
-    return _summarize(spec, pairs, step_ends, [float(x) for x in trainer.bench_losses], baseline)
+    return _summarize(spec, pairs, step_ends, [float(x) for x in trainer.bench_losses], baseline, model)
 
 
 def run_framework_subprocess(framework: str, spec: BenchSpec, timeout: float | None = None) -> dict:
@@ -214,26 +242,35 @@ def compare(spec: BenchSpec, max_load: float = 0.0, frameworks=FRAMEWORKS, max_w
 
 def markdown_rows(run: dict) -> list[str]:
     """Table rows of one comparison: one per framework, then the alignkit / TRL ratio."""
-    s = run["spec"]
-    label = f"{s['case']} B={s['batch']} L={s['max_length']} ref={s['reference']}"
+    spec = BenchSpec(**run["spec"])
+    label, peak = spec.label, _peak_tflops(spec)
     rows = []
     for name, r in run["results"].items():
+        mfu = f"{r['model_tflops_per_s'] / peak:.1%}" if peak else "-"
         rows.append(
-            f"| {label} | {name} | {r['steps_per_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} "
+            f"| {label} | {name} | {r['steps_per_s']:.3f} | {r['tokens_per_s']:.0f} | {mfu} | {r['peak_rss_mib']:.0f} "
             f"| {r['peak_rss_mib'] - r['rss_after_imports_mib']:.0f} | {r['losses'][-1]:.4f} "
             f"| {r['load_before']:.2f} / {r['load_after']:.2f} |"
         )
     if "ratios" in run:
         q = run["ratios"]
-        rows.append(f"| {label} | **alignkit / TRL** | **{q['steps_per_s']:.2f}x** | {q['tokens_per_s']:.2f}x "
+        rows.append(f"| {label} | **alignkit / TRL** | **{q['steps_per_s']:.2f}x** | {q['tokens_per_s']:.2f}x | "
                     f"| **{q['peak_rss']:.2f}x** | {q['peak_rss_over_imports']:.2f}x | | |")
     return rows
 
 
+# Dense bf16 peak measured on the H100/H200 machines this harness targets; MFU is reported for CUDA bf16 only.
+CUDA_BF16_PEAK_TFLOPS = 800.0
+
+
+def _peak_tflops(spec: BenchSpec) -> float | None:
+    return CUDA_BF16_PEAK_TFLOPS if spec.device == "cuda" and spec.precision == "bf16" else None
+
+
 TABLE_HEADER = [
-    "| setting | framework | steps/s | tokens/s | peak RSS (MiB) | peak RSS over imports (MiB) | last loss "
+    "| setting | framework | steps/s | tokens/s | MFU | peak memory (MiB) | peak over imports (MiB) | last loss "
     "| 1-min load before / after |",
-    "|---|---|---:|---:|---:|---:|---:|---|",
+    "|---|---|---:|---:|---:|---:|---:|---:|---|",
 ]
 
 
@@ -261,6 +298,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing, both sides")
+    parser.add_argument("--padded", action="store_true", help="turn off alignkit's padding-free packing")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--frameworks", default="alignkit,trl")
     parser.add_argument("--max-load", type=float, default=1.3, help="wait until the 1-min load is below (0: never wait)")
     parser.add_argument("--max-wait", type=float, default=1800.0, help="seconds to wait for that load, then run")
@@ -287,7 +328,8 @@ def main() -> None:
     references = ["copy", "cached"] if args.reference == "both" else [args.reference]
     for reference in references:
         spec = BenchSpec(case=args.case, reference=reference, model_path=model_path, chunk_size=args.chunk_size,
-                         **defaults)
+                         gradient_checkpointing=args.gradient_checkpointing, padding_free=not args.padded,
+                         device=args.device, precision=args.precision, **defaults)
         run = compare(spec, args.max_load, tuple(args.frameworks.split(",")), args.max_wait)
         print("\n".join(markdown_rows(run)), flush=True)
         if args.json:

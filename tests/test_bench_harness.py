@@ -59,11 +59,30 @@ def test_spec_rejects_bad_settings(bench):
         BenchSpec(case="smollm2")
     with pytest.raises(ValueError, match="warmup"):
         BenchSpec(warmup=0)
+    with pytest.raises(ValueError, match="device"):
+        BenchSpec(device="tpu")
 
 
-def test_alignkit_and_trl_runs_report_numbers_and_agree(bench, spec, monkeypatch, tmp_path):
+def test_training_flops_count_every_weight_once_and_the_reference_forward(bench, tiny_gpt2, tiny_llama):
+    from dpo_bench_setup import training_flops
+
+    # GPT-2 ties its output layer to the input embedding: the shared matrix is counted once, as the head.
+    n_gpt2 = sum(p.numel() for p in tiny_gpt2.parameters())
+    assert training_flops(tiny_gpt2, 10, reference_forward=False) == 6 * n_gpt2 * 10
+    assert training_flops(tiny_gpt2, 10, reference_forward=True) == 8 * n_gpt2 * 10
+    # Llama's head is its own matrix; the input embedding is a lookup, not counted.
+    n_llama = sum(p.numel() for p in tiny_llama.parameters()) - tiny_llama.get_input_embeddings().weight.numel()
+    assert training_flops(tiny_llama, 3, reference_forward=False) == 18 * n_llama
+
+
+@pytest.mark.parametrize("checkpointing, padding_free", [(False, True), (True, True), (False, False)])
+def test_alignkit_and_trl_runs_report_numbers_and_agree(bench, spec, monkeypatch, tmp_path, checkpointing,
+                                                        padding_free):
     pytest.importorskip("trl")
+    from dataclasses import replace
+
     monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))
+    spec = replace(spec, gradient_checkpointing=checkpointing, padding_free=padding_free)
     ours, theirs = bench.run_alignkit(spec), bench.run_trl(spec)
     _check(ours, spec)
     _check(theirs, spec)
