@@ -146,8 +146,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     losses = [name.strip() for name in args.losses.split(",") if name.strip()]
     result = run_comparison(args.recipe, losses, sweeps=args.sweep, overrides=args.overrides, plugins=args.plugin,
-                            out=args.out, overwrite=args.overwrite, console=_err)
+                            out=args.out, overwrite=args.overwrite, online=args.online, console=_err)
     failed = [o.plan.label for o in result.outcomes if o.status == "failed"]
+    failed += [e.run_dir.name for e in result.online if e.status == "failed"]
     _err.print(f"[green]done[/]: {result.out_dir}" + (f" ([red]failed: {', '.join(failed)}[/])" if failed else ""))
     return 1 if failed else 0
 
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="loss parameter values, e.g. loss.beta=0.05,0.1,0.5 (repeatable: a grid)")
     compare.add_argument("--out", default=None, help="comparison folder (default runs/compare_<recipe name>)")
     compare.add_argument("--overwrite", action="store_true", help="retrain run folders that hold a different recipe")
+    compare.add_argument("--online", action="append", default=[],
+                         help="online run folder or online recipe (RLOO, WARP) to place on the same reward-vs-KL "
+                         "plot; a recipe is run first unless its folder is complete (repeatable)")
     compare.set_defaults(func=_cmd_compare)
 
     losses = sub.add_parser("losses", help="List registered objectives with their parameters.")

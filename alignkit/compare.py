@@ -25,6 +25,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from alignkit.compare_online import OnlineEntry, online_markdown, plan_online_runs, resolve_online_runs
 from alignkit.losses import get_loss, list_losses
 from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
@@ -81,6 +82,7 @@ class Comparison:
     outcomes: list[RunOutcome]
     rows: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
+    online: list[OnlineEntry] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,7 +239,10 @@ def _folder_state(recipe: Recipe) -> tuple[Literal["new", "complete", "partial",
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return "new", ""
-    old = yaml.safe_load(saved.read_text()) or {}
+    try:  # through the schema, so a setting added since the folder was written reads as its default
+        old = yaml.safe_load(recipe_to_yaml(load_recipe(saved)))
+    except RecipeError:
+        old = yaml.safe_load(saved.read_text()) or {}
     new = yaml.safe_load(recipe_to_yaml(recipe))
     # The folder path itself may be spelt differently (relative/absolute) between invocations.
     old.pop("output_dir", None)
@@ -313,14 +318,17 @@ def run_comparison(
     plugins: Sequence[str] = (),
     out: str | Path | None = None,
     overwrite: bool = False,
+    online: Sequence[str | Path] = (),
     console: Console | None = None,
 ) -> Comparison:
     """Plan, run (or reuse) every combination, then write the table (md, json) and plots into ``out``.
 
     Files written in the comparison folder: ``comparison.md``, ``comparison.json``, ``training_curves.png``
     and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
-    :func:`plan_comparison`, plus ``overwrite`` (retrain a run folder that holds a different recipe) and
-    the console progress goes to.
+    :func:`plan_comparison`, plus ``overwrite`` (retrain a run folder that holds a different recipe),
+    ``online`` (online run folders or online recipes, run after the offline ones and placed on the same
+    reward-versus-KL plot and in an "Online runs" section; see :mod:`alignkit.compare_online`) and the
+    console progress goes to.
 
     Raises:
         RecipeError: a bad recipe, override, sweep or loss name, before anything runs.
@@ -328,6 +336,7 @@ def run_comparison(
     console = console or Console(stderr=True)
     out_dir, plans = plan_comparison(recipe_path, losses, sweeps=sweeps, overrides=overrides, plugins=plugins,
                                      out=out)
+    online_plans = plan_online_runs(online)
     _clear_stale_folders(plans, overwrite=overwrite, console=console)
     out_dir.mkdir(parents=True, exist_ok=True)
     runnable = [p for p in plans if p.recipe is not None]
@@ -335,6 +344,8 @@ def run_comparison(
                   + (f", {len(plans) - len(runnable)} skipped" if len(runnable) < len(plans) else ""))
     started = time.perf_counter()
     outcomes = [_run_one(plan, console=console) for plan in plans]
+    online_entries = resolve_online_runs(online_plans, console=console)
+    online_rows = [row for entry in online_entries for row in entry.rows or []]
 
     rows, curves = [], {}
     for outcome in outcomes:
@@ -352,8 +363,14 @@ def run_comparison(
     render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
                       json_path=files["json"],
                       extra_json={"recipe": str(recipe_path), "losses": list(losses), "sweeps": list(sweeps),
-                                  "overrides": list(overrides), "shared_recipe": _common_part(base) if base else None})
-    frontier = plot_frontier(rows, out_dir / "frontier.png", title=f"{title}: reward vs KL")
+                                  "overrides": list(overrides), "shared_recipe": _common_part(base) if base else None,
+                                  "online": [str(e.run_dir) for e in online_entries], "online_rows": online_rows})
+    if online_entries:
+        section = online_markdown(online_entries, base)
+        console.print(section, markup=False, highlight=False)
+        with files["markdown"].open("a") as f:
+            f.write(section)
+    frontier = plot_frontier([*rows, *online_rows], out_dir / "frontier.png", title=f"{title}: reward vs KL")
     if frontier is not None:
         files["frontier"] = frontier
     training = plot_training_curves(curves, out_dir / "training_curves.png", title=f"{title}: training")
@@ -364,7 +381,7 @@ def run_comparison(
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()
                                    if path.suffix == ".png"))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
-    return Comparison(out_dir, outcomes, rows, files)
+    return Comparison(out_dir, outcomes, rows, files, online_entries)
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],

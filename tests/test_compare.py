@@ -207,3 +207,99 @@ def test_a_failing_run_is_reported_and_the_others_continue(hh_path, tmp_path):
     rows = _rows(out)
     assert rows["dpo"]["status"] == "failed" and "needs a reference" in rows["dpo"]["note"]
     assert rows["simpo"]["status"] == "trained" and rows["simpo"]["heldout_accuracy"] is not None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Online runs on the same plot
+
+ONLINE_RECIPE = f"""name: tiny_rloo
+output_dir: OUT
+seed: 0
+model:
+  name_or_path: gpt2
+  from_config: {TINY_GPT2}
+  tokenizer: gpt2
+prompts:
+  kind: inline
+  train: [The weather today, My favourite food, A story about, In the morning]
+  eval: [The cat, A long day]
+online:
+  reward: vader_sentiment
+  samples_per_prompt: 2
+  max_new_tokens: 4
+  beta: 0.05
+train:
+  optimizer: adamw
+  lr: 0.001
+  prompts_per_step: 2
+  max_steps: 1
+  device: cpu
+eval:
+  reward: vader_sentiment
+  num_prompts: 2
+  samples_per_prompt: 2
+  max_new_tokens: 4
+  batch_size: 4
+"""
+
+
+def test_compare_places_online_runs_on_the_frontier_and_states_how_their_evaluation_differs(hh_path, tmp_path,
+                                                                                          capsys):
+    online = tmp_path / "rloo.yaml"
+    online.write_text(ONLINE_RECIPE.replace("OUT", str(tmp_path / "rloo_run")))
+    out = tmp_path / "cmp"
+    args = ["compare", RECIPE, "--losses", "dpo", *_overrides(hh_path), "--out", str(out), "--online", str(online)]
+    assert main(args) == 0
+    payload = json.loads((out / "comparison.json").read_text())
+    (row,) = payload["online_rows"]
+    assert row["loss"] == "rloo" and row["params"] == {"beta": 0.05} and row["label"] == "rloo_run"
+    assert row["reward"]["low"] <= row["reward"]["estimate"] <= row["reward"]["high"]
+    assert row["kl"]["low"] <= row["kl"]["estimate"] <= row["kl"]["high"]
+    md = " ".join((out / "comparison.md").read_text().split())
+    assert "## Online runs" in md and "| rloo_run | rloo | beta=0.05 | trained |" in md
+    # Same reward and sampling, different prompts: said next to the table, not hidden.
+    assert "rloo_run is evaluated differently from the offline runs" in md
+    assert "prompts: data.source.kind 'hh_rlhf' vs prompts.kind 'inline'" in md
+    assert (out / "frontier.png").stat().st_size > 0
+
+    # A finished online run is reused, not retrained.
+    report = tmp_path / "rloo_run" / "report.json"
+    stamp = report.stat().st_mtime_ns
+    assert main(args) == 0
+    assert report.stat().st_mtime_ns == stamp
+    assert "| rloo_run | rloo | beta=0.05 | reused |" in (out / "comparison.md").read_text()
+
+    # A path that is neither an online run folder nor an online recipe is refused before anything runs.
+    capsys.readouterr()
+    assert main([*args[:-1], RECIPE]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--online recipes/dpo_gpt2_hh.yaml: not an online run folder nor a recipe with an 'online:' section" in err
+
+
+def test_eval_differences_between_the_shipped_offline_and_online_sentiment_recipes():
+    from alignkit.compare_online import eval_differences
+    from alignkit.online.recipe import load_online_recipe
+    from alignkit.recipe import load_recipe
+
+    offline = load_recipe("recipes/compare_smollm2_sentiment.yaml")
+    assert eval_differences(offline, load_online_recipe("recipes/online/rloo_smollm2_sentiment.yaml")) == [
+        "eval.num_prompts: 32 vs 64"]
+    same = load_recipe("recipes/dpo_smollm2_sentiment.yaml")
+    assert eval_differences(same, load_online_recipe("recipes/online/warp_smollm2_sentiment.yaml")) == []
+
+
+def test_a_folder_written_before_a_new_setting_existed_is_not_stale(hh_path, tmp_path):
+    import yaml
+
+    from alignkit.compare import _folder_state
+    from alignkit.recipe import recipe_to_yaml
+
+    _, (plan,) = plan_comparison(RECIPE, ["dpo"], overrides=_overrides(hh_path), out=tmp_path / "cmp")
+    saved = yaml.safe_load(recipe_to_yaml(plan.recipe))
+    del saved["model"]["padding_free"]  # as written by a version without the setting
+    plan.recipe.run_dir().mkdir(parents=True)
+    (plan.recipe.run_dir() / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert _folder_state(plan.recipe) == ("partial", "")
+    saved["model"]["padding_free"] = False  # a real difference still counts
+    (plan.recipe.run_dir() / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert _folder_state(plan.recipe)[0] == "stale"

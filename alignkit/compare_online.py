@@ -1,0 +1,170 @@
+"""Online runs (RLOO, WARP) inside `alignkit compare`: on the offline objectives' reward-versus-KL plot.
+
+This is the DPO paper's Figure 2 protocol: every method is a point at (KL to the initial model, mean
+reward) on the same held-out prompts with the same reward; runs of one method that differ in a parameter
+(beta) form a trajectory and a WARP front is a curve over eta. The offline runs of a comparison share
+every setting by construction; an online run brings its own recipe, so its evaluation settings are
+checked against the offline ones and every difference is stated next to the table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from alignkit.online.frontier import online_frontier_rows
+from alignkit.online.recipe import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeError
+
+__all__ = ["OnlineEntry", "eval_differences", "online_markdown", "plan_online_runs", "resolve_online_runs"]
+
+# Evaluation settings that must agree for points to share one plot.
+_EVAL_FIELDS = ("reward", "num_prompts", "samples_per_prompt", "max_new_tokens", "temperature", "top_p", "seed")
+
+
+@dataclass
+class OnlineEntry:
+    """One online run of a comparison: its folder, recipe, what happened, and its plot rows."""
+
+    run_dir: Path
+    recipe: OnlineRecipe | None
+    status: str  # trained | resumed | reused | failed
+    note: str = ""
+    seconds: float = 0.0
+    rows: list[dict[str, Any]] | None = None
+
+
+def _saved_recipe(run_dir: Path) -> OnlineRecipe | None:
+    path = run_dir / "recipe.yaml"
+    return load_online_recipe(path) if path.is_file() and is_online_recipe(path) else None
+
+
+def _same_recipe(run_dir: Path, recipe: OnlineRecipe) -> bool:
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return True
+    try:  # through the schema, so a setting added since the folder was written reads as its default
+        old = yaml.safe_load(online_recipe_to_yaml(load_online_recipe(saved)))
+    except RecipeError:
+        old = yaml.safe_load(saved.read_text()) or {}
+    new = yaml.safe_load(online_recipe_to_yaml(recipe))
+    old.pop("output_dir", None)
+    new.pop("output_dir", None)
+    return old == new
+
+
+OnlinePlan = tuple[Path, "OnlineRecipe | None"]
+
+
+def plan_online_runs(entries: Sequence[str | Path]) -> list[OnlinePlan]:
+    """Check the ``--online`` entries before anything runs: each is an online run folder with a report
+    (used as it is) or an online recipe.
+
+    Raises:
+        RecipeError: an entry that is neither, or a recipe whose folder holds a different recipe.
+    """
+    recipes: list[OnlinePlan] = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            if not (entry / "report.json").is_file():
+                raise RecipeError(f"--online {entry}: the folder has no report.json (has the run finished?)")
+            recipes.append((entry, None))
+        elif entry.is_file() and is_online_recipe(entry):
+            recipe = load_online_recipe(entry)
+            if not _same_recipe(recipe.run_dir(), recipe):
+                raise RecipeError(f"--online {entry}: {recipe.run_dir()} holds a different recipe; "
+                                  "move it or set output_dir")
+            recipes.append((entry, recipe))
+        else:
+            raise RecipeError(f"--online {entry}: not an online run folder nor a recipe with an 'online:' section")
+    return recipes
+
+
+def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> list[OnlineEntry]:
+    """Run the planned online recipes (unless their folder already holds the same recipe with a report;
+    resumed when interrupted) and read every run's plot rows. A failing run is reported, the others go on.
+    """
+    from alignkit.online.run import run_online_recipe
+
+    out: list[OnlineEntry] = []
+    for entry, recipe in plans:
+        if recipe is None:
+            out.append(OnlineEntry(entry, _saved_recipe(entry), "reused"))
+            continue
+        run_dir = recipe.run_dir()
+        if (run_dir / "report.json").is_file():
+            out.append(OnlineEntry(run_dir, recipe, "reused"))
+            continue
+        status = "resumed" if (run_dir / "recipe.yaml").is_file() else "trained"
+        console.rule(f"online: {recipe.name}")
+        started = time.perf_counter()
+        try:
+            run_online_recipe(recipe, resume=status == "resumed", console=console)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - one failing run must not lose the others
+            console.print(f"[red]{recipe.name} failed[/]: {type(err).__name__}: {err}")
+            out.append(OnlineEntry(run_dir, recipe, "failed", f"{type(err).__name__}: {err}".splitlines()[0],
+                                   time.perf_counter() - started))
+            continue
+        out.append(OnlineEntry(run_dir, recipe, status, seconds=time.perf_counter() - started))
+    for item in out:
+        if item.status != "failed":
+            item.rows = online_frontier_rows([item.run_dir])
+    return out
+
+
+def eval_differences(offline: Recipe, online: OnlineRecipe) -> list[str]:
+    """Evaluation settings in which an online run differs from the offline runs ("field: offline vs online")."""
+    if offline.eval is None or online.eval is None:
+        return ["evaluation: one side has no eval section"]
+    diffs = [f"eval.{name}: {getattr(offline.eval, name)!r} vs {getattr(online.eval, name)!r}"
+             for name in _EVAL_FIELDS if getattr(offline.eval, name) != getattr(online.eval, name)]
+    source = offline.data.source
+    for name in ("num_eval_prompts", "seed"):
+        ours, theirs = getattr(source, name, None), getattr(online.prompts, name, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            diffs.append(f"held-out prompts {name}: {ours!r} vs {theirs!r}")
+    if getattr(source, "kind", None) != online.prompts.kind:
+        diffs.append(f"prompts: data.source.kind {getattr(source, 'kind', None)!r} vs prompts.kind {online.prompts.kind!r}")
+    if offline.model.name_or_path != online.model.name_or_path:
+        diffs.append(f"model: {offline.model.name_or_path!r} vs {online.model.name_or_path!r}")
+    return diffs
+
+
+def _interval(v: dict[str, float], digits: int) -> str:
+    return f"{v['estimate']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]"
+
+
+def online_markdown(entries: Sequence[OnlineEntry], offline: Recipe | None) -> str:
+    """The online runs as a Markdown section: one line per point, then how their evaluation differs."""
+    lines = ["", "## Online runs", "",
+             "| run | method | setting | status | mean reward (95% CI) | KL to the initial model, nats (95% CI) |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for entry in entries:
+        if entry.status == "failed":
+            lines.append(f"| {entry.run_dir.name} | - | - | failed | - | - |")
+            notes.append(f"- {entry.run_dir.name} failed: {entry.note}")
+            continue
+        for row in entry.rows or []:
+            setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+            lines.append(f"| {row['label']} | {row['loss']} | {setting} | {entry.status} | "
+                         f"{_interval(row['reward'], 3)} | {_interval(row['kl'], 2)} |")
+        if offline is not None and entry.recipe is not None:
+            diffs = eval_differences(offline, entry.recipe)
+            if diffs:
+                notes.append(f"- {entry.run_dir.name} is evaluated differently from the offline runs: "
+                             + "; ".join(diffs) + ". Its points are comparable among themselves, not exactly "
+                             "with the offline points.")
+        elif entry.recipe is None:
+            notes.append(f"- {entry.run_dir.name}: no recipe.yaml in the folder, evaluation settings not checked")
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
