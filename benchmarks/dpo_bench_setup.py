@@ -82,7 +82,7 @@ class BenchSpec:
     seed: int = 0
     hh_path: str = str(HH_DEFAULT)
     model_path: str | None = None
-    chunk_size: int = 1024
+    chunk_size: int = 256
     gradient_checkpointing: bool = False
     padding_free: bool = True
     device: str = "cpu"

@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=256, help="alignkit's lm-head chunk (its default: 256)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing, both sides")
     parser.add_argument("--padded", action="store_true", help="turn off alignkit's padding-free packing")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -54,7 +54,11 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> to
     """AdamW (default) or RMSprop, as ``cfg`` (optimizer, lr, betas, weight_decay) says."""
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
+    # The fused kernel updates each tensor in one pass with no temporaries (foreach AdamW allocates
+    # copies as large as all the parameters at each step); it needs floating-point tensors on CPU or CUDA.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=fused, foreach=None if fused else True)
 
 
 def step_order(n: int, seed: int, epoch: int) -> list[int]:

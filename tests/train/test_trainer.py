@@ -132,3 +132,24 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, gpt2_tokenizer):
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
         trainer.fit()
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").glob("step-*"))
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_reference_implementation():
+    from alignkit.train.config import OptimizerConfig
+    from alignkit.train.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    plain = [torch.nn.Parameter(t.clone()) for t in start]
+    cfg = OptimizerConfig(lr=0.1, weight_decay=0.01)
+    opt = make_optimizer(ours, cfg)
+    assert opt.defaults["fused"] is True
+    ref = torch.optim.AdamW(plain, lr=0.1, weight_decay=0.01, foreach=False)
+    for step in range(3):
+        for params, o in ((ours, opt), (plain, ref)):
+            o.zero_grad()
+            sum(((p - step) ** 2).sum() for p in params).backward()
+            o.step()
+    for a, b in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
