@@ -28,3 +28,9 @@ lint: $(STAMP)
 
 docs: $(STAMP)  ## regenerate the generated reference pages
 	$(BIN)/python scripts/gen_docs.py
+
+bench: $(STAMP)  ## alignkit vs TRL on CPU, the cases of benchmarks/RESULTS.md (about 25 min on 2 cores)
+	$(BIN)/alignkit fetch smollm2-135m-instruct
+	$(BIN)/python benchmarks/dpo_vs_trl.py --case smollm2 --steps 2 --warmup 1 --gradient-checkpointing
+	$(BIN)/python benchmarks/dpo_vs_trl.py --case smollm2 --steps 2 --warmup 1
+	$(BIN)/python benchmarks/dpo_vs_trl.py --case tiny-gpt2 --steps 4 --warmup 1

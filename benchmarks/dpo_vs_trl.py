@@ -297,6 +297,9 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
+    parser.add_argument("--hidden", type=int, help="tiny-gpt2 width (768 with 12 layers and heads: GPT-2 small's shape)")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--heads", type=int)
     parser.add_argument("--chunk-size", type=int, default=256, help="alignkit's lm-head chunk (its default: 256)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing, both sides")
     parser.add_argument("--padded", action="store_true", help="turn off alignkit's padding-free packing")
@@ -315,7 +318,7 @@ def main() -> None:
         return
 
     defaults = dict(CASES[args.case])
-    for key in ("batch", "max_length", "max_prompt_length", "steps", "warmup"):
+    for key in ("batch", "max_length", "max_prompt_length", "steps", "warmup", "hidden", "layers", "heads"):
         if getattr(args, key) is not None:
             defaults[key] = getattr(args, key)
     model_path = None
