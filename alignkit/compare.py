@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from rich.console import Console
 
 from alignkit.compare_online import OnlineEntry, online_markdown, plan_online_runs, resolve_online_runs
 from alignkit.losses import get_loss, list_losses
-from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeError, comparable_recipes, load_recipe, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
 
@@ -239,14 +238,7 @@ def _folder_state(recipe: Recipe) -> tuple[Literal["new", "complete", "partial",
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return "new", ""
-    try:  # through the schema, so a setting added since the folder was written reads as its default
-        old = yaml.safe_load(recipe_to_yaml(load_recipe(saved)))
-    except RecipeError:
-        old = yaml.safe_load(saved.read_text()) or {}
-    new = yaml.safe_load(recipe_to_yaml(recipe))
-    # The folder path itself may be spelt differently (relative/absolute) between invocations.
-    old.pop("output_dir", None)
-    new.pop("output_dir", None)
+    old, new = comparable_recipes(saved, recipe, load_recipe, recipe_to_yaml)
     if old != new:
         return "stale", _first_differences(old, new)
     return ("complete" if (run_dir / "report.json").is_file() else "partial"), ""

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from alignkit.online.frontier import online_frontier_rows
 from alignkit.online.recipe import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
-from alignkit.recipe import Recipe, RecipeError
+from alignkit.recipe import Recipe, RecipeError, comparable_recipes
 
 __all__ = ["OnlineEntry", "eval_differences", "online_markdown", "plan_online_runs", "resolve_online_runs"]
 
@@ -49,13 +48,7 @@ def _same_recipe(run_dir: Path, recipe: OnlineRecipe) -> bool:
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return True
-    try:  # through the schema, so a setting added since the folder was written reads as its default
-        old = yaml.safe_load(online_recipe_to_yaml(load_online_recipe(saved)))
-    except RecipeError:
-        old = yaml.safe_load(saved.read_text()) or {}
-    new = yaml.safe_load(online_recipe_to_yaml(recipe))
-    old.pop("output_dir", None)
-    new.pop("output_dir", None)
+    old, new = comparable_recipes(saved, recipe, load_online_recipe, online_recipe_to_yaml)
     return old == new
 
 

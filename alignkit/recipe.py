@@ -6,6 +6,7 @@ its line, so a typo never ends in a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "apply_overrides",
+    "comparable_recipes",
     "load_recipe",
     "load_recipe_plugins",
     "raise_problems",
@@ -259,3 +261,21 @@ def validate_recipe(
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The resolved recipe (defaults filled in) as YAML, as saved in the run folder."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def comparable_recipes(saved: Path, current: Any, load: Callable[[Path], Any],
+                       dump: Callable[[Any], str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's saved recipe and ``current`` as plain dicts that compare equal when they mean the same.
+
+    The saved file is read back through the schema (``load`` then ``dump``), so a setting added since the
+    folder was written reads as its default; ``output_dir`` is dropped from both, since the same folder
+    may be spelt relative or absolute.
+    """
+    try:
+        old = yaml.safe_load(dump(load(saved)))
+    except RecipeError:
+        old = yaml.safe_load(saved.read_text()) or {}
+    new = yaml.safe_load(dump(current))
+    old.pop("output_dir", None)
+    new.pop("output_dir", None)
+    return old, new
