@@ -43,9 +43,10 @@ class ModelConfig(BaseModel):
     )
     padding_free: bool = Field(
         default=True,
-        description="Pack the sequences of a batch into fewer rows without padding for log-prob forwards "
-        "(position ids restart per sequence; same values as the padded batch). Used for architectures known "
-        "to support it (alignkit.models.packing.PACKABLE_MODEL_TYPES), otherwise ignored.",
+        description="Pack the sequences of a batch into fewer rows without padding for the training and "
+        "reference log-prob forwards (position ids restart per sequence; same values as the padded batch to "
+        "float rounding; evaluation always packs). Used for architectures known to support it "
+        "(alignkit.models.packing.PACKABLE_MODEL_TYPES), otherwise ignored.",
     )
     from_config: dict[str, Any] | None = Field(
         default=None,

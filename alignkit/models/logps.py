@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from alignkit.models.packing import pack_rows, supports_packing
+from alignkit.models.packing import is_right_padded, pack_rows, supports_packing
 
 __all__ = [
     "IGNORE_INDEX",
@@ -153,7 +153,7 @@ def sequence_logps(
         labels: (N, T) target ids, -100 where a token is not scored.
         chunk_size: positions per lm-head chunk; bounds the transient logits at chunk_size x V floats.
         padding_free: pack the sequences into fewer rows (:mod:`alignkit.models.packing`) when the
-            architecture supports it and packing saves at least one row.
+            architecture supports it, the batch is right padded and packing saves at least one row.
 
     Returns:
         logps: (N,) fp32 (float64 for a float64 model) sum of log p(label_t | tokens < t) over scored tokens (0 for a row with none).
@@ -173,7 +173,8 @@ def sequence_logps(
     head = model.get_output_embeddings()
     transform = _LOGIT_TRANSFORMS[model.config.model_type]
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1).float()
-    packed = pack_rows(input_ids, attention_mask, labels) if padding_free and supports_packing(model) else None
+    pack = padding_free and supports_packing(model) and is_right_padded(attention_mask)
+    packed = pack_rows(input_ids, attention_mask, labels) if pack else None
     if packed is not None and packed.num_rows < input_ids.shape[0]:
         hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
         labels, owner = packed.labels, packed.sequence[:, 1:]  # owner: the original row of each target

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PackedRows", "pack_rows", "supports_packing"]
+__all__ = ["PACKABLE_MODEL_TYPES", "PackedRows", "is_right_padded", "pack_rows", "supports_packing"]
 
 IGNORE_INDEX = -100
 
@@ -79,10 +79,16 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def is_right_padded(attention_mask: Tensor) -> bool:
+    """Whether every row of the (N, T) mask is its real tokens first, then only padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return bool(((positions < attention_mask.sum(-1, keepdim=True)) == attention_mask.bool()).all())
+
+
 def pack_rows(
     input_ids: Tensor, attention_mask: Tensor, labels: Tensor, pad_to_multiple_of: int = 8
 ) -> PackedRows:
-    """Pack right-padded rows (N, T) into rows of width at most T.
+    """Pack right-padded rows (N, T) into rows of width at most T (see :func:`is_right_padded`).
 
     Args:
         input_ids: (N, T) token ids, right padded.

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from alignkit.models.logps import sequence_logps
-from alignkit.models.packing import PACKABLE_MODEL_TYPES, _first_fit_decreasing, pack_rows, supports_packing
+from alignkit.models.packing import (
+    PACKABLE_MODEL_TYPES,
+    _first_fit_decreasing,
+    is_right_padded,
+    pack_rows,
+    supports_packing,
+)
 
 VOCAB = 97
 
@@ -96,3 +102,18 @@ def test_first_fit_decreasing_places_every_sequence_once_within_capacity(lengths
     # First fit never leaves two bins that could be merged into one.
     fills = sorted(sum(lengths[i] for i in b) for b in bins)
     assert len(fills) < 2 or fills[0] + fills[1] > capacity
+
+
+def test_a_left_padded_batch_is_not_packed():
+    model = _tiny("llama")
+    ids, mask, labels = _batch([30, 7, 12, 25, 5, 18])
+    assert is_right_padded(mask)
+    # Move each row's real tokens to the right: the same sequences, left padded.
+    shift = (mask.shape[1] - mask.sum(-1)).tolist()
+    l_ids, l_mask, l_labels = (torch.stack([torch.roll(t[i], shift[i]) for i in range(len(shift))])
+                               for t in (ids, mask, labels))
+    assert not is_right_padded(l_mask)
+    # Packing would read the padding as tokens; the padded path is taken and is unchanged by the flag.
+    a, _ = sequence_logps(model, l_ids, l_mask, l_labels, padding_free=True)
+    b, _ = sequence_logps(model, l_ids, l_mask, l_labels, padding_free=False)
+    assert torch.equal(a, b)
