@@ -33,12 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from alignkit.online.recipe import is_online_recipe
+    from alignkit.recipe.online import is_online_recipe
 
     if is_online_recipe(args.recipe):  # a recipe with an `online:` section runs the online loop
-        args.validate = False
         return _cmd_online(args)
-    from alignkit.pipeline import run_recipe
+    from alignkit.commands.run import run_recipe
     from alignkit.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, args.plugin)
@@ -48,40 +47,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_online(args: argparse.Namespace) -> int:
-    from alignkit.online.recipe import load_online_recipe
+    if getattr(args, "validate", False):
+        return _cmd_validate(args)
+    from alignkit.commands.online import run_online_recipe
+    from alignkit.recipe.online import load_online_recipe
 
     recipe = load_online_recipe(args.recipe, args.overrides, args.plugin)
-    if args.validate:
-        _out.print(f"[green]ok[/]: {args.recipe} (online, run folder {recipe.run_dir()})")
-        return 0
-    from alignkit.online.run import run_online_recipe
-
     summary = run_online_recipe(recipe, resume=args.resume, console=_err)
     _err.print(f"[green]done[/]: {summary.run_dir}")
     return 0
 
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from alignkit.commands.frontier import draw_frontier
 
-    from alignkit.online.frontier import plot_online_frontier, rows_from_comparison
-
-    extra = [row for path in args.comparison for row in rows_from_comparison(path)]
-    path = plot_online_frontier(args.run_dirs, Path(args.out), extra_rows=extra, title=args.title)
+    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title)
     _err.print(f"[green]written[/]: {path}" if path else "[yellow]no run has a reward and a KL to plot[/]")
     return 0 if path else 1
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from alignkit.online.recipe import is_online_recipe
-    from alignkit.recipe import load_recipe
+    from alignkit.commands.validate import validate_recipe_file
 
-    if is_online_recipe(args.recipe):
-        args.validate = True
-        return _cmd_online(args)
-    recipe = load_recipe(args.recipe, args.overrides, args.plugin)
-    objective = recipe.objective()
-    _out.print(f"[green]ok[/]: {args.recipe} (objective {objective.describe()}, run folder {recipe.run_dir()})")
+    description = validate_recipe_file(args.recipe, args.overrides, args.plugin)
+    _out.print(f"[green]ok[/]: {escape(args.recipe)} ({escape(description)})")
     return 0
 
 
@@ -114,7 +103,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from alignkit.eval.evaluate_run import evaluate_run
+    from alignkit.commands.eval import evaluate_run
     from alignkit.eval.judges.openai_compat import JudgeRequestError
 
     try:
@@ -127,9 +116,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from alignkit.serve import ChatModel, load_for_serving, make_server
+    from alignkit.commands.serve import ChatModel, make_server
+    from alignkit.workflow.model_io import load_run_model
 
-    model, tokenizer = load_for_serving(args.model, tokenizer=args.tokenizer, device=args.device)
+    model, tokenizer = load_run_model(args.model, tokenizer=args.tokenizer, device=args.device)
     server = make_server(ChatModel(model, tokenizer, args.name or str(args.model)), args.host, args.port,
                          log=None if args.quiet else lambda line: _err.print(line, markup=False, highlight=False))
     host, port = server.server_address[:2]
@@ -142,7 +132,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from alignkit.compare import run_comparison
+    from alignkit.commands.compare import run_comparison
 
     losses = [name.strip() for name in args.losses.split(",") if name.strip()]
     result = run_comparison(args.recipe, losses, sweeps=args.sweep, overrides=args.overrides, plugins=args.plugin,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from alignkit.losses.docs import render_losses_markdown
-from alignkit.recipe_docs import render_recipe_markdown
+from alignkit.recipe.docs import render_recipe_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = {"losses.md": render_losses_markdown, "recipe.md": render_recipe_markdown}

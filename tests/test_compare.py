@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alignkit.cli import main
-from alignkit.compare import parse_sweep, plan_comparison
+from alignkit.commands.compare import parse_sweep, plan_comparison
 from alignkit.recipe import RecipeError
 from alignkit.report.compare_table import comparison_row, find_win_rate, rows_to_markdown
 
@@ -277,9 +277,9 @@ def test_compare_places_online_runs_on_the_frontier_and_states_how_their_evaluat
 
 
 def test_eval_differences_between_the_shipped_offline_and_online_sentiment_recipes():
-    from alignkit.compare_online import eval_differences
-    from alignkit.online.recipe import load_online_recipe
+    from alignkit.commands.compare_online import eval_differences
     from alignkit.recipe import load_recipe
+    from alignkit.recipe.online import load_online_recipe
 
     offline = load_recipe("recipes/compare_smollm2_sentiment.yaml")
     assert eval_differences(offline, load_online_recipe("recipes/online/rloo_smollm2_sentiment.yaml")) == [
@@ -291,7 +291,7 @@ def test_eval_differences_between_the_shipped_offline_and_online_sentiment_recip
 def test_a_folder_written_before_a_new_setting_existed_is_not_stale(hh_path, tmp_path):
     import yaml
 
-    from alignkit.compare import _folder_state
+    from alignkit.commands.compare import _folder_state
     from alignkit.recipe import recipe_to_yaml
 
     _, (plan,) = plan_comparison(RECIPE, ["dpo"], overrides=_overrides(hh_path), out=tmp_path / "cmp")

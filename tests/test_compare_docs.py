@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from alignkit.compare import plan_comparison
+from alignkit.commands.compare import plan_comparison
 from alignkit.losses.docs import builtin_losses
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignkit.recipe_docs import render_recipe_markdown
+from alignkit.recipe.docs import render_recipe_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -14,7 +14,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_shipped_recipe_validates(path):
-    from alignkit.online.recipe import is_online_recipe, load_online_recipe
+    from alignkit.recipe.online import is_online_recipe, load_online_recipe
 
     if is_online_recipe(path):
         assert load_online_recipe(path).online

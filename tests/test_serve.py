@@ -10,7 +10,8 @@ import urllib.request
 import pytest
 from conftest import make_tiny_gpt2
 
-from alignkit.serve import ChatModel, load_for_serving, make_server
+from alignkit.commands.serve import ChatModel, make_server
+from alignkit.workflow.model_io import load_run_model
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def server_url(tmp_path_factory, gpt2_tokenizer):
     run = tmp_path_factory.mktemp("run")  # a run folder: the model lives in model/
     make_tiny_gpt2().save_pretrained(run / "model")
     gpt2_tokenizer.save_pretrained(run / "model")
-    model, tokenizer = load_for_serving(run)
+    model, tokenizer = load_run_model(run)
     server = make_server(ChatModel(model, tokenizer, "tiny"), port=0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -84,4 +85,4 @@ def test_unknown_route_is_404(server_url):
 
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model folder"):
-        load_for_serving(tmp_path)
+        load_run_model(tmp_path)

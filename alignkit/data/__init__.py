@@ -1,10 +1,10 @@
-"""Preference data: load (HH-RLHF, jsonl, datasets), split, tokenize, batch and collate.
+"""Preference data: load (HH-RLHF, jsonl, datasets, generated, K-way), split, tokenize and collate.
 
-Flow: ``load_examples(cfg.source)`` -> ``split_train_test`` -> ``tokenize_pairs`` -> ``iterate_batches``
--> ``collate_preference``; ``prepare_data(cfg, tokenizer)`` does the first three in one call.
+Flow: ``load_examples(cfg.source)`` -> ``split_train_test`` -> ``tokenize_pairs``, in one call
+``prepare_data(cfg, tokenizer)``; the trainer draws each step's examples (``alignkit.train.trainer.step_order``)
+and collates them with ``collate_preference`` / ``collate_sft``.
 """
 
-from alignkit.data.batching import PreferenceDataset, iterate_batches
 from alignkit.data.collate import IGNORE_INDEX, collate_preference, collate_sft
 from alignkit.data.config import (
     DataConfig,
@@ -14,8 +14,22 @@ from alignkit.data.config import (
     SentimentSource,
     SourceConfig,
 )
-from alignkit.data.pipeline import PreparedData, prepare_data
-from alignkit.data.sources import SOURCES, load_examples, register_source
+from alignkit.data.pipeline import (
+    PreparedData,
+    evaluation_prompts,
+    heldout_prompts,
+    prepare_data,
+    prepare_pairs,
+)
+from alignkit.data.sources import (
+    SOURCES,
+    PrepareContext,
+    SourceSpec,
+    load_examples,
+    register_prepared_source,
+    register_source,
+    source_spec,
+)
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, TokenizedPair
@@ -26,22 +40,31 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DropReport",
+    "PrepareContext",
     "HFDatasetSource",
     "HHRLHFSource",
     "JsonlSource",
-    "PreferenceDataset",
     "PreferenceExample",
     "PreparedData",
     "SentimentSource",
     "SourceConfig",
+    "SourceSpec",
     "TokenizedPair",
     "collate_preference",
     "collate_sft",
-    "iterate_batches",
     "load_examples",
+    "evaluation_prompts",
+    "heldout_prompts",
     "prepare_data",
+    "prepare_pairs",
+    "register_prepared_source",
     "register_source",
+    "source_spec",
     "split_train_test",
     "tokenize_pairs",
     "tokenize_sft",
 ]
+
+# Kinds prepared their own way register themselves on import.
+from alignkit.data import kway as _kway  # noqa: E402,F401
+from alignkit.data import sentiment as _sentiment  # noqa: E402,F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from alignkit.data.collate import _pad_rows
 from alignkit.data.config import DataConfig, KWayJsonlSource
 from alignkit.data.jsonl import read_jsonl, require_file
 from alignkit.data.pipeline import PreparedData
+from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import _adds_bos, _batch_ids, truncate_pair
 from alignkit.data.types import EMPTY_RESPONSE, MALFORMED, PROMPT_TOO_LONG, DataError, DropReport
@@ -108,8 +110,9 @@ def collate_kway(
     }
 
 
-def prepare_kway_data(cfg: DataConfig, tokenizer) -> PreparedData:
-    """Load, split and tokenize a K-way source (the K-way counterpart of :func:`prepare_data`)."""
+@register_prepared_source("kway_jsonl", inputs="kway")
+def prepare_kway_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None = None) -> PreparedData:
+    """Load, split and tokenize a K-way source (the K-way counterpart of :func:`prepare_pairs`)."""
     examples, load_report = load_kway(cfg.source)
     if cfg.max_examples is not None:
         examples = examples[: cfg.max_examples]

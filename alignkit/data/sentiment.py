@@ -36,10 +36,11 @@ from torch import nn
 from alignkit.cache import cache_dir as default_cache_dir
 from alignkit.data.config import DataConfig, SentimentSource
 from alignkit.data.pipeline import PreparedData
+from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.tokenize import tokenize_pairs
 from alignkit.data.types import DataError, DropReport, PreferenceExample
-from alignkit.eval.generate import ProgressFn, generate_completions, uses_chat_template
-from alignkit.eval.rewards import RewardFn, resolve_reward
+from alignkit.models.generate import ProgressFn, generate_completions, uses_chat_template
+from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = [
     "SENTIMENT_PROMPTS",
@@ -435,6 +436,19 @@ def make_sentiment_pairs(*args: Any, **kwargs: Any) -> list[PreferenceExample]:
     Use :func:`build_reward_pairs` to get the drop counts and reward statistics as values too.
     """
     return build_reward_pairs(*args, **kwargs).pairs
+
+
+def _heldout_sentiment_prompts(cfg: DataConfig) -> tuple[list[str], dict[str, str]]:
+    """The held-out prompts of a sentiment section (generated data has no chosen response)."""
+    src = cfg.source
+    assert isinstance(src, SentimentSource)
+    return sentiment_prompts(src.num_eval_prompts, seed=cfg.seed, split="eval"), {}
+
+
+@register_prepared_source("sentiment", needs_model=True, heldout=_heldout_sentiment_prompts)
+def _prepare_sentiment_source(cfg: DataConfig, tokenizer: Any, context: PrepareContext) -> PreparedData:
+    assert context.model is not None
+    return prepare_sentiment_data(cfg, tokenizer, context.model, seed=context.seed, console=context.console)
 
 
 def prepare_sentiment_data(

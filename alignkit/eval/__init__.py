@@ -2,8 +2,8 @@
 
 Submodules (imported directly, so that reading a recipe's ``eval:`` section never loads torch):
 
-- :mod:`alignkit.eval.generate`: batched, seeded completions with their token ids.
-- :mod:`alignkit.eval.rewards`: the registry of reward functions (``vader_sentiment``, ...).
+- :mod:`alignkit.models.generate`: batched, seeded completions with their token ids.
+- :mod:`alignkit.models.rewards`: the registry of reward functions (``vader_sentiment``, ...).
 - :mod:`alignkit.eval.kl`: sample-based KL(policy || reference) per completion.
 - :mod:`alignkit.eval.stats`: bootstrap and normal confidence intervals, subsample spread.
 - :mod:`alignkit.eval.reward_kl`: the reward-versus-KL report before and after training.

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alignkit.eval.generate import Completion, eval_mode
+from alignkit.models.generate import Completion, eval_mode
 from alignkit.models.logps import IGNORE_INDEX, sequence_logps
 
 __all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from alignkit.eval.generate import Completion, ProgressFn, eos_token_ids, generate_completions
 from alignkit.eval.kl import ReferenceFn, sequence_kl
-from alignkit.eval.rewards import RewardFn, resolve_reward
 from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
+from alignkit.models.generate import Completion, ProgressFn, eos_token_ids, generate_completions
+from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_reward_kl", "reward_gain"]
 

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignkit.cache import write_atomic
-from alignkit.eval.generate import Completion, eos_token_ids, eval_mode, generate_completions
 from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
+from alignkit.models.generate import Completion, eos_token_ids, eval_mode, generate_completions
 from alignkit.models.logps import sequence_logps
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
@@ -38,6 +38,7 @@ from alignkit.online.rloo import (
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from alignkit.train.metrics import MetricsWriter
 from alignkit.train.schedule import make_scheduler
+from alignkit.train.summary import StageSummary
 from alignkit.train.trainer import make_optimizer, step_order
 
 __all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
@@ -70,6 +71,16 @@ class OnlineResult:
     final_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
+
+    def summary(self) -> StageSummary:
+        """The stage as the report keeps it."""
+        first = self.history[0] if self.history else {}
+        return StageSummary(
+            steps=self.steps, wall_seconds=self.wall_seconds,
+            steps_per_second=self.steps / self.wall_seconds if self.wall_seconds else None,
+            first_train_metrics={k: v for k, v in first.items() if k != "step"},
+            last_train_metrics=self.final_metrics,
+        )
 
 
 class OnlineTrainer:

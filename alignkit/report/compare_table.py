@@ -15,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from alignkit.report.format import format_interval
+
 __all__ = [
     "COLUMNS",
     "comparison_row",
@@ -135,10 +137,7 @@ def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, dict):
-        est, low, high = value["estimate"], value["low"], value["high"]
-        if low != low or high != high:  # NaN: no interval given
-            return f"{est:.3f}"
-        return f"{est:.3f} [{low:.3f}, {high:.3f}]"
+        return format_interval(value)
     if key in ("wall_seconds", "peak_memory_mib", "tokens_per_second"):
         return f"{value:,.0f}" if key != "wall_seconds" else f"{value:.1f}"
     if isinstance(value, float):

@@ -33,7 +33,7 @@ def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
     """Horizontal bars of the win rate and the length-controlled win rate with their 95% intervals.
 
     Args:
-        judge: the ``judge`` section of report.json (:func:`alignkit.eval.evaluate_run.judge_run`).
+        judge: the ``judge`` section of report.json (:func:`alignkit.eval.heldout.judge_run`).
         path: PNG file to write.
     """
     plt = pyplot()
@@ -59,7 +59,7 @@ def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
     """Mean reward against KL(policy || reference) for the reference and the policy, with 95% intervals.
 
     Args:
-        reward_kl: the ``reward_kl`` section of report.json (:func:`alignkit.eval.run_eval.evaluate_before_after`).
+        reward_kl: the ``reward_kl`` section of report.json (:func:`alignkit.eval.before_after.evaluate_before_after`).
         path: PNG file to write.
     """
     plt = pyplot()

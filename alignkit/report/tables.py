@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from alignkit.cache import write_atomic
-from alignkit.eval.evaluate_run import judge_markdown, judge_report_rows
+from alignkit.report.format import format_interval, format_value
+from alignkit.report.judge import judge_markdown, judge_report_rows
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 
 __all__ = ["render_report", "report_rows", "write_report"]
@@ -22,20 +23,6 @@ _PREFERENCE_METRICS = (
 )
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _ci(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "-"
-    return f"{entry['estimate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-
-
 def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Rows of (metric, before, after) for the report's tables."""
     rows: list[list[str]] = []
@@ -43,14 +30,14 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     before, after = pref.get("eval_before") or {}, pref.get("eval_after") or {}
     for key, label in _PREFERENCE_METRICS:
         if key in before or key in after:
-            rows.append([label, _fmt(before.get(key)), _fmt(after.get(key))])
+            rows.append([label, format_value(before.get(key)), format_value(after.get(key))])
     rk = report.get("reward_kl")
     if rk:
-        rows.append([f"mean reward ({rk['reward']}, 95% CI)", _ci(rk["before"]["reward"]), _ci(rk["after"]["reward"])])
-        rows.append(["reward gain, paired (95% CI)", "", _ci(rk["reward_gain"])])
-        rows.append(["KL(policy || reference), nats (95% CI)", _ci(rk["before"]["kl"]), _ci(rk["after"]["kl"])])
-        rows.append(["mean completion tokens", _fmt(rk["before"].get("mean_length"), 1),
-                     _fmt(rk["after"].get("mean_length"), 1)])
+        rows.append([f"mean reward ({rk['reward']}, 95% CI)", format_interval(rk["before"]["reward"]), format_interval(rk["after"]["reward"])])
+        rows.append(["reward gain, paired (95% CI)", "", format_interval(rk["reward_gain"])])
+        rows.append(["KL(policy || reference), nats (95% CI)", format_interval(rk["before"]["kl"]), format_interval(rk["after"]["kl"])])
+        rows.append(["mean completion tokens", format_value(rk["before"].get("mean_length"), 1),
+                     format_value(rk["after"].get("mean_length"), 1)])
     rows += judge_report_rows(report)
     return ["metric", "before", "after"], rows
 

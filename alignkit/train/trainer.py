@@ -27,6 +27,7 @@ from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_
 from alignkit.train.forward import objective_step
 from alignkit.train.metrics import MetricSums, MetricsWriter
 from alignkit.train.schedule import make_scheduler
+from alignkit.train.summary import StageSummary
 
 __all__ = ["Trainer", "TrainResult", "make_optimizer", "step_order"]
 
@@ -48,6 +49,17 @@ class TrainResult:
     def steps_per_second(self) -> float | None:
         done = self.steps - self.resumed_at
         return done / self.wall_seconds if done and self.wall_seconds else None
+
+    def summary(self) -> StageSummary:
+        """The stage as the report keeps it."""
+        history = self.eval_history
+        return StageSummary(
+            steps=self.steps, wall_seconds=self.wall_seconds, steps_per_second=self.steps_per_second,
+            last_train_metrics={k: v for k, v in self.final_metrics.items() if not k.startswith("eval/")},
+            stopped_early=self.stopped_early, best_step=self.best_step,
+            eval_before=history[0] if history and history[0]["step"] == 0 else None,
+            eval_after=history[-1] if history else None,
+        )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""Collation (shapes, label masks, chosen-first order), the train/test split, and batch order."""
+"""Collation (shapes, label masks, chosen-first order), the train/test split."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from alignkit.data import (
-    PreferenceDataset,
     TokenizedPair,
     collate_preference,
     collate_sft,
-    iterate_batches,
     split_train_test,
 )
 from alignkit.data.split import held_out_count
@@ -83,47 +81,3 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
         split_train_test(items, 1.0, seed=0)
 
 
-def _many(n: int) -> list[TokenizedPair]:
-    return [TokenizedPair([1] * (i % 13 + 1), [2] * (i % 7 + 1), [3], 1.0, i) for i in range(n)]
-
-
-def _indices(batches) -> list[list[int]]:
-    return [[p.index for p in b] for b in batches]
-
-
-def test_iterate_batches_deterministic_per_seed_and_epoch() -> None:
-    pairs = _many(50)
-    a = _indices(iterate_batches(pairs, 8, shuffle=True, seed=1, epoch=0))
-    assert a == _indices(iterate_batches(pairs, 8, shuffle=True, seed=1, epoch=0))
-    assert a != _indices(iterate_batches(pairs, 8, shuffle=True, seed=1, epoch=1))
-    assert a != _indices(iterate_batches(pairs, 8, shuffle=True, seed=2, epoch=0))
-    assert sorted(i for b in a for i in b) == list(range(50)) and [len(b) for b in a] == [8] * 6 + [2]
-    dropped = _indices(iterate_batches(pairs, 8, shuffle=True, seed=1, drop_last=True))
-    assert [len(b) for b in dropped] == [8] * 6
-    assert _indices(iterate_batches(pairs, 20, shuffle=False)) == [
-        list(range(20)), list(range(20, 40)), list(range(40, 50))
-    ]
-
-
-def test_sorting_within_chunks_reduces_padding() -> None:
-    pairs = _many(400)
-
-    def padding(batches) -> int:
-        return sum(max(p.max_length for p in b) * len(b) - sum(p.max_length for p in b) for b in batches)
-
-    plain = list(iterate_batches(pairs, 8, seed=0))
-    grouped = list(iterate_batches(pairs, 8, seed=0, sort_by_length_within_chunks=10))
-    assert sorted(i for b in _indices(grouped) for i in b) == list(range(400))
-    assert padding(grouped) < padding(plain) / 2
-    assert _indices(grouped) == _indices(iterate_batches(pairs, 8, seed=0, sort_by_length_within_chunks=10))
-    short = list(iterate_batches(pairs[:45], 8, seed=0, drop_last=True, sort_by_length_within_chunks=2))
-    assert [len(b) for b in short] == [8] * 5
-
-
-def test_preference_dataset_with_dataloader() -> None:
-    ds = PreferenceDataset(_pairs(), pad_token_id=PAD)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate)
-    (batch,) = list(loader)
-    assert batch["input_ids"].shape == (4, 8) and len(ds) == 2
-    sft = PreferenceDataset(_pairs(), pad_token_id=PAD, sft=True)
-    assert sft.collate([sft[0]])["input_ids"].shape == (1, 8)

@@ -21,8 +21,8 @@ from alignkit.data.sentiment import (
     sentiment_prompts,
 )
 from alignkit.data.types import PreferenceExample
-from alignkit.eval.generate import generate_completions
-from alignkit.eval.rewards import REWARDS, register_reward, vader_sentiment
+from alignkit.models.generate import generate_completions
+from alignkit.models.rewards import REWARDS, register_reward, vader_sentiment
 
 PROMPTS = ["Write one line about trains.", "Describe a chair.", "Tell me about tea."]
 PAIR_SETTINGS = dict(completions_per_prompt=3, max_new_tokens=4, temperature=1.0, batch_size=5, seed=5)

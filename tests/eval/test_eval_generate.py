@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from alignkit.eval.generate import Completion, _split_completion, format_prompt, generate_completions
+from alignkit.models.generate import Completion, _split_completion, format_prompt, generate_completions
 
 PROMPTS = [
     "Hello there, how are you doing on this fine and sunny day?",

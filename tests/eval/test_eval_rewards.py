@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignkit.eval.rewards import (
+from alignkit.models.rewards import (
     REWARDS,
     get_reward,
     list_rewards,

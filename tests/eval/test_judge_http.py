@@ -11,10 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import make_tiny_gpt2
 
+from alignkit.commands.serve import ChatModel, make_server
 from alignkit.eval.config import OpenAIJudgeConfig
 from alignkit.eval.judges import build_judge, judge_pairs, parse_verdict
 from alignkit.eval.judges.openai_compat import JudgeRequestError, OpenAIJudge
-from alignkit.serve import ChatModel, load_for_serving, make_server
+from alignkit.workflow.model_io import load_run_model
 
 PROMPTS = ["How do I boil an egg?", "Name a colour."]
 POLICY = ["Put it in boiling water for eight minutes.", "Blue."]
@@ -32,7 +33,7 @@ def served_tiny_gpt2(tmp_path_factory, gpt2_tokenizer):
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     make_tiny_gpt2().save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
-    model, tokenizer = load_for_serving(folder)
+    model, tokenizer = load_run_model(folder)
     server = make_server(ChatModel(model, tokenizer, "tiny-gpt2"), port=0)
     yield _serve(server)
     server.shutdown()

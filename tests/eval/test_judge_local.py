@@ -7,11 +7,12 @@ import torch
 from conftest import make_tiny_gpt2
 
 from alignkit.eval.config import EvalConfig
-from alignkit.eval.evaluate_run import judge_markdown, judge_report_rows, judge_run
+from alignkit.eval.heldout import judge_run
 from alignkit.eval.judges import judge_pairs
 from alignkit.eval.judges.local import LocalJudge, letter_token_ids
 from alignkit.eval.judges.reward import RewardJudge
 from alignkit.eval.kl import as_reference
+from alignkit.report.judge import judge_markdown, judge_report_rows
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 
 PROMPTS = ["How do I boil an egg?", "Name a colour.", "Say something kind."]

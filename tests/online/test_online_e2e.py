@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from alignkit.eval.rewards import REWARDS, register_reward
+from alignkit.commands.online import run_online_recipe
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
-from alignkit.online.recipe import load_online_recipe
-from alignkit.online.run import run_online_recipe
+from alignkit.models.rewards import REWARDS, register_reward
+from alignkit.recipe.online import load_online_recipe
 
 REWARD = "fraction_the"
 THE = 262  # GPT-2's id of " the"
@@ -137,8 +137,8 @@ def test_warp_merges_runs_and_evaluates_front(tmp_path):
 
 
 def test_initial_anchor_of_fresh_lora_is_the_base_model(tiny_gpt2):
-    from alignkit.eval.generate import Completion
     from alignkit.eval.kl import completion_logps
+    from alignkit.models.generate import Completion
     from alignkit.online.anchor import FrozenAnchor
     from alignkit.peft import adapters_disabled, apply_adapter
 

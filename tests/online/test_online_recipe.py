@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from alignkit.cli import main
-from alignkit.online.frontier import online_frontier_rows, plot_online_frontier
-from alignkit.online.recipe import is_online_recipe, load_online_recipe
 from alignkit.recipe import RecipeError
+from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.report.frontier import online_frontier_rows, plot_online_frontier
 
 ONLINE_RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))
 

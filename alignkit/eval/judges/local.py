@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from alignkit.eval.generate import eval_mode
 from alignkit.eval.judges.base import Judge, Verdict
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages
+from alignkit.models.generate import eval_mode
 
 __all__ = ["LocalJudge", "letter_token_ids"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from alignkit.eval.judges.base import Judge, Verdict
-from alignkit.eval.rewards import RewardFn, resolve_reward
+from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = ["RewardJudge", "reward_model_scorer"]
 

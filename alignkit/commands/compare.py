@@ -24,7 +24,12 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from alignkit.compare_online import OnlineEntry, online_markdown, plan_online_runs, resolve_online_runs
+from alignkit.commands.compare_online import (
+    OnlineEntry,
+    online_markdown,
+    plan_online_runs,
+    resolve_online_runs,
+)
 from alignkit.losses import get_loss, list_losses
 from alignkit.recipe import Recipe, RecipeError, comparable_recipes, load_recipe, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
@@ -277,7 +282,7 @@ def _reset_peak_memory() -> None:
 
 
 def _run_one(plan: PlannedRun, *, console: Console) -> RunOutcome:
-    from alignkit.pipeline import run_recipe  # heavy imports only when something runs
+    from alignkit.commands.run import run_recipe  # heavy imports only when something runs
 
     if plan.recipe is None:
         return RunOutcome(plan, "skipped", note=plan.skip_reason or "")
@@ -319,7 +324,7 @@ def run_comparison(
     and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
     :func:`plan_comparison`, plus ``overwrite`` (retrain a run folder that holds a different recipe),
     ``online`` (online run folders or online recipes, run after the offline ones and placed on the same
-    reward-versus-KL plot and in an "Online runs" section; see :mod:`alignkit.compare_online`) and the
+    reward-versus-KL plot and in an "Online runs" section; see :mod:`alignkit.commands.compare_online`) and the
     console progress goes to.
 
     Raises:

@@ -15,43 +15,18 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from alignkit.eval.generate import eos_token_ids
+from alignkit.models.generate import eos_token_ids
 
-__all__ = ["ChatModel", "RequestError", "load_for_serving", "make_server"]
+__all__ = ["ChatModel", "RequestError", "make_server"]
 
 
 class RequestError(ValueError):
     """A request the server cannot answer; the message is sent back with status 400."""
-
-
-def load_for_serving(path: str | Path, *, tokenizer: str | None = None, device: str = "cpu") -> tuple[nn.Module, Any]:
-    """The model and tokenizer of a model folder, a run folder (its ``model/``) or a built-in alias.
-
-    A folder with alignkit adapter files is loaded with its adapters (:func:`alignkit.peft.export.load_exported`).
-    """
-    from transformers import AutoTokenizer
-
-    from alignkit.models.load import resolve_model_path
-    from alignkit.peft.export import load_exported
-
-    folder = Path(path)
-    if (folder / "model" / "config.json").is_file():
-        folder = folder / "model"  # a run folder
-    elif not folder.is_dir():
-        folder = Path(resolve_model_path(str(path)))
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model folder, a run folder with model/, or a built-in alias")
-    model = load_exported(folder).to(device).requires_grad_(False).eval()
-    tok = AutoTokenizer.from_pretrained(tokenizer or folder)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
 
 
 def _plain_chat(messages: list[dict[str, str]]) -> str:

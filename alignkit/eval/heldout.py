@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,12 @@ from rich.console import Console
 from torch import nn
 
 from alignkit.eval.config import EvalConfig
-from alignkit.eval.generate import format_prompt, generate_completions, uses_chat_template
 from alignkit.eval.judges import Judge, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.winrate import win_rate_report
+from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
 
-__all__ = ["evaluate_heldout", "evaluate_run", "fitting_prompts", "heldout_prompts", "judge_markdown", "judge_report_rows", "judge_run"]
-
-
-def _ci(entry: Mapping[str, float] | None) -> str:
-    return "-" if not entry else f"{entry['estimate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+__all__ = ["evaluate_heldout", "fitting_prompts", "judge_run"]
 
 
 def _token_count(tokenizer, text: str) -> int:
@@ -133,76 +128,6 @@ def judge_run(
     }
 
 
-def judge_report_rows(report: Mapping[str, Any]) -> list[list[str]]:
-    """Rows of (metric, before, after) for the report table from report.json's ``judge`` section."""
-    judge = report.get("judge")
-    if not judge:
-        return []
-    who = f"{judge['judge'].get('name', 'judge')} judge"
-    rows = [
-        [f"win rate vs {judge['baseline']} ({who}, 95% CI)", "0.500", _ci(judge["win_rate"])],
-        ["length-controlled win rate (95% CI)", "", _ci(judge.get("length_controlled_win_rate"))],
-        ["wins / ties / losses", "", f"{judge['wins']} / {judge['ties']} / {judge['losses']}"],
-    ]
-    if judge.get("invalid_verdicts"):
-        rows.append(["invalid verdicts (counted as ties)", "", f"{judge['invalid_verdicts']} of {2 * judge['n']}"])
-    length = judge["length"]
-    rows.append([f"mean judged response {length['unit']} (baseline / policy)", "",
-                 f"{length['baseline_mean']:.1f} / {length['policy_mean']:.1f}"])
-    return rows
-
-
-def judge_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
-    """A Markdown section describing the judge, its figures and plots (to append to report.md)."""
-    judge = report.get("judge")
-    lines = []
-    if judge:
-        desc = ", ".join(f"{k}={v}" for k, v in judge["judge"].items())
-        lines += [
-            "## Judged win rate", "",
-            f"Policy versus {judge['baseline']} on {judge['n']} held-out prompts, each pair judged in both orders "
-            f"(disagreement = tie). Judge: {desc}.", "",
-            "| metric | value |", "|---|---|",
-            *[f"| {row[0]} | {row[2]} |" for row in judge_report_rows(report)],
-            f"| order consistency | {judge['order_consistency']:.3f} |", "",
-        ]
-    if plots:
-        lines += ["## Plots", "", *[f"![{Path(p).stem}]({p})" for p in plots], ""]
-    return "\n".join(lines)
-
-
-def heldout_prompts(examples: Sequence[Any]) -> tuple[list[str], dict[str, str]]:
-    """Distinct prompts of held-out examples, in order, and each one's chosen response where it has one.
-
-    A conversation contributes its single user turn (multi-turn conversations are not sampled from).
-    """
-    prompts: dict[str, None] = {}
-    chosen: dict[str, str] = {}
-    for ex in examples:
-        prompt = ex.prompt
-        if not isinstance(prompt, str):
-            users = [m["content"] for m in prompt if m.get("role") == "user"]
-            if len(prompt) != 1 or not users:
-                continue
-            prompt = users[0]
-        prompts.setdefault(prompt, None)
-        response = ex.chosen if isinstance(ex.chosen, str) else "".join(
-            m["content"] for m in ex.chosen if m.get("role") == "assistant")
-        chosen.setdefault(prompt, response.strip())
-    return list(prompts), chosen
-
-
-def _heldout(recipe, tokenizer) -> tuple[list[str], dict[str, str]]:
-    """Held-out prompts of a recipe and, where the data has them, their chosen responses."""
-    if recipe.data.source.kind == "sentiment":  # generated pairs: the held-out prompts, no chosen text
-        from alignkit.data.sentiment import sentiment_prompts
-
-        return sentiment_prompts(recipe.data.source.num_eval_prompts, seed=recipe.data.seed, split="eval"), {}
-    from alignkit.data import prepare_data
-
-    return heldout_prompts(prepare_data(recipe.data, tokenizer).test_examples)
-
-
 def evaluate_heldout(
     cfg: EvalConfig,
     policy: nn.Module,
@@ -221,7 +146,7 @@ def evaluate_heldout(
     Returns:
         The report.json sections it computed (``reward_kl`` and/or ``judge``).
     """
-    from alignkit.eval.run_eval import evaluate_before_after
+    from alignkit.eval.before_after import evaluate_before_after
 
     out: dict[str, Any] = {}
     fitting, _ = fitting_prompts(policy, tokenizer, list(prompts), cfg.max_new_tokens)
@@ -231,60 +156,3 @@ def evaluate_heldout(
         out["judge"] = judge_run(cfg, policy, reference, tokenizer, prompts, chosen_by_prompt, console=console,
                                  device=device, pairs_path=run_dir / "judged_pairs.jsonl")
     return out
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    overrides: Sequence[str] = (),
-    *,
-    console: Console | None = None,
-    device: str = "auto",
-    redo_reward_kl: bool = False,
-) -> dict[str, Any]:
-    """Judge (and, when missing, reward/KL-evaluate) a finished run; update its report and plots.
-
-    Args:
-        run_dir: a folder written by ``alignkit run`` (recipe.yaml, model/, report.json).
-        overrides: dotted recipe overrides, e.g. ``eval.judge.kind=reward eval.judge.reward=vader_sentiment``.
-        console: progress and the report table.
-        device: ``auto``, ``cpu``, ``cuda``...
-        redo_reward_kl: recompute the reward/KL section even if report.json has one.
-
-    Returns:
-        The updated report (also written to report.json and report.md).
-    """
-    from alignkit.models.reference import AdaptersOffReference
-    from alignkit.peft import adapters_disabled, has_adapters
-    from alignkit.pipeline import reference_loader, resolve_device
-    from alignkit.recipe import load_recipe
-    from alignkit.report.tables import write_report
-    from alignkit.serve import load_for_serving
-
-    console = console or Console(stderr=True)
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
-    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides))
-    cfg = recipe.eval or EvalConfig()
-    if cfg.judge.kind == "none" and cfg.reward is None:
-        raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
-                         "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
-    dev = resolve_device(device)
-    policy, tokenizer = load_for_serving(run_dir, device=str(dev))
-    if has_adapters(policy):
-        reference = AdaptersOffReference(policy, adapters_disabled).model_context
-    else:
-        reference_model = reference_loader(recipe, dev)().requires_grad_(False).eval()
-
-        def reference() -> Any:
-            return nullcontext(reference_model)
-
-    prompts, chosen = _heldout(recipe, tokenizer)
-    report_path = run_dir / "report.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
-        "recipe": recipe.name, "objective": recipe.objective().describe()}
-    report.update(evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
-                                   console=console, device=str(dev),
-                                   reward_kl=redo_reward_kl or "reward_kl" not in report))
-    write_report(report, run_dir, console=console)
-    return report

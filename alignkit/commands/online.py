@@ -9,8 +9,6 @@ WARP, the front ``(1 - eta) theta_sft + eta theta_final`` with reward and KL at 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +16,28 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from alignkit.cache import write_atomic
-from alignkit.eval.evaluate_run import evaluate_heldout
+from alignkit.data.sentiment import sentiment_prompts
+from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_reward_kl
-from alignkit.eval.rewards import resolve_reward
 from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.rewards import resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
-from alignkit.online.recipe import OnlineRecipe, online_recipe_to_yaml
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
-from alignkit.peft import apply_adapter, count_parameters
-from alignkit.pipeline import peak_rss_mib, resolve_device, save_model, seed_everything
-from alignkit.report.tables import write_report
+from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
+from alignkit.report.frontier import front_markdown, plot_online_frontier
+from alignkit.workflow import RunContext, RunSummary, execute_run
 
-__all__ = ["OnlineSummary", "build_score", "describe_objective", "load_tensors", "online_prompts", "run_online_recipe"]
-
-
-@dataclass
-class OnlineSummary:
-    run_dir: Path
-    report: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, OnlineResult] = field(default_factory=dict)
+__all__ = ["OnlineRun", "build_score", "describe_objective", "load_tensors", "online_prompts", "run_online_recipe"]
 
 
 def online_prompts(recipe: OnlineRecipe) -> tuple[list[str], list[str]]:
     """(train, held-out) prompts of the recipe's ``prompts:`` section."""
     p = recipe.prompts
     if isinstance(p, SentimentPrompts):
-        from alignkit.data.sentiment import sentiment_prompts
-
         return (sentiment_prompts(p.num_prompts, seed=p.seed, split="train"),
                 sentiment_prompts(p.num_eval_prompts, seed=p.seed, split="eval"))
     return list(p.train), list(p.eval)
@@ -91,17 +79,6 @@ def _controller(cfg: OnlineConfig) -> KLController:
     return FixedKLController(cfg.beta)
 
 
-def _stage_summary(result: OnlineResult) -> dict[str, Any]:
-    first = result.history[0] if result.history else {}
-    return {
-        "steps": result.steps,
-        "wall_seconds": result.wall_seconds,
-        "steps_per_second": result.steps / result.wall_seconds if result.wall_seconds else None,
-        "first_train_metrics": {k: v for k, v in first.items() if k != "step"},
-        "last_train_metrics": result.final_metrics,
-    }
-
-
 def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list[str], *, run_dir: Path,
            seed: int, initial: ReferenceFn | None, stage: str, console: Console, resume: bool) -> OnlineResult:
     cfg = recipe.online
@@ -114,7 +91,7 @@ def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: lis
 
 
 def _warp(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list[str], *, initial: ReferenceFn,
-          theta_sft: dict[str, torch.Tensor], seed: int, summary: OnlineSummary,
+          theta_sft: dict[str, torch.Tensor], seed: int, results: dict[str, OnlineResult],
           console: Console, resume: bool) -> dict[str, torch.Tensor]:
     """I iterations of M runs from a shared start, merged by SLERP; LITI moves the start. Returns theta_final."""
     warp = recipe.online.warp
@@ -127,10 +104,10 @@ def _warp(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list
             stage = f"warp_iter{i}_run{m}"
             console.rule(f"[bold]{stage}[/]")
             # Runs of one iteration differ only in prompt order and sampling: the seed.
-            summary.results[stage] = _train(recipe, policy, tokenizer, score, prompts,
-                                            run_dir=recipe.run_dir() / "warp" / f"iter{i}_run{m}",
-                                            seed=seed + m + warp.runs * i, initial=initial, stage=stage,
-                                            console=console, resume=resume)
+            results[stage] = _train(recipe, policy, tokenizer, score, prompts,
+                                    run_dir=recipe.run_dir() / "warp" / f"iter{i}_run{m}",
+                                    seed=seed + m + warp.runs * i, initial=initial, stage=stage,
+                                    console=console, resume=resume)
             finals.append(trainable_tensors(policy))
         merged = slerp_merge(theta_init, finals, eps=warp.eps)
         theta_init = liti(theta_init, merged, warp.liti_eta)
@@ -157,69 +134,83 @@ def _front(recipe: OnlineRecipe, policy, tokenizer, eval_prompts: list[str], ini
     return points
 
 
-def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, console: Console | None = None) -> OnlineSummary:
+class OnlineRun:
+    """The :class:`~alignkit.workflow.RunPlan` of an online recipe: RLOO, or WARP's merged runs."""
+
+    def __init__(self, recipe: OnlineRecipe) -> None:
+        self.recipe = recipe
+        self.name, self.seed, self.device = recipe.name, recipe.seed, recipe.train.device
+        self.run_dir: Path = recipe.run_dir()
+        self.adapter = recipe.adapter
+        self.train_prompts: list[str] = []
+        self.eval_prompts: list[str] = []
+        self.score: ScoreFn | None = None
+        self.initial: ReferenceFn | None = None
+
+    def recipe_yaml(self) -> str:
+        return online_recipe_to_yaml(self.recipe)
+
+    def load(self, ctx: RunContext) -> tuple[Any, nn.Module]:
+        return load_tokenizer(self.recipe.model), load_causal_lm(self.recipe.model, ctx.device)
+
+    def prepare(self, ctx: RunContext) -> None:
+        recipe = self.recipe
+        self.train_prompts, self.eval_prompts = online_prompts(recipe)
+        reward_name, self.score = build_score(recipe.online, ctx.device)
+        ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
+                          f"reward {reward_name}")
+        ctx.report.update({
+            "recipe": recipe.name,
+            "method": "warp" if recipe.online.warp else "rloo",
+            "objective": describe_objective(recipe.online),
+            "online": recipe.online.model_dump(mode="json"),
+            "train_prompts": len(self.train_prompts),
+            "heldout_prompts": len(self.eval_prompts),
+        })
+
+    def train(self, ctx: RunContext) -> None:
+        recipe, policy, score = self.recipe, ctx.model, self.score
+        assert score is not None
+        seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
+        # The initial policy, exactly: its trainable tensors swapped back in (no second model in memory).
+        initial_anchor = FrozenAnchor(policy)
+        self.initial = initial = initial_anchor.model_context
+        results = ctx.results
+        if recipe.online.warp is None:
+            anchor_is_initial = recipe.online.anchor.kind == "initial"
+            results["online"] = _train(recipe, policy, ctx.tokenizer, score, self.train_prompts,
+                                       run_dir=ctx.run_dir / "online", seed=seed,
+                                       initial=None if anchor_is_initial else initial, stage="online",
+                                       console=ctx.console, resume=ctx.resume)
+        else:
+            theta_sft = initial_anchor.tensors
+            theta_final = _warp(recipe, policy, ctx.tokenizer, score, self.train_prompts, initial=initial,
+                                theta_sft=theta_sft, seed=seed, results=results, console=ctx.console,
+                                resume=ctx.resume)
+            load_tensors(policy, theta_final)
+            if recipe.eval is not None and recipe.eval.reward is not None:
+                ctx.report["warp_front"] = _front(recipe, policy, ctx.tokenizer, self.eval_prompts, initial,
+                                                  theta_sft, theta_final, ctx.console)
+
+    def evaluate(self, ctx: RunContext) -> dict[str, Any]:
+        if self.recipe.eval is None:
+            return {}
+        assert self.initial is not None
+        return evaluate_heldout(self.recipe.eval, ctx.model, self.initial, ctx.tokenizer, self.eval_prompts, None,
+                                run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device))
+
+
+def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
     """Train (RLOO or WARP), save the model, evaluate reward and KL to the initial model, write the report.
 
     With ``resume``, every run continues from its latest checkpoint (finished WARP runs are reloaded, not
     retrained), so an interrupted recipe picks up where it stopped.
     """
-    console = console or Console(stderr=True)
-    torch_device = resolve_device(recipe.train.device)
-    run_dir = recipe.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "recipe.yaml", online_recipe_to_yaml(recipe))
-    started = time.perf_counter()
-    seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
-    seed_everything(recipe.seed)
-    tokenizer = load_tokenizer(recipe.model)
-    policy = load_causal_lm(recipe.model, torch_device)
-    if recipe.adapter.kind != "none":
-        apply_adapter(policy, recipe.adapter)
-    trainable, total = count_parameters(policy)
-    train_prompts, eval_prompts = online_prompts(recipe)
-    reward_name, score = build_score(recipe.online, torch_device)
-    console.print(f"online: {len(train_prompts)} train / {len(eval_prompts)} held-out prompts, reward {reward_name}, "
-                  f"{trainable:,} of {total:,} parameters trainable")
-    # The initial policy, exactly: its trainable tensors swapped back in (no second model in memory).
-    initial_anchor = FrozenAnchor(policy)
-    initial = initial_anchor.model_context
-    summary = OnlineSummary(run_dir=run_dir)
-    report: dict[str, Any] = {
-        "recipe": recipe.name,
-        "method": "warp" if recipe.online.warp else "rloo",
-        "objective": describe_objective(recipe.online),
-        "online": recipe.online.model_dump(mode="json"),
-        "train_prompts": len(train_prompts),
-        "heldout_prompts": len(eval_prompts),
-        "parameters": {"trainable": trainable, "total": total},
-    }
-    if recipe.online.warp is None:
-        anchor_is_initial = recipe.online.anchor.kind == "initial"
-        summary.results["online"] = _train(recipe, policy, tokenizer, score, train_prompts,
-                                           run_dir=run_dir / "online", seed=seed,
-                                           initial=None if anchor_is_initial else initial, stage="online",
-                                           console=console, resume=resume)
-    else:
-        theta_sft = initial_anchor.tensors
-        theta_final = _warp(recipe, policy, tokenizer, score, train_prompts, initial=initial, theta_sft=theta_sft,
-                            seed=seed, summary=summary, console=console, resume=resume)
-        load_tensors(policy, theta_final)
-        if recipe.eval is not None and recipe.eval.reward is not None:
-            report["warp_front"] = _front(recipe, policy, tokenizer, eval_prompts, initial, theta_sft, theta_final,
-                                          console)
-    report["stages"] = {name: _stage_summary(r) for name, r in summary.results.items()}
-    save_model(policy, tokenizer, run_dir / "model")
-    if recipe.eval is not None:
-        report.update(evaluate_heldout(recipe.eval, policy, initial, tokenizer, eval_prompts, None, run_dir=run_dir,
-                                       console=console, device=str(torch_device)))
-    report["wall_seconds"] = time.perf_counter() - started
-    report["peak_rss_mib"] = peak_rss_mib()
-    summary.report = report
-    write_report(report, run_dir, console=console)
-    if report.get("warp_front"):
-        from alignkit.online.frontier import front_markdown, plot_online_frontier
-
-        plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png", title=f"{recipe.name}: WARP front")
+    summary = execute_run(OnlineRun(recipe), resume=resume, console=console)
+    if summary.report.get("warp_front"):
+        run_dir = summary.run_dir
+        plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
+                                    title=f"{recipe.name}: WARP front")
         with (run_dir / "report.md").open("a") as f:
-            f.write(front_markdown(report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else ""))
+            f.write(front_markdown(summary.report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else ""))
     return summary

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.report.format import format_interval
+
 __all__ = ["front_markdown", "online_frontier_rows", "plot_online_frontier", "rows_from_comparison"]
 
 
@@ -68,6 +70,5 @@ def front_markdown(report: dict[str, Any]) -> str:
              "| eta | mean reward (95% CI) | KL to the initial model, nats (95% CI) | tokens |", "|---|---|---|---|"]
     for p in report.get("warp_front", []):
         r, k = p["reward"], p["kl"]
-        lines.append(f"| {p['eta']:g} | {r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | "
-                     f"{k['estimate']:.2f} [{k['low']:.2f}, {k['high']:.2f}] | {p['mean_length']:.1f} |")
+        lines.append(f"| {p['eta']:g} | {format_interval(r)} | {format_interval(k, 2)} | {p['mean_length']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -17,9 +17,10 @@ from typing import Any
 
 from rich.console import Console
 
-from alignkit.online.frontier import online_frontier_rows
-from alignkit.online.recipe import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
 from alignkit.recipe import Recipe, RecipeError, comparable_recipes
+from alignkit.recipe.online import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
+from alignkit.report.format import format_interval
+from alignkit.report.frontier import online_frontier_rows
 
 __all__ = ["OnlineEntry", "eval_differences", "online_markdown", "plan_online_runs", "resolve_online_runs"]
 
@@ -83,7 +84,7 @@ def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> lis
     """Run the planned online recipes (unless their folder already holds the same recipe with a report;
     resumed when interrupted) and read every run's plot rows. A failing run is reported, the others go on.
     """
-    from alignkit.online.run import run_online_recipe
+    from alignkit.commands.online import run_online_recipe
 
     out: list[OnlineEntry] = []
     for entry, recipe in plans:
@@ -131,10 +132,6 @@ def eval_differences(offline: Recipe, online: OnlineRecipe) -> list[str]:
     return diffs
 
 
-def _interval(v: dict[str, float], digits: int) -> str:
-    return f"{v['estimate']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]"
-
-
 def online_markdown(entries: Sequence[OnlineEntry], offline: Recipe | None) -> str:
     """The online runs as a Markdown section: one line per point, then how their evaluation differs."""
     lines = ["", "## Online runs", "",
@@ -149,7 +146,7 @@ def online_markdown(entries: Sequence[OnlineEntry], offline: Recipe | None) -> s
         for row in entry.rows or []:
             setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
             lines.append(f"| {row['label']} | {row['loss']} | {setting} | {entry.status} | "
-                         f"{_interval(row['reward'], 3)} | {_interval(row['kl'], 2)} |")
+                         f"{format_interval(row['reward'], 3)} | {format_interval(row['kl'], 2)} |")
         if offline is not None and entry.recipe is not None:
             diffs = eval_differences(offline, entry.recipe)
             if diffs:

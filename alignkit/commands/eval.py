@@ -1,0 +1,64 @@
+"""`alignkit eval RUN_DIR`: judge (and, when missing, reward/KL-evaluate) a finished run; add to its report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from alignkit.data.pipeline import evaluation_prompts
+from alignkit.eval.config import EvalConfig
+from alignkit.eval.heldout import evaluate_heldout
+from alignkit.recipe import load_recipe
+from alignkit.report.tables import write_report
+from alignkit.workflow.environment import resolve_device
+from alignkit.workflow.model_io import load_run_model
+from alignkit.workflow.reference import evaluation_reference, reference_loader
+
+__all__ = ["evaluate_run"]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    console: Console | None = None,
+    device: str = "auto",
+    redo_reward_kl: bool = False,
+) -> dict[str, Any]:
+    """Judge (and, when missing, reward/KL-evaluate) a finished run; update its report and plots.
+
+    Args:
+        run_dir: a folder written by ``alignkit run`` (recipe.yaml, model/, report.json).
+        overrides: dotted recipe overrides, e.g. ``eval.judge.kind=reward eval.judge.reward=vader_sentiment``.
+        console: progress and the report table.
+        device: ``auto``, ``cpu``, ``cuda``...
+        redo_reward_kl: recompute the reward/KL section even if report.json has one.
+
+    Returns:
+        The updated report (also written to report.json and report.md).
+    """
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
+    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides))
+    cfg = recipe.eval or EvalConfig()
+    if cfg.judge.kind == "none" and cfg.reward is None:
+        raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
+                         "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
+    dev = resolve_device(device)
+    policy, tokenizer = load_run_model(run_dir, device=str(dev))
+    reference = evaluation_reference(policy, reference_loader(recipe, dev, run_dir))
+    prompts, chosen = evaluation_prompts(recipe.data, tokenizer)
+    report_path = run_dir / "report.json"
+    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
+        "recipe": recipe.name, "objective": recipe.objective().describe()}
+    report.update(evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
+                                   console=console, device=str(dev),
+                                   reward_kl=redo_reward_kl or "reward_kl" not in report))
+    write_report(report, run_dir, console=console)
+    return report

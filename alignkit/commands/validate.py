@@ -1,0 +1,23 @@
+"""`alignkit validate`: check a recipe (offline or online) and its overrides without running it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alignkit.recipe import load_recipe
+from alignkit.recipe.online import is_online_recipe, load_online_recipe
+
+__all__ = ["validate_recipe_file"]
+
+
+def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> str:
+    """Validate the recipe at ``path``; return a one-line description of what it would run.
+
+    Raises:
+        RecipeError: every problem, with its file, line and path.
+    """
+    if is_online_recipe(path):
+        online = load_online_recipe(path, list(overrides), list(plugins))
+        return f"online, run folder {online.run_dir()}"
+    recipe = load_recipe(path, list(overrides), list(plugins))
+    return f"objective {recipe.objective().describe()}, run folder {recipe.run_dir()}"

@@ -1,0 +1,34 @@
+"""Process-level set-up shared by every run: the device, the seeds, and the peak memory figure."""
+
+from __future__ import annotations
+
+import random
+import resource
+
+import numpy as np
+import torch
+
+from alignkit.train.distributed import DistEnv
+
+__all__ = ["peak_rss_mib", "resolve_device", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
+    """``auto`` -> this process's GPU when there is one, else the CPU; any other name as torch reads it."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank if env else 0)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

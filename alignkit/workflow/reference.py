@@ -1,0 +1,109 @@
+"""Which model is "the reference" of a run, decided in one place for training and for evaluation.
+
+- Training (:func:`training_reference`): the recipe's ``reference.mode``: the policy with its adapters
+  switched off, a frozen copy, or log-probs computed once and cached.
+- Evaluation (:func:`evaluation_reference`): the policy with its adapters off when it has adapters, else a
+  frozen copy already in memory, else the reference loaded again (:func:`reference_loader`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignkit.eval.kl import ReferenceFn
+from alignkit.losses import Objective
+from alignkit.models.load import load_causal_lm
+from alignkit.models.reference import (
+    AdaptersOffReference,
+    CachedReference,
+    FrozenCopyReference,
+    Reference,
+    ReferenceLogpsCache,
+)
+from alignkit.peft import adapters_disabled, has_adapters
+from alignkit.recipe import Recipe, RecipeError
+from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
+from alignkit.workflow.environment import seed_everything
+
+__all__ = ["evaluation_reference", "reference_loader", "training_reference"]
+
+
+def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Callable[[], nn.Module]:
+    """A function that loads the reference model again: the named reference, or the initial policy
+    (re-seeded, so even a model built from a config comes back identical), after SFT when there was one.
+
+    Args:
+        run_dir: the run folder whose ``sft/checkpoints`` hold the SFT stage (the folder being evaluated,
+            which may have been moved since the recipe was written).
+    """
+
+    def load() -> nn.Module:
+        if recipe.reference.name_or_path:
+            cfg = recipe.model.model_copy(update={"name_or_path": recipe.reference.name_or_path,
+                                                  "from_config": None})
+            return load_causal_lm(cfg, device)
+        seed_everything(recipe.seed)
+        model = load_causal_lm(recipe.model, device)
+        sft_checkpoint = latest_checkpoint(run_dir / "sft" / "checkpoints")
+        if recipe.sft.enabled and sft_checkpoint is not None:
+            load_checkpoint(sft_checkpoint, model=model, restore_rng=False)
+        return model
+
+    return load
+
+
+def evaluation_reference(policy: nn.Module, load_reference: Callable[[], nn.Module],
+                         training: Reference | None = None) -> ReferenceFn:
+    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl)."""
+    if has_adapters(policy):
+        return AdaptersOffReference(policy, adapters_disabled).model_context
+    if isinstance(training, FrozenCopyReference):
+        return training.model_context
+    model = load_reference().requires_grad_(False).eval()  # loaded once, used for sampling and KL
+    return lambda: contextlib.nullcontext(model)
+
+
+def training_reference(
+    recipe: Recipe,
+    objective: Objective,
+    policy: nn.Module,
+    pairs: Sequence[Any],
+    collate: Callable[[list[Any]], dict[str, Any]],
+    load_reference: Callable[[], nn.Module],
+) -> Reference | None:
+    """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed)."""
+    if not objective.needs_reference:
+        return None
+    mode, chunk, packed = recipe.reference.mode, recipe.model.logps_chunk_size, recipe.model.padding_free
+    if mode == "none":
+        raise RecipeError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
+    if mode == "adapters_off":
+        if not has_adapters(policy):
+            raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
+        return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk, padding_free=packed)
+    separate = load_reference() if recipe.reference.name_or_path else None
+    if mode == "copy":
+        if separate is not None:
+            return FrozenCopyReference(separate, chunk_size=chunk, copy=False, padding_free=packed)
+        return FrozenCopyReference(policy, chunk_size=chunk, padding_free=packed)
+    # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
+    batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)
+    extra = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
+    model_id = recipe.reference.name_or_path or recipe.model.name_or_path
+    with contextlib.ExitStack() as stack:
+        if separate is not None:
+            model = separate
+        elif has_adapters(policy):
+            model = stack.enter_context(adapters_disabled(policy))
+        else:
+            model = policy
+        cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, chunk_size=chunk,
+                                          padding_free=packed, extra=extra)
+    del separate
+    return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)
