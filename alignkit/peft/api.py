@@ -159,7 +159,7 @@ def merge_adapter(model: nn.Module) -> nn.Module:
 
 
 def unmerge_adapter(model: nn.Module) -> nn.Module:
-    """Undo :func:`merge_adapter` (base weights equal the originals up to float rounding)."""
+    """Undo :func:`merge_adapter`: the original base weights are put back exactly (tied where they were)."""
     _require_adapters(model, "unmerge")
     for _, wrapper in adapter_wrappers(model):
         if isinstance(wrapper, LoRALayer):

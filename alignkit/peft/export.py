@@ -37,19 +37,25 @@ __all__ = ["export_merged", "export_peft_lora", "export_with_adapters", "load_ex
 def _base_modules(model: nn.Module, merge_lora: bool) -> Iterator[nn.Module]:
     """Temporarily put each original module back in place of its wrapper.
 
-    With ``merge_lora`` a LoRA layer's base weight holds ``W + scaling * B A`` meanwhile. On exit the
-    original weight tensors themselves are put back (not a subtraction), so the model is restored bit
-    for bit.
+    With ``merge_lora`` a LoRA layer's base module holds a new weight ``W + scaling * B A`` meanwhile;
+    when that weight was tied to another module (GPT-2's ``lm_head`` and input embedding), the merged
+    model has the two untied and ``config.tie_word_embeddings`` is off while it is saved, so the input
+    embedding keeps its values and a reload does not tie them again. On exit the original weight
+    parameters themselves are put back (not a subtraction), so the model is restored bit for bit.
     """
-    swapped: list[tuple[str, nn.Module, torch.Tensor | None]] = []
+    swapped: list[tuple[str, nn.Module, nn.Parameter | None]] = []
+    config = getattr(model, "config", None)
+    tied_before = getattr(config, "tie_word_embeddings", None)
     try:
         with torch.no_grad():
             for path, wrapper in list(adapter_wrappers(model)):
                 original = None
                 if isinstance(wrapper, LoRALayer):
                     if merge_lora and not wrapper.merged:
-                        original = wrapper.base_layer.weight.data
-                        wrapper.base_layer.weight.data = original + wrapper.delta_weight()
+                        original = wrapper.base_layer.weight
+                        if _is_tied(model, original) and config is not None:
+                            config.tie_word_embeddings = False
+                        wrapper.base_layer.weight = wrapper.merged_weight()
                     elif not merge_lora and wrapper.merged:
                         raise RuntimeError(
                             "LoRA is merged into the base weights; call unmerge_adapter(model) first"
@@ -60,8 +66,16 @@ def _base_modules(model: nn.Module, merge_lora: bool) -> Iterator[nn.Module]:
     finally:
         for path, wrapper, original in reversed(swapped):
             if original is not None:
-                wrapper.base_layer.weight.data = original
+                wrapper.base_layer.weight = original
             set_module(model, path, wrapper)
+        if config is not None and tied_before is not None:
+            config.tie_word_embeddings = tied_before
+
+
+def _is_tied(model: nn.Module, weight: nn.Parameter) -> bool:
+    """Whether another module of ``model`` holds the same weight tensor (a tied embedding)."""
+    holders = {id(m) for m in model.modules() for p in m.parameters(recurse=False) if p is weight}
+    return len(holders) > 1
 
 
 def _save_transformers(model: nn.Module, tokenizer: Any, folder: Path) -> None:

@@ -74,20 +74,35 @@ class LoRALayer(AdapterWrapper):
             delta = delta.T
         return delta.to(self.base_layer.weight.dtype)
 
+    def merged_weight(self) -> nn.Parameter:
+        """A new parameter holding ``W + scaling * B A`` (the base weight itself is not touched).
+
+        A new tensor, not an in-place update: the base weight may be tied to another module (GPT-2's
+        ``lm_head`` shares the input embedding), which must keep its own values.
+        """
+        weight = self.base_layer.weight
+        return nn.Parameter(weight.detach() + self.delta_weight(), requires_grad=weight.requires_grad)
+
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update into the base weight; the forward then runs the base layer alone."""
+        """Put the merged weight in place; the forward then runs the base layer alone.
+
+        The original weight is kept (not recomputed by subtraction), so :meth:`unmerge` restores it bit for
+        bit and re-ties it where it was tied.
+        """
         if self.merged:
             raise RuntimeError("LoRA layer is already merged")
-        self.base_layer.weight += self.delta_weight()
+        self._original_weight = self.base_layer.weight
+        self.base_layer.weight = self.merged_weight()
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the update again (equal to the unmerged weights up to float rounding)."""
+        """Put the original weight back (exactly, tied where it was tied)."""
         if not self.merged:
             raise RuntimeError("LoRA layer is not merged")
-        self.base_layer.weight -= self.delta_weight()
+        self.base_layer.weight = self._original_weight
+        del self._original_weight
         self.merged = False
 
     def extra_repr(self) -> str:

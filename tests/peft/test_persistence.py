@@ -136,3 +136,28 @@ def test_peft_format_loads_with_peft(tmp_path, arch: str) -> None:
 
     loaded = peft.PeftModel.from_pretrained(MAKERS[arch](vocab_size=VOCAB), folder).eval()
     assert torch.allclose(_logits(loaded), expected, atol=1e-5)
+
+
+def test_lora_on_a_tied_lm_head_merges_and_exports_exactly(tmp_path, gpt2_tokenizer) -> None:
+    """GPT-2's lm_head shares the input embedding: merging LoRA into it must leave the embedding alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = apply_adapter(make_tiny_gpt2(vocab_size=VOCAB), {"kind": "lora", "r": 4, "alpha": 8,
+                                                               "target_modules": ["c_attn", "lm_head"]})
+    randomize_adapter(model, 0)
+    assert model.lm_head.base_layer.weight is model.transformer.wte.weight
+    embedding = model.transformer.wte.weight.detach().clone()
+    expected = _logits(model)
+
+    merge_adapter(model)
+    assert torch.equal(model.transformer.wte.weight, embedding)
+    assert torch.allclose(_logits(model), expected, atol=1e-5)
+    unmerge_adapter(model)
+    assert model.lm_head.base_layer.weight is model.transformer.wte.weight  # tied again, exactly
+    assert torch.equal(_logits(model), expected)
+
+    folder = export_merged(model, gpt2_tokenizer, tmp_path / "merged")
+    assert torch.equal(_logits(model), expected) and model.config.tie_word_embeddings
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert torch.equal(reloaded.transformer.wte.weight, embedding)
+    assert torch.allclose(_logits(reloaded), expected, atol=1e-5)
