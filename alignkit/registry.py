@@ -1,6 +1,6 @@
 """One small generic registry: register by name, get by name, list names.
 
-Every extension point of alignkit (losses, data sources, judges) is a `Registry`. Registering the same
+Every extension point of alignkit (losses, data sources, rewards, judges) is a `Registry`. Registering the same
 name twice is an error, so a plugin can never silently replace a built-in.
 """
 

@@ -107,6 +107,7 @@ def run_alignkit(spec: BenchSpec) -> dict:
 
     from alignkit.data.collate import collate_preference
     from alignkit.losses import build_objective
+    from alignkit.models.logps import LogpsOptions
     from alignkit.models.reference import CachedReference, FrozenCopyReference
     from alignkit.models.reference_cache import ReferenceLogpsCache
     from alignkit.train.config import TrainConfig
@@ -119,20 +120,20 @@ def run_alignkit(spec: BenchSpec) -> dict:
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     collate = partial(collate_preference, pad_token_id=tokenizer.pad_token_id)
-    packed = spec.padding_free
+    logps = LogpsOptions(chunk_size=spec.chunk_size, padding_free=spec.padding_free)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ALIGNKIT_CACHE"] = tmp  # a fresh reference cache: nothing reused from earlier runs
         if spec.reference == "cached":
-            cache = ReferenceLogpsCache.build(model, pairs, collate, spec.batch, "bench", chunk_size=spec.chunk_size,
-                                              padding_free=packed, progress=False)
+            cache = ReferenceLogpsCache.build(model, pairs, collate, spec.batch, "bench", logps=logps,
+                                              progress=False)
             reference = CachedReference(cache)
         else:
-            reference = FrozenCopyReference(model, chunk_size=spec.chunk_size, padding_free=packed)
+            reference = FrozenCopyReference(model, logps=logps)
         cfg = TrainConfig(lr=spec.lr, batch_size=spec.batch, max_steps=spec.total_steps, warmup_steps=0,
                           schedule="linear", max_grad_norm=1.0, precision=spec.precision, device=spec.device)
         trainer = Trainer(model, build_objective({"name": "dpo", "beta": spec.beta}), cfg, train_pairs=pairs,
                           collate=collate, run_dir=Path(tmp) / "run", reference=reference, seed=spec.seed,
-                          chunk_size=spec.chunk_size, padding_free=packed)
+                          logps=logps)
         if trainer._step_examples(0) != visited[: spec.batch]:  # the order TRL is fed must be alignkit's
             raise RuntimeError("alignkit's step order differs from the benchmark's pair order")
         step_ends, losses = [], []

@@ -27,7 +27,7 @@ def measure(mode: str, batch: int, seq: int, vocab: int, hidden: int, layers: in
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from alignkit.models.logps import naive_sequence_logps, sequence_logps
+    from alignkit.models.logps import LogpsOptions, naive_sequence_logps, sequence_logps
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -47,7 +47,7 @@ def measure(mode: str, batch: int, seq: int, vocab: int, hidden: int, layers: in
     if mode == "naive":
         logps, _ = naive_sequence_logps(model, input_ids, attention_mask, labels)
     else:
-        logps, _ = sequence_logps(model, input_ids, attention_mask, labels, chunk_size=chunk_size)
+        logps, _ = sequence_logps(model, input_ids, attention_mask, labels, logps=LogpsOptions(chunk_size=chunk_size))
     logps.sum().backward()
     elapsed = time.perf_counter() - start
     return {"mode": mode, "peak_growth_mb": round(_maxrss_mb() - before, 1), "seconds": round(elapsed, 2)}

@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny real models built from configs, the real GPT-2 tokenizer, real HH data.
+"""Shared fixtures: tiny real models built from configs, the real GPT-2 tokenizer, HH-RLHF data.
 
-Nothing here downloads: the Hub is switched off before transformers is imported.
+Nothing here downloads: the Hub is switched off before transformers is imported. Tests of code paths use
+data the project ships (``hh_path``: tests/fixtures/, written by tests/fixtures/make_hh_fixture.py); only
+tests about the real data use ../shared (``real_hh_path``), which a user's clone does not have: they skip
+there. ALIGNKIT_TEST_SHARED_DIR moves that folder (point it at a missing path to run as a user would).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HH_PATH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SHARED_DIR = Path(os.environ.get("ALIGNKIT_TEST_SHARED_DIR", ROOT.parent / "shared"))
+HH_FIXTURE_PATH = ROOT / "tests" / "fixtures" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+REAL_HH_PATH = SHARED_DIR / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
 # Tiny models on a shared 2-core machine: one intra-op thread avoids thread-pool contention that made
@@ -71,9 +76,17 @@ def tiny_llama():
 
 @pytest.fixture(scope="session")
 def hh_path() -> Path:
-    if not HH_PATH.exists():
-        pytest.skip(f"HH-RLHF sample not found at {HH_PATH}")
-    return HH_PATH
+    """The shipped HH-RLHF fixture (72 rows in the real format): always there, never skips."""
+    assert HH_FIXTURE_PATH.is_file(), f"{HH_FIXTURE_PATH} is missing: run tests/fixtures/make_hh_fixture.py"
+    return HH_FIXTURE_PATH
+
+
+@pytest.fixture(scope="session")
+def real_hh_path() -> Path:
+    """The real harmless-base test split in ../shared, for tests about the real data; skips without it."""
+    if not REAL_HH_PATH.exists():
+        pytest.skip(f"real HH-RLHF data not found at {REAL_HH_PATH} (optional: ../shared is not in a clone)")
+    return REAL_HH_PATH
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """alignkit's DPO loss equals TRL's DPOTrainer loss (sigmoid, beta 0.1) at the same inputs.
 
 TRL 1.16 exposes no standalone DPO loss function: the loss is computed inside ``DPOTrainer.compute_loss``
-from the model's log-probs. So both frameworks score the same real HH pairs with the same policy and a
-*different* reference model (with policy == reference every loss would be log 2), and the losses,
-gradients and precomputed reference log-probs are compared.
+from the model's log-probs. So both frameworks score the same HH pairs (the shipped fixture) with the same
+policy and a *different* reference model (with policy == reference every loss would be log 2), and the
+losses, gradients and precomputed reference log-probs are compared.
 """
 
 from __future__ import annotations

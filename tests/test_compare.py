@@ -124,7 +124,7 @@ def test_win_rate_is_found_in_the_shapes_a_judge_report_may_take():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# End to end: 2 losses x 2 betas on a tiny GPT-2 and the real HH sample
+# End to end: 2 losses x 2 betas on a tiny GPT-2 and the shipped HH fixture
 
 def _rows(out):
     return {r["label"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]}
@@ -200,12 +200,21 @@ def test_compare_two_objectives_by_two_betas_share_data_model_and_seed(hh_path, 
 
 def test_a_failing_run_is_reported_and_the_others_continue(hh_path, tmp_path):
     out = tmp_path / "cmp"
-    # Without a reference, DPO cannot run; SimPO is reference-free and must still train.
-    args = ["compare", RECIPE, "--losses", "dpo,simpo", *_overrides(hh_path, "reference.mode=none"),
+    # A loss that fails in training (validation cannot know: it fails on purpose); SimPO must still train.
+    # (A loss that cannot work with the recipe, e.g. DPO with reference.mode none, is refused by validation.)
+    from alignkit.losses import LOSSES
+
+    plugin = tmp_path / "failing_loss.py"
+    plugin.write_text("from alignkit.losses import register_loss\n\n\n@register_loss('fails_in_training')\n"
+                      "def fails_in_training(stats, cfg):\n    raise RuntimeError('this loss fails on purpose')\n")
+    args = ["compare", RECIPE, "--plugin", str(plugin), "--losses", "fails_in_training,simpo", *_overrides(hh_path),
             "--out", str(out)]
-    assert main(args) == 1
+    try:
+        assert main(args) == 1
+    finally:
+        LOSSES.remove("fails_in_training")  # registries are per process: leave it as other tests expect
     rows = _rows(out)
-    assert rows["dpo"]["status"] == "failed" and "needs a reference" in rows["dpo"]["note"]
+    assert rows["fails_in_training"]["status"] == "failed" and "fails on purpose" in rows["fails_in_training"]["note"]
     assert rows["simpo"]["status"] == "trained" and rows["simpo"]["heldout_accuracy"] is not None
 
 

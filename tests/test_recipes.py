@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,106 @@ def test_cli_lists_losses(capsys):
     out = capsys.readouterr().out
     for name in ("dpo", "ipo", "slic_hf", "simpo", "orpo", "reward_bt", "reward_kway"):
         assert name in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The objective is built once, by validation, with structured error locations
+
+
+def test_validation_builds_the_objective_once_and_keeps_it(tmp_path, monkeypatch):
+    import alignkit.recipe as recipe_module
+
+    calls = []
+    real = recipe_module.build_objective
+    monkeypatch.setattr(recipe_module, "build_objective", lambda *a, **k: calls.append(a) or real(*a, **k))
+    recipe = load_recipe(_write(tmp_path, BASE))
+    assert len(calls) == 1
+    assert recipe.objective() is recipe.objective() and len(calls) == 1
+    assert recipe.objective().terms[0].config.beta == 0.1
+
+
+def test_objective_errors_carry_their_locations():
+    from alignkit.losses import ObjectiveError, build_objective
+
+    with pytest.raises(ObjectiveError) as err:
+        build_objective([{"name": "sft"}, {"name": "dpo", "beta": 0, "bta": 1}, {"name": "nope"}])
+    locs = [loc for loc, _ in err.value.problems]
+    assert locs == [("loss", 1, "beta"), ("loss", 1, "bta"), ("loss", 2, "name")]
+    assert str(err.value).splitlines()[0] == "loss[1].beta: Input should be greater than 0"
+
+
+def test_recipe_errors_place_every_loss_problem_on_its_line(tmp_path):
+    text = BASE.replace("loss:\n  name: dpo\n  beta: 0.1\n", "loss:\n  - name: sft\n  - name: dpo\n    beta: 0\n")
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError, match=re.escape(f"{path}:11: loss[1].beta: Input should be greater than 0")):
+        load_recipe(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rules between sections: caught by `alignkit validate`, before any model is loaded
+
+
+def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    return [
+        (["data.source={kind: kway_jsonl, path: k.jsonl}"], "data.source.kind: 'kway_jsonl' gives K-way comparisons"),
+        (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, but loss reward_kway reads K-way"),
+        (["loss.name=reward_bt", "data.source={kind: sentiment}"], "'sentiment' samples its pairs from the policy"),
+        (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
+        (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
+        (["eval.reward=nosuch"], "eval.reward: unknown reward function 'nosuch'; registered:"),
+        (["eval.judge={kind: reward, reward: nosuch}"], "eval.judge.reward: unknown reward function 'nosuch'"),
+        (["data.source={kind: sentiment, reward: nosuch}"], "data.source.reward: unknown reward function 'nosuch'"),
+        (["train.early_stopping.metric=eval/bogus"], "train.early_stopping.metric: 'eval/bogus' is never logged"),
+        (["train.early_stopping.metric=loss"], "'loss' is never logged (did you mean 'eval/loss'?)"),
+        (["sft.enabled=true", "sft.early_stopping.metric=eval/rewards/margins"],
+         "sft.early_stopping.metric: 'eval/rewards/margins' is never logged"),
+        (["train.early_stopping.metric=eval/loss", "data.test_size=0"], "train.early_stopping: needs held-out pairs"),
+        (["model.from_config={model_type: gpt2, nlayer: 2}"],
+         "model.from_config.nlayer: not a setting of GPT2Config (model_type 'gpt2'); did you mean n_layer?"),
+        (["model.from_config={model_type: gtp2}"], "model.from_config.model_type: 'gtp2' is not a transformers model"),
+        (["model.from_config={model_type: gpt2, n_embd: 15, n_head: 2}"], "cannot build a 'gpt2' model"),
+        (["model.from_config={model_type: gpt2, n_positions: 64}", "data.max_length=128", "data.max_prompt_length=16"],
+         "data.max_length: 128 is more than the model's 64 positions"),
+        (["train.device=banana"], "train.device: 'banana' is not a device"),
+        ([f"output_dir={a_file}"], f"output_dir: {a_file} exists and is not a folder"),
+        (["output_dir=/dev/null/run"], "output_dir: /dev/null/run cannot be created: /dev/null is not a folder"),
+        (["name=x", "output_dir=null", "train.device=cuda:99"], "train.device: 'cuda:99', but this machine has"),
+    ]
+
+
+def test_every_cross_section_rule_is_a_validation_error(tmp_path):
+    for overrides, message in _cross_cases(tmp_path):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(_write(tmp_path, BASE), overrides)
+        assert message in str(err.value), (overrides, str(err.value))
+
+
+def test_cuda_without_cuda_is_a_validation_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RecipeError, match="train.device: 'cuda', but this machine has no CUDA device"):
+        load_recipe(_write(tmp_path, BASE), ["train.device=cuda"])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.early_stopping.metric=eval/rewards/accuracies"],
+    ["loss=[{name: dpo}, {name: sft, weight: 0.1}]", "train.early_stopping.metric=eval/sft/loss"],
+    ["loss.name=cpo", "train.early_stopping.metric=eval/nll"],
+    ["loss.name=reward_kway", "data.source={kind: kway_jsonl, path: k.jsonl}", "reference.mode=none",
+     "train.early_stopping={metric: eval/rewards/accuracies, mode: max}"],
+    ["adapter.kind=lora", "reference.mode=adapters_off", "eval.judge={kind: reward, reward: vader_sentiment}"],
+    ["model.from_config={model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
+     "num_attention_heads: 4, num_key_value_heads: 2, rope_theta: 500000.0}"],
+])
+def test_consistent_recipes_pass_the_cross_section_rules(tmp_path, overrides):
+    load_recipe(_write(tmp_path, BASE), overrides)
+
+
+def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
+    plugin = Path(__file__).resolve().parents[1] / "examples" / "my_losses.py"
+    assert main(["validate", str(_write(tmp_path, BASE)), "--plugin", str(plugin)]) == 0
+    assert f"importedplugins:{plugin}" in re.sub(r"\s+", "", capsys.readouterr().out)

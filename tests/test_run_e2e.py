@@ -1,4 +1,4 @@
-"""`alignkit run` end to end on the shipped GPT-2/HH recipe, with a tiny GPT-2 and the real HH sample."""
+"""`alignkit run` end to end on the shipped GPT-2/HH recipe, with a tiny GPT-2 and the shipped HH fixture."""
 
 from __future__ import annotations
 

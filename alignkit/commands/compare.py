@@ -30,10 +30,12 @@ from alignkit.commands.compare_online import (
     plan_online_runs,
     resolve_online_runs,
 )
+from alignkit.commands.run import run_recipe
 from alignkit.losses import get_loss, list_losses
-from alignkit.recipe import Recipe, RecipeError, comparable_recipes, load_recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
+from alignkit.workflow.run_folder import inspect_run_folder, recipe_differences
 
 __all__ = [
     "Comparison",
@@ -166,15 +168,16 @@ def plan_comparison(
         raise RecipeError("--losses: name at least one objective, e.g. dpo,ipo,simpo")
     if len(set(losses)) != len(losses):
         raise RecipeError(f"--losses {','.join(losses)}: an objective is repeated")
-    known = {spec.name for spec in list_losses()}
-    unknown = [name for name in losses if name not in known]
-    if unknown:
-        raise RecipeError(f"--losses: unknown objective {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
     override_params = _loss_param_overrides(overrides)
     parsed = [parse_sweep(s) for s in sweeps]
     if len({k for k, _ in parsed}) != len(parsed):
         raise RecipeError("--sweep: the same parameter is swept twice")
+    # Loading the base recipe imports its plugins and --plugin ones: only then are their losses known.
     base = load_recipe(recipe_path, list(_overrides_without_loss(overrides)), list(plugins))
+    known = {spec.name for spec in list_losses()}
+    unknown = [name for name in losses if name not in known]
+    if unknown:
+        raise RecipeError(f"--losses: unknown objective {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
     default = base.name if base.name.startswith("compare_") else f"compare_{base.name}"
     out_dir = Path(out) if out is not None else Path("runs") / default
 
@@ -200,7 +203,7 @@ def plan_comparison(
     reference = _common_part(base)
     for plan in plans:
         if plan.recipe is not None and _common_part(plan.recipe) != reference:
-            diff = _first_differences(reference, _common_part(plan.recipe))
+            diff = recipe_differences(reference, _common_part(plan.recipe))
             raise RecipeError(f"run {plan.label} differs from the others outside `loss`: {diff}")
     return out_dir, plans
 
@@ -208,22 +211,6 @@ def plan_comparison(
 def _overrides_without_loss(overrides: Sequence[str]) -> list[str]:
     """The overrides that do not touch the loss section (for the shared part of the recipe)."""
     return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("loss")]
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
-def _first_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
-    a, b = _flatten(old), _flatten(new)
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,16 +224,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _folder_state(recipe: Recipe) -> tuple[Literal["new", "complete", "partial", "stale"], str]:
+def _folder_state(recipe: Recipe) -> tuple[str, str]:
     """Whether the run folder is empty, finished, interrupted, or holds a different recipe."""
-    run_dir = recipe.run_dir()
-    saved = run_dir / "recipe.yaml"
-    if not saved.is_file():
-        return "new", ""
-    old, new = comparable_recipes(saved, recipe, load_recipe, recipe_to_yaml)
-    if old != new:
-        return "stale", _first_differences(old, new)
-    return ("complete" if (run_dir / "report.json").is_file() else "partial"), ""
+    folder = inspect_run_folder(recipe.run_dir(), recipe, load_recipe, recipe_to_yaml)
+    if folder.state == "foreign":
+        raise RecipeError(f"{recipe.run_dir()} holds files that are not an alignkit run; choose another --out")
+    states = {"new": "new", "finished": "complete", "interrupted": "partial", "different": "stale"}
+    return states[folder.state], folder.differences
 
 
 def _clear_stale_folders(plans: Sequence[PlannedRun], *, overwrite: bool, console: Console) -> None:
@@ -282,8 +266,6 @@ def _reset_peak_memory() -> None:
 
 
 def _run_one(plan: PlannedRun, *, console: Console) -> RunOutcome:
-    from alignkit.commands.run import run_recipe  # heavy imports only when something runs
-
     if plan.recipe is None:
         return RunOutcome(plan, "skipped", note=plan.skip_reason or "")
     run_dir = plan.recipe.run_dir()

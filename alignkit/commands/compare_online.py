@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from alignkit.commands.online import run_online_recipe
 from alignkit.recipe import Recipe, RecipeError, comparable_recipes
 from alignkit.recipe.online import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
 from alignkit.report.format import format_interval
@@ -84,8 +85,6 @@ def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> lis
     """Run the planned online recipes (unless their folder already holds the same recipe with a report;
     resumed when interrupted) and read every run's plot rows. A failing run is reported, the others go on.
     """
-    from alignkit.commands.online import run_online_recipe
-
     out: list[OnlineEntry] = []
     for entry, recipe in plans:
         if recipe is None:

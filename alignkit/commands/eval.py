@@ -45,7 +45,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
-    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides))
+    # The run may have trained on another machine (another device): only the recipe itself is checked here.
+    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides), check_environment=False)
     cfg = recipe.eval or EvalConfig()
     if cfg.judge.kind == "none" and cfg.reward is None:
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "

@@ -10,7 +10,7 @@ WARP, the front ``(1 - eta) theta_sft + eta theta_final`` with reward and KL at 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -18,18 +18,23 @@ from torch import nn
 
 from alignkit.data.sentiment import sentiment_prompts
 from alignkit.eval.heldout import evaluate_heldout
+from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_reward_kl
-from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.load import load_tokenizer
 from alignkit.models.rewards import resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
-from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
+from alignkit.recipe.online import OnlineRecipe, load_online_recipe, online_recipe_to_yaml
 from alignkit.report.frontier import front_markdown, plot_online_frontier
-from alignkit.workflow import RunContext, RunSummary, execute_run
+from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
+from alignkit.workflow.skeleton import StageResult
+
+if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
+    from transformers import PreTrainedModel
 
 __all__ = ["OnlineRun", "build_score", "describe_objective", "load_tensors", "online_prompts", "run_online_recipe"]
 
@@ -48,8 +53,7 @@ def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
     if cfg.reward is not None:
         name, fn = resolve_reward(cfg.reward)
         return name, lambda prompts, texts: fn(texts)
-    from alignkit.eval.judges.reward import reward_model_scorer
-
+    assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
     return str(cfg.reward_model), lambda prompts, texts: scorer(list(zip(prompts, texts, strict=True)))
 
@@ -75,6 +79,7 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 def _controller(cfg: OnlineConfig) -> KLController:
     if cfg.kl_control.kind == "adaptive":
+        assert cfg.kl_control.target is not None  # KLControlConfig requires a target when adaptive
         return AdaptiveKLController(cfg.beta, cfg.kl_control.target, cfg.kl_control.k_beta)
     return FixedKLController(cfg.beta)
 
@@ -85,13 +90,12 @@ def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: lis
     anchor = EMAAnchor(policy, cfg.anchor.ema_rate) if cfg.anchor.kind == "ema" else FrozenAnchor(policy)
     trainer = OnlineTrainer(policy, tokenizer, score, cfg, recipe.train, prompts=prompts, anchor=anchor,
                             controller=_controller(cfg), run_dir=run_dir, initial=initial, seed=seed, stage=stage,
-                            chunk_size=recipe.model.logps_chunk_size, padding_free=recipe.model.padding_free,
-                            console=console)
+                            logps=recipe.model.logps, console=console)
     return trainer.fit(resume=resume)
 
 
 def _warp(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list[str], *, initial: ReferenceFn,
-          theta_sft: dict[str, torch.Tensor], seed: int, results: dict[str, OnlineResult],
+          theta_sft: dict[str, torch.Tensor], seed: int, results: dict[str, StageResult],
           console: Console, resume: bool) -> dict[str, torch.Tensor]:
     """I iterations of M runs from a shared start, merged by SLERP; LITI moves the start. Returns theta_final."""
     warp = recipe.online.warp
@@ -118,14 +122,12 @@ def _front(recipe: OnlineRecipe, policy, tokenizer, eval_prompts: list[str], ini
            theta_sft: dict[str, torch.Tensor], theta_final: dict[str, torch.Tensor],
            console: Console) -> list[dict[str, Any]]:
     """Reward and KL to the SFT model of (1 - eta) theta_sft + eta theta_final for every eta of the grid."""
-    assert recipe.online.warp is not None and recipe.eval is not None and recipe.eval.reward is not None
     ev = recipe.eval
+    assert recipe.online.warp is not None and ev is not None and ev.reward is not None
     points = []
     for eta in recipe.online.warp.front_etas:
         load_tensors(policy, interpolate(theta_sft, theta_final, eta))
-        rep = evaluate_reward_kl(policy, initial, tokenizer, eval_prompts[: ev.num_prompts], ev.reward,
-                                 samples_per_prompt=ev.samples_per_prompt, max_new_tokens=ev.max_new_tokens,
-                                 temperature=ev.temperature, top_p=ev.top_p, batch_size=ev.batch_size, seed=ev.seed,
+        rep = evaluate_reward_kl(policy, initial, tokenizer, eval_prompts[: ev.num_prompts], ev.reward, ev.sampling,
                                  label=f"eta={eta:g}")
         console.print(f"warp front eta={eta:g}: reward {rep.reward.estimate:.3f}  kl {rep.kl.estimate:.2f}")
         points.append({"eta": eta, "reward": rep.reward.to_dict(), "kl": rep.kl.to_dict(),
@@ -134,24 +136,19 @@ def _front(recipe: OnlineRecipe, policy, tokenizer, eval_prompts: list[str], ini
     return points
 
 
-class OnlineRun:
+class OnlineRun(RecipeRun):
     """The :class:`~alignkit.workflow.RunPlan` of an online recipe: RLOO, or WARP's merged runs."""
 
     def __init__(self, recipe: OnlineRecipe) -> None:
-        self.recipe = recipe
-        self.name, self.seed, self.device = recipe.name, recipe.seed, recipe.train.device
-        self.run_dir: Path = recipe.run_dir()
-        self.adapter = recipe.adapter
+        super().__init__(recipe, load_online_recipe, online_recipe_to_yaml)
+        self.recipe: OnlineRecipe = recipe
         self.train_prompts: list[str] = []
         self.eval_prompts: list[str] = []
         self.score: ScoreFn | None = None
         self.initial: ReferenceFn | None = None
 
-    def recipe_yaml(self) -> str:
-        return online_recipe_to_yaml(self.recipe)
-
-    def load(self, ctx: RunContext) -> tuple[Any, nn.Module]:
-        return load_tokenizer(self.recipe.model), load_causal_lm(self.recipe.model, ctx.device)
+    def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
+        return load_tokenizer(self.recipe.model), self.load_causal_lm(ctx.device)
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
@@ -200,14 +197,15 @@ class OnlineRun:
                                 run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device))
 
 
-def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
+def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: bool = False,
+                      console: Console | None = None) -> RunSummary:
     """Train (RLOO or WARP), save the model, evaluate reward and KL to the initial model, write the report.
 
     With ``resume``, every run continues from its latest checkpoint (finished WARP runs are reloaded, not
     retrained), so an interrupted recipe picks up where it stopped.
     """
-    summary = execute_run(OnlineRun(recipe), resume=resume, console=console)
-    if summary.report.get("warp_front"):
+    summary = execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)
+    if summary.report.get("warp_front") and summary.results:
         run_dir = summary.run_dir
         plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
                                     title=f"{recipe.name}: WARP front")

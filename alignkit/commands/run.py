@@ -6,49 +6,52 @@ preference training puts in it: the objective, the data, the stages and the refe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from torch import nn
 
+from alignkit.commands.online import run_online_recipe
 from alignkit.data import PrepareContext, PreparedData, collate_preference, collate_sft, prepare_data
 from alignkit.data.kway import collate_kway
 from alignkit.data.pipeline import heldout_prompts
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.losses import build_objective
-from alignkit.models.load import load_causal_lm, load_reward_model, load_tokenizer
+from alignkit.models.load import load_reward_model, load_tokenizer
 from alignkit.models.reference import Reference
-from alignkit.recipe import Recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, load_recipe, recipe_to_yaml
+from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.train.dropout import disable_dropout
 from alignkit.train.trainer import Trainer
-from alignkit.workflow import RunContext, RunSummary, execute_run
+from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.reference import evaluation_reference, reference_loader, training_reference
 
-__all__ = ["PreferenceRun", "run_recipe"]
+if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
+    from transformers import PreTrainedModel
+
+__all__ = ["PreferenceRun", "run_recipe", "run_recipe_file"]
 
 
-class PreferenceRun:
+class PreferenceRun(RecipeRun):
     """The :class:`~alignkit.workflow.RunPlan` of an offline recipe: [SFT], then the objective."""
 
     def __init__(self, recipe: Recipe) -> None:
-        self.recipe = recipe
-        self.name, self.seed, self.device = recipe.name, recipe.seed, recipe.train.device
-        self.run_dir: Path = recipe.run_dir()
-        self.adapter = recipe.adapter
-        self.objective = build_objective(recipe.loss)
+        super().__init__(recipe, load_recipe, recipe_to_yaml)
+        self.recipe: Recipe = recipe
+        self.objective = recipe.objective()  # built once, by validation
         self.is_reward_model = self.objective.inputs in ("scores", "kway")
         self.data: PreparedData | None = None
         self.reference: Reference | None = None
 
-    def recipe_yaml(self) -> str:
-        return recipe_to_yaml(self.recipe)
-
-    def load(self, ctx: RunContext) -> tuple[Any, nn.Module]:
+    def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
         tokenizer = load_tokenizer(self.recipe.model)
-        if self.is_reward_model:
-            return tokenizer, load_reward_model(self.recipe.model, ctx.device, pad_token_id=tokenizer.pad_token_id)
-        return tokenizer, load_causal_lm(self.recipe.model, ctx.device)
+        if not self.is_reward_model:
+            return tokenizer, self.load_causal_lm(ctx.device)
+        model = load_reward_model(self.recipe.model, ctx.device, pad_token_id=tokenizer.pad_token_id)
+        if self.recipe.model.disable_dropout:
+            disable_dropout(model)
+        return tokenizer, model
 
     def prepare(self, ctx: RunContext) -> None:
         # Before the adapter: a source that generates its pairs samples from the initial model.
@@ -62,8 +65,8 @@ class PreferenceRun:
         recipe = self.recipe
         assert self.data is not None
         return Trainer(ctx.model, train_pairs=self.data.train, eval_pairs=self.data.test, run_dir=ctx.run_dir / stage,
-                       stage=stage, device=ctx.device, env=ctx.env, chunk_size=recipe.model.logps_chunk_size,
-                       padding_free=recipe.model.padding_free, console=ctx.console, **kwargs)
+                       stage=stage, device=ctx.device, env=ctx.env, logps=recipe.model.logps, console=ctx.console,
+                       **kwargs)
 
     def train(self, ctx: RunContext) -> None:
         recipe, data = self.recipe, self.data
@@ -74,9 +77,12 @@ class PreferenceRun:
                                 collate=partial(collate_sft, pad_token_id=pad_id),
                                 seed=recipe.sft.seed if recipe.sft.seed is not None else recipe.seed)
             ctx.results["sft"] = sft.fit(resume=ctx.resume)
-        collate = partial(collate_kway if self.objective.inputs == "kway" else collate_preference, pad_token_id=pad_id)
-        self.reference = training_reference(recipe, self.objective, ctx.model, data.train + data.test, collate,
-                                            reference_loader(recipe, ctx.device, ctx.run_dir))
+        preference_collate = partial(collate_preference, pad_token_id=pad_id)
+        collate = partial(collate_kway, pad_token_id=pad_id) if self.objective.inputs == "kway" else preference_collate
+        # Reference log-probs are of chosen and rejected responses: only preference batches have them (the
+        # trainer never reads a reference for K-way batches).
+        self.reference = training_reference(recipe, self.objective, ctx.model, data.train + data.test,
+                                            preference_collate, reference_loader(recipe, ctx.device, ctx.run_dir))
         trainer = self._trainer(ctx, "preference", objective=self.objective, cfg=recipe.train, collate=collate,
                                 reference=self.reference,
                                 seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed)
@@ -98,6 +104,25 @@ class PreferenceRun:
                                 console=ctx.console, device=str(ctx.device))
 
 
-def run_recipe(recipe: Recipe, *, resume: bool = False, console: Console | None = None) -> RunSummary:
-    """Run every stage of ``recipe``; write the run folder; return what happened."""
-    return execute_run(PreferenceRun(recipe), resume=resume, console=console)
+def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
+               console: Console | None = None) -> RunSummary:
+    """Run every stage of ``recipe``; write the run folder; return what happened.
+
+    ``resume`` continues an interrupted run of the same recipe; ``overwrite`` replaces the run its folder
+    holds; without either, a folder that holds a run is refused (see :func:`alignkit.workflow.execute_run`).
+    """
+    return execute_run(PreferenceRun(recipe), resume=resume, overwrite=overwrite, console=console)
+
+
+def run_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = (), *, resume: bool = False,
+                    overwrite: bool = False, online_only: bool = False, console: Console | None = None) -> RunSummary:
+    """`alignkit run` (and `alignkit online`): load the recipe at ``path`` and run it.
+
+    A recipe with an ``online:`` section runs the online loop (:mod:`alignkit.commands.online`), any other
+    preference training; ``online_only`` refuses the latter (with the online schema's error).
+    """
+    if online_only or is_online_recipe(path):
+        online = load_online_recipe(path, list(overrides), list(plugins))
+        return run_online_recipe(online, resume=resume, overwrite=overwrite, console=console)
+    recipe = load_recipe(path, list(overrides), list(plugins))
+    return run_recipe(recipe, resume=resume, overwrite=overwrite, console=console)

@@ -1,4 +1,8 @@
-"""`alignkit validate`: check a recipe (offline or online) and its overrides without running it."""
+"""`alignkit validate`: check a recipe (offline or online) and its overrides without running it.
+
+Validation imports the recipe's plugins (that is how their losses and rewards come to exist), so the
+description it returns names every plugin file it imported: a recipe's plugins are code that ran.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,21 @@ from alignkit.recipe.online import is_online_recipe, load_online_recipe
 __all__ = ["validate_recipe_file"]
 
 
+def _plugins_note(files: Sequence[str]) -> str:
+    return f", imported plugins: {', '.join(files)}" if files else ""
+
+
 def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> str:
     """Validate the recipe at ``path``; return a one-line description of what it would run.
+
+    The description names the run folder, the objective (offline recipes) and every plugin imported.
 
     Raises:
         RecipeError: every problem, with its file, line and path.
     """
     if is_online_recipe(path):
         online = load_online_recipe(path, list(overrides), list(plugins))
-        return f"online, run folder {online.run_dir()}"
+        return f"online, run folder {online.run_dir()}{_plugins_note(online.plugin_files)}"
     recipe = load_recipe(path, list(overrides), list(plugins))
-    return f"objective {recipe.objective().describe()}, run folder {recipe.run_dir()}"
+    return (f"objective {recipe.objective().describe()}, run folder {recipe.run_dir()}"
+            f"{_plugins_note(recipe.plugin_files)}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from alignkit.config_base import SEED_MAX, StrictConfig
 
 __all__ = [
     "DataConfig",
@@ -22,8 +24,8 @@ HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-reject
 HHSubset = Literal["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictConfig):
+    model_config = ConfigDict(frozen=True)
 
 
 class _Columns(_Strict):
@@ -42,7 +44,8 @@ class _Columns(_Strict):
         "rejected", description="Column holding the dispreferred response: text, or a list of messages."
     )
     weight_field: str | None = Field(
-        None, description="Optional column with a per-example loss weight (a number); 1.0 when unset."
+        None, description="Optional column with a per-example loss weight (a finite number >= 0; rows with another "
+        "value are dropped as malformed); 1.0 when unset."
     )
 
 
@@ -148,7 +151,7 @@ class DataConfig(_Strict):
         0.1,
         description="Held-out share: a fraction in (0, 1) or a number of examples (0 = no held-out set).",
     )
-    seed: int = Field(0, description="Seed of the train/test split and of the batch order.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the train/test split and of the batch order.")
     max_examples: int | None = Field(
         None, ge=1, description="Use only the first N examples of the source (quick runs); None = all."
     )

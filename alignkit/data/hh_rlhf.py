@@ -133,7 +133,8 @@ def _hub_rows(cfg: HHRLHFSource):
         import datasets
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise DataError(f"reading {cfg.path!r} from the hub needs the 'datasets' package: {advice}") from err
-    for subset in cfg.subsets or [None]:
+    data_dirs: list[str | None] = list(cfg.subsets) if cfg.subsets else [None]
+    for subset in data_dirs:
         try:
             ds = datasets.load_dataset(cfg.path, data_dir=subset, split=cfg.split)
         except Exception as err:  # network, missing split, auth: all end the same way for the user

@@ -17,11 +17,17 @@ import torch
 from alignkit.data.collate import _pad_rows
 from alignkit.data.config import DataConfig, KWayJsonlSource
 from alignkit.data.jsonl import read_jsonl, require_file
-from alignkit.data.pipeline import PreparedData
 from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import _adds_bos, _batch_ids, truncate_pair
-from alignkit.data.types import EMPTY_RESPONSE, MALFORMED, PROMPT_TOO_LONG, DataError, DropReport
+from alignkit.data.types import (
+    EMPTY_RESPONSE,
+    MALFORMED,
+    PROMPT_TOO_LONG,
+    DataError,
+    DropReport,
+    PreparedData,
+)
 
 __all__ = ["KWayExample", "KWayJsonlSource", "TokenizedKWay", "collate_kway", "prepare_kway_data"]
 
@@ -113,7 +119,10 @@ def collate_kway(
 @register_prepared_source("kway_jsonl", inputs="kway")
 def prepare_kway_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None = None) -> PreparedData:
     """Load, split and tokenize a K-way source (the K-way counterpart of :func:`prepare_pairs`)."""
-    examples, load_report = load_kway(cfg.source)
+    src = cfg.source
+    if not isinstance(src, KWayJsonlSource):
+        raise DataError(f"data.source.kind must be 'kway_jsonl' here, got {src.kind!r}")
+    examples, load_report = load_kway(src)
     if cfg.max_examples is not None:
         examples = examples[: cfg.max_examples]
     train_ex, test_ex = split_train_test(examples, cfg.test_size, cfg.seed)
@@ -121,5 +130,5 @@ def prepare_kway_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext |
     test, test_report = tokenize_kway(test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length,
                                       start_index=len(train_ex))
     if not train:
-        raise DataError(f"no usable K-way training examples in {cfg.source.path}:\n{load_report.summary()}")
+        raise DataError(f"no usable K-way training examples in {src.path}:\n{load_report.summary()}")
     return PreparedData(train, test, train_ex, test_ex, load_report, train_report, test_report)

@@ -7,47 +7,15 @@ kinds with an example loader share :func:`prepare_pairs` (load, cap, split, toke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from alignkit.data.config import DataConfig
 from alignkit.data.sources import SOURCES, PrepareContext, load_examples
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
-from alignkit.data.types import DataError, DropReport, PreferenceExample, TokenizedPair
+from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 
 __all__ = ["PreparedData", "evaluation_prompts", "heldout_prompts", "prepare_data", "prepare_pairs"]
-
-
-@dataclass
-class PreparedData:
-    """Train and test pairs, and what was dropped on the way.
-
-    ``index`` of a train pair is its position in ``train_examples``; of a test pair,
-    ``len(train_examples)`` + its position in ``test_examples``: unique over both splits.
-    """
-
-    train: list[TokenizedPair]
-    test: list[TokenizedPair]
-    train_examples: list[PreferenceExample]
-    test_examples: list[PreferenceExample]
-    load_report: DropReport = field(default_factory=DropReport)
-    train_report: DropReport = field(default_factory=DropReport)
-    test_report: DropReport = field(default_factory=DropReport)
-
-    @property
-    def report(self) -> DropReport:
-        """One report over the whole way: raw rows seen, and every drop of loading and tokenizing."""
-        out = DropReport().merge(self.load_report)
-        return out.then(self.train_report).then(self.test_report)
-
-    def summary(self) -> str:
-        """Rows read and dropped while loading, then while tokenizing each split."""
-        return "\n".join([
-            f"loading: {self.load_report.summary()}",
-            f"train tokenization: {self.train_report.summary()}",
-            f"test tokenization: {self.test_report.summary()}",
-        ])
 
 
 def _capped(
@@ -88,12 +56,19 @@ def prepare_pairs(cfg: DataConfig, tokenizer: Any, context: PrepareContext) -> P
     """Load ``cfg.source``, keep the first ``max_examples``, split (or load ``test_source``), tokenize."""
     loader_context = {"tokenizer": tokenizer, **context.extra}
     examples, load_report = _capped(cfg, *load_examples(cfg.source, **loader_context))
+    if not examples:
+        where = getattr(cfg.source, "path", None) or getattr(cfg.source, "name", None) or cfg.source.kind
+        raise DataError(f"no usable training pairs from data.source ({cfg.source.kind}): {where} has no usable "
+                        f"rows\nloading: {load_report.summary()}")
     if cfg.test_source is not None:
         train_ex = examples
         test_ex, test_load = _capped(cfg, *load_examples(cfg.test_source, **loader_context))
         load_report.merge(test_load)
     else:
-        train_ex, test_ex = split_train_test(examples, cfg.test_size, cfg.seed)
+        try:
+            train_ex, test_ex = split_train_test(examples, cfg.test_size, cfg.seed)
+        except ValueError as err:  # more held out than there are examples
+            raise DataError(f"data.test_size: {err}") from None
     tok = tokenize_sft if context.sft else tokenize_pairs
     train, train_report = tok(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template)
     test, test_report = tok(test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template,

@@ -93,6 +93,10 @@ def row_to_example(
             malformed(f"missing field {name!r}")
             return None
     chosen, rejected, prompt = row[cols.chosen_field], row[cols.rejected_field], row.get(cols.prompt_field)
+    for name, value in ((cols.chosen_field, chosen), (cols.rejected_field, rejected)):
+        if value is None:
+            malformed(f"field {name!r} is null")
+            return None
     for name, value in ((cols.chosen_field, chosen), (cols.rejected_field, rejected), (cols.prompt_field, prompt)):
         if value is not None and not isinstance(value, str) and not is_conversation(value):
             malformed(f"field {name!r} must be text or a list of {{role, content}} messages")
@@ -101,8 +105,8 @@ def row_to_example(
     weight = 1.0
     if cols.weight_field is not None:
         raw = row.get(cols.weight_field)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            malformed(f"field {cols.weight_field!r} must be a finite number, got {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+            malformed(f"field {cols.weight_field!r} must be a finite number >= 0, got {raw!r}")
             return None
         weight = float(raw)
 

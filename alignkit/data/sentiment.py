@@ -30,16 +30,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from alignkit.cache import cache_dir as default_cache_dir
 from alignkit.data.config import DataConfig, SentimentSource
-from alignkit.data.pipeline import PreparedData
 from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.tokenize import tokenize_pairs
-from alignkit.data.types import DataError, DropReport, PreferenceExample
-from alignkit.models.generate import ProgressFn, generate_completions, uses_chat_template
+from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
+from alignkit.models.generate import ProgressFn, Sampling, generate_completions, uses_chat_template
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = [
@@ -303,21 +302,16 @@ def build_reward_pairs(
     model: nn.Module,
     tokenizer,
     prompts: Sequence[str],
+    sampling: Sampling | None = None,
     *,
-    completions_per_prompt: int = 4,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
     reward: str | RewardFn = "vader_sentiment",
     min_reward_gap: float = 0.0,
     cache_dir: Path | None = None,
     use_cache: bool = True,
-    use_chat_template: bool | None = None,
     model_id: str | None = None,
     progress: ProgressFn | None = None,
     generation_dtype: torch.dtype | None = None,
+    **changes: Any,
 ) -> RewardPairs:
     """Sample K completions per prompt, score them, keep best versus worst (see the module docstring).
 
@@ -325,36 +319,34 @@ def build_reward_pairs(
         model: the reference model that samples (put in eval mode for the call).
         tokenizer: its tokenizer.
         prompts: P prompts (training split).
-        completions_per_prompt: K >= 2 samples per prompt.
-        max_new_tokens: tokens per completion.
-        temperature: sampling temperature (> 0: K greedy copies would be identical).
-        top_p: nucleus mass.
-        batch_size: completions generated at once.
-        seed: sampling seed.
+        sampling: K >= 2 samples per prompt (``samples_per_prompt``, default 4) at a temperature > 0 (K
+            greedy copies would be identical); its ``use_chat_template`` (None = when the tokenizer has one)
+            makes the pairs conversations (user prompt, assistant responses).
         reward: a registered reward name or a ``texts -> rewards`` callable.
         min_reward_gap: keep a prompt only when best - worst reward is strictly above this.
         cache_dir: folder of the completion cache; None = ``<alignkit cache>/reward_pairs``.
         use_cache: False never reads or writes the cache.
-        use_chat_template: None = when the tokenizer has one; with a template the pairs are
-            conversations (user prompt, assistant responses).
         model_id: a name to key the cache by instead of the weights' fingerprint.
         progress: optional ``fn(done, total)`` per generation batch.
         generation_dtype: sample from a temporary copy of the model in this dtype (``torch.bfloat16``
             about doubles CPU sampling speed on CPUs with bf16 units); None samples from ``model``.
+        **changes: settings of ``sampling`` to change for this call.
 
     Returns:
         The pairs and their statistics. Chosen is the first best sample, rejected the last worst one.
     """
-    if completions_per_prompt < 2:
-        raise ValueError(f"completions_per_prompt must be >= 2 to pick a best and a worst, got {completions_per_prompt}")
+    sampling = (sampling or Sampling(samples_per_prompt=4)).but(**changes)
+    k, temperature = sampling.samples_per_prompt, sampling.temperature
+    if k < 2:
+        raise ValueError(f"completions_per_prompt must be >= 2 to pick a best and a worst, got {k}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to sample different completions, got {temperature}")
     if not prompts:
         raise ValueError("no prompts to make pairs from")
     start = time.perf_counter()
-    k = completions_per_prompt
+    max_new_tokens, top_p, batch_size, seed = sampling.max_new_tokens, sampling.top_p, sampling.batch_size, sampling.seed
     reward_name, reward_fn = resolve_reward(reward)
-    chat = uses_chat_template(tokenizer, use_chat_template)
+    chat = uses_chat_template(tokenizer, sampling.use_chat_template)
 
     path = None
     if use_cache:
@@ -381,11 +373,8 @@ def build_reward_pairs(
         sampler = model
         if generation_dtype is not None and generation_dtype != next(model.parameters()).dtype:
             sampler = copy.deepcopy(model).to(generation_dtype)
-        completions = generate_completions(
-            sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            num_return_sequences=k, batch_size=batch_size, seed=seed, use_chat_template=chat,
-            progress=progress,
-        )
+        completions = generate_completions(sampler, tokenizer, prompts, sampling.but(use_chat_template=chat),
+                                           progress=progress)
         texts = [[c.text for c in completions[i * k : (i + 1) * k]] for i in range(len(prompts))]
         if path is not None:
             meta = {"model_id": model_id, "k": k, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -476,10 +465,10 @@ def prepare_sentiment_data(
         generation_dtype: see :func:`build_reward_pairs`; default: ``cfg.source.generation_dtype``.
     """
     src = cfg.source
-    if generation_dtype is None and getattr(src, "generation_dtype", None):
-        generation_dtype = getattr(torch, src.generation_dtype)
     if not isinstance(src, SentimentSource):
         raise DataError(f"data.source.kind must be 'sentiment' here, got {src.kind!r}")
+    if generation_dtype is None and src.generation_dtype:
+        generation_dtype = getattr(torch, src.generation_dtype)
     if model is None:
         raise DataError("data.source.kind 'sentiment' needs the model to sample completions from")
     # max_examples caps the prompts (one pair each) without ever asking for more than the split holds.
@@ -488,12 +477,9 @@ def prepare_sentiment_data(
         n_train = min(n_train or len(sentiment_prompts(split="train")), cfg.max_examples)
     train_prompts = sentiment_prompts(n_train, seed=cfg.seed, split="train")
     eval_prompts = sentiment_prompts(src.num_eval_prompts, seed=cfg.seed, split="eval")
-    common = dict(
-        completions_per_prompt=src.completions_per_prompt, max_new_tokens=src.max_new_tokens,
-        temperature=src.temperature, top_p=src.top_p, batch_size=src.batch_size, seed=seed,
-        reward=src.reward, use_cache=src.use_cache, use_chat_template=cfg.chat_template,
-        generation_dtype=generation_dtype,
-    )
+    sampling = Sampling(samples_per_prompt=src.completions_per_prompt, max_new_tokens=src.max_new_tokens,
+                        temperature=src.temperature, top_p=src.top_p, batch_size=src.batch_size, seed=seed,
+                        use_chat_template=cfg.chat_template)
     console = console or Console(stderr=True)
     results = {}
     with Progress(
@@ -505,10 +491,14 @@ def prepare_sentiment_data(
             ("test", eval_prompts, float("-inf")),
         ):
             task = progress.add_task(f"sentiment pairs ({name}): sampling", total=len(prompts) * src.completions_per_prompt)
+
+            def advance(done: int, total: int, task: TaskID = task) -> None:
+                progress.update(task, completed=done, total=total)
+
             results[name] = build_reward_pairs(
-                model, tokenizer, prompts, min_reward_gap=gap,
-                progress=lambda done, total, task=task: progress.update(task, completed=done, total=total),
-                **common,
+                model, tokenizer, prompts, sampling, reward=src.reward, min_reward_gap=gap, use_cache=src.use_cache,
+                generation_dtype=generation_dtype,
+                progress=advance,
             )
             progress.update(task, completed=len(prompts) * src.completions_per_prompt)
     for name, result in results.items():

@@ -24,7 +24,7 @@ from alignkit.data.config import HFDatasetSource, HHRLHFSource, JsonlSource
 from alignkit.data.hh_rlhf import load_hh_rlhf
 from alignkit.data.jsonl import read_jsonl, require_file
 from alignkit.data.rows import row_to_example
-from alignkit.data.types import DataError, DropReport, PreferenceExample
+from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 from alignkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from alignkit.data.config import DataConfig
-    from alignkit.data.pipeline import PreparedData
 
 __all__ = [
     "SOURCES",
@@ -69,7 +68,7 @@ class PrepareContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Preparer = Callable[["DataConfig", Any, PrepareContext], "PreparedData"]
+Preparer = Callable[["DataConfig", Any, PrepareContext], PreparedData]
 HeldoutFn = Callable[["DataConfig"], tuple[list[str], dict[str, str]]]
 
 

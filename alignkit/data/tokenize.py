@@ -124,8 +124,8 @@ def _tokenize(
 
     pairs: list[TokenizedPair] = []
     for k, (i, prompt, _) in enumerate(rendered):
-        responses = response_ids[k * n_resp:(k + 1) * n_resp]
-        cut = truncate_pair(prompt_ids[prompt], responses, max_length, max_prompt_length,
+        pair_response_ids = response_ids[k * n_resp:(k + 1) * n_resp]
+        cut = truncate_pair(prompt_ids[prompt], pair_response_ids, max_length, max_prompt_length,
                             tokenizer.eos_token_id, bos)
         if cut is None:
             report.drop(PROMPT_TOO_LONG, f"example {i}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DataError",
     "DropReport",
     "Message",
     "PreferenceExample",
+    "PreparedData",
     "TextOrMessages",
     "TokenizedPair",
     "is_conversation",
@@ -182,3 +184,36 @@ class DropReport:
                 line += f" ({shown}{f', and {more} more' if more > 0 else ''})"
             lines.append(line)
         return "\n".join(lines)
+
+
+@dataclass
+class PreparedData:
+    """Train and test items, the examples they came from, and what was dropped on the way.
+
+    The items are :class:`TokenizedPair` s, or ``TokenizedKWay`` items for a K-way source (see
+    :mod:`alignkit.data.kway`); the examples are :class:`PreferenceExample` s or ``KWayExample`` s.
+    ``index`` of a train pair is its position in ``train_examples``; of a test pair,
+    ``len(train_examples)`` + its position in ``test_examples``: unique over both splits.
+    """
+
+    train: list[Any]
+    test: list[Any]
+    train_examples: list[Any]
+    test_examples: list[Any]
+    load_report: DropReport = field(default_factory=DropReport)
+    train_report: DropReport = field(default_factory=DropReport)
+    test_report: DropReport = field(default_factory=DropReport)
+
+    @property
+    def report(self) -> DropReport:
+        """One report over the whole way: raw rows seen, and every drop of loading and tokenizing."""
+        out = DropReport().merge(self.load_report)
+        return out.then(self.train_report).then(self.test_report)
+
+    def summary(self) -> str:
+        """Rows read and dropped while loading, then while tokenizing each split."""
+        return "\n".join([
+            f"loading: {self.load_report.summary()}",
+            f"train tokenization: {self.train_report.summary()}",
+            f"test tokenization: {self.test_report.summary()}",
+        ])

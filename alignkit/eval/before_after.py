@@ -40,10 +40,6 @@ def evaluate_before_after(
     prompts = list(prompts)[: cfg.num_prompts]
     if not prompts:
         raise ValueError("no held-out prompts to evaluate on (data.test_size is 0?)")
-    settings = {
-        "samples_per_prompt": cfg.samples_per_prompt, "max_new_tokens": cfg.max_new_tokens,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "batch_size": cfg.batch_size, "seed": cfg.seed,
-    }
     console = console or Console(stderr=True)
     console.print(f"eval: {cfg.samples_per_prompt} samples on each of {len(prompts)} held-out prompts from the "
                   f"reference, then the policy; reward {cfg.reward}, KL to the reference")
@@ -55,11 +51,11 @@ def evaluate_before_after(
             progress.update(task, completed=done, total=total)
 
         with reference() as reference_model:
-            before = evaluate_model_reward(reference_model, tokenizer, prompts, cfg.reward, label="reference",
-                                           progress=advance, **settings)
+            before = evaluate_model_reward(reference_model, tokenizer, prompts, cfg.reward, cfg.sampling,
+                                           label="reference", progress=advance)
         progress.update(task, description="eval: policy samples", completed=0, total=None)
-        after = evaluate_reward_kl(policy, reference, tokenizer, prompts, cfg.reward, label="policy",
-                                   progress=advance, **settings)
+        after = evaluate_reward_kl(policy, reference, tokenizer, prompts, cfg.reward, cfg.sampling, label="policy",
+                                   progress=advance)
     gain = reward_gain(before, after)
     return {
         "reward": before.reward_name,

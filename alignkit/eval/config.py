@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+
+from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.eval.judges.base import DEFAULT_MAX_INVALID_FRACTION
+from alignkit.eval.judges.keys import check_api_key_env
+from alignkit.models.sampling import Sampling
 
 __all__ = [
     "EvalConfig",
@@ -16,8 +21,16 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class _Strict(StrictConfig):
+    """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
+
+
+# Every judge's limit on invalid verdicts (eval.judge.max_invalid_fraction).
+_MaxInvalidFraction = Annotated[float, Field(
+    ge=0, le=1,
+    description="The evaluation fails (no win rate) when more than this share of the verdicts is invalid; with "
+    "no valid verdict it always fails.",
+)]
 
 
 class NoJudge(_Strict):
@@ -38,18 +51,22 @@ class LocalJudgeConfig(_Strict):
     tokenizer: str | None = Field(None, description="Judge tokenizer; default: the judge model's own.")
     batch_size: int = Field(4, ge=1, description="Judge prompts per forward pass.")
     max_prompt_tokens: int = Field(1024, ge=16, description="Judge prompts longer than this are cut from the left.")
+    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
 
 
 class OpenAIJudgeConfig(_Strict):
     """Any OpenAI-compatible ``/v1/chat/completions`` server as the judge (``alignkit serve`` included)."""
 
+    # A key pasted into api_key_env must not come back in an error message.
+    model_config = ConfigDict(hide_input_in_errors=True)  # merged with the strict settings of the base
+
     kind: Literal["openai"] = Field(description="A chat-completions server as the judge.")
     base_url: str = Field(description="Server root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1.")
     model: str = Field(description="Model name sent with every request.")
-    api_key_env: str | None = Field(
+    api_key_env: Annotated[str | None, AfterValidator(check_api_key_env)] = Field(
         "OPENAI_API_KEY",
         description="Name of the environment variable holding the API key (the key itself never goes in a "
-        "recipe, a log or the cache); null sends no key.",
+        "recipe, a log or the cache; a value that looks like a key is refused); null sends no key.",
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one answer.")
@@ -58,6 +75,7 @@ class OpenAIJudgeConfig(_Strict):
     max_tokens: int = Field(16, ge=1, description="Tokens the judge may answer with.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = its most likely answer).")
     cache: bool = Field(True, description="Keep verdicts on disk so that a rerun sends no request twice.")
+    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
 
 
 class RewardJudgeConfig(_Strict):
@@ -67,6 +85,7 @@ class RewardJudgeConfig(_Strict):
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     model: str | None = Field(None, description="Folder of an alignkit reward model (a run's model/ folder).")
     batch_size: int = Field(8, ge=1, description="Texts per reward-model forward pass.")
+    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardJudgeConfig:
@@ -80,7 +99,7 @@ JudgeConfig = Annotated[
 ]
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictConfig):
     """Reward and KL of the tuned policy against the reference on held-out prompts, and a judged win rate.
 
     Generation samples `samples_per_prompt` completions per prompt from both the reference (before) and
@@ -89,8 +108,6 @@ class EvalConfig(BaseModel):
     prompt is compared with the `baseline`'s, in both orders.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment; null skips reward/KL.")
     num_prompts: int = Field(64, ge=1, description="Held-out prompts to evaluate on.")
     samples_per_prompt: int = Field(2, ge=1, description="Completions sampled per prompt.")
@@ -98,7 +115,7 @@ class EvalConfig(BaseModel):
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     batch_size: int = Field(16, ge=1, description="Completions generated (and scored for KL) per batch.")
-    seed: int = Field(1234, description="Sampling seed, shared by the before and after evaluations.")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Sampling seed, shared by the before and after evaluations.")
     judge: JudgeConfig = Field(
         default_factory=NoJudge,
         description="Pairwise judge of policy versus baseline: {kind: none | local | openai | reward, ...}.",
@@ -107,3 +124,9 @@ class EvalConfig(BaseModel):
         "reference",
         description="What the policy is judged against: the reference model's samples, or the dataset's chosen responses.",
     )
+
+    @property
+    def sampling(self) -> Sampling:
+        """The section's sampling settings, shared by the reward/KL evaluation and the judged samples."""
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                        samples_per_prompt=self.samples_per_prompt, batch_size=self.batch_size, seed=self.seed)

@@ -19,7 +19,7 @@ from rich.console import Console
 from torch import nn
 
 from alignkit.eval.config import EvalConfig
-from alignkit.eval.judges import Judge, build_judge, judge_pairs
+from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
@@ -74,6 +74,11 @@ def judge_run(
         The report.json ``judge`` section: judge description, baseline, counts, win rate and
         length-controlled win rate with 95% intervals, tie rate, lengths, examples. Empty when
         ``cfg.judge.kind`` is ``none``.
+
+    Raises:
+        InvalidVerdictsError: more than ``cfg.judge.max_invalid_fraction`` of the verdicts are invalid, or
+            none is valid (the judge server down, hanging, or answering something else); nothing is reported.
+        JudgeRequestError: the HTTP judge met an error that every request would meet (a 4xx, a redirect).
     """
     console = console or Console(stderr=True)
     judge = judge or build_judge(cfg.judge, device=device)
@@ -81,9 +86,9 @@ def judge_run(
         return {}
     start = time.perf_counter()
     prompts = list(prompts)
+    chosen = chosen_by_prompt or {}
     if cfg.baseline == "chosen":
-        chosen_by_prompt = chosen_by_prompt or {}
-        prompts = [p for p in prompts if p in chosen_by_prompt]
+        prompts = [p for p in prompts if p in chosen]
         if not prompts:
             raise ValueError("eval.baseline is 'chosen' but no held-out prompt has a chosen response "
                              "(generated sentiment data has none: use baseline 'reference')")
@@ -92,20 +97,21 @@ def judge_run(
     if not prompts:
         raise ValueError(f"no held-out prompts to judge on ({too_long} do not fit the model's context with "
                          f"eval.max_new_tokens={cfg.max_new_tokens}; data.test_size is 0?)")
-    sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "batch_size": cfg.batch_size, "seed": cfg.seed}
+    sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
     console.print(f"judge: sampling the policy on {len(prompts)} prompts")
-    policy_texts = [c.text for c in generate_completions(policy, tokenizer, prompts, **sampling)]
+    policy_texts = [c.text for c in generate_completions(policy, tokenizer, prompts, sampling)]
     if cfg.baseline == "chosen":
-        baseline_texts = [chosen_by_prompt[p] for p in prompts]
+        baseline_texts = [chosen[p] for p in prompts]
     else:
         if reference is None:
             raise ValueError("eval.baseline is 'reference' but no reference model was given")
         console.print("judge: sampling the reference")
         with reference() as reference_model:
-            baseline_texts = [c.text for c in generate_completions(reference_model, tokenizer, prompts, **sampling)]
+            baseline_texts = [c.text for c in generate_completions(reference_model, tokenizer, prompts, sampling)]
     console.print(f"judge: {2 * len(prompts)} comparisons with {judge.describe()}")
-    pairs = judge_pairs(judge, prompts, policy_texts, baseline_texts)
+    # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
+    pairs = judge_pairs(judge, prompts, policy_texts, baseline_texts,
+                        max_invalid_fraction=getattr(cfg.judge, "max_invalid_fraction", DEFAULT_MAX_INVALID_FRACTION))
     report = win_rate_report(
         [p.score for p in pairs],
         [_token_count(tokenizer, t) for t in policy_texts],

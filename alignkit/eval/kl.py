@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from alignkit.models.generate import Completion, eval_mode
-from alignkit.models.logps import IGNORE_INDEX, sequence_logps
+from alignkit.models.logps import DEFAULT_LOGPS, IGNORE_INDEX, LogpsOptions, sequence_logps
 
 __all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]
 
@@ -41,8 +41,9 @@ def as_reference(reference: nn.Module | ReferenceFn | Any) -> ReferenceFn:
     """
     if isinstance(reference, nn.Module):
         return lambda: nullcontext(reference)
-    if callable(getattr(reference, "model_context", None)):
-        return reference.model_context
+    model_context = getattr(reference, "model_context", None)
+    if callable(model_context):
+        return model_context
     if not callable(reference):
         raise TypeError(
             "reference must be an nn.Module or a zero-argument callable returning a context manager that "
@@ -71,7 +72,8 @@ def completion_batch(completions: Sequence[Completion], pad_token_id: int, devic
 
 @torch.inference_mode()
 def completion_logps(
-    model: nn.Module, completions: Sequence[Completion], *, batch_size: int, pad_token_id: int
+    model: nn.Module, completions: Sequence[Completion], *, batch_size: int, pad_token_id: int,
+    logps: LogpsOptions = DEFAULT_LOGPS,
 ) -> Tensor:
     """Summed log-probs of each completion's tokens given its prompt.
 
@@ -80,6 +82,7 @@ def completion_logps(
         completions: N completions with their prompt and completion ids.
         batch_size: sequences per forward pass.
         pad_token_id: id used for right padding (masked out, so any valid id works).
+        logps: chunk size and packing of the forwards.
 
     Returns:
         (N,) fp32 on CPU: sum_t log p(y_t | x, y_<t) over completion tokens (EOS included when sampled).
@@ -91,8 +94,8 @@ def completion_logps(
     with eval_mode(model):
         for start in range(0, len(completions), batch_size):
             batch = completion_batch(completions[start : start + batch_size], pad_token_id, device)
-            logps, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            out.append(logps.float().cpu())
+            sums, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)
+            out.append(sums.float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -19,12 +19,15 @@ from torch import nn
 
 from alignkit.eval.kl import ReferenceFn, sequence_kl
 from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
-from alignkit.models.generate import Completion, ProgressFn, eos_token_ids, generate_completions
+from alignkit.models.generate import Completion, ProgressFn, Sampling, eos_token_ids, generate_completions
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_reward_kl", "reward_gain"]
 
 log = logging.getLogger(__name__)
+
+# Two samples per prompt: the least that gives a per-prompt spread.
+_DEFAULT = Sampling(samples_per_prompt=2)
 
 
 @dataclass
@@ -109,12 +112,11 @@ def _report(
     completions: list[Completion],
     rewards: np.ndarray,
     kls: np.ndarray,
-    samples_per_prompt: int,
+    sampling: Sampling,
     n_examples: int,
     seconds: float,
-    settings: dict[str, Any],
-    seed: int,
 ) -> RewardKLReport:
+    samples_per_prompt, seed = sampling.samples_per_prompt, sampling.seed
     reward_pp = _per_prompt_means(rewards, completions, len(prompts))
     kl_pp = _per_prompt_means(kls, completions, len(prompts))
     # One example from each of the first prompts, so the examples show different requests.
@@ -143,30 +145,8 @@ def _report(
         per_prompt_kl=[float(v) for v in kl_pp],
         examples=examples,
         seconds=seconds,
-        settings=settings,
+        settings=sampling.to_dict(),
     )
-
-
-def _settings(
-    samples_per_prompt: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    batch_size: int,
-    seed: int,
-    use_chat_template: bool | None,
-) -> dict[str, Any]:
-    if samples_per_prompt < 1:
-        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    return {
-        "samples_per_prompt": samples_per_prompt,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "batch_size": batch_size,
-        "seed": seed,
-        "use_chat_template": use_chat_template,
-    }
 
 
 def _sample_and_score(
@@ -174,24 +154,12 @@ def _sample_and_score(
     tokenizer,
     prompts: Sequence[str],
     reward_fn: RewardFn,
-    settings: dict[str, Any],
+    sampling: Sampling,
     progress: ProgressFn | None,
 ) -> tuple[list[Completion], np.ndarray]:
     if not prompts:
         raise ValueError("no prompts to evaluate on")
-    completions = generate_completions(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=settings["max_new_tokens"],
-        temperature=settings["temperature"],
-        top_p=settings["top_p"],
-        num_return_sequences=settings["samples_per_prompt"],
-        batch_size=settings["batch_size"],
-        seed=settings["seed"],
-        use_chat_template=settings["use_chat_template"],
-        progress=progress,
-    )
+    completions = generate_completions(model, tokenizer, prompts, sampling, progress=progress)
     rewards = np.asarray(reward_fn([c.text for c in completions]), dtype=np.float64)
     if rewards.shape != (len(completions),):
         raise ValueError(f"reward function returned {rewards.shape[0]} values for {len(completions)} texts")
@@ -204,17 +172,12 @@ def evaluate_reward_kl(
     tokenizer,
     prompts: Sequence[str],
     reward_fn: str | RewardFn,
+    sampling: Sampling | None = None,
     *,
-    samples_per_prompt: int = 2,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    use_chat_template: bool | None = None,
     n_examples: int = 3,
     label: str = "policy",
     progress: ProgressFn | None = None,
+    **changes: Any,
 ) -> RewardKLReport:
     """Sample from ``policy`` on ``prompts``; report mean reward and KL(policy || reference).
 
@@ -224,34 +187,30 @@ def evaluate_reward_kl(
         tokenizer: shared by both models.
         prompts: P held-out prompts.
         reward_fn: a registered reward name or a ``texts -> rewards`` callable.
-        samples_per_prompt: completions per prompt K.
-        max_new_tokens: tokens per completion.
-        temperature: sampling temperature; keep 1 (and ``top_p`` 1) for an unbiased KL estimate.
-        top_p: nucleus mass.
-        batch_size: sequences per generation / forward batch.
-        seed: sampling seed; use the same one for the before and after evaluations.
-        use_chat_template: None = when the tokenizer has one.
+        sampling: K samples per prompt, their length, temperature (keep 1, and ``top_p`` 1, for an unbiased
+            KL estimate), batch size and seed (use the same one for the before and after evaluations).
+            Default ``Sampling(samples_per_prompt=2)``.
         n_examples: example completions kept in the report.
         label: name of the evaluated model in the report.
         progress: optional ``fn(done, total)`` per generation batch.
+        **changes: settings of ``sampling`` to change for this call.
     """
     start = time.perf_counter()
     reward_name, fn = resolve_reward(reward_fn)
-    if temperature != 1.0 or top_p != 1.0:
+    sampling = (sampling or _DEFAULT).but(**changes)
+    if sampling.temperature != 1.0 or sampling.top_p != 1.0:
         log.warning(
             "KL is estimated from samples at temperature=%s, top_p=%s; it is an unbiased estimate of "
             "KL(policy || reference) only at temperature=1, top_p=1",
-            temperature,
-            top_p,
+            sampling.temperature,
+            sampling.top_p,
         )
-    settings = _settings(samples_per_prompt, max_new_tokens, temperature, top_p, batch_size, seed, use_chat_template)
-    completions, rewards = _sample_and_score(policy, tokenizer, prompts, fn, settings, progress)
+    completions, rewards = _sample_and_score(policy, tokenizer, prompts, fn, sampling, progress)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(policy, tokenizer)[0]
-    kls = sequence_kl(policy, reference, completions, batch_size=batch_size, pad_token_id=pad_id).double().numpy()
-    return _report(
-        label, reward_name, prompts, completions, rewards, kls, samples_per_prompt, n_examples,
-        time.perf_counter() - start, settings, seed,
-    )
+    kls = sequence_kl(policy, reference, completions, batch_size=sampling.batch_size,
+                      pad_token_id=pad_id).double().numpy()
+    return _report(label, reward_name, prompts, completions, rewards, kls, sampling, n_examples,
+                   time.perf_counter() - start)
 
 
 def evaluate_model_reward(
@@ -259,17 +218,12 @@ def evaluate_model_reward(
     tokenizer,
     prompts: Sequence[str],
     reward_fn: str | RewardFn,
+    sampling: Sampling | None = None,
     *,
-    samples_per_prompt: int = 2,
-    max_new_tokens: int = 32,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    use_chat_template: bool | None = None,
     n_examples: int = 3,
     label: str = "reference",
     progress: ProgressFn | None = None,
+    **changes: Any,
 ) -> RewardKLReport:
     """The "before" row: reward of the reference model's own samples; its KL to itself is 0.
 
@@ -277,13 +231,11 @@ def evaluate_model_reward(
     """
     start = time.perf_counter()
     reward_name, fn = resolve_reward(reward_fn)
-    settings = _settings(samples_per_prompt, max_new_tokens, temperature, top_p, batch_size, seed, use_chat_template)
-    completions, rewards = _sample_and_score(model, tokenizer, prompts, fn, settings, progress)
+    sampling = (sampling or _DEFAULT).but(**changes)
+    completions, rewards = _sample_and_score(model, tokenizer, prompts, fn, sampling, progress)
     kls = np.zeros(len(completions))
-    return _report(
-        label, reward_name, prompts, completions, rewards, kls, samples_per_prompt, n_examples,
-        time.perf_counter() - start, settings, seed,
-    )
+    return _report(label, reward_name, prompts, completions, rewards, kls, sampling, n_examples,
+                   time.perf_counter() - start)
 
 
 def reward_gain(

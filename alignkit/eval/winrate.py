@@ -175,10 +175,29 @@ def win_rate_report(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> WinRateReport:
-    """Summarize N pair scores (see the module docstring for every figure)."""
+    """Summarize N pair scores (see the module docstring for every figure).
+
+    Args:
+        scores: N pair scores in [0, 1].
+        policy_lengths: N policy response lengths.
+        baseline_lengths: N baseline response lengths.
+        invalid_verdicts: verdicts (of the 2N) without a usable answer.
+        length_unit: what the lengths count, for the report.
+        n_resamples: bootstrap resamples.
+        confidence: interval coverage.
+        seed: resampling seed.
+
+    Raises:
+        ValueError: no pairs, scores outside [0, 1], a length per pair missing, or no valid verdict at all
+            (``invalid_verdicts == 2N``: such a "win rate" would be 0.5 that no verdict supports).
+    """
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         raise ValueError("no judged pairs to compute a win rate from")
+    if not 0 <= invalid_verdicts <= 2 * s.size:
+        raise ValueError(f"invalid_verdicts must lie in [0, {2 * s.size}] (2 verdicts per pair), got {invalid_verdicts}")
+    if invalid_verdicts == 2 * s.size:
+        raise ValueError(f"none of the {2 * s.size} verdicts is valid: there is no win rate to report")
     if np.any((s < 0) | (s > 1)):
         raise ValueError("pair scores must lie in [0, 1]")
     lp, lb = np.asarray(policy_lengths, np.float64), np.asarray(baseline_lengths, np.float64)

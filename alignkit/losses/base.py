@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, TypeVar, cast, overload
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -35,9 +35,9 @@ LossInputs = Literal["logps", "scores", "kway"]
 
 
 class LossConfig(BaseModel):
-    """Base of every loss config: strict (unknown fields are errors) and immutable."""
+    """Base of every loss config: strict (unknown fields are errors, numbers finite) and immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass
@@ -106,6 +106,7 @@ class LossOutput:
 
 
 LossFn = Callable[[PreferenceStats, LossConfig], LossOutput]
+ConfigT = TypeVar("ConfigT", bound=LossConfig)
 
 
 @dataclass(frozen=True)
@@ -135,14 +136,35 @@ class LossSpec:
 LOSSES: Registry[LossSpec] = Registry("loss")
 
 
+@overload
 def register_loss(
     name: str,
     *,
-    config: type[LossConfig] = LossConfig,
+    config: type[ConfigT],
     needs_reference: bool = False,
     inputs: LossInputs = "logps",
     description: str | None = None,
-) -> Callable[[LossFn], LossFn]:
+) -> Callable[[Callable[[PreferenceStats, ConfigT], LossOutput]], Callable[[PreferenceStats, ConfigT], LossOutput]]: ...
+
+
+@overload
+def register_loss(
+    name: str,
+    *,
+    needs_reference: bool = False,
+    inputs: LossInputs = "logps",
+    description: str | None = None,
+) -> Callable[[LossFn], LossFn]: ...
+
+
+def register_loss(
+    name: str,
+    *,
+    config: type[ConfigT] | type[LossConfig] = LossConfig,
+    needs_reference: bool = False,
+    inputs: LossInputs = "logps",
+    description: str | None = None,
+) -> Callable[[Callable[[PreferenceStats, ConfigT], LossOutput]], Callable[[PreferenceStats, ConfigT], LossOutput]]:
     """Register a loss function under ``name``.
 
     Example::
@@ -156,10 +178,14 @@ def register_loss(
     The description defaults to the first line of the function's docstring.
     """
 
-    def decorate(fn: LossFn) -> LossFn:
+    def decorate(
+        fn: Callable[[PreferenceStats, ConfigT], LossOutput],
+    ) -> Callable[[PreferenceStats, ConfigT], LossOutput]:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0:1]
         line = doc if isinstance(doc, str) else (doc[0] if doc else "")
-        LOSSES.add(name, LossSpec(name, fn, config, needs_reference, inputs, line.strip()))
+        # cast: the spec forgets which config class `fn` takes; recipes and build_objective validate a loss's
+        # settings into the `config` registered beside it, so that is what `fn` is called with.
+        LOSSES.add(name, LossSpec(name, cast(LossFn, fn), config, needs_reference, inputs, line.strip()))
         return fn
 
     return decorate

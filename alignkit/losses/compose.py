@@ -5,8 +5,9 @@ A recipe writes either one term or a list of them::
     loss: {name: dpo, beta: 0.1}
     loss: [{name: dpo, weight: 1.0, beta: 0.1}, {name: sft, weight: 0.1}]
 
-Each term's parameters are validated by its loss's config class; errors name the path
-(``loss[1].beta: Input should be greater than 0``).
+Each term's parameters are validated by its loss's config class; an :class:`ObjectiveError` carries every
+problem with its location in the recipe (``("loss", 1, "beta")``), and its message lists them as
+``loss[1].beta: Input should be greater than 0``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,43 @@ from pydantic import ValidationError
 
 from alignkit.losses.base import LOSSES, LossConfig, LossOutput, LossSpec, PreferenceStats, get_loss
 
-__all__ = ["LossTerm", "Objective", "ObjectiveError", "build_objective"]
+__all__ = ["Location", "LossTerm", "Objective", "ObjectiveError", "build_objective"]
+
+# Where a value sits in a recipe: keys and list indices from the top, e.g. ("loss", 1, "beta").
+Location = tuple[str | int, ...]
+
+
+def _format_loc(loc: Location) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _parse_loc(path: str) -> Location:
+    """``"stage2.loss[1]"`` -> ``("stage2", "loss", 1)``."""
+    parts: list[str | int] = []
+    for raw in path.replace("]", "").replace("[", ".").split("."):
+        if raw:
+            parts.append(int(raw) if raw.isdigit() else raw)
+    return tuple(parts)
 
 
 class ObjectiveError(ValueError):
-    """A ``loss`` section that does not describe a valid objective; the message names the path."""
+    """A ``loss`` section that does not describe a valid objective.
+
+    Args:
+        message: a single problem without a location (programmatic use, e.g. :class:`LossTerm`).
+        problems: every problem as ``(location, message)``; used instead of ``message`` when given.
+
+    Attributes:
+        problems: every problem as ``(location, message)``, the location a :data:`Location` in the recipe
+            (empty when unknown). ``str(err)`` has one ``loss[1].beta: message`` line per problem.
+    """
+
+    def __init__(self, message: str = "", *, problems: Sequence[tuple[Location, str]] = ()) -> None:
+        self.problems: list[tuple[Location, str]] = list(problems) or [((), message)]
+        super().__init__("\n".join(f"{_format_loc(loc)}: {msg}" if loc else msg for loc, msg in self.problems))
 
 
 @dataclass(frozen=True)
@@ -80,11 +113,11 @@ class Objective:
     def __init__(self, terms: Sequence[LossTerm]) -> None:
         self.terms = list(terms)
         if not self.terms:
-            raise ObjectiveError("loss: an objective needs at least one term")
+            raise ObjectiveError("an objective needs at least one term")
         kinds = {t.spec.inputs for t in self.terms}
         if len(kinds) > 1:
             detail = ", ".join(f"{t.name} reads {t.spec.inputs!r}" for t in self.terms)
-            raise ObjectiveError(f"loss: terms read different model outputs ({detail}); they cannot be summed")
+            raise ObjectiveError(f"terms read different model outputs ({detail}); they cannot be summed")
         # Metric prefixes: the loss name, made unique by position when a name repeats.
         names = [t.name for t in self.terms]
         self._prefixes = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
@@ -147,44 +180,44 @@ class Objective:
         return f"Objective({self.name})"
 
 
-def _format_loc(path: str, loc: tuple[Any, ...]) -> str:
-    return path + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-
-
-def _build_term(entry: Any, path: str) -> LossTerm:
+def _build_term(entry: Any, loc: Location) -> tuple[LossTerm | None, list[tuple[Location, str]]]:
+    """One term of the section at ``loc``, or None and every problem found in it."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, Mapping):
-        raise ObjectiveError(
-            f"{path}: expected a mapping such as {{name: dpo, beta: 0.1}}, got {type(entry).__name__}"
-        )
+        return None, [(loc, f"expected a mapping such as {{name: dpo, beta: 0.1}}, got {type(entry).__name__}")]
+    bad_keys = [k for k in entry if not isinstance(k, str)]
+    if bad_keys:
+        return None, [(loc, f"parameter names must be text, got {', '.join(map(repr, bad_keys))} (a list index "
+                       "on a single loss? a list of losses is written loss: [{name: ...}, ...])")]
     params = dict(entry)
     name = params.pop("name", None)
     known = ", ".join(LOSSES.names()) or "(none)"
     if not isinstance(name, str) or not name:
-        raise ObjectiveError(f"{path}.name: required, one of: {known}")
+        return None, [((*loc, "name"), f"required, one of: {known}")]
     if name not in LOSSES:
-        raise ObjectiveError(f"{path}.name: unknown loss {name!r}; registered: {known}")
+        return None, [((*loc, "name"), f"unknown loss {name!r}; registered: {known}")]
     spec = get_loss(name)
+    problems: list[tuple[Location, str]] = []
     weight = params.pop("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
         math.isfinite(weight) and weight > 0
     ):
-        raise ObjectiveError(f"{path}.weight: must be a finite number > 0, got {weight!r}")
+        problems.append(((*loc, "weight"), f"must be a finite number > 0, got {weight!r}"))
     try:
         config = spec.config(**params)
     except ValidationError as err:
-        lines = []
         fields = ", ".join(spec.config.model_fields) or "(none)"
         for e in err.errors():
-            where = _format_loc(path, tuple(e["loc"]))
+            where = (*loc, *e["loc"])
             if e["type"] == "extra_forbidden":
-                lines.append(f"{where}: unknown parameter of loss {name!r}; its parameters: {fields}")
+                problems.append((where, f"unknown parameter of loss {name!r}; its parameters: {fields}"))
             else:
-                msg = e["msg"].removeprefix("Value error, ")
-                lines.append(f"{where}: {msg}")
-        raise ObjectiveError("\n".join(lines)) from None
-    return LossTerm(name, float(weight), config)
+                problems.append((where, e["msg"].removeprefix("Value error, ")))
+        return None, problems
+    if problems:
+        return None, problems
+    return LossTerm(name, float(weight), config), []
 
 
 def build_objective(section: Any, path: str = "loss") -> Objective:
@@ -192,25 +225,39 @@ def build_objective(section: Any, path: str = "loss") -> Objective:
 
     Args:
         section: a loss name (``"dpo"``), a mapping ``{name, weight?, **params}``, or a list of them.
-        path: where the section sits in the recipe, used as the prefix of error messages.
+        path: where the section sits in the recipe (``"loss"``, ``"stage2.loss"``): the start of every
+            problem's location.
 
     Returns:
         The validated objective.
 
     Raises:
-        ObjectiveError: naming the path of the first bad entry, e.g.
-            ``loss[1].beta: Input should be greater than 0`` or
-            ``loss.name: unknown loss 'dpoo'; registered: ...``.
+        ObjectiveError: with every problem of every term and its location, e.g.
+            ``(("loss", 1, "beta"), "Input should be greater than 0")`` or
+            ``(("loss", "name"), "unknown loss 'dpoo'; registered: ...")``.
     """
     if isinstance(section, Objective):
         return section
+    base = _parse_loc(path)
     if isinstance(section, (str, Mapping)):
-        return Objective([_build_term(section, path)])
-    if isinstance(section, Sequence) and not isinstance(section, (bytes, bytearray)):
+        entries = [(section, base)]
+    elif isinstance(section, Sequence) and not isinstance(section, (bytes, bytearray)):
         if not section:
-            raise ObjectiveError(f"{path}: an empty list; give at least one loss")
-        return Objective([_build_term(entry, f"{path}[{i}]") for i, entry in enumerate(section)])
-    raise ObjectiveError(
-        f"{path}: expected a loss name, a mapping {{name: ..., ...}} or a list of them, "
-        f"got {type(section).__name__}"
-    )
+            raise ObjectiveError(problems=[(base, "an empty list; give at least one loss")])
+        entries = [(entry, (*base, i)) for i, entry in enumerate(section)]
+    else:
+        raise ObjectiveError(problems=[(base, "expected a loss name, a mapping {name: ..., ...} or a list of them, "
+                                              f"got {type(section).__name__}")])
+    terms: list[LossTerm] = []
+    problems: list[tuple[Location, str]] = []
+    for entry, loc in entries:
+        term, found = _build_term(entry, loc)
+        problems += found
+        if term is not None:
+            terms.append(term)
+    if problems:
+        raise ObjectiveError(problems=problems)
+    try:
+        return Objective(terms)
+    except ObjectiveError as err:  # the terms together: locate at the section
+        raise ObjectiveError(problems=[(loc or base, msg) for loc, msg in err.problems]) from None

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from alignkit.config_base import StrictConfig
+from alignkit.models.logps import LogpsOptions
 
 __all__ = ["ModelConfig", "ReferenceConfig", "ReferenceMode"]
 
 ReferenceMode = Literal["copy", "adapters_off", "cached", "none"]
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(StrictConfig):
     """Which causal LM (or reward model) to load, and how."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name_or_path: str = Field(
         description="Hugging Face Hub id, local folder, or a built-in alias such as 'smollm2-135m-instruct' "
@@ -53,6 +54,17 @@ class ModelConfig(BaseModel):
         description="Build a randomly initialised model from a transformers config instead of loading "
         "weights, e.g. {model_type: gpt2, n_layer: 2, n_embd: 64, n_head: 2}. For tests and quick runs.",
     )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Set the model's own dropout to 0 for training (policy and reference), as the DPO reference "
+        "implementation does: with dropout, policy and reference disagree by noise and DPO does not start at "
+        "log 2. An adapter's dropout is its own setting (adapter.dropout).",
+    )
+
+    @property
+    def logps(self) -> LogpsOptions:
+        """How sequence log-probs are computed (``logps_chunk_size``, ``padding_free``)."""
+        return LogpsOptions(chunk_size=self.logps_chunk_size, padding_free=self.padding_free)
 
     @model_validator(mode="after")
     def _check_from_config(self) -> ModelConfig:
@@ -61,10 +73,8 @@ class ModelConfig(BaseModel):
         return self
 
 
-class ReferenceConfig(BaseModel):
+class ReferenceConfig(StrictConfig):
     """Where the reference log-probs of a reference-based loss (DPO, IPO, ...) come from."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: ReferenceMode = Field(
         default="copy",

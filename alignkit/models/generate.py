@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from alignkit.models.reference import eval_mode
+from alignkit.models.sampling import Sampling
 
 __all__ = [
     "Completion",
     "ProgressFn",
+    "Sampling",
+    "SupportsGenerate",
     "eos_token_ids",
     "eval_mode",
     "format_prompt",
@@ -31,6 +34,15 @@ __all__ = [
 
 # Called after each generation batch with (completions done, completions in total).
 ProgressFn = Callable[[int, int], None]
+
+
+@runtime_checkable
+class SupportsGenerate(Protocol):
+    """A model with transformers' ``generate`` (a ``GenerationMixin`` model, or a wrapper that forwards it)."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """(B, T + new) ids: each prompt row followed by its generated tokens (``return_dict_in_generate`` off)."""
+        ...
 
 
 @dataclass
@@ -115,18 +127,13 @@ def generate_completions(
     model: nn.Module,
     tokenizer,
     prompts: Sequence[str],
+    sampling: Sampling | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_return_sequences: int = 1,
-    batch_size: int = 16,
-    seed: int = 0,
-    use_chat_template: bool | None = None,
     progress: ProgressFn | None = None,
     generation_kwargs: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> list[Completion]:
-    """Sample ``num_return_sequences`` completions for every prompt.
+    """Sample ``sampling.samples_per_prompt`` completions for every prompt.
 
     Prompts are left-padded (here, by hand: the tokenizer's ``padding_side`` is never changed) so that
     all rows of a batch end at the same position and generation starts together. Sampling is plain ancestral
@@ -142,40 +149,36 @@ def generate_completions(
         model: a causal LM (``generate`` API).
         tokenizer: its tokenizer; needs a pad or an EOS token.
         prompts: P user requests.
-        max_new_tokens: the most tokens sampled per completion (EOS included).
-        temperature: softmax temperature; 0 for greedy.
-        top_p: nucleus mass in (0, 1].
-        num_return_sequences: completions per prompt (K).
-        batch_size: rows (completions, not prompts) generated per ``generate`` call.
-        seed: sampling seed.
-        use_chat_template: None = use the tokenizer's chat template when it has one.
+        sampling: the sampling settings (default :class:`Sampling`()).
         progress: optional ``fn(done, total)`` called after each batch.
         generation_kwargs: extra ``generate`` options (e.g. ``{"cache_implementation": "static"}``);
-            they cannot override the sampling settings above.
+            they cannot override the sampling settings.
+        **changes: settings of ``sampling`` to change for this call (``max_new_tokens=8``...).
 
     Returns:
         P * K completions, prompt-major: the K completions of prompt 0, then of prompt 1, ...
+
+    Raises:
+        TypeError: ``model`` has no ``generate`` method.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if num_return_sequences < 1 or batch_size < 1:
-        raise ValueError("num_return_sequences and batch_size must be >= 1")
+    if not isinstance(model, SupportsGenerate):
+        raise TypeError(f"{type(model).__name__} has no generate(): sampling needs a causal LM with transformers' "
+                        "generate API")
+    sampling = (sampling or Sampling()).but(**changes)
+    max_new_tokens, temperature, top_p = sampling.max_new_tokens, sampling.temperature, sampling.top_p
+    batch_size, seed, use_chat_template = sampling.batch_size, sampling.seed, sampling.use_chat_template
 
     chat = uses_chat_template(tokenizer, use_chat_template)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     prompt_ids = [format_prompt(tokenizer, p, chat) for p in prompts]
     # One row per completion: prompt i repeated K times, so a batch is any run of rows.
-    rows = [i for i in range(len(prompts)) for _ in range(num_return_sequences)]
+    rows = [i for i in range(len(prompts)) for _ in range(sampling.samples_per_prompt)]
     device = next(model.parameters()).device
 
-    sampling = {"do_sample": False}
+    sample_kwargs: dict[str, bool | float] = {"do_sample": False}
     if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        sample_kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
 
     out: list[Completion] = []
     with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -198,7 +201,7 @@ def generate_completions(
                 eos_token_id=eos_ids,
                 repetition_penalty=1.0,
                 no_repeat_ngram_size=0,
-                **{**(generation_kwargs or {}), **sampling},
+                **{**(generation_kwargs or {}), **sample_kwargs},
             )
             new_tokens = generated[:, width:].tolist()  # (B, <= max_new_tokens)
             for r, i in enumerate(batch_rows):

@@ -5,7 +5,8 @@ tokens, 8 sequences of 512 tokens that is 800 MB per copy, kept alive for backwa
 body runs once to give hidden states (N, T, H); the lm-head is then applied only at positions whose label
 counts, ``chunk_size`` positions at a time, and each chunk is wrapped in activation checkpointing, so
 backward recomputes that chunk's logits instead of storing them. Peak extra memory is one chunk of
-(chunk_size, V) fp32 logits, and values and gradients match the naive computation. Before the body runs,
+(chunk_size, V) fp32 logits, and values and gradients match the naive computation. How the work is laid out
+(chunk size, packing) travels as one :class:`LogpsOptions`. Before the body runs,
 the batch's sequences are packed into fewer rows without padding where the architecture allows it
 (:mod:`alignkit.models.packing`), so the body does not spend compute and activation memory on padding.
 
@@ -20,16 +21,21 @@ naive full-logits path: correct, just not memory-lean.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.models.packing import is_right_padded, pack_rows, supports_packing
 
 __all__ = [
+    "DEFAULT_LOGPS",
     "IGNORE_INDEX",
+    "LogpsOptions",
+    "chosen_rejected",
     "concatenated_forward",
     "naive_sequence_logps",
     "reward_scores",
@@ -38,6 +44,43 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class LogpsOptions:
+    """How :func:`sequence_logps` lays out its work; they change memory and speed, not the values (beyond
+    float rounding). A recipe's are ``recipe.model.logps`` (``model.logps_chunk_size``, ``model.padding_free``).
+
+    Attributes:
+        chunk_size: positions per lm-head chunk; bounds the transient logits at chunk_size x V floats.
+        padding_free: pack the sequences into fewer rows (:mod:`alignkit.models.packing`) when the
+            architecture supports it, the batch is right padded and packing saves at least one row.
+    """
+
+    chunk_size: int = 256
+    padding_free: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+DEFAULT_LOGPS = LogpsOptions()
+
+
+def chosen_rejected(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Split what was computed on a concatenated preference batch into its two halves.
+
+    Args:
+        rows: (2B, ...) rows 0..B-1 for the chosen sequences, B..2B-1 for the rejected ones.
+
+    Returns:
+        chosen (B, ...) and rejected (B, ...), views of ``rows``.
+    """
+    if rows.shape[0] % 2:
+        raise ValueError(f"a preference batch needs an even number of rows (chosen then rejected), got {rows.shape[0]}")
+    chosen, rejected = rearrange(rows, "(side b) ... -> side b ...", side=2)
+    return chosen, rejected
 
 
 def _identity(logits: Tensor, config: Any) -> Tensor:
@@ -73,16 +116,33 @@ _LOGIT_TRANSFORMS: dict[str, Callable[[Tensor, Any], Tensor]] = {
 }
 
 
+@dataclass(frozen=True)
+class _LMHeadParts:
+    """What the chunked path runs instead of ``model.forward``: ``transform(head(body(...)), config)``."""
+
+    body: nn.Module  # the decoder: ids -> (N, T, H) last hidden states
+    head: nn.Module  # the lm-head: (..., H) -> (..., V) logits
+    transform: Callable[[Tensor, Any], Tensor]
+    config: Any  # the model's config, read by ``transform``
+
+
+def _lm_head_parts(model: nn.Module) -> _LMHeadParts | None:
+    """The parts of ``model`` for the chunked path, or None when that path does not apply to it."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return None
+    config = getattr(model, "config", None)
+    transform = _LOGIT_TRANSFORMS.get(getattr(config, "model_type", ""))
+    get_decoder = getattr(model, "get_decoder", None)
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if transform is None or get_decoder is None or not isinstance(head, nn.Module):
+        return None
+    body = get_decoder()
+    return _LMHeadParts(body, head, transform, config) if isinstance(body, nn.Module) else None
+
+
 def supports_chunked_logps(model: nn.Module) -> bool:
     """Whether :func:`sequence_logps` can use the chunked lm-head path for ``model``."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return False
-    config = getattr(model, "config", None)
-    return (
-        getattr(config, "model_type", None) in _LOGIT_TRANSFORMS
-        and hasattr(model, "get_decoder")
-        and getattr(model, "get_output_embeddings", lambda: None)() is not None
-    )
+    return _lm_head_parts(model) is not None
 
 
 def _shifted_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,8 +198,8 @@ def sequence_logps(
     input_ids: Tensor,
     attention_mask: Tensor,
     labels: Tensor,
-    chunk_size: int = 1024,
-    padding_free: bool = True,
+    *,
+    logps: LogpsOptions = DEFAULT_LOGPS,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the labelled tokens of each sequence under a causal LM.
 
@@ -151,9 +211,7 @@ def sequence_logps(
         input_ids: (N, T) token ids, right padded.
         attention_mask: (N, T) 1 for real tokens, 0 for padding.
         labels: (N, T) target ids, -100 where a token is not scored.
-        chunk_size: positions per lm-head chunk; bounds the transient logits at chunk_size x V floats.
-        padding_free: pack the sequences into fewer rows (:mod:`alignkit.models.packing`) when the
-            architecture supports it, the batch is right padded and packing saves at least one row.
+        logps: chunk size and packing (:class:`LogpsOptions`).
 
     Returns:
         logps: (N,) fp32 (float64 for a float64 model) sum of log p(label_t | tokens < t) over scored tokens (0 for a row with none).
@@ -164,16 +222,13 @@ def sequence_logps(
             f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and labels "
             f"{tuple(labels.shape)} must have the same (N, T) shape"
         )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if not supports_chunked_logps(model):
+    parts = _lm_head_parts(model)
+    if parts is None:
         return naive_sequence_logps(model, input_ids, attention_mask, labels)
 
-    body = model.get_decoder()
-    head = model.get_output_embeddings()
-    transform = _LOGIT_TRANSFORMS[model.config.model_type]
+    body, head, transform = parts.body, parts.head, parts.transform
     counts = (labels[:, 1:] != IGNORE_INDEX).sum(-1).float()
-    pack = padding_free and supports_packing(model) and is_right_padded(attention_mask)
+    pack = logps.padding_free and supports_packing(model) and is_right_padded(attention_mask)
     packed = pack_rows(input_ids, attention_mask, labels) if pack else None
     if packed is not None and packed.num_rows < input_ids.shape[0]:
         hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).last_hidden_state
@@ -192,25 +247,24 @@ def sequence_logps(
     # Checkpoint only when backward will run; under no_grad it would just add overhead.
     recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
     pieces = []
-    for start in range(0, picked_hidden.shape[0], chunk_size):
-        args = (picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size])
+    chunk = logps.chunk_size
+    for start in range(0, picked_hidden.shape[0], chunk):
+        args = (picked_hidden[start : start + chunk], picked_targets[start : start + chunk])
         if recompute:
             pieces.append(
-                checkpoint(_chunk_token_logps, *args, head, transform, model.config, use_reentrant=False)
+                checkpoint(_chunk_token_logps, *args, head, transform, parts.config, use_reentrant=False)
             )
         else:
-            pieces.append(_chunk_token_logps(*args, head, transform, model.config))
+            pieces.append(_chunk_token_logps(*args, head, transform, parts.config))
     if not pieces:  # nothing scored: zeros, still attached to the graph so backward() works
         return hidden.sum() * 0.0 + hidden.new_zeros(input_ids.shape[0]).float(), counts
     token_logps = torch.cat(pieces)  # (M,)
-
-    logps = token_logps.new_zeros(input_ids.shape[0])
-    logps = logps.index_add(0, sequences, token_logps)  # (N,)
-    return logps, counts
+    sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, sequences, token_logps)  # (N,)
+    return sums, counts
 
 
 def concatenated_forward(
-    model: nn.Module, batch: Mapping[str, Tensor], chunk_size: int = 1024, padding_free: bool = True
+    model: nn.Module, batch: Mapping[str, Tensor], *, logps: LogpsOptions = DEFAULT_LOGPS
 ) -> dict[str, Tensor]:
     """Chosen and rejected log-probs of a preference batch in one forward pass.
 
@@ -218,25 +272,21 @@ def concatenated_forward(
         model: the causal LM.
         batch: ``input_ids``, ``attention_mask``, ``labels``, each (2B, T), rows 0..B-1 the chosen
             sequences and rows B..2B-1 the rejected ones (pair i is rows i and B+i).
-        chunk_size, padding_free: see :func:`sequence_logps`.
+        logps: chunk size and packing (:class:`LogpsOptions`).
 
     Returns:
         ``chosen_logps``, ``rejected_logps`` (B,) summed response log-probs and ``chosen_lengths``,
         ``rejected_lengths`` (B,) response token counts.
     """
-    n = batch["input_ids"].shape[0]
-    if n % 2:
-        raise ValueError(f"a preference batch needs an even number of rows (chosen then rejected), got {n}")
-    logps, counts = sequence_logps(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=chunk_size,
-        padding_free=padding_free,
-    )
-    b = n // 2
+    chosen_rejected(batch["input_ids"])  # fails early, before the forward, on an odd number of rows
+    sums, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)
+    chosen_logps, rejected_logps = chosen_rejected(sums)  # (B,) each
+    chosen_lengths, rejected_lengths = chosen_rejected(counts)
     return {
-        "chosen_logps": logps[:b],
-        "rejected_logps": logps[b:],
-        "chosen_lengths": counts[:b],
-        "rejected_lengths": counts[b:],
+        "chosen_logps": chosen_logps,
+        "rejected_logps": rejected_logps,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
     }
 
 

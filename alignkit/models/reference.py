@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from alignkit.models.logps import concatenated_forward
+from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, concatenated_forward
 from alignkit.models.reference_cache import ReferenceLogpsCache
 
 __all__ = ["AdaptersOffReference", "CachedReference", "FrozenCopyReference", "Reference", "eval_mode"]
@@ -64,19 +64,19 @@ class FrozenCopyReference:
     Args:
         model: the initial policy (copied), or a separately loaded reference model (``copy=False``:
             used as is, frozen in place).
-        chunk_size, padding_free: see :func:`sequence_logps`.
         copy: deep-copy ``model`` (so later policy updates do not reach the reference).
+        logps: chunk size and packing of its forwards (:class:`~alignkit.models.logps.LogpsOptions`).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024, copy: bool = True, padding_free: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, copy: bool = True, logps: LogpsOptions = DEFAULT_LOGPS) -> None:
         self.model = _frozen_copy(model) if copy else model
         self.model.requires_grad_(False)
         self.model.eval()
-        self.chunk_size, self.padding_free = chunk_size, padding_free
+        self.options = logps
 
     def logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
         with torch.no_grad(), eval_mode(self.model):
-            out = concatenated_forward(self.model, batch, self.chunk_size, self.padding_free)
+            out = concatenated_forward(self.model, batch, logps=self.options)
         return out["chosen_logps"], out["rejected_logps"]
 
     def model_context(self) -> AbstractContextManager[nn.Module]:
@@ -102,23 +102,23 @@ class AdaptersOffReference:
         policy: the adapted policy model.
         disable: ``disable(policy)`` is a context manager inside which the adapters are off
             (``alignkit.peft.adapters_disabled``).
-        chunk_size, padding_free: see :func:`sequence_logps`.
+        logps: chunk size and packing of its forwards (:class:`~alignkit.models.logps.LogpsOptions`).
     """
 
     def __init__(
         self,
         policy: nn.Module,
         disable: Callable[[nn.Module], AbstractContextManager[object]],
-        chunk_size: int = 1024,
-        padding_free: bool = True,
+        *,
+        logps: LogpsOptions = DEFAULT_LOGPS,
     ) -> None:
         self.policy = policy
         self.disable = disable
-        self.chunk_size, self.padding_free = chunk_size, padding_free
+        self.options = logps
 
     def logps(self, batch: Batch) -> tuple[Tensor, Tensor]:
         with torch.no_grad(), self.model_context() as model:
-            out = concatenated_forward(model, batch, self.chunk_size, self.padding_free)
+            out = concatenated_forward(model, batch, logps=self.options)
         return out["chosen_logps"], out["rejected_logps"]
 
     @contextmanager

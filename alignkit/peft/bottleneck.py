@@ -59,12 +59,18 @@ class MLPWeights:
 
 def describe_mlp(mlp: nn.Module) -> MLPWeights | None:
     """The weights of a GPT-2 or Llama-style MLP (views, no copies), or None for anything else."""
-    c_fc, c_proj = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None)
-    if isinstance(c_fc, Conv1D) and isinstance(c_proj, Conv1D):
-        return MLPWeights(c_fc.weight.T, c_fc.bias, None, None, c_proj.weight.T, c_proj.bias, mlp.act)
+    c_fc, c_proj, act = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None), getattr(mlp, "act", None)
+    if isinstance(c_fc, Conv1D) and isinstance(c_proj, Conv1D) and isinstance(act, nn.Module):
+        return MLPWeights(c_fc.weight.T, c_fc.bias, None, None, c_proj.weight.T, c_proj.bias, act)
     gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
-    if all(isinstance(m, nn.Linear) for m in (gate, up, down)) and hasattr(mlp, "act_fn"):
-        return MLPWeights(up.weight, up.bias, gate.weight, gate.bias, down.weight, down.bias, mlp.act_fn)
+    act_fn = getattr(mlp, "act_fn", None)
+    if (
+        isinstance(gate, nn.Linear)
+        and isinstance(up, nn.Linear)
+        and isinstance(down, nn.Linear)
+        and isinstance(act_fn, nn.Module)
+    ):
+        return MLPWeights(up.weight, up.bias, gate.weight, gate.bias, down.weight, down.bias, act_fn)
     return None
 
 
@@ -93,18 +99,17 @@ class Bottleneck(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
         self.size = size
-        self.down = nn.Linear(hidden_size, size, **factory)
-        self.gate = nn.Linear(hidden_size, size, **factory) if gated else None
+        self.down = nn.Linear(hidden_size, size, device=device, dtype=dtype)
+        self.gate = nn.Linear(hidden_size, size, device=device, dtype=dtype) if gated else None
         self.act = activation
         self.dropout = nn.Dropout(dropout)
-        self.up = nn.Linear(size, hidden_size, **factory)
+        self.up = nn.Linear(size, hidden_size, device=device, dtype=dtype)
         # Zero output side: the adapter outputs exactly 0 until trained.
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         if scaling == "learned":
-            self.scale: nn.Parameter | float = nn.Parameter(torch.ones((), **factory))
+            self.scale: nn.Parameter | float = nn.Parameter(torch.ones((), device=device, dtype=dtype))
         else:
             self.scale = float(scaling)
 
@@ -158,13 +163,13 @@ class BottleneckMLP(AdapterWrapper):
         self.adapter = adapter
         self.placement = placement
 
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) -> (B, T, d)."""
+    def adapter_forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d). Extra arguments go to the original MLP, as when the adapter is off."""
         if self.placement == "sequential":
-            h = self.base_layer(x)
+            h = self.base_layer(x, *args, **kwargs)
             return h + self.adapter(h)
         if self.placement == "parallel":
-            return self.base_layer(x) + self.adapter(x)
+            return self.base_layer(x, *args, **kwargs) + self.adapter(x)
         return self.adapter(x)  # replace: the original MLP does not run
 
     def extra_repr(self) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, model_validator
+
+from alignkit.config_base import StrictConfig
 
 __all__ = [
     "AdapterConfig",
@@ -25,10 +27,10 @@ __all__ = [
 ]
 
 
-class _StrictConfig(BaseModel):
-    """Strict (unknown fields are errors) and immutable."""
+class _StrictConfig(StrictConfig):
+    """Strict (unknown fields are errors, numbers finite) and immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
 
 class NoAdapter(_StrictConfig):

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -28,7 +28,10 @@ from alignkit.peft.api import adapter_config_of, has_adapters, load_adapter, wri
 from alignkit.peft.config import LoRAConfig
 from alignkit.peft.files import ADAPTER_CONFIG_FILE, atomic_folder
 from alignkit.peft.lora import LoRALayer
-from alignkit.peft.modules import adapter_wrappers, set_module
+from alignkit.peft.modules import AdapterWrapper, adapter_wrappers, set_module
+
+if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["export_merged", "export_peft_lora", "export_with_adapters", "load_exported"]
 
@@ -43,7 +46,7 @@ def _base_modules(model: nn.Module, merge_lora: bool) -> Iterator[nn.Module]:
     embedding keeps its values and a reload does not tie them again. On exit the original weight
     parameters themselves are put back (not a subtraction), so the model is restored bit for bit.
     """
-    swapped: list[tuple[str, nn.Module, nn.Parameter | None]] = []
+    swapped: list[tuple[str, AdapterWrapper, torch.Tensor | None]] = []
     config = getattr(model, "config", None)
     tied_before = getattr(config, "tie_word_embeddings", None)
     try:
@@ -72,19 +75,19 @@ def _base_modules(model: nn.Module, merge_lora: bool) -> Iterator[nn.Module]:
             config.tie_word_embeddings = tied_before
 
 
-def _is_tied(model: nn.Module, weight: nn.Parameter) -> bool:
+def _is_tied(model: nn.Module, weight: torch.Tensor) -> bool:
     """Whether another module of ``model`` holds the same weight tensor (a tied embedding)."""
     holders = {id(m) for m in model.modules() for p in m.parameters(recurse=False) if p is weight}
     return len(holders) > 1
 
 
-def _save_transformers(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+def _save_transformers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path) -> None:
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
 
-def export_merged(model: nn.Module, tokenizer: Any, folder: str | Path) -> Path:
+def export_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: str | Path) -> Path:
     """Write a normal transformers folder with LoRA merged into the weights (atomically).
 
     The model itself is left as it was (adapters in place, unmerged). A model without adapters is
@@ -108,7 +111,9 @@ def export_merged(model: nn.Module, tokenizer: Any, folder: str | Path) -> Path:
     return Path(folder)
 
 
-def export_with_adapters(model: nn.Module, tokenizer: Any, folder: str | Path) -> Path:
+def export_with_adapters(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: str | Path
+) -> Path:
     """Write the base model as a transformers folder plus the alignkit adapter files (atomically).
 
     Works for every adapter kind; reload the adapted model with :func:`load_exported`.
@@ -126,7 +131,7 @@ def export_with_adapters(model: nn.Module, tokenizer: Any, folder: str | Path) -
     return Path(folder)
 
 
-def load_exported(folder: str | Path, **from_pretrained_kwargs: Any) -> nn.Module:
+def load_exported(folder: str | Path, **from_pretrained_kwargs: Any) -> PreTrainedModel:
     """Load a folder written by :func:`export_with_adapters` (or :func:`export_merged`) as a causal LM.
 
     Args:

@@ -36,21 +36,24 @@ class LoRALayer(AdapterWrapper):
         r: rank.
         alpha: the update is scaled by ``alpha / r``.
         dropout: dropout on the input of the low-rank path.
+
+    Raises:
+        TypeError: ``base_layer`` is neither an ``nn.Linear`` nor a ``Conv1D``.
     """
 
     kind = "lora"
+    base_layer: nn.Linear | Conv1D  # checked by linear_shape() in __init__
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__(base_layer)
         n_in, n_out = linear_shape(base_layer)
-        weight = base_layer.weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        weight = self.base_layer.weight
         self.r = r
         self.alpha = alpha
         self.scaling = alpha / r
         self.lora_dropout = nn.Dropout(dropout)
-        self.lora_A = nn.Linear(n_in, r, bias=False, **factory)
-        self.lora_B = nn.Linear(r, n_out, bias=False, **factory)
+        self.lora_A = nn.Linear(n_in, r, bias=False, device=weight.device, dtype=weight.dtype)
+        self.lora_B = nn.Linear(r, n_out, bias=False, device=weight.device, dtype=weight.dtype)
         # A as nn.Linear's default init, B zero: the update B A is exactly 0 at step 0.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
@@ -60,9 +63,9 @@ class LoRALayer(AdapterWrapper):
         """True when the base weight is stored (in, out), as in GPT-2's Conv1D."""
         return isinstance(self.base_layer, Conv1D)
 
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out)."""
-        return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+    def adapter_forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        """(..., in) -> (..., out). Extra arguments go to the base layer, as when the adapter is off."""
+        return self.base_layer(x, *args, **kwargs) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A`` in the base weight's own layout ((in, out) for Conv1D).

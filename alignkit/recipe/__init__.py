@@ -1,7 +1,10 @@
 """Recipes: one YAML file per experiment, validated strictly, with dotted command-line overrides.
 
 Every error names its place in the YAML (``train.lr``, ``loss[1].beta``) and, when it comes from the file,
-its line, so a typo never ends in a traceback.
+its line, so a typo never ends in a traceback. Validation builds the objective once (kept on the recipe,
+:meth:`Recipe.objective`) and checks every rule that spans sections (data kind against loss, reference
+against loss and adapter, registered rewards, logged early-stopping metrics, ``model.from_config`` keys,
+device, run folder), so ``alignkit validate`` catches them before any model is loaded.
 """
 
 from __future__ import annotations
@@ -11,106 +14,54 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from alignkit.data.config import DataConfig
-from alignkit.eval.config import EvalConfig
 from alignkit.losses import Objective, ObjectiveError, build_objective
-from alignkit.models.config import ModelConfig, ReferenceConfig
-from alignkit.peft.config import AdapterConfig, NoAdapter
-from alignkit.plugins import load_plugins
-from alignkit.train.config import SFTConfig, TrainConfig
+from alignkit.plugins import PluginError, load_plugins
+from alignkit.recipe.model import Recipe, plugin_list
+from alignkit.recipe.rules import (
+    cross_section_problems,
+    environment_problems,
+    eval_rewards,
+    model_problems,
+    reward_problems,
+)
+from alignkit.recipe.schema import clean_loc, fields_of_kind
+from alignkit.recipe.source import (
+    Location,
+    Problem,
+    RecipeError,
+    describe,
+    line_map,
+    line_of,
+    parse_yaml,
+    path_str,
+    read_text,
+)
 
 __all__ = [
+    "Location",
+    "Problem",
     "Recipe",
     "RecipeError",
     "apply_overrides",
     "comparable_recipes",
+    "cross_section_problems",
+    "environment_problems",
+    "eval_rewards",
     "load_recipe",
     "load_recipe_plugins",
+    "model_problems",
+    "parse_yaml",
+    "plugin_list",
     "raise_problems",
     "read_recipe_file",
+    "read_text",
     "recipe_to_yaml",
+    "reward_problems",
     "validate_recipe",
     "validation_problems",
 ]
-
-LossSection = dict[str, Any] | list[dict[str, Any]]
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message lists every problem with its YAML path and line."""
-
-
-class Recipe(BaseModel):
-    """One experiment: data, model, adapter, stages, objective and evaluation."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    name: str = Field(description="Run name; the run folder defaults to runs/<name>.")
-    output_dir: str | None = Field(None, description="Run folder (checkpoints, metrics, report).")
-    seed: int = Field(0, description="Seed for data order, initialisation and sampling.")
-    plugins: list[str] = Field(
-        default_factory=list, description="Python files (relative to the recipe) or modules that register losses."
-    )
-    model: ModelConfig = Field(description="The policy model and tokenizer.")
-    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Where reference log-probs come from.")
-    adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
-    data: DataConfig = Field(description="Preference data and tokenization.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="Optional SFT stage before preference training.")
-    loss: LossSection = Field(description="Objective: {name, **params} or a weighted list of them.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Preference-training optimisation.")
-    eval: EvalConfig | None = Field(None, description="Reward and KL evaluation after training.")
-
-    def objective(self) -> Objective:
-        return build_objective(self.loss)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# YAML paths and line numbers
-
-def _path_str(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _line_map(node: yaml.Node | None, path: tuple[Any, ...] = (), lines: dict | None = None) -> dict:
-    """Map every YAML path (tuple of keys / indices) to its 1-based line number."""
-    lines = {} if lines is None else lines
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = (*path, key.value)
-            lines[sub] = key.start_mark.line + 1
-            _line_map(value, sub, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            lines[(*path, i)] = value.start_mark.line + 1
-            _line_map(value, (*path, i), lines)
-    return lines
-
-
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic puts union-member tags in the location (e.g. "hh_rlhf", "function-after[...]"); drop them.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and "-" not in p and p != "tagged-union"))
-
-
-def _describe(loc: tuple[Any, ...], message: str, lines: dict, source: str) -> str:
-    line = None
-    for n in range(len(loc), 0, -1):
-        line = lines.get(tuple(loc[:n]))
-        if line is not None:
-            break
-    where = f"{source}:{line}: " if line is not None and source else ""
-    return f"{where}{_path_str(loc)}: {message}"
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Overrides
@@ -124,20 +75,36 @@ def _parse_key(key: str) -> list[str | int]:
     return parts
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def _switch_kind(node: dict[str, Any], parts: list[str | int], value: Any, schema: type[BaseModel]) -> dict[str, Any]:
+    """``node`` with ``kind: value``, keeping only the settings the new kind has (like ``loss.name=``)."""
+    keep = fields_of_kind(schema, parts[:-1], value)
+    if keep is None or node.get("kind") == value:
+        return {**node, "kind": value}
+    return {"kind": value, **{k: v for k, v in node.items() if k in keep and k != "kind"}}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[BaseModel] | None = None) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (value parsed as YAML) to a recipe dict, in place.
 
     ``loss.beta=0.2`` sets a key of a mapping; ``loss[1].weight=0.1`` or ``loss.1.weight`` indexes a list.
-    ``loss.name=simpo`` on a single loss replaces the objective, dropping the old loss's parameters.
+    ``loss.name=simpo`` replaces the objective (``loss[1].name=sft`` one term, keeping its weight), dropping
+    the old loss's parameters. Likewise ``eval.judge.kind=local`` switches a section with a ``kind`` and
+    keeps only the settings the new kind has.
+
+    Args:
+        data: the recipe as read from YAML.
+        overrides: ``key=value`` strings.
+        schema: the recipe model (default :class:`Recipe`), which says which settings each kind has.
+
+    Raises:
+        RecipeError: naming the override, when it is malformed or addresses what is not there.
     """
+    schema = schema or Recipe
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as err:
-            raise RecipeError(f"override {item!r}: value is not valid YAML ({err})") from None
+        value = parse_yaml(raw, f"override {item!r}")[0] if raw.strip() != "" else None
         parts = _parse_key(key.strip())
         if parts == ["loss", "name"] and isinstance(data.get("loss"), dict):
             # Swapping the objective: the old loss's parameters mean nothing to the new one.
@@ -145,12 +112,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             continue
         node: Any = data
         for depth, part in enumerate(parts[:-1]):
-            where = _path_str(tuple(parts[: depth + 1]))
+            where = path_str(parts[: depth + 1])
             if isinstance(node, list):
                 if not isinstance(part, int) or part >= len(node):
                     raise RecipeError(f"override {item!r}: {where} is not an index of a list of {len(node)}")
                 node = node[part]
             elif isinstance(node, dict):
+                if isinstance(part, int):
+                    raise RecipeError(f"override {item!r}: {path_str(parts[:depth])} is a mapping, not a list; "
+                                      f"there is no [{part}]")
                 if node.get(part) is None:
                     node[part] = {}
                 node = node[part]
@@ -162,6 +132,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise RecipeError(f"override {item!r}: no index {last} in a list of {len(node)}")
         elif not isinstance(node, dict):
             raise RecipeError(f"override {item!r}: cannot set a key inside a value")
+        elif isinstance(last, int):
+            raise RecipeError(f"override {item!r}: {path_str(parts[:-1])} is a mapping, not a list; there is no "
+                              f"[{last}]")
+        if last == "name" and len(parts) == 3 and parts[0] == "loss" and isinstance(parts[1], int):
+            weight = {"weight": node["weight"]} if "weight" in node else {}
+            node.clear()
+            node.update({"name": value, **weight})
+            continue
+        if last == "kind" and isinstance(node, dict):
+            switched = _switch_kind(node, parts, value, schema)
+            node.clear()
+            node.update(switched)
+            continue
         node[last] = value
     return data
 
@@ -169,63 +152,95 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 
-def read_recipe_file(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], dict]:
+def read_recipe_file(
+    path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] | None = None
+) -> tuple[dict[str, Any], dict]:
     """Read a recipe YAML file and apply dotted overrides.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key=value`` strings (see :func:`apply_overrides`).
+        schema: the recipe model the overrides address (default :class:`Recipe`).
 
     Returns:
         The recipe dict and the map from YAML paths to line numbers (for error messages).
 
     Raises:
-        RecipeError: missing file, invalid YAML, not a mapping, or a malformed override.
+        RecipeError: missing or unreadable file, invalid or unsafe YAML (see :func:`parse_yaml`), not a
+            mapping, or a malformed override.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text()
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML:\n{err}") from None
+    data, node = parse_yaml(read_text(path), str(path))
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {type(data).__name__}")
-    return apply_overrides(data, overrides or []), _line_map(node)
+        kind = "an empty file" if data is None else type(data).__name__
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {kind}")
+    return apply_overrides(data, overrides or [], schema), line_map(node)
 
 
 def load_recipe_plugins(data: dict[str, Any], extra: list[str] | None, *, base_dir: Path | None, lines: dict,
-                        source: str) -> None:
-    """Import the recipe's ``plugins`` (and ``extra`` ones) before validation, so what they register exists."""
-    try:
-        load_plugins(list(data.get("plugins") or []) + list(extra or []), base_dir=base_dir)
-    except Exception as err:  # noqa: BLE001 - any plugin failure is reported as a recipe problem
-        raise RecipeError(_describe(("plugins",), str(err), lines, source)) from None
+                        source: str) -> list[str]:
+    """Import the recipe's ``plugins`` (and ``extra`` ones) before validation, so what they register exists.
+
+    Returns:
+        The imported plugins: each file's resolved path, or the module's name.
+
+    Raises:
+        RecipeError: naming ``plugins`` (or ``--plugin``), when one is missing or fails to import.
+    """
+    specs = plugin_list(data.get("plugins") or [])
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise RecipeError(describe(("plugins",), "expected a list of .py files or module names, e.g. "
+                                    f"[my_losses.py], got {specs!r}", lines, source))
+    loaded = []
+    for field, group, folder in (("plugins", specs, base_dir), ("--plugin", list(extra or []), None)):
+        try:
+            modules = load_plugins(group, base_dir=folder)
+        except PluginError as err:
+            raise RecipeError(describe((field,), str(err), lines, source) if field == "plugins"
+                              else f"--plugin: {err}") from None
+        loaded += [getattr(m, "__file__", None) or m.__name__ for m in modules]
+    return loaded
 
 
-def validation_problems(err: ValidationError, lines: dict, source: str) -> list[str]:
+def validation_problems(err: ValidationError, lines: dict, source: str, schema: type[BaseModel] | None = None) -> list[str]:
     """pydantic errors as ``file:line: path: message`` lines."""
-    return [_describe(_clean_loc(tuple(e["loc"])), e["msg"], lines, source) for e in err.errors()]
+    return [describe(loc, msg, lines, source) for loc, msg in _pydantic_problems(err, schema or Recipe)]
+
+
+def _pydantic_problems(err: ValidationError, schema: type[BaseModel]) -> list[Problem]:
+    return [(clean_loc(tuple(e["loc"]), schema), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
 
 
 def raise_problems(problems: list[str], source: str) -> None:
     """Raise one RecipeError listing every problem (no-op when there are none)."""
     if problems:
-        header = f"{source or 'recipe'}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise RecipeError(header + "\n" + "\n".join(f"  - {p}" for p in sorted(set(problems))))
+        unique = list(dict.fromkeys(problems))
+        header = f"{source or 'recipe'}: {len(unique)} problem{'s' if len(unique) > 1 else ''}"
+        raise RecipeError(header + "\n" + "\n".join(f"  - {p}" for p in unique))
 
 
 def load_recipe(
     path: str | Path,
     overrides: list[str] | None = None,
     extra_plugins: list[str] | None = None,
+    *,
+    check_environment: bool = True,
 ) -> Recipe:
     """Read, override, validate a recipe; load its plugins first so plugin losses validate.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key=value`` strings.
+        extra_plugins: plugins named on the command line (``--plugin``), relative to the current folder.
+        check_environment: also check this machine can run it (device, run folder); off to read a recipe
+            saved by a run elsewhere.
 
     Raises:
         RecipeError: with every problem listed as ``file:line: path: message``.
     """
     data, lines = read_recipe_file(path, overrides)
     return validate_recipe(data, lines=lines, source=str(path), base_dir=Path(path).parent,
-                           extra_plugins=extra_plugins)
+                           extra_plugins=extra_plugins, check_environment=check_environment)
 
 
 def validate_recipe(
@@ -235,28 +250,42 @@ def validate_recipe(
     source: str = "",
     base_dir: Path | None = None,
     extra_plugins: list[str] | None = None,
+    check_environment: bool = True,
 ) -> Recipe:
-    """Validate a recipe dict (already overridden). See :func:`load_recipe`."""
+    """Validate a recipe dict (already overridden): every section, the objective (built here, once, and
+    kept on the recipe), and the rules between sections. See :func:`load_recipe`."""
     lines = lines or {}
-    load_recipe_plugins(data, extra_plugins, base_dir=base_dir, lines=lines, source=source)
-    problems: list[str] = []
+    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=base_dir, lines=lines, source=source)
+    problems: list[Problem] = []
+    objective: Objective | None = None
+    if data.get("loss") is not None:
+        try:
+            objective = build_objective(data["loss"])
+        except ObjectiveError as err:
+            problems += err.problems
     recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        problems += validation_problems(err, lines, source)
-    if "loss" in data and data["loss"] is not None:
-        try:
-            build_objective(data["loss"])
-        except ObjectiveError as err:
-            for message in str(err).splitlines():
-                loc_text, _, msg = message.partition(": ")
-                problems.append(_describe(tuple(_parse_key(loc_text)) if msg else ("loss",),
-                                          msg or message, lines, source))
-    raise_problems(problems, source)
+        found = _pydantic_problems(err, Recipe)
+        if "loss" in data and data["loss"] is not None:  # the objective's own messages say it better
+            found = [(loc, msg) for loc, msg in found if loc[:1] != ("loss",)]
+        problems += found
+    if recipe is not None and objective is not None:
+        recipe._set_objective(objective)
+        recipe._plugin_files = plugin_files
+        problems += cross_section_problems(recipe)
+        if check_environment:
+            problems += environment_problems(recipe.run_dir(), ("output_dir",) if recipe.output_dir else ("name",),
+                                             {("train", "device"): recipe.train.device})
+    problems.sort(key=lambda p: line_of(p[0], lines) or 1 << 30)  # in file order; overrides last
+    raise_problems([describe(loc, msg, lines, source) for loc, msg in problems], source)
     assert recipe is not None
     return recipe
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing and comparing
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The resolved recipe (defaults filled in) as YAML, as saved in the run folder."""
@@ -274,7 +303,8 @@ def comparable_recipes(saved: Path, current: Any, load: Callable[[Path], Any],
     try:
         old = yaml.safe_load(dump(load(saved)))
     except RecipeError:
-        old = yaml.safe_load(saved.read_text()) or {}
+        old = parse_yaml(read_text(saved), str(saved))[0]
+    old = old if isinstance(old, dict) else {}
     new = yaml.safe_load(dump(current))
     old.pop("output_dir", None)
     new.pop("output_dir", None)

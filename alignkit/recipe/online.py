@@ -1,46 +1,66 @@
 """Online recipes: a YAML file with an ``online:`` section, validated as strictly as a preference recipe.
 
-Loading reuses :mod:`alignkit.recipe`'s YAML reading, dotted overrides and ``file:line: path`` errors.
+Loading reuses :mod:`alignkit.recipe`'s safe YAML reading, dotted overrides, ``file:line: path`` errors and
+the checks that need no model (registered rewards, ``model.from_config`` keys, device, run folder).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
+from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.eval.config import EvalConfig
 from alignkit.models.config import ModelConfig
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig, PromptsConfig
 from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
 from alignkit.recipe import (
-    _describe,
+    Problem,
+    RecipeError,
+    environment_problems,
+    eval_rewards,
     load_recipe_plugins,
+    model_problems,
+    parse_yaml,
+    plugin_list,
     raise_problems,
     read_recipe_file,
+    read_text,
+    reward_problems,
     validation_problems,
 )
+from alignkit.recipe.source import describe
 
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
 
 
-class OnlineRecipe(BaseModel):
+class OnlineRecipe(StrictConfig):
     """One online experiment: model, adapter, prompts, the online objective, optimisation, evaluation."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = Field(description="Run name; the run folder defaults to runs/<name>.")
     output_dir: str | None = Field(None, description="Run folder (metrics, checkpoints, report).")
-    seed: int = Field(0, description="Seed for initialisation, prompt order and sampling.")
-    plugins: list[str] = Field(default_factory=list, description="Python files or modules that register rewards.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for initialisation, prompt order and sampling.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python files or modules that register rewards. They are imported, so a recipe from someone "
+        "else runs their code: read them first. One name alone is a list of one.",
+    )
     model: ModelConfig = Field(description="The policy model and tokenizer (the initial / SFT model).")
     adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
     prompts: PromptsConfig = Field(description="Training and held-out prompts.")
     online: OnlineConfig = Field(description="Rollouts, reward, KL penalty, anchor, optional WARP.")
     train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig, description="Optimisation.")
     eval: EvalConfig | None = Field(None, description="Reward and KL to the initial model on held-out prompts.")
+
+    _plugin_files: list[str] = PrivateAttr(default_factory=list)
+    _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
+
+    @property
+    def plugin_files(self) -> list[str]:
+        """The plugin files (or modules) imported while validating this recipe, in order."""
+        return list(self._plugin_files)
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
@@ -49,36 +69,48 @@ class OnlineRecipe(BaseModel):
 def is_online_recipe(path: str | Path) -> bool:
     """Whether the YAML file at ``path`` is a mapping with a top-level ``online:`` key."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return False
+        data = parse_yaml(read_text(Path(path)), str(path))[0]
+    except RecipeError:
+        return False  # loading it as a preference recipe reports the problem
     return isinstance(data, dict) and "online" in data
 
 
-def _cross_checks(recipe: OnlineRecipe) -> list[tuple[tuple[Any, ...], str]]:
-    problems = []
+def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
+    problems: list[Problem] = []
     if recipe.online.warp is not None and isinstance(recipe.adapter, LoRAConfig):
         problems.append((("adapter", "kind"), "WARP merges trainable tensors one by one, which is not the merge "
                          "of LoRA's product B A; use adapter.kind bottleneck or none with online.warp"))
+    problems += reward_problems({("online", "reward"): recipe.online.reward, **eval_rewards(recipe.eval)})
+    problems += model_problems(recipe.model)
     return problems
 
 
 def load_online_recipe(
-    path: str | Path, overrides: list[str] | None = None, extra_plugins: list[str] | None = None
+    path: str | Path, overrides: list[str] | None = None, extra_plugins: list[str] | None = None,
+    *, check_environment: bool = True,
 ) -> OnlineRecipe:
     """Read, override and validate an online recipe; load its plugins first (they may register rewards).
+
+    Args:
+        check_environment: also check this machine can run it (device, run folder).
 
     Raises:
         RecipeError: every problem as ``file:line: path: message``.
     """
-    data, lines = read_recipe_file(path, overrides)
+    data, lines = read_recipe_file(path, overrides, OnlineRecipe)
     source = str(path)
-    load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source)
+    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source)
     try:
         recipe = OnlineRecipe.model_validate(data)
     except ValidationError as err:
-        raise_problems(validation_problems(err, lines, source), source)
-    raise_problems([_describe(loc, msg, lines, source) for loc, msg in _cross_checks(recipe)], source)
+        raise_problems(validation_problems(err, lines, source, OnlineRecipe), source)
+        raise AssertionError("unreachable") from err
+    recipe._plugin_files = plugin_files
+    problems = _cross_checks(recipe)
+    if check_environment:
+        problems += environment_problems(recipe.run_dir(), ("output_dir",) if recipe.output_dir else ("name",),
+                                         {("train", "device"): recipe.train.device})
+    raise_problems([describe(loc, msg, lines, source) for loc, msg in problems], source)
     return recipe
 
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ _CURVES = (
 
 
 def plot_training_curves(
-    curves: dict[str, tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str = ""
+    curves: Mapping[str, tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str = ""
 ) -> Path | None:
     """Training (solid) and held-out (dots) loss, reward margin and accuracy against the step.
 

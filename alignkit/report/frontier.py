@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.report.compare_plots import plot_frontier
 from alignkit.report.format import format_interval
 
 __all__ = ["front_markdown", "online_frontier_rows", "plot_online_frontier", "rows_from_comparison"]
@@ -58,8 +59,6 @@ def rows_from_comparison(path: str | Path) -> list[dict[str, Any]]:
 def plot_online_frontier(run_dirs: Sequence[str | Path], path: Path, *, title: str = "",
                          extra_rows: Sequence[dict[str, Any]] = ()) -> Path | None:
     """Plot online runs (and ``extra_rows``, e.g. from :func:`rows_from_comparison`) on one frontier PNG."""
-    from alignkit.report.compare_plots import plot_frontier
-
     rows = [*extra_rows, *online_frontier_rows(run_dirs)]
     return plot_frontier(rows, path, title=title or "reward vs KL to the initial model")
 

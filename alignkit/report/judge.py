@@ -17,8 +17,10 @@ def judge_report_rows(report: Mapping[str, Any]) -> list[list[str]]:
     if not judge:
         return []
     who = f"{judge['judge'].get('name', 'judge')} judge"
+    # judge_run never writes a section without a win rate; an edited or foreign report.json may lack one.
+    win_rate = format_interval(judge["win_rate"]) if judge.get("win_rate") else "none (no valid verdict)"
     rows = [
-        [f"win rate vs {judge['baseline']} ({who}, 95% CI)", "0.500", format_interval(judge["win_rate"])],
+        [f"win rate vs {judge['baseline']} ({who}, 95% CI)", "0.500", win_rate],
         ["length-controlled win rate (95% CI)", "", format_interval(judge.get("length_controlled_win_rate"))],
         ["wins / ties / losses", "", f"{judge['wins']} / {judge['ties']} / {judge['losses']}"],
     ]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from alignkit.config_base import SEED_MAX, StrictConfig
 
 __all__ = ["EarlyStoppingConfig", "OptimizerConfig", "SFTConfig", "TrainConfig"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(StrictConfig):
+    """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
 class EarlyStoppingConfig(_Strict):
@@ -28,7 +30,15 @@ class OptimizerConfig(_Strict):
     optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW, or RMSprop as in the DPO paper.")
     lr: float = Field(5e-6, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2 (RMSprop).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        # Adam divides by 1 - beta**t: a beta of 1 or more never forgets, or diverges.
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each AdamW beta must be in [0, 1), got {list(betas)}")
+        return betas
 
 
 class TrainConfig(OptimizerConfig):
@@ -59,7 +69,7 @@ class TrainConfig(OptimizerConfig):
     save_every: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
     keep_checkpoints: int = Field(1, ge=1, description="Resumable checkpoints kept besides the best one.")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early on an eval metric.")
-    seed: int | None = Field(None, description="Seed of this stage; default: the recipe's seed.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Seed of this stage; default: the recipe's seed.")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:

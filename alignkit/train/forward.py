@@ -9,12 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from alignkit.losses import LossOutput, Objective, PreferenceStats
-from alignkit.models.logps import concatenated_forward, reward_scores, sequence_logps
+from alignkit.models.logps import (
+    DEFAULT_LOGPS,
+    LogpsOptions,
+    chosen_rejected,
+    concatenated_forward,
+    reward_scores,
+    sequence_logps,
+)
 from alignkit.models.reference import Reference
 
-__all__ = ["preference_stats", "objective_step"]
+__all__ = ["objective_step", "preference_stats"]
 
 
 def preference_stats(
@@ -23,27 +31,34 @@ def preference_stats(
     objective: Objective,
     reference: Reference | None,
     *,
-    chunk_size: int = 1024,
-    padding_free: bool = True,
+    logps: LogpsOptions = DEFAULT_LOGPS,
 ) -> PreferenceStats:
     """Run the policy (and, if the objective needs it, the reference) on one batch.
 
-    SFT batches (``collate_sft``) hold one row per example (B rows for B weights); preference batches
-    (``collate_preference``) hold 2B rows, chosen first.
+    Args:
+        model: the policy (a causal LM), or the reward model for score-based objectives.
+        batch: SFT batches (``collate_sft``) hold one row per example (B rows for B weights); preference
+            batches (``collate_preference``) hold 2B rows, chosen first; K-way batches (``collate_kway``)
+            hold B*K rows, each example's K candidates together.
+        objective: what the loss reads (``objective.inputs``) and whether it needs a reference.
+        reference: the reference log-probs, when the objective needs them.
+        logps: chunk size and packing of the log-prob forwards.
+
+    Returns:
+        The statistics, each (B,) (K-way scores (B, K)).
     """
     if objective.inputs == "scores":
         scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
-        b = scores.shape[0] // 2
-        return PreferenceStats(chosen_scores=scores[:b], rejected_scores=scores[b:])
+        chosen, rejected = chosen_rejected(scores)  # (B,) each
+        return PreferenceStats(chosen_scores=chosen, rejected_scores=rejected)
     if objective.inputs == "kway":
         scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (B*K,)
         k = int(batch["num_candidates"])
-        return PreferenceStats(scores=scores.view(-1, k), best_index=batch["best_index"])
+        return PreferenceStats(scores=rearrange(scores, "(b k) -> b k", k=k), best_index=batch["best_index"])
     if batch["input_ids"].shape[0] == batch["weights"].shape[0]:  # chosen responses only (SFT)
-        logps, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                        chunk_size=chunk_size, padding_free=padding_free)
-        return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
-    out = concatenated_forward(model, batch, chunk_size=chunk_size, padding_free=padding_free)
+        sums, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)
+        return PreferenceStats(policy_chosen_logps=sums, chosen_lengths=lengths)
+    out = concatenated_forward(model, batch, logps=logps)
     stats = PreferenceStats(
         policy_chosen_logps=out["chosen_logps"],
         policy_rejected_logps=out["rejected_logps"],
@@ -64,8 +79,8 @@ def objective_step(
     objective: Objective,
     reference: Reference | None,
     *,
-    chunk_size: int = 1024,
-    padding_free: bool = True,
+    logps: LogpsOptions = DEFAULT_LOGPS,
 ) -> tuple[LossOutput, PreferenceStats]:
-    stats = preference_stats(model, batch, objective, reference, chunk_size=chunk_size, padding_free=padding_free)
+    """The objective's per-example output on one batch, and the statistics it was computed from."""
+    stats = preference_stats(model, batch, objective, reference, logps=logps)
     return objective(stats), stats

@@ -39,6 +39,15 @@ class MetricSums:
         return {n: self._sums[n] / self._counts[n] if self._counts[n] else float("nan") for n in names}
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not a whole JSON object."""
+    try:
+        record = json.loads(line)
+        return int(record.get("step", 0)) if isinstance(record, dict) else None
+    except (TypeError, ValueError):
+        return None
+
+
 class MetricsWriter:
     """Appends one JSON object a line to ``metrics.jsonl``; mirrors scalars to TensorBoard if available."""
 
@@ -50,9 +59,10 @@ class MetricsWriter:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_from_step is not None and path.exists():
-            # Drop what was logged after the checkpoint we resume from: the resumed run logs it again.
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_from_step]
+            # Drop what was logged after the checkpoint we resume from (the resumed run logs it again), and
+            # any line a kill tore in half.
+            kept = [line for line in path.read_text(errors="replace").splitlines()
+                    if (step := _step_of(line)) is not None and step <= resume_from_step]
             path.write_text("".join(line + "\n" for line in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()

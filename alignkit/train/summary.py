@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["StageSummary"]
+__all__ = ["StageSummary", "steps_per_second"]
 
 
 @dataclass
@@ -36,3 +36,9 @@ class StageSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def steps_per_second(steps: int, resumed_at: int, wall_seconds: float) -> float | None:
+    """Steps this process did per second (the steps before a resume are not its own); None if it did none."""
+    done = steps - resumed_at
+    return done / wall_seconds if done and wall_seconds else None

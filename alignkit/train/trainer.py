@@ -1,6 +1,7 @@
-"""The one training loop, shared by every objective and stage (SFT, preference, reward model).
+"""The offline trainer, shared by every objective and stage (SFT, preference, reward model).
 
-Per optimizer step: the step's examples are fixed by (seed, epoch, position) alone, split over processes
+It brings its optimizer step to the fit loop both trainers share (:class:`~alignkit.train.loop.FitLoop`:
+resume, logging, evaluation, early stopping, checkpoints). Per optimizer step: the step's examples are fixed by (seed, epoch, position) alone, split over processes
 and micro-batches; each micro-batch's loss is ``sum(weight * loss) / total weight of the whole step``, so
 gradient accumulation and data parallelism give the same gradient as one big batch.
 """
@@ -16,26 +17,31 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from alignkit.data.types import TokenizedPair
-from alignkit.losses import Objective
+from alignkit.losses import LossOutput, Objective, PreferenceStats
+from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.models.reference import Reference
-from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from alignkit.train.config import OptimizerConfig, TrainConfig
+from alignkit.train.config import OptimizerConfig, SFTConfig, TrainConfig
 from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_parameters
+from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.forward import objective_step
-from alignkit.train.metrics import MetricSums, MetricsWriter
+from alignkit.train.loop import Evaluation, FitLoop, optimizer_step
+from alignkit.train.metrics import MetricSums
 from alignkit.train.schedule import make_scheduler
-from alignkit.train.summary import StageSummary
+from alignkit.train.summary import StageSummary, steps_per_second
 
-__all__ = ["Trainer", "TrainResult", "make_optimizer", "step_order"]
+__all__ = ["TrainResult", "Trainer", "divergence_hint", "make_optimizer", "step_order"]
 
 Collate = Callable[[list[TokenizedPair]], dict[str, Any]]
+
+PROGRESS_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "tokens_per_second")
 
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` did; :meth:`summary` is what the report keeps."""
+
     steps: int
     stopped_early: bool
     final_metrics: dict[str, float]
@@ -47,8 +53,7 @@ class TrainResult:
 
     @property
     def steps_per_second(self) -> float | None:
-        done = self.steps - self.resumed_at
-        return done / self.wall_seconds if done and self.wall_seconds else None
+        return steps_per_second(self.steps, self.resumed_at, self.wall_seconds)
 
     def summary(self) -> StageSummary:
         """The stage as the report keeps it."""
@@ -71,6 +76,12 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> to
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                              fused=fused, foreach=None if fused else True)
+
+
+def divergence_hint(section: str, cfg: OptimizerConfig) -> str:
+    """What to change when a stage with optimizer settings ``cfg`` (recipe section ``section``) diverges."""
+    clip = "" if getattr(cfg, "max_grad_norm", None) else f", or set {section}.max_grad_norm to clip gradients"
+    return f"Lower {section}.lr (now {cfg.lr:g}){clip}, and start the run again."
 
 
 def step_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -96,9 +107,10 @@ class Trainer:
         reference: source of reference log-probs, when the objective needs one.
         seed: data order and RNG seed.
         stage: a name written into every metrics record ("sft", "preference").
+        device: where batches go; default: the model's.
         env: the data-parallel environment.
-        chunk_size: positions per chunk of the output layer when computing log-probs.
-        padding_free: pack each batch's sequences without padding where the model supports it.
+        logps: chunk size and packing of the log-prob forwards (``recipe.model.logps``).
+        console: where progress and messages go.
     """
 
     def __init__(
@@ -116,8 +128,7 @@ class Trainer:
         stage: str = "train",
         device: torch.device | None = None,
         env: DistEnv | None = None,
-        chunk_size: int = 1024,
-        padding_free: bool = True,
+        logps: LogpsOptions = DEFAULT_LOGPS,
         console: Console | None = None,
     ) -> None:
         self.model = model
@@ -132,9 +143,9 @@ class Trainer:
         self.stage = stage
         self.env = env or DistEnv()
         self.device = device or next(model.parameters()).device
-        self.chunk_size = chunk_size
-        self.padding_free = padding_free
+        self.logps = logps
         self.console = console or Console(stderr=True)
+        self.guard = DivergenceGuard(stage, divergence_hint("sft" if isinstance(cfg, SFTConfig) else "train", cfg))
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -183,7 +194,7 @@ class Trainer:
         return [local[i * size:(i + 1) * size] for i in range(self.cfg.grad_accum)]
 
     # -----------------------------------------------------------------------------------------------------
-    def _accumulate(self, sums: MetricSums, out, stats, weights: torch.Tensor) -> None:
+    def _accumulate(self, sums: MetricSums, out: LossOutput, stats: PreferenceStats, weights: torch.Tensor) -> None:
         sums.add("loss_weighted", out.losses.detach() * weights)
         sums.add_total("loss", float((out.losses.detach() * weights).sum()), float(weights.sum()))
         sums.add("rewards/chosen", out.chosen_rewards)
@@ -215,14 +226,10 @@ class Trainer:
             batch = _to_device(self.collate(micro), self.device)
             tokens += int(batch["attention_mask"].sum())
             with self._autocast():
-                out, stats = objective_step(self.model, batch, self.objective, self.reference,
-                                            chunk_size=self.chunk_size, padding_free=self.padding_free)
+                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
             weights = batch["weights"].to(out.losses.dtype)
             loss = (out.losses * weights).sum() / total_weight
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{self.stage}: non-finite loss at step {step + 1}; stopping before the weights are corrupted"
-                )
+            self.guard.check("loss", loss, step + 1, before="backward")
             loss.backward()
             self._accumulate(sums, out, stats, weights)
         return sums, tokens
@@ -232,19 +239,14 @@ class Trainer:
         start = time.perf_counter()
         sums, tokens = self.accumulate_gradients(step)
         all_reduce_gradients(self.params, self.env)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, self.cfg.max_grad_norm if self.cfg.max_grad_norm else float("inf")
-        )
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
+                                       max_grad_norm=self.cfg.max_grad_norm, guard=self.guard, step=step + 1)
         sums.add_total("tokens", float(tokens), 1.0)
         metrics = sums.means(self.env)
         metrics.pop("loss_weighted", None)
         elapsed = time.perf_counter() - start
         metrics["tokens_per_second"] = metrics.pop("tokens") * self.env.world_size / max(elapsed, 1e-9)
-        metrics["grad_norm"] = float(grad_norm)
+        metrics["grad_norm"] = grad_norm
         metrics["learning_rate"] = lr
         metrics["step_seconds"] = elapsed
         return metrics
@@ -261,8 +263,7 @@ class Trainer:
         for i in range(0, len(local), size):
             batch = _to_device(self.collate(local[i:i + size]), self.device)
             with self._autocast():
-                out, stats = objective_step(self.model, batch, self.objective, self.reference,
-                                            chunk_size=self.chunk_size, padding_free=self.padding_free)
+                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
             self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)
         metrics.pop("loss_weighted", None)
@@ -270,89 +271,26 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train to ``total_steps`` (or an early stop), logging to ``run_dir`` (see :class:`FitLoop`).
+
+        Args:
+            resume: continue from ``run_dir/checkpoints`` when it holds a checkpoint.
+
+        Raises:
+            TrainingDivergedError: a non-finite loss, gradient norm or weights; nothing non-finite is saved.
+        """
         cfg = self.cfg
-        checkpoints = self.run_dir / "checkpoints"
-        state: dict[str, Any] = {"step": 0, "best_metric": None, "best_step": None, "bad_evals": 0,
-                                 "eval_history": [], "stopped_early": False}
-        ckpt = latest_checkpoint(checkpoints) if resume else None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-            self.console.print(f"[cyan]{self.stage}: resumed from {ckpt} (step {state['step']})[/]")
-        writer = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.env.is_main,
-                               resume_from_step=state["step"] if ckpt is not None else None)
-        start_wall, resumed_at = time.perf_counter(), state["step"]
-        if state["step"] == 0 and self.eval_pairs and cfg.eval_every:
-            self._record_eval(0, state, writer)
-        step_metrics: dict[str, float] = {}
-        with self._progress() as progress:
-            task = progress.add_task(self.stage, total=self.total_steps, completed=state["step"], metrics="")
-            while state["step"] < self.total_steps and not state["stopped_early"]:
-                step = state["step"]
-                step_metrics = self.train_step(step)
-                state["step"] = step + 1
-                if state["step"] % cfg.log_every == 0 or state["step"] == self.total_steps:
-                    writer.write({"stage": self.stage, "step": state["step"], **step_metrics})
-                progress.update(task, advance=1, metrics=self._short(step_metrics))
-                if not self.console.is_terminal and self.env.is_main and (
-                    state["step"] % max(1, self.total_steps // 10) == 0 or state["step"] == 1
-                ):  # logs and CI: a plain line every tenth of the run
-                    self.console.print(f"{self.stage} {state['step']}/{self.total_steps}  {self._short(step_metrics)}")
-                last = state["step"] == self.total_steps
-                if self.eval_pairs and ((cfg.eval_every and state["step"] % cfg.eval_every == 0) or last):
-                    self._record_eval(state["step"], state, writer)
-                if (cfg.save_every and state["step"] % cfg.save_every == 0) or last or state["stopped_early"]:
-                    self._save(checkpoints, state)
-        writer.close()
-        eval_metrics = state["eval_history"][-1] if state["eval_history"] else {}
+        evaluation = Evaluation(self.evaluate, cfg.eval_every, cfg.early_stopping) if self.eval_pairs else None
+        loop = FitLoop(self.stage, self.run_dir, self.total_steps, self.model, self.optimizer, self.scheduler,
+                       self.guard, log_every=cfg.log_every, save_every=cfg.save_every,
+                       keep_checkpoints=cfg.keep_checkpoints, evaluation=evaluation, progress_keys=PROGRESS_KEYS,
+                       env=self.env, console=self.console)
+        out = loop.run(lambda step, state: self.train_step(step), resume=resume)
+        state = out.state
+        eval_metrics = state.eval_history[-1] if state.eval_history else {}
         return TrainResult(
-            steps=state["step"], stopped_early=state["stopped_early"],
-            final_metrics={**step_metrics, **eval_metrics}, best_metric=state["best_metric"],
-            best_step=state["best_step"], eval_history=state["eval_history"],
-            wall_seconds=time.perf_counter() - start_wall, resumed_at=resumed_at,
+            steps=state.step, stopped_early=state.stopped_early,
+            final_metrics={**out.last_metrics, **eval_metrics}, best_metric=state.best_metric,
+            best_step=state.best_step, eval_history=state.eval_history, wall_seconds=out.wall_seconds,
+            resumed_at=out.resumed_at,
         )
-
-    def _record_eval(self, step: int, state: dict[str, Any], writer: MetricsWriter) -> None:
-        metrics = self.evaluate()
-        state["eval_history"].append({"step": step, **metrics})
-        writer.write({"stage": self.stage, "step": step, **metrics})
-        if step == 0:
-            return
-        es = self.cfg.early_stopping
-        name = es.metric if es else "eval/loss"
-        mode = es.mode if es else "min"
-        if name not in metrics:
-            raise KeyError(f"early_stopping.metric {name!r} is not logged; eval metrics: {sorted(metrics)}")
-        value = metrics[name]
-        best = state["best_metric"]
-        delta = es.min_delta if es else 0.0
-        improved = best is None or (value < best - delta if mode == "min" else value > best + delta)
-        if improved:
-            state["best_metric"], state["best_step"], state["bad_evals"] = value, step, 0
-            if self.env.is_main:
-                save_checkpoint(self.run_dir / "checkpoints" / "best", model=self.model, optimizer=None,
-                                scheduler=None, state=dict(state), pointer=None)
-        else:
-            state["bad_evals"] += 1
-            if es and state["bad_evals"] >= es.patience:
-                state["stopped_early"] = True
-                self.console.print(f"[yellow]{self.stage}: early stop at step {step}: {name} has not improved "
-                                   f"for {es.patience} evaluations (best {best:.4f} at step {state['best_step']})[/]")
-
-    def _save(self, checkpoints: Path, state: dict[str, Any]) -> None:
-        if not self.env.is_main:
-            return
-        save_checkpoint(checkpoints / f"step-{state['step']:07d}", model=self.model, optimizer=self.optimizer,
-                        scheduler=self.scheduler, state=dict(state))
-        prune_checkpoints(checkpoints, self.cfg.keep_checkpoints)
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-            console=self.console, disable=not self.env.is_main,
-        )
-
-    @staticmethod
-    def _short(metrics: dict[str, float]) -> str:
-        keys = ("loss", "rewards/accuracies", "rewards/margins", "tokens_per_second")
-        return "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics)

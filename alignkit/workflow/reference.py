@@ -26,9 +26,11 @@ from alignkit.models.reference import (
     Reference,
     ReferenceLogpsCache,
 )
+from alignkit.models.reference_cache import Collate
 from alignkit.peft import adapters_disabled, has_adapters
 from alignkit.recipe import Recipe, RecipeError
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
+from alignkit.train.dropout import disable_dropout
 from alignkit.workflow.environment import seed_everything
 
 __all__ = ["evaluation_reference", "reference_loader", "training_reference"]
@@ -41,18 +43,28 @@ def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Cal
     Args:
         run_dir: the run folder whose ``sft/checkpoints`` hold the SFT stage (the folder being evaluated,
             which may have been moved since the recipe was written).
+
+    Raises:
+        RecipeError: (when called) the recipe has an SFT stage but ``run_dir`` holds no SFT checkpoint.
     """
 
     def load() -> nn.Module:
         if recipe.reference.name_or_path:
             cfg = recipe.model.model_copy(update={"name_or_path": recipe.reference.name_or_path,
                                                   "from_config": None})
-            return load_causal_lm(cfg, device)
-        seed_everything(recipe.seed)
-        model = load_causal_lm(recipe.model, device)
-        sft_checkpoint = latest_checkpoint(run_dir / "sft" / "checkpoints")
-        if recipe.sft.enabled and sft_checkpoint is not None:
-            load_checkpoint(sft_checkpoint, model=model, restore_rng=False)
+            model = load_causal_lm(cfg, device)
+        else:
+            sft_checkpoint = latest_checkpoint(run_dir / "sft" / "checkpoints") if recipe.sft.enabled else None
+            if recipe.sft.enabled and sft_checkpoint is None:
+                # Never the untuned model in its place: the reference of an SFT run is the SFT model.
+                raise RecipeError(f"the reference is the SFT model, but {run_dir / 'sft' / 'checkpoints'} holds "
+                                  "no SFT checkpoint (was the run folder copied without it?)")
+            seed_everything(recipe.seed)
+            model = load_causal_lm(recipe.model, device)
+            if sft_checkpoint is not None:
+                load_checkpoint(sft_checkpoint, model=model, restore_rng=False)
+        if recipe.model.disable_dropout:
+            disable_dropout(model)
         return model
 
     return load
@@ -60,13 +72,23 @@ def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Cal
 
 def evaluation_reference(policy: nn.Module, load_reference: Callable[[], nn.Module],
                          training: Reference | None = None) -> ReferenceFn:
-    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl)."""
+    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl).
+
+    A reference that must be loaded again is loaded on first use (an evaluation against the dataset's
+    chosen responses never needs it), then kept for every later use.
+    """
     if has_adapters(policy):
         return AdaptersOffReference(policy, adapters_disabled).model_context
     if isinstance(training, FrozenCopyReference):
         return training.model_context
-    model = load_reference().requires_grad_(False).eval()  # loaded once, used for sampling and KL
-    return lambda: contextlib.nullcontext(model)
+    loaded: list[nn.Module] = []
+
+    def reference() -> contextlib.AbstractContextManager[nn.Module]:
+        if not loaded:
+            loaded.append(load_reference().requires_grad_(False).eval())
+        return contextlib.nullcontext(loaded[0])
+
+    return reference
 
 
 def training_reference(
@@ -74,24 +96,24 @@ def training_reference(
     objective: Objective,
     policy: nn.Module,
     pairs: Sequence[Any],
-    collate: Callable[[list[Any]], dict[str, Any]],
+    collate: Collate,
     load_reference: Callable[[], nn.Module],
 ) -> Reference | None:
     """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed)."""
     if not objective.needs_reference:
         return None
-    mode, chunk, packed = recipe.reference.mode, recipe.model.logps_chunk_size, recipe.model.padding_free
+    mode, logps = recipe.reference.mode, recipe.model.logps
     if mode == "none":
         raise RecipeError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
     if mode == "adapters_off":
         if not has_adapters(policy):
             raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
-        return AdaptersOffReference(policy, adapters_disabled, chunk_size=chunk, padding_free=packed)
+        return AdaptersOffReference(policy, adapters_disabled, logps=logps)
     separate = load_reference() if recipe.reference.name_or_path else None
     if mode == "copy":
         if separate is not None:
-            return FrozenCopyReference(separate, chunk_size=chunk, copy=False, padding_free=packed)
-        return FrozenCopyReference(policy, chunk_size=chunk, padding_free=packed)
+            return FrozenCopyReference(separate, copy=False, logps=logps)
+        return FrozenCopyReference(policy, logps=logps)
     # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
     batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)
     extra = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
@@ -103,7 +125,7 @@ def training_reference(
             model = stack.enter_context(adapters_disabled(policy))
         else:
             model = policy
-        cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, chunk_size=chunk,
-                                          padding_free=packed, extra=extra)
+        cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, logps=logps,
+                                          extra=extra)
     del separate
     return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)

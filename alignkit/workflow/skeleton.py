@@ -1,6 +1,6 @@
 """The one sequence every run follows, offline or online; what differs is a :class:`RunPlan`.
 
-    device and processes -> run folder + recipe.yaml -> seeds -> tokenizer and policy -> plan.prepare
+    device and processes -> claim the run folder (start, resume, or refuse) + recipe.yaml -> seeds -> tokenizer and policy -> plan.prepare
     -> adapter -> plan.train (stages) -> model/ -> plan.evaluate -> report.json, report.md, plots
 
 Only the main process writes files; every process trains.
@@ -8,25 +8,32 @@ Only the main process writes files; every process trains.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from rich.console import Console
-from torch import nn
 
 from alignkit.cache import write_atomic
+from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
 from alignkit.report.tables import write_report
 from alignkit.train.distributed import DistEnv, init_distributed
+from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
 from alignkit.workflow.environment import peak_rss_mib, resolve_device, seed_everything
 from alignkit.workflow.model_io import save_model
+from alignkit.workflow.run_folder import FolderState, claim_run_folder, clear_run_folder, inspect_run_folder
 
-__all__ = ["RunContext", "RunPlan", "RunSummary", "execute_run"]
+if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
+    from transformers import PreTrainedModel
+
+__all__ = ["RecipeRun", "RunContext", "RunPlan", "RunSummary", "execute_run"]
 
 
 @dataclass
@@ -39,12 +46,12 @@ class RunContext:
     console: Console
     resume: bool
     tokenizer: Any = None
-    policy: nn.Module | None = None
+    policy: PreTrainedModel | None = None
     results: dict[str, StageResult] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> PreTrainedModel:
         """The policy (set once :meth:`RunPlan.load` has run)."""
         assert self.policy is not None, "the policy is loaded first"
         return self.policy
@@ -81,7 +88,10 @@ class RunPlan(Protocol):
     def recipe_yaml(self) -> str:
         """The resolved recipe as saved in the run folder."""
 
-    def load(self, ctx: RunContext) -> tuple[Any, nn.Module]:
+    def inspect_folder(self) -> FolderState:
+        """What the run folder holds compared with this recipe (see :func:`inspect_run_folder`)."""
+
+    def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
         """The tokenizer and the policy, on ``ctx.device``."""
 
     def prepare(self, ctx: RunContext) -> None:
@@ -94,18 +104,74 @@ class RunPlan(Protocol):
         """Report sections measured after training (main process only)."""
 
 
-def execute_run(plan: RunPlan, *, resume: bool = False, console: Console | None = None) -> RunSummary:
-    """Run ``plan`` through the one skeleton; write the run folder; return what happened."""
+class RecipeRun:
+    """What every plan built from a recipe shares: its identity, its saved form and its policy model.
+
+    Args:
+        recipe: a recipe with ``name``, ``seed``, ``model``, ``adapter``, ``train.device`` and ``run_dir()``.
+        read: reads a saved recipe file back (to compare it with ``recipe``).
+        dump: the recipe as saved in the run folder.
+    """
+
+    def __init__(self, recipe: Any, read: Callable[[Path], Any], dump: Callable[[Any], str]) -> None:
+        self.recipe = recipe
+        self.name: str = recipe.name
+        self.seed: int = recipe.seed
+        self.device: str = recipe.train.device
+        self.run_dir: Path = recipe.run_dir()
+        self.adapter: AdapterConfig = recipe.adapter
+        self._read, self._dump = read, dump
+
+    def recipe_yaml(self) -> str:
+        return self._dump(self.recipe)
+
+    def inspect_folder(self) -> FolderState:
+        return inspect_run_folder(self.run_dir, self.recipe, self._read, self._dump)
+
+    def load_causal_lm(self, device: torch.device) -> PreTrainedModel:
+        """The recipe's causal LM on ``device``, its dropout off unless ``model.disable_dropout`` is false."""
+        model = load_causal_lm(self.recipe.model, device)
+        if self.recipe.model.disable_dropout:
+            disable_dropout(model)
+        return model
+
+
+def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
+                console: Console | None = None) -> RunSummary:
+    """Run ``plan`` through the one skeleton; write the run folder; return what happened.
+
+    Args:
+        resume: continue the interrupted run in the folder (same recipe only); a finished run is left as it is.
+        overwrite: replace whatever run the folder holds (it is cleared first).
+
+    Raises:
+        RecipeError: before anything is written, when the folder holds another run and neither flag says
+            what to do with it (see :func:`~alignkit.workflow.run_folder.claim_run_folder`).
+    """
     console = console or Console(stderr=True)
     env = init_distributed(resolve_device(plan.device))
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
+    folder = plan.inspect_folder()  # every process reads the folder before the main one changes it
+    if env.enabled:
+        torch.distributed.barrier()
+    action = claim_run_folder(ctx.run_dir, folder, resume=resume, overwrite=overwrite)
+    if action == "finished":
+        console.print(f"[cyan]{ctx.run_dir} holds the finished run of this recipe: nothing to resume, nothing "
+                      "changed[/]")
+        return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     if env.is_main:
+        if action == "replace":
+            console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")
+            clear_run_folder(ctx.run_dir)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(ctx.run_dir / "recipe.yaml", plan.recipe_yaml())
+    if env.enabled:
+        torch.distributed.barrier()
     seed_everything(plan.seed)
     started = time.perf_counter()
     ctx.tokenizer, ctx.policy = plan.load(ctx)
+    check_vocabulary(ctx.policy, ctx.tokenizer)  # an id past the embedding fails deep in a forward pass
     plan.prepare(ctx)
     if plan.adapter.kind != "none":
         apply_adapter(ctx.policy, plan.adapter)

@@ -1,16 +1,20 @@
-"""HH-RLHF parsing: hand-written dialogues and the real harmless-base test file."""
+"""HH-RLHF parsing: hand-written dialogues, the shipped fixture file and (optional) the real test split."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from alignkit.data import DataError, HHRLHFSource, load_examples
-from alignkit.data.hh_rlhf import split_dialogue
+from alignkit.data.hh_rlhf import ASSISTANT, split_dialogue
 from alignkit.data.types import EMPTY_RESPONSE, IDENTICAL, MULTI_TURN, PROMPT_MISMATCH
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 MULTI = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke\n\nAssistant:"
 SINGLE = "\n\nHuman: What is 2+2?\n\nAssistant:"
@@ -84,12 +88,10 @@ def test_missing_file_and_offline_hub_are_clear_errors(tmp_path: Path) -> None:
         load_examples(HHRLHFSource(path="Anthropic/hh-rlhf"))
 
 
-def test_real_harmless_base_test_file(hh_path: Path) -> None:
-    examples, report = load_examples(HHRLHFSource(path=str(hh_path)))
-    assert report.seen == 2312
-    # 5 pairs whose rejected dialogue diverges before the last assistant turn, 4 with an empty response.
-    assert report.reasons == {PROMPT_MISMATCH: 5, EMPTY_RESPONSE: 4}
-    assert len(examples) == 2303
+def _check_parsed(path: Path, kept: int) -> list:
+    """Load ``path`` both ways and check the parsing conventions on every example; returns the examples."""
+    examples, _ = load_examples(HHRLHFSource(path=str(path)))
+    assert len(examples) == kept
     for e in examples:
         assert e.prompt.endswith("\n\nAssistant:") and e.prompt.startswith("\n\nHuman:")
         for r in (e.chosen, e.rejected):
@@ -97,7 +99,41 @@ def test_real_harmless_base_test_file(hh_path: Path) -> None:
             assert "\n\nAssistant:" not in r
         assert e.chosen != e.rejected
 
-    single, report = load_examples(HHRLHFSource(path=str(hh_path), single_turn=True))
+    single, report = load_examples(HHRLHFSource(path=str(path), single_turn=True))
     assert all(e.prompt.count("\n\nHuman:") == 1 for e in single)
-    assert len(single) + report.reasons[MULTI_TURN] == 2303
+    assert len(single) + report.reasons[MULTI_TURN] == kept
     assert len(single) == sum(e.prompt.count("\n\nHuman:") == 1 for e in examples)
+    return examples
+
+
+def test_shipped_fixture_file(hh_path: Path) -> None:
+    """The project's own file in the real format (tests/fixtures/make_hh_fixture.py says what it holds)."""
+    _, report = load_examples(HHRLHFSource(path=str(hh_path)))
+    assert report.seen == 72
+    assert report.reasons == {PROMPT_MISMATCH: 2, EMPTY_RESPONSE: 2, IDENTICAL: 1}
+    assert all(loc.startswith("harmless-base-test.jsonl.gz:") for locs in report.locations.values() for loc in locs)
+    examples = _check_parsed(hh_path, kept=67)
+    turns = Counter(e.prompt.count("\n\nHuman:") for e in examples)
+    assert turns[1] == 29 and sum(turns.values()) - turns[1] == 38 and max(turns) == 5
+    # The raw whitespace the loader normalizes is really in the file: "Assistant:  x", "x \n".
+    rows = [json.loads(line) for line in gzip.decompress(hh_path.read_bytes()).decode("utf-8").splitlines()]
+    tails = [d[d.rfind(ASSISTANT) + len(ASSISTANT):] for r in rows for d in (r["chosen"], r["rejected"])]
+    assert any(t.startswith("  ") for t in tails) and any(t.strip() and t != t.rstrip() for t in tails)
+
+
+def test_shipped_fixture_matches_its_generator(hh_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_hh_fixture", FIXTURES / "make_hh_fixture.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    assert make.FIXTURE_PATH == hh_path
+    assert gzip.decompress(hh_path.read_bytes()).decode("utf-8") == make.jsonl_text(), (
+        "tests/fixtures/hh-rlhf is stale: run `python tests/fixtures/make_hh_fixture.py`"
+    )
+
+
+def test_real_harmless_base_test_file(real_hh_path: Path) -> None:
+    _, report = load_examples(HHRLHFSource(path=str(real_hh_path)))
+    assert report.seen == 2312
+    # 5 pairs whose rejected dialogue diverges before the last assistant turn, 4 with an empty response.
+    assert report.reasons == {PROMPT_MISMATCH: 5, EMPTY_RESPONSE: 4}
+    _check_parsed(real_hh_path, kept=2303)

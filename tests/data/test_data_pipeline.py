@@ -10,22 +10,25 @@ import pytest
 from alignkit.data import DataConfig, DataError, prepare_data
 
 
-def test_prepare_data_on_real_hh(hh_path: Path, gpt2_tokenizer) -> None:
+def test_prepare_data_on_hh(hh_path: Path, gpt2_tokenizer) -> None:
     cfg = DataConfig(
         source={"kind": "hh_rlhf", "path": str(hh_path)},
-        max_examples=300, test_size=0.1, max_length=96, max_prompt_length=48, seed=5,
+        max_examples=50, test_size=0.2, max_length=96, max_prompt_length=48, seed=5,
     )
     data = prepare_data(cfg, gpt2_tokenizer)
-    assert len(data.train_examples) == 270 and len(data.test_examples) == 30
-    assert len(data.train) + data.train_report.dropped == 270
+    assert len(data.train_examples) == 40 and len(data.test_examples) == 10
+    assert len(data.train) + data.train_report.dropped == 40
     assert all(p.chosen_length <= 96 and p.rejected_length <= 96 for p in data.train + data.test)
+    # The fixture's long dialogues are cut, and its one pair that differs only late is dropped once cut.
+    assert any(len(p.prompt_ids) == 48 for p in data.train + data.test)
+    assert data.train_report.dropped + data.test_report.dropped == 1
     # the split does not depend on the tokenizer's limits
     again = prepare_data(cfg.model_copy(update={"max_length": 64, "max_prompt_length": 32}), gpt2_tokenizer)
     assert again.test_examples == data.test_examples
     assert "loading: kept" in data.summary()
     indices = [p.index for p in data.train + data.test]
-    assert len(set(indices)) == len(indices) and min(p.index for p in data.test) >= 270
-    assert data.report.seen == 2312 and data.report.kept == len(data.train) + len(data.test)
+    assert len(set(indices)) == len(indices) and min(p.index for p in data.test) >= 40
+    assert data.report.seen == 72 and data.report.kept == len(data.train) + len(data.test)
 
     sft = prepare_data(cfg, gpt2_tokenizer, sft=True)
     assert all(p.rejected_ids == [] for p in sft.train)

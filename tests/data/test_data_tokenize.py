@@ -163,14 +163,29 @@ def test_chat_template_errors_and_prefix_mismatch(gpt2_tokenizer, chat_tokenizer
     assert pairs == [] and report.reasons == {CHAT_TEMPLATE_PREFIX: 1}
 
 
-def test_real_hh_tokenizes_within_limits(hh_path, gpt2_tokenizer) -> None:
+def _tokenize_hh_within_limits(path, tokenizer) -> tuple[list, object]:
+    """Tokenize every example of an HH file at 128/64 tokens and check each pair keeps to the limits."""
     from alignkit.data import HHRLHFSource, load_examples
 
-    examples, _ = load_examples(HHRLHFSource(path=str(hh_path)))
-    pairs, report = tokenize_pairs(examples, gpt2_tokenizer, max_length=128, max_prompt_length=64)
-    assert report.seen == 2303 and len(pairs) + report.dropped == 2303
-    assert len(pairs) > 2200
-    colon = gpt2_tokenizer(":")["input_ids"][0]
+    examples, _ = load_examples(HHRLHFSource(path=str(path)))
+    pairs, report = tokenize_pairs(examples, tokenizer, max_length=128, max_prompt_length=64)
+    assert report.seen == len(examples) and len(pairs) + report.dropped == len(examples)
+    colon = tokenizer(":")["input_ids"][0]
     for p in pairs:
         assert len(p.prompt_ids) <= 64 and p.chosen_length <= 128 and p.rejected_length <= 128
         assert p.prompt_ids[-1] == colon  # left truncation kept the "Assistant:" cue
+    return pairs, report
+
+
+def test_hh_tokenizes_within_limits(hh_path, gpt2_tokenizer) -> None:
+    pairs, report = _tokenize_hh_within_limits(hh_path, gpt2_tokenizer)
+    assert report.seen == 67 and report.reasons == {IDENTICAL_AFTER_TRUNCATION: 1}
+    # The fixture's long dialogues reach both limits: prompts cut to 64, responses cut (EOS lost) to fit 128.
+    assert sum(len(p.prompt_ids) == 64 for p in pairs) >= 3
+    cut = [p for p in pairs if p.chosen_length == 128 and p.chosen_ids[-1] != EOS]
+    assert len(cut) >= 3
+
+
+def test_real_hh_tokenizes_within_limits(real_hh_path, gpt2_tokenizer) -> None:
+    pairs, report = _tokenize_hh_within_limits(real_hh_path, gpt2_tokenizer)
+    assert report.seen == 2303 and len(pairs) > 2200

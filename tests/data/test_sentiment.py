@@ -25,7 +25,7 @@ from alignkit.models.generate import generate_completions
 from alignkit.models.rewards import REWARDS, register_reward, vader_sentiment
 
 PROMPTS = ["Write one line about trains.", "Describe a chair.", "Tell me about tea."]
-PAIR_SETTINGS = dict(completions_per_prompt=3, max_new_tokens=4, temperature=1.0, batch_size=5, seed=5)
+PAIR_SETTINGS = dict(samples_per_prompt=3, max_new_tokens=4, temperature=1.0, batch_size=5, seed=5)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_pairs_are_best_versus_worst(tiny_gpt2, gpt2_tokenizer, length_reward, t
         tiny_gpt2, gpt2_tokenizer, PROMPTS, reward=length_reward, cache_dir=tmp_path, **PAIR_SETTINGS
     )
     samples = generate_completions(
-        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=4, temperature=1.0, num_return_sequences=3,
+        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=4, temperature=1.0, samples_per_prompt=3,
         batch_size=5, seed=5,
     )
     texts = [[c.text for c in samples[i * 3 : (i + 1) * 3]] for i in range(3)]
@@ -189,7 +189,7 @@ def test_chat_template_makes_conversational_pairs(tiny_gpt2, gpt2_tokenizer, len
 
 def test_bad_arguments(tiny_gpt2, gpt2_tokenizer):
     with pytest.raises(ValueError, match="completions_per_prompt must be >= 2"):
-        build_reward_pairs(tiny_gpt2, gpt2_tokenizer, PROMPTS, completions_per_prompt=1)
+        build_reward_pairs(tiny_gpt2, gpt2_tokenizer, PROMPTS, samples_per_prompt=1)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         build_reward_pairs(tiny_gpt2, gpt2_tokenizer, PROMPTS, temperature=0)
     with pytest.raises(ValueError, match="no prompts"):
@@ -205,7 +205,7 @@ def test_real_smollm2_sentiment_pairs(tmp_path, smollm2_folder):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompts = sentiment_prompts(8, seed=0)
     result = build_reward_pairs(
-        model, tokenizer, prompts, completions_per_prompt=4, max_new_tokens=24, batch_size=16, seed=0,
+        model, tokenizer, prompts, samples_per_prompt=4, max_new_tokens=24, batch_size=16, seed=0,
         cache_dir=tmp_path,
     )
     print(result.summary())
@@ -215,7 +215,7 @@ def test_real_smollm2_sentiment_pairs(tmp_path, smollm2_folder):
         assert pair.conversational
         assert vader_sentiment([pair.chosen[0]["content"]]) > vader_sentiment([pair.rejected[0]["content"]])
     again = build_reward_pairs(
-        model, tokenizer, prompts, completions_per_prompt=4, max_new_tokens=24, batch_size=16, seed=0,
+        model, tokenizer, prompts, samples_per_prompt=4, max_new_tokens=24, batch_size=16, seed=0,
         cache_dir=tmp_path,
     )
     assert again.from_cache and again.pairs == result.pairs
@@ -227,7 +227,7 @@ def test_all_tied_rewards_still_pair_two_different_samples(tiny_gpt2, gpt2_token
         min_reward_gap=float("-inf"), **PAIR_SETTINGS,
     )
     samples = generate_completions(
-        tiny_gpt2, gpt2_tokenizer, PROMPTS[:1], max_new_tokens=4, num_return_sequences=3, batch_size=5, seed=5
+        tiny_gpt2, gpt2_tokenizer, PROMPTS[:1], max_new_tokens=4, samples_per_prompt=3, batch_size=5, seed=5
     )
     assert result.pairs[0].chosen == samples[0].text and result.pairs[0].rejected == samples[2].text
 

@@ -22,7 +22,7 @@ def _ids(completions: list[Completion]) -> list[list[int]]:
 
 
 def test_sampling_is_reproducible_under_a_seed(tiny_gpt2, gpt2_tokenizer):
-    kwargs = dict(max_new_tokens=6, temperature=1.0, num_return_sequences=2, batch_size=4)
+    kwargs = dict(max_new_tokens=6, temperature=1.0, samples_per_prompt=2, batch_size=4)
     a = generate_completions(tiny_gpt2, gpt2_tokenizer, PROMPTS, seed=7, **kwargs)
     b = generate_completions(tiny_gpt2, gpt2_tokenizer, PROMPTS, seed=7, **kwargs)
     c = generate_completions(tiny_gpt2, gpt2_tokenizer, PROMPTS, seed=8, **kwargs)
@@ -103,7 +103,7 @@ def test_bad_arguments_are_named(tiny_gpt2, gpt2_tokenizer):
 def test_progress_callback_sees_every_batch(tiny_gpt2, gpt2_tokenizer):
     seen: list[tuple[int, int]] = []
     generate_completions(
-        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=2, num_return_sequences=2, batch_size=4,
+        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=2, samples_per_prompt=2, batch_size=4,
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen == [(4, 6), (6, 6)]
@@ -113,3 +113,8 @@ def test_training_flag_is_restored(tiny_gpt2, gpt2_tokenizer):
     tiny_gpt2.train()
     generate_completions(tiny_gpt2, gpt2_tokenizer, ["x"], max_new_tokens=2)
     assert tiny_gpt2.training
+
+
+def test_a_model_without_generate_is_refused(gpt2_tokenizer):
+    with pytest.raises(TypeError, match="no generate"):
+        generate_completions(torch.nn.Linear(2, 2), gpt2_tokenizer, PROMPTS[:1], max_new_tokens=2)

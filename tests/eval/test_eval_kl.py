@@ -26,7 +26,7 @@ def _perturbed(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> to
 @pytest.fixture
 def samples(tiny_gpt2, gpt2_tokenizer) -> list[Completion]:
     return generate_completions(
-        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=6, num_return_sequences=4, batch_size=6, seed=0
+        tiny_gpt2, gpt2_tokenizer, PROMPTS, max_new_tokens=6, samples_per_prompt=4, batch_size=6, seed=0
     )
 
 

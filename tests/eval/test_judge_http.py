@@ -7,14 +7,17 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from conftest import make_tiny_gpt2
 
 from alignkit.commands.serve import ChatModel, make_server
 from alignkit.eval.config import OpenAIJudgeConfig
-from alignkit.eval.judges import build_judge, judge_pairs, parse_verdict
+from alignkit.eval.judges import InvalidVerdictsError, build_judge, judge_pairs, parse_verdict
 from alignkit.eval.judges.openai_compat import JudgeRequestError, OpenAIJudge
+from alignkit.eval.winrate import win_rate_report
+from alignkit.report.judge import judge_report_rows
 from alignkit.workflow.model_io import load_run_model
 
 PROMPTS = ["How do I boil an egg?", "Name a colour."]
@@ -77,7 +80,8 @@ def test_build_judge_from_config_reads_the_key_from_the_environment(served_tiny_
 class FaultyServer:
     """A chat-completions server that answers each request by the next behaviour in a script.
 
-    Behaviours: ``("ok", text)``, ``("status", code)``, ``("slow", seconds, text)``, ``("garbage",)``.
+    Behaviours: ``("ok", text)``, ``("status", code)``, ``("slow", seconds, text)``, ``("garbage",)``,
+    ``("json", payload)`` (any JSON answer with status 200), ``("redirect", code, location)``.
     After the script runs out it keeps answering with the last behaviour.
     """
 
@@ -101,14 +105,21 @@ class FaultyServer:
                 if step[0] == "slow":
                     time.sleep(step[1])
                     step = ("ok", step[2])
+                headers = {}
                 if step[0] == "status":
                     data, code = b'{"error": {"message": "scripted"}}', step[1]
+                elif step[0] == "json":
+                    data, code = json.dumps(step[1]).encode(), 200
+                elif step[0] == "redirect":
+                    data, code, headers = b"", step[1], {"Location": step[2]}
                 elif step[0] == "garbage":
                     data, code = b"<html>not json", 200
                 else:
                     data, code = json.dumps({"choices": [{"message": {"content": step[1]}}]}).encode(), 200
                 try:
                     self.send_response(code)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -211,3 +222,219 @@ def test_requests_carry_the_prompt_key_and_settings(faulty, monkeypatch):
 )
 def test_parse_verdict(text, choice):
     assert parse_verdict(text) == choice
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A judge that cannot answer fails the evaluation; it never passes for a 0.500 win rate.
+
+def _refused_url():
+    """A URL on 127.0.0.1 where nothing listens (a port bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(gpt2_tokenizer):
+    return make_tiny_gpt2(), gpt2_tokenizer
+
+
+def _judge_run(url, tiny_policy, **judge):
+    from alignkit.eval.config import EvalConfig
+    from alignkit.eval.heldout import judge_run
+
+    model, tokenizer = tiny_policy
+    cfg = EvalConfig(num_prompts=2, max_new_tokens=3, batch_size=2, baseline="chosen", judge=OpenAIJudgeConfig(
+        kind="openai", base_url=url, model="m", api_key_env=None, cache=False, backoff_s=0.01,
+        **{"max_retries": 1, "timeout_s": 5, **judge}))
+    chosen = dict(zip(PROMPTS, BASELINE, strict=True))
+    return judge_run(cfg, model, None, tokenizer, PROMPTS, chosen)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "extra", "why"),
+    [
+        (("status", 500), {}, "HTTP 500"),
+        (None, {}, "ConnectionRefusedError"),
+        (("slow", 1.0, "A"), {"timeout_s": 0.2, "max_retries": 0}, "timed out"),
+        (("json", {"object": "list", "data": []}), {}, "not a chat completion"),
+        (("json", {"choices": [{"message": {"content": 7}}]}), {}, "not a chat completion"),
+        (("ok", "Both are fine."), {}, "unparseable verdict"),
+    ],
+    ids=["500", "refused", "hangs", "not-a-completion", "content-not-text", "no-verdict"],
+)
+def test_a_judge_that_cannot_answer_fails_the_evaluation(faulty, tiny_policy, behaviour, extra, why):
+    url = faulty(behaviour).url if behaviour else _refused_url()
+    with pytest.raises(ValueError, match="4 of 4 judge verdicts are invalid") as caught:
+        _judge_run(url, tiny_policy, **extra)
+    assert isinstance(caught.value, InvalidVerdictsError)  # a ValueError: the CLI prints it and exits 2
+    assert why in str(caught.value) and "none is valid" in str(caught.value)
+    assert caught.value.invalid == caught.value.total == 4
+
+
+def test_no_valid_verdict_fails_even_when_every_invalid_one_is_tolerated(faulty, tiny_policy):
+    server = faulty(("status", 503))
+    with pytest.raises(InvalidVerdictsError, match="none is valid"):
+        _judge_run(server.url, tiny_policy, max_invalid_fraction=1.0, max_retries=0)
+    with pytest.raises(ValueError, match="none of the 4 verdicts is valid"):
+        win_rate_report([0.5, 0.5], [1, 1], [1, 1], invalid_verdicts=4)
+
+
+def test_invalid_verdicts_within_the_limit_are_reported_beyond_it_fail(faulty, tiny_policy):
+    # One request in four answers 500 (not retried): 25% invalid.
+    script = (("ok", "More helpful: A"), ("status", 500), ("ok", "More helpful: A"), ("ok", "More helpful: B"))
+    section = _judge_run(faulty(*script).url, tiny_policy, max_concurrency=1, max_retries=0,
+                         max_invalid_fraction=0.25)
+    assert section["invalid_verdicts"] == 1 and section["n"] == 2
+    rows = judge_report_rows({"judge": section})
+    assert ["invalid verdicts (counted as ties)", "", "1 of 4"] in rows
+    # Past the limit after the second verdict, the last two are not asked.
+    with pytest.raises(InvalidVerdictsError, match=r"3 of 4 judge verdicts are invalid \(2 of them not asked.*HTTP 500"):
+        _judge_run(faulty(*script).url, tiny_policy, max_concurrency=1, max_retries=0, max_invalid_fraction=0.2)
+
+
+def test_once_the_limit_is_passed_the_rest_is_not_asked(faulty):
+    server = faulty(("status", 500))
+    judge = _judge(server, max_retries=0, max_concurrency=1, max_invalid_fraction=0.5)
+    with pytest.raises(InvalidVerdictsError, match=r"20 of 20 .*9 of them not asked.*First error: .*HTTP 500"):
+        judge_pairs(judge, [f"q{i}" for i in range(10)], ["a"] * 10, ["b"] * 10, max_invalid_fraction=0.5)
+    assert len(server.requests) == 11  # the 11th invalid verdict of 20 decided it
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_max_invalid_fraction_is_a_fraction(value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_invalid_fraction"):
+        OpenAIJudgeConfig(kind="openai", base_url="http://x/v1", model="m", max_invalid_fraction=value)
+
+
+def test_a_report_without_a_win_rate_shows_none():
+    section = {"judge": {"name": "openai"}, "baseline": "reference", "win_rate": None, "wins": 0, "ties": 0,
+               "losses": 0, "n": 2, "invalid_verdicts": 4,
+               "length": {"unit": "tokens", "baseline_mean": 1.0, "policy_mean": 1.0}}
+    assert judge_report_rows({"judge": section})[0][2] == "none (no valid verdict)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Keys stay home: no redirect is followed, and a key is never accepted as api_key_env.
+
+class RecordingServer:
+    """Answers any request with a chat completion and records the method, path and headers it got."""
+
+    def __init__(self):
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                outer.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
+                data = json.dumps({"choices": [{"message": {"content": "More helpful: A"}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer  # noqa: N815 - the stdlib's names
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = _serve(self.server)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_and_the_key_never_reaches_the_other_server(faulty, monkeypatch, code):
+    monkeypatch.setenv("AK_KEY", "sk-do-not-leak")
+    elsewhere = RecordingServer()
+    try:
+        server = faulty(("redirect", code, elsewhere.url + "/chat/completions"))
+        judge = _judge(server, api_key_env="AK_KEY")
+        with pytest.raises(JudgeRequestError, match=rf"redirected \(HTTP {code}\) to another address"):
+            judge.compare("q", "a", "b")
+        with pytest.raises(JudgeRequestError, match="redirected"):  # and it stops the whole evaluation
+            judge_pairs(judge, PROMPTS, POLICY, BASELINE, max_invalid_fraction=1.0)
+    finally:
+        elsewhere.close()
+    assert server.requests[0]["auth"] == "Bearer sk-do-not-leak"  # the configured server did get the key
+    assert elsewhere.requests == []  # the other one got nothing at all, the key least of all
+
+
+def test_the_recording_server_does_see_a_key_sent_to_it(monkeypatch):
+    """The leak test above can fail: the recording server sees the Authorization header when one comes."""
+    monkeypatch.setenv("AK_KEY", "sk-123")
+    elsewhere = RecordingServer()
+    try:
+        assert OpenAIJudge(elsewhere.url, "m", api_key_env="AK_KEY").compare("q", "a", "b").choice == "A"
+    finally:
+        elsewhere.close()
+    assert elsewhere.requests[0]["headers"]["Authorization"] == "Bearer sk-123"
+
+
+KEY_LIKE = [
+    "sk-proj-Xy7Qa9Lm2Np4Rs6Tu8Vw0",
+    "sk-ant-api03-abcdefghijklmnop",
+    "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+    "my judge key",
+    "0123456789abcdef0123456789abcdef",
+    "QWJjZGVmZ2hpams3ODkwMTIzNDU2Nzg5",
+]
+
+
+@pytest.mark.parametrize("value", KEY_LIKE)
+def test_a_key_in_api_key_env_is_refused_without_being_shown(value, tmp_path):
+    from pydantic import ValidationError
+
+    from alignkit.recipe import RecipeError, load_recipe
+
+    with pytest.raises(ValueError, match="NAME of the environment variable") as caught:
+        OpenAIJudge("http://127.0.0.1:1/v1", "m", api_key_env=value)
+    assert value not in str(caught.value)
+    with pytest.raises(ValidationError) as invalid:
+        OpenAIJudgeConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="m", api_key_env=value)
+    assert value not in str(invalid.value) and "NAME of the environment variable" in str(invalid.value)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((Path(__file__).resolve().parents[2] / "recipes" / "dpo_gpt2_hh.yaml").read_text())
+    overrides = ["eval.judge.kind=openai", "eval.judge.base_url=http://127.0.0.1:1/v1", "eval.judge.model=m",
+                 f"eval.judge.api_key_env={value}"]
+    with pytest.raises(RecipeError, match="api_key_env") as refused:
+        load_recipe(recipe, overrides)
+    assert value not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "AZURE_OPENAI_API_KEY_2", "my_judge_token", "HF_TOKEN"])
+def test_variable_names_are_accepted(name):
+    assert OpenAIJudgeConfig(kind="openai", base_url="http://x/v1", model="m", api_key_env=name).api_key_env == name
+
+
+def test_alignkit_eval_exits_2_and_writes_no_win_rate_when_the_judge_is_down(faulty, tmp_path, hh_path,
+                                                                            gpt2_tokenizer, capsys):
+    from alignkit.cli import main
+
+    run = tmp_path / "run"
+    make_tiny_gpt2().save_pretrained(run / "model")
+    gpt2_tokenizer.save_pretrained(run / "model")
+    (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[2] / "recipes" / "dpo_gpt2_hh.yaml").read_text())
+    server = faulty(("status", 500))
+    code = main(["eval", str(run), f"model.name_or_path={run / 'model'}", f"data.source.path={hh_path}",
+                 f"data.test_source.path={hh_path}", "eval.num_prompts=2", "eval.max_new_tokens=3",
+                 "eval.baseline=chosen", "eval.judge.kind=openai",
+                 f"eval.judge.base_url={server.url}", "eval.judge.model=m", "eval.judge.api_key_env=null",
+                 "eval.judge.cache=false", "eval.judge.max_retries=0", "--device", "cpu"])
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "4 of 4 judge verdicts are invalid" in err and "HTTP 500" in err
+    assert not (run / "report.json").exists() or "judge" not in json.loads((run / "report.json").read_text())

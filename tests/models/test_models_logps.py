@@ -11,6 +11,7 @@ from preference_batches import collate, make_pairs
 
 from alignkit.models.logps import (
     _LOGIT_TRANSFORMS,
+    LogpsOptions,
     concatenated_forward,
     naive_sequence_logps,
     sequence_logps,
@@ -63,7 +64,7 @@ def test_chunked_matches_naive_values_and_gradients(make, chunk_size):
 
     ref_logps, ref_counts, ref_grads = grads_of(model, oracle_logps, batch, weights)
     logps, counts, grads = grads_of(
-        model, lambda *a: sequence_logps(*a, chunk_size=chunk_size), batch, weights
+        model, lambda *a: sequence_logps(*a, logps=LogpsOptions(chunk_size=chunk_size)), batch, weights
     )
 
     torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=0)
@@ -77,7 +78,7 @@ def test_chunked_matches_naive_in_float32(make):
     batch = padded_batch()
     weights = torch.linspace(0.5, 2.0, batch["input_ids"].shape[0])
     ref_logps, _, ref_grads = grads_of(model, oracle_logps, batch, weights)
-    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, chunk_size=5), batch, weights)
+    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, logps=LogpsOptions(chunk_size=5)), batch, weights)
     assert logps.dtype == torch.float32
     torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=1e-6)
     # fp32 sums in another order: gradient entries up to ~15 agree to ~1e-5 relative to that scale.
@@ -98,7 +99,7 @@ def test_counts_and_sign_hand_checked(tiny_gpt2):
 def test_row_without_scored_tokens_gives_zero(tiny_gpt2):
     batch = padded_batch()
     batch["labels"][1] = -100
-    logps, counts = sequence_logps(tiny_gpt2, batch["input_ids"], batch["attention_mask"], batch["labels"], 2)
+    logps, counts = sequence_logps(tiny_gpt2, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=LogpsOptions(2))
     assert logps[1] == 0.0 and counts[1] == 0.0
     ref, _ = oracle_logps(tiny_gpt2, batch["input_ids"], batch["attention_mask"], batch["labels"])
     torch.testing.assert_close(logps, ref, atol=1e-5, rtol=1e-5)
@@ -107,7 +108,7 @@ def test_row_without_scored_tokens_gives_zero(tiny_gpt2):
 def test_no_grad_path_matches(tiny_llama):
     batch = padded_batch()
     with torch.no_grad():
-        chunked, _ = sequence_logps(tiny_llama, batch["input_ids"], batch["attention_mask"], batch["labels"], 4)
+        chunked, _ = sequence_logps(tiny_llama, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=LogpsOptions(4))
         ref, _ = oracle_logps(tiny_llama, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert not chunked.requires_grad
     torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=1e-5)
@@ -124,7 +125,7 @@ def test_with_gradient_checkpointing_in_train_mode():
     batch = padded_batch(vocab_size=1000)
     weights = torch.ones(batch["input_ids"].shape[0], dtype=torch.float64)
     ref_logps, _, ref_grads = grads_of(model, oracle_logps, batch, weights)
-    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, chunk_size=5), batch, weights)
+    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, logps=LogpsOptions(chunk_size=5)), batch, weights)
     torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=1e-5)
     assert_grads_close(grads, ref_grads, atol=1e-5)
 
@@ -165,7 +166,7 @@ def test_logit_transforms_match_the_models_forward(model_type, extra):
     batch = padded_batch(vocab_size=128)
     weights = torch.linspace(1.0, 2.0, batch["input_ids"].shape[0], dtype=torch.float64)
     ref_logps, _, ref_grads = grads_of(model, oracle_logps, batch, weights)
-    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, chunk_size=3), batch, weights)
+    logps, _, grads = grads_of(model, lambda *a: sequence_logps(*a, logps=LogpsOptions(chunk_size=3)), batch, weights)
     torch.testing.assert_close(logps, ref_logps, atol=1e-5, rtol=1e-5)
     assert_grads_close(grads, ref_grads, atol=1e-5)
 
@@ -177,7 +178,7 @@ def test_unknown_architecture_falls_back_to_full_logits():
     model = BloomForCausalLM(BloomConfig(vocab_size=128, hidden_size=32, n_layer=1, n_head=4)).eval()
     assert not supports_chunked_logps(model)
     batch = padded_batch(vocab_size=128)
-    logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], 2)
+    logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=LogpsOptions(2))
     ref, ref_counts = oracle_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     torch.testing.assert_close(logps, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(counts, ref_counts)
@@ -210,7 +211,7 @@ def test_property_chunked_equals_naive_for_random_masks(seed, n_pairs, chunk_siz
     batch = collate(make_pairs(n_pairs, vocab_size=64, seed=seed), pad_id=63)
     with torch.no_grad():
         chunked, counts = sequence_logps(
-            _SMALL_GPT2, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size
+            _SMALL_GPT2, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=LogpsOptions(chunk_size)
         )
         ref, ref_counts = oracle_logps(_SMALL_GPT2, batch["input_ids"], batch["attention_mask"], batch["labels"])
     torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=1e-5)
@@ -221,7 +222,7 @@ def test_concatenated_forward_splits_chosen_and_rejected(tiny_llama):
     pairs = make_pairs(3, seed=5)
     batch = collate(pairs)
     with torch.no_grad():
-        out = concatenated_forward(tiny_llama, batch, chunk_size=4)
+        out = concatenated_forward(tiny_llama, batch, logps=LogpsOptions(chunk_size=4))
         # Each half on its own (different padding width) must give the same numbers.
         only_chosen = collate([{**p, "rejected_ids": p["chosen_ids"]} for p in pairs])
         only_rejected = collate([{**p, "chosen_ids": p["rejected_ids"]} for p in pairs])

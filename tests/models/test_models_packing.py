@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from alignkit.models.logps import sequence_logps
+from alignkit.models.logps import LogpsOptions, sequence_logps
 from alignkit.models.packing import (
     PACKABLE_MODEL_TYPES,
     _first_fit_decreasing,
@@ -59,7 +59,7 @@ def test_packed_logps_and_gradients_equal_padded(model_type):
 
     def run(padding_free: bool):
         model.zero_grad()
-        logps, counts = sequence_logps(model, ids, mask, labels, chunk_size=16, padding_free=padding_free)
+        logps, counts = sequence_logps(model, ids, mask, labels, logps=LogpsOptions(16, padding_free))
         (logps * torch.arange(1, 7, dtype=logps.dtype)).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return logps.detach(), counts, grads
@@ -114,6 +114,6 @@ def test_a_left_padded_batch_is_not_packed():
                                for t in (ids, mask, labels))
     assert not is_right_padded(l_mask)
     # Packing would read the padding as tokens; the padded path is taken and is unchanged by the flag.
-    a, _ = sequence_logps(model, l_ids, l_mask, l_labels, padding_free=True)
-    b, _ = sequence_logps(model, l_ids, l_mask, l_labels, padding_free=False)
+    a, _ = sequence_logps(model, l_ids, l_mask, l_labels, logps=LogpsOptions(padding_free=True))
+    b, _ = sequence_logps(model, l_ids, l_mask, l_labels, logps=LogpsOptions(padding_free=False))
     assert torch.equal(a, b)

@@ -10,7 +10,7 @@ from conftest import make_tiny_gpt2
 from preference_batches import collate, make_pairs
 from torch import nn
 
-from alignkit.models.logps import concatenated_forward
+from alignkit.models.logps import LogpsOptions, concatenated_forward
 from alignkit.models.reference import AdaptersOffReference, CachedReference, FrozenCopyReference, Reference
 from alignkit.models.reference_cache import ReferenceLogpsCache
 
@@ -19,7 +19,7 @@ VOCAB = 1000
 
 def policy_logps(model, batch):
     with torch.no_grad():
-        out = concatenated_forward(model, batch, chunk_size=7)
+        out = concatenated_forward(model, batch, logps=LogpsOptions(chunk_size=7))
     return out["chosen_logps"], out["rejected_logps"]
 
 
@@ -37,7 +37,7 @@ def test_frozen_copy_keeps_the_initial_policy():
         policy.eval()
         initial = policy_logps(policy, batch)
         policy.train()
-    reference = FrozenCopyReference(policy, chunk_size=3)
+    reference = FrozenCopyReference(policy, logps=LogpsOptions(chunk_size=3))
     assert isinstance(reference, Reference)
 
     take_sgd_step(policy, batch)
@@ -95,7 +95,7 @@ def test_adapters_off_gives_the_base_model_in_eval_mode():
     policy.train()
     assert not torch.allclose(with_adapters[0], expected[0])
 
-    reference = AdaptersOffReference(policy, adapters_off, chunk_size=5)
+    reference = AdaptersOffReference(policy, adapters_off, logps=LogpsOptions(chunk_size=5))
     chosen, rejected = reference.logps(batch)
     torch.testing.assert_close(chosen, expected[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected, expected[1], atol=1e-5, rtol=0)

@@ -14,7 +14,7 @@ import torch
 from alignkit.cache import cache_dir
 from alignkit.models.config import ModelConfig
 from alignkit.models.load import load_causal_lm, load_tokenizer, resolve_model_path
-from alignkit.models.logps import naive_sequence_logps, sequence_logps
+from alignkit.models.logps import LogpsOptions, naive_sequence_logps, sequence_logps
 from alignkit.models.smollm2 import MODEL_ALIASES, SmolLM2FetchError, ensure_smollm2
 
 
@@ -75,7 +75,7 @@ def test_smollm2_fetch_convert_and_use(smollm2_folder):
     labels[:, : prompt["input_ids"].shape[1]] = -100
     mask = torch.ones_like(out)
     with torch.no_grad():
-        chunked, n = sequence_logps(model, out, mask, labels, chunk_size=4)
+        chunked, n = sequence_logps(model, out, mask, labels, logps=LogpsOptions(chunk_size=4))
         naive, _ = naive_sequence_logps(model, out, mask, labels)
     torch.testing.assert_close(chunked, naive, atol=1e-4, rtol=1e-5)
     # Greedy tokens of a good chat model are likely: mean log-prob well above uniform (-log 49152).

@@ -139,3 +139,17 @@ def test_merge_is_the_same_function(n_in: int, n_out: int, r: int, alpha: float,
         assert torch.allclose(layer(x), unmerged, atol=1e-4, rtol=1e-4)
         layer.unmerge()
     assert torch.allclose(base.weight, original, atol=1e-5)
+
+
+class _ScaledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return super().forward(x) * scale
+
+
+def test_wrappers_pass_extra_arguments_to_the_base_layer_adapter_on_or_off() -> None:
+    base = _ScaledLinear(4, 5)
+    layer = LoRALayer(base, r=2, alpha=4.0)  # B starts at zero: the adapter adds nothing yet
+    x = torch.randn(3, 4)
+    assert torch.equal(layer(x, scale=2.0), base(x, scale=2.0))
+    layer.adapter_enabled = False
+    assert torch.equal(layer(x, scale=2.0), base(x, scale=2.0))

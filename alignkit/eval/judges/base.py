@@ -4,6 +4,10 @@ A judge sees a prompt and two responses labelled A and B and says which is bette
 particular) favour a position, so every pair is judged twice, once in each order; the policy's score for
 the pair is 1 when both verdicts prefer it, 0 when both prefer the baseline, and 0.5 otherwise
 (disagreement, an explicit tie, or a verdict that could not be read).
+
+A judge that cannot answer (a server down, hanging or answering garbage) must not pass for a coin-flip:
+:func:`check_verdicts` fails the evaluation when more than ``max_invalid_fraction`` of the verdicts are
+invalid, or when none is valid, naming how many and the first error.
 """
 
 from __future__ import annotations
@@ -13,7 +17,23 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["Choice", "Judge", "JudgedPair", "Verdict", "judge_pairs", "pair_score"]
+__all__ = [
+    "DEFAULT_MAX_INVALID_FRACTION",
+    "Choice",
+    "InvalidVerdictsError",
+    "SKIPPED",
+    "Judge",
+    "JudgedPair",
+    "Verdict",
+    "check_verdicts",
+    "judge_pairs",
+    "pair_score",
+]
+
+# The recipe's default for eval.judge.max_invalid_fraction: an evaluation mostly made of invalid verdicts fails.
+DEFAULT_MAX_INVALID_FRACTION = 0.5
+# How the error text of a verdict starts when the judge did not ask for it, the evaluation having failed already.
+SKIPPED = "not asked:"
 
 # "A" / "B": that response is better; "tie": judged equal; None: no usable verdict.
 Choice = Literal["A", "B", "tie"] | None
@@ -41,6 +61,22 @@ class Verdict:
     @property
     def valid(self) -> bool:
         return self.choice is not None
+
+
+class InvalidVerdictsError(ValueError):
+    """Too many verdicts without a usable answer for the win rate to mean anything.
+
+    Attributes:
+        invalid: invalid verdicts.
+        total: verdicts asked for.
+        first_error: the first invalid verdict's error text.
+    """
+
+    def __init__(self, message: str, *, invalid: int, total: int, first_error: str | None) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+        self.total = total
+        self.first_error = first_error
 
 
 class Judge(ABC):
@@ -115,8 +151,44 @@ class JudgedPair:
         }
 
 
+def check_verdicts(verdicts: Sequence[Verdict], max_invalid_fraction: float) -> None:
+    """Fail when the verdicts cannot support a win rate.
+
+    Args:
+        verdicts: every verdict of an evaluation.
+        max_invalid_fraction: the largest share of invalid verdicts tolerated, in [0, 1].
+
+    Raises:
+        InvalidVerdictsError: more than ``max_invalid_fraction`` of the verdicts are invalid, or none is
+            valid (whatever the fraction: a win rate no verdict supports is never reported).
+    """
+    if not 0 <= max_invalid_fraction <= 1:
+        raise ValueError(f"max_invalid_fraction must lie in [0, 1], got {max_invalid_fraction}")
+    invalid = [v for v in verdicts if not v.valid]
+    total = len(verdicts)
+    if not total or (len(invalid) <= max_invalid_fraction * total and len(invalid) < total):
+        return
+    # The first error a judge actually met, not the note on a comparison skipped after the limit was passed.
+    errors = [v.error for v in invalid if v.error and not v.error.startswith(SKIPPED)] or \
+        [v.error for v in invalid if v.error]
+    first = errors[0] if errors else "no error text"
+    skipped = sum(1 for v in invalid if (v.error or "").startswith(SKIPPED))
+    note = f" ({skipped} of them not asked once the limit was passed)" if skipped else ""
+    raise InvalidVerdictsError(
+        f"{len(invalid)} of {total} judge verdicts are invalid{note}, more than eval.judge.max_invalid_fraction="
+        f"{max_invalid_fraction:g} allows{' (none is valid)' if len(invalid) == total else ''}; no win rate "
+        f"is reported. First error: {first}",
+        invalid=len(invalid), total=total, first_error=first,
+    )
+
+
 def judge_pairs(
-    judge: Judge, prompts: Sequence[str], policy: Sequence[str], baseline: Sequence[str]
+    judge: Judge,
+    prompts: Sequence[str],
+    policy: Sequence[str],
+    baseline: Sequence[str],
+    *,
+    max_invalid_fraction: float | None = None,
 ) -> list[JudgedPair]:
     """Judge every (policy, baseline) pair in both orders, in one batch of 2N comparisons.
 
@@ -125,9 +197,14 @@ def judge_pairs(
         prompts: N prompts.
         policy: N responses of the evaluated model.
         baseline: N responses it is compared with.
+        max_invalid_fraction: if given, fail (:func:`check_verdicts`) when more than this share of the 2N
+            verdicts is invalid, or none is valid.
 
     Returns:
         N judged pairs, in prompt order.
+
+    Raises:
+        InvalidVerdictsError: see ``max_invalid_fraction``.
     """
     if not len(prompts) == len(policy) == len(baseline):
         raise ValueError(
@@ -139,6 +216,8 @@ def judge_pairs(
     verdicts = judge.compare_many(items)
     if len(verdicts) != len(items):
         raise RuntimeError(f"{type(judge).__name__} returned {len(verdicts)} verdicts for {len(items)} comparisons")
+    if max_invalid_fraction is not None:
+        check_verdicts(verdicts, max_invalid_fraction)
     n = len(prompts)
     return [
         JudgedPair(prompts[i], policy[i], baseline[i], verdicts[i], verdicts[n + i]) for i in range(n)

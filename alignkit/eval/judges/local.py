@@ -15,11 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from alignkit.eval.judges.base import Judge, Verdict
+from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages
+from alignkit.eval.judges.registry import register_judge
+from alignkit.models.config import ModelConfig
 from alignkit.models.generate import eval_mode
+from alignkit.models.load import load_causal_lm, load_tokenizer
 
-__all__ = ["LocalJudge", "letter_token_ids"]
+__all__ = ["LocalJudge", "build_local_judge", "letter_token_ids"]
 
 
 def letter_token_ids(tokenizer, letter: str) -> list[int]:
@@ -104,6 +107,15 @@ class LocalJudge(Judge):
             return []
         verdicts = []
         for a, b in self.letter_logps(items).tolist():
-            choice = "A" if a > b else "B" if b > a else "tie"
+            choice: Choice = "A" if a > b else "B" if b > a else "tie"
             verdicts.append(Verdict(choice, raw=f"log p(A)={a:.4f} log p(B)={b:.4f}", margin=a - b))
         return verdicts
+
+
+@register_judge("local")
+def build_local_judge(cfg: Any, *, device: str = "cpu", **_: Any) -> LocalJudge:
+    """A local judge from an ``eval.judge`` section: the model loaded frozen on ``device``."""
+    model_cfg = ModelConfig(name_or_path=cfg.model, tokenizer=cfg.tokenizer)
+    model = load_causal_lm(model_cfg, device).requires_grad_(False).eval()
+    return LocalJudge(model, load_tokenizer(model_cfg), batch_size=cfg.batch_size,
+                      max_prompt_tokens=cfg.max_prompt_tokens, name=cfg.model)

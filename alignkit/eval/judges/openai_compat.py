@@ -4,7 +4,12 @@ Requests use the standard library only (urllib) from a bounded thread pool. A re
 5xx status, 429 (rate limited), a timeout or a lost connection is retried with exponential backoff
 (``backoff_s``, then twice that, ...); any other 4xx is a configuration problem and is not retried. The
 API key is read from the environment variable the config names, sent only in the Authorization header,
-and never logged, cached or shown in ``repr``.
+and never logged, cached or shown in ``repr``. Redirects are refused (:class:`JudgeRedirectError`), so the
+key is never sent to an address other than ``base_url``.
+
+A request that still fails after its retries, or an answer that is not a chat completion, is an invalid
+verdict; once more than ``max_invalid_fraction`` of a batch is invalid the remaining comparisons are not
+asked (the evaluation fails anyway, see :func:`alignkit.eval.judges.base.check_verdicts`).
 """
 
 from __future__ import annotations
@@ -15,21 +20,65 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from alignkit.eval.judges.base import Judge, Verdict
+from alignkit.cache import cache_dir as default_cache_dir
+from alignkit.eval.judges.base import SKIPPED, Judge, Verdict
 from alignkit.eval.judges.cache import VerdictCache, verdict_key
+from alignkit.eval.judges.keys import check_api_key_env
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
+from alignkit.eval.judges.registry import register_judge
 
-__all__ = ["JudgeRequestError", "OpenAIJudge"]
+__all__ = ["MAX_ANSWER_BYTES", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
+
+# A chat completion holding a short verdict is a few kB; a longer answer is not read past this.
+MAX_ANSWER_BYTES = 1 << 20
 
 
-class JudgeRequestError(RuntimeError):
-    """A judge request failed for good (after retries, or with a status that retrying cannot fix)."""
+class JudgeRequestError(RuntimeError, ValueError):
+    """A judge request failed for good (after retries, or with a status that retrying cannot fix).
+
+    Also a ValueError: like other settings that cannot work, the CLI shows it as a message (exit 2).
+    """
+
+
+class JudgeRedirectError(JudgeRequestError):
+    """The server answered with a redirect; the judge follows none, so the key never leaves ``base_url``."""
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (what credentials are scoped to)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number
+        return "an invalid address"
+    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects and copies every header, the Authorization one included: refuse them all.
+
+    (A POST redirected by 301/302/303 would also arrive as a bodiless GET: no redirect can be useful here.)
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - the stdlib's hook
+        fp.close()
+        where = urllib.parse.urljoin(req.full_url, newurl)
+        same = "the same server" if _origin(where) == _origin(req.full_url) else f"another address ({_origin(where)})"
+        raise JudgeRedirectError(
+            f"{req.full_url}: the server redirected (HTTP {code}) to {same}; the judge follows no redirect, so "
+            "that the API key is never sent anywhere but eval.judge.base_url: set base_url to the address that "
+            "answers"
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects())
 
 
 def _retryable(err: BaseException) -> bool:
@@ -54,6 +103,13 @@ class OpenAIJudge(Judge):
         max_tokens: answer length limit.
         temperature: judge sampling temperature.
         cache_path: JSON-lines verdict cache; None disables caching.
+        max_invalid_fraction: in :meth:`compare_many`, once more than this share of the batch is invalid,
+            the comparisons not yet started are not asked (their verdicts are invalid, with an error text
+            starting "not asked:"); None asks them all.
+
+    Raises:
+        ValueError: ``api_key_env`` looks like a key rather than a variable name (the value is not shown).
+        JudgeRequestError: the variable ``api_key_env`` names is not set.
 
     Attributes:
         requests_sent: HTTP requests made so far (retries included); a fully cached rerun makes none.
@@ -74,9 +130,13 @@ class OpenAIJudge(Judge):
         max_tokens: int = 16,
         temperature: float = 0.0,
         cache_path: str | Path | None = None,
+        max_invalid_fraction: float | None = None,
     ) -> None:
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
+        if max_invalid_fraction is not None and not 0 <= max_invalid_fraction <= 1:
+            raise ValueError(f"max_invalid_fraction must lie in [0, 1], got {max_invalid_fraction}")
+        check_api_key_env(api_key_env)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -87,6 +147,7 @@ class OpenAIJudge(Judge):
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.cache = VerdictCache(cache_path) if cache_path is not None else None
+        self.max_invalid_fraction = max_invalid_fraction
         self.requests_sent = 0
         self._count_lock = threading.Lock()
         # Fail now, naming the variable (never its value), rather than on the first of many requests.
@@ -114,14 +175,24 @@ class OpenAIJudge(Judge):
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         with self._count_lock:
             self.requests_sent += 1
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
+        with _OPENER.open(request, timeout=self.timeout_s) as response:
+            data = response.read(MAX_ANSWER_BYTES + 1)
+        if len(data) > MAX_ANSWER_BYTES:
+            raise JudgeRequestError(f"{self.url}: answer is not a chat completion (over {MAX_ANSWER_BYTES} bytes)")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise JudgeRequestError(f"{self.url}: answer is not a chat completion (not UTF-8 text)") from None
+        return json.loads(text)  # not JSON: retried, like an answer cut short
 
     def ask(self, prompt: str, response_a: str, response_b: str) -> str:
         """The judge's answer text for one ordered pair (retrying transient failures).
 
         Raises:
-            JudgeRequestError: a non-retryable status, or still failing after ``max_retries`` retries.
+            JudgeRequestError: still failing after ``max_retries`` retries, or the answer is not a chat
+                completion.
+            JudgeRedirectError: the server redirected the request.
+            urllib.error.HTTPError: a status that retrying cannot fix (a 4xx other than 429).
         """
         body = json.dumps({
             "model": self.model,
@@ -132,17 +203,17 @@ class OpenAIJudge(Judge):
         for attempt in range(self.max_retries + 1):
             try:
                 answer = self._post(body)
-                return str(answer["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError) as err:
-                raise JudgeRequestError(f"{self.url}: answer is not a chat completion ({err!r})") from None
             except Exception as err:  # noqa: BLE001 - sorted into retryable or not just below
                 if not _retryable(err):
                     raise
                 if attempt == self.max_retries:
                     raise JudgeRequestError(
-                        f"{self.url}: failed after {self.max_retries + 1} attempts: {_describe(err)}"
+                        f"{self.url}: failed after {self.max_retries + 1} attempt{'s' if self.max_retries else ''}: "
+                        f"{_describe(err)}"
                     ) from None
                 time.sleep(self.backoff_s * 2**attempt)
+                continue
+            return _content(self.url, answer)
         raise AssertionError("unreachable")
 
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
@@ -152,6 +223,8 @@ class OpenAIJudge(Judge):
         if raw is None:
             try:
                 raw = self.ask(prompt, response_a, response_b)
+            except JudgeRedirectError:
+                raise  # a setting to fix, the same for every request: stop
             except urllib.error.HTTPError as err:
                 # A 4xx other than 429 will fail every request the same way: stop and say so.
                 raise JudgeRequestError(
@@ -166,10 +239,46 @@ class OpenAIJudge(Judge):
         return Verdict(choice, raw=raw, error=None if choice else "unparseable verdict", cached=cached)
 
     def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+        """Verdicts for (prompt, A, B) triples, ``max_concurrency`` requests at a time.
+
+        With ``max_invalid_fraction`` set, the comparisons not started once the batch has more invalid
+        verdicts than that share allows are not asked: the evaluation has failed already.
+        """
         if not items:
             return []
+        limit = None if self.max_invalid_fraction is None else self.max_invalid_fraction * len(items)
+        state: dict[str, Any] = {"invalid": 0, "first_error": None}
+        lock = threading.Lock()
+
+        def one(item: tuple[str, str, str]) -> Verdict:
+            with lock:
+                if limit is not None and state["invalid"] > limit:
+                    return Verdict(None, error=f"{SKIPPED} {state['invalid']} verdicts of {len(items)} were invalid "
+                                              f"already (first: {state['first_error']})")
+            verdict = self.compare(*item)
+            if not verdict.valid:
+                with lock:
+                    state["invalid"] += 1
+                    state["first_error"] = state["first_error"] or verdict.error
+            return verdict
+
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
-            return list(pool.map(lambda item: self.compare(*item), items))
+            return list(pool.map(one, items))
+
+
+def _content(url: str, answer: Any) -> str:
+    """The message text of a chat-completions answer; JudgeRequestError when it is not one."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        content = 0  # not None, not a string: refused below
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        shown = json.dumps(answer)[:200] if isinstance(answer, (dict, list)) else repr(answer)[:200]
+        raise JudgeRequestError(f"{url}: answer is not a chat completion (no choices[0].message.content "
+                                f"string): {shown}")
+    return content
 
 
 def _describe(err: BaseException) -> str:
@@ -178,3 +287,16 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, urllib.error.URLError):
         return f"{type(err.reason).__name__}: {err.reason}"
     return f"{type(err).__name__}: {err}"
+
+
+@register_judge("openai")
+def build_openai_judge(cfg: Any, *, cache_dir: str | Path | None = None, **_: Any) -> OpenAIJudge:
+    """An HTTP judge from an ``eval.judge`` section; verdicts cached under ``cache_dir`` when ``cfg.cache``."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir("judge_verdicts")
+    return OpenAIJudge(
+        cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
+        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+        max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+        cache_path=folder / "verdicts.jsonl" if cfg.cache else None,
+        max_invalid_fraction=cfg.max_invalid_fraction,
+    )

@@ -54,6 +54,8 @@ _LABELLED = re.compile(
 )
 _BARE = re.compile(r"^[\s\"'*(\[]*(?:response\s+)?([AB])[\s\"'*)\].:]*$", re.IGNORECASE)
 _RESPONSE_NAMED = re.compile(r"\bresponse\s+([AB])\b", re.IGNORECASE)
+# What a captured letter (either case, upper-cased) names.
+_LETTERS: dict[str, Choice] = {"A": "A", "B": "B"}
 
 
 def parse_verdict(text: str) -> Choice:
@@ -65,12 +67,12 @@ def parse_verdict(text: str) -> Choice:
     """
     labelled = _LABELLED.findall(text)
     if labelled:
-        return labelled[-1].upper()  # the last one: models restate the question before answering
+        return _LETTERS[labelled[-1].upper()]  # the last one: models restate the question before answering
     for line in reversed(text.strip().splitlines()):
         match = _BARE.match(line)
         if match:
-            return match.group(1).upper()
+            return _LETTERS[match.group(1).upper()]
     named = {m.upper() for m in _RESPONSE_NAMED.findall(text)}
     if len(named) == 1:
-        return named.pop()
+        return _LETTERS[named.pop()]
     return None

@@ -3,21 +3,24 @@
 Two sources: a registered reward function (``texts -> rewards``, e.g. ``vader_sentiment``, which scores the
 response text alone) or an alignkit reward model (a sequence-classification folder, which scores the
 prompt and response rendered as in training). Each distinct text is scored once, so judging a pair in
-both orders costs no more than one order.
+both orders costs no more than one order. A reward that is not a finite number gives an invalid verdict
+(not a tie).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alignkit.eval.judges.base import Judge, Verdict
+from alignkit.eval.judges.base import Choice, Judge, Verdict
+from alignkit.eval.judges.registry import register_judge
 from alignkit.models.rewards import RewardFn, resolve_reward
 
-__all__ = ["RewardJudge", "reward_model_scorer"]
+__all__ = ["RewardJudge", "build_reward_judge", "reward_model_scorer"]
 
 # scorer([(prompt, response), ...]) -> one reward each.
 Scorer = Callable[[list[tuple[str, str]]], list[float]]
@@ -87,6 +90,7 @@ class RewardJudge(Judge):
             self.reward_name = reward_name
             self._score: Scorer = lambda items: fn([response for _, response in items])
         else:
+            assert scorer is not None  # exactly one of the two, checked above
             self.reward_name = name or "reward_model"
             self._score = scorer
 
@@ -105,6 +109,18 @@ class RewardJudge(Judge):
         verdicts = []
         for p, a, b in items:
             ra, rb = by_pair[(p, a)], by_pair[(p, b)]
-            choice = "A" if ra > rb else "B" if rb > ra else "tie"
+            if not (math.isfinite(ra) and math.isfinite(rb)):  # NaN would compare as a tie
+                verdicts.append(Verdict(None, raw=f"reward(A)={ra} reward(B)={rb}", error="reward is not a finite number"))
+                continue
+            choice: Choice = "A" if ra > rb else "B" if rb > ra else "tie"
             verdicts.append(Verdict(choice, raw=f"reward(A)={ra:.4f} reward(B)={rb:.4f}", margin=ra - rb))
         return verdicts
+
+
+@register_judge("reward")
+def build_reward_judge(cfg: Any, *, device: str = "cpu", **_: Any) -> RewardJudge:
+    """A reward judge from an ``eval.judge`` section: a registered reward, or a reward-model folder."""
+    if cfg.reward is not None:
+        return RewardJudge(cfg.reward)
+    return RewardJudge(scorer=reward_model_scorer(cfg.model, batch_size=cfg.batch_size, device=device),
+                       name=str(cfg.model))

@@ -1,0 +1,78 @@
+"""The :class:`Recipe` schema: one experiment's sections, and the objective validation built for it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr, field_validator
+
+from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.data.config import DataConfig
+from alignkit.eval.config import EvalConfig
+from alignkit.losses import Objective, build_objective
+from alignkit.models.config import ModelConfig, ReferenceConfig
+from alignkit.peft.config import AdapterConfig, NoAdapter
+from alignkit.train.config import SFTConfig, TrainConfig
+
+__all__ = ["LossSection", "Recipe", "plugin_list"]
+
+LossSection = dict[str, Any] | list[dict[str, Any]]
+
+
+def plugin_list(value: Any) -> Any:
+    """A recipe's ``plugins`` value with one name alone taken as a list of one (``plugins=my_losses.py``
+    on the command line is one plugin, not a list of letters)."""
+    return [value] if isinstance(value, str) else value
+
+
+class Recipe(StrictConfig):
+    """One experiment: data, model, adapter, stages, objective and evaluation."""
+
+    name: str = Field(description="Run name; the run folder defaults to runs/<name>.")
+    output_dir: str | None = Field(None, description="Run folder (checkpoints, metrics, report).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, initialisation and sampling.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python files (relative to the recipe) or modules that register losses. They are imported, "
+        "so a recipe from someone else runs their code: read them first. One name alone is a list of one.",
+    )
+    model: ModelConfig = Field(description="The policy model and tokenizer.")
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Where reference log-probs come from.")
+    adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
+    data: DataConfig = Field(description="Preference data and tokenization.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Optional SFT stage before preference training.")
+    loss: LossSection = Field(description="Objective: {name, **params} or a weighted list of them.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Preference-training optimisation.")
+    eval: EvalConfig | None = Field(None, description="Reward and KL evaluation after training.")
+
+    # The objective built from `loss` (with the section it was built from) and the plugin files imported
+    # for this recipe: set by validation, not part of the YAML.
+    _objective: Objective | None = PrivateAttr(default=None)
+    _objective_section: Any = PrivateAttr(default=None)
+    _plugin_files: list[str] = PrivateAttr(default_factory=list)
+
+    _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
+
+    def objective(self) -> Objective:
+        """The objective of ``loss``: the one validation built, the same object on every call.
+
+        A recipe made without :func:`validate_recipe` (or whose ``loss`` was replaced since) builds it here.
+        """
+        if self._objective is None or self._objective_section != self.loss:
+            self._set_objective(build_objective(self.loss))
+        assert self._objective is not None
+        return self._objective
+
+    def _set_objective(self, objective: Objective) -> None:
+        self._objective = objective
+        self._objective_section = copy.deepcopy(self.loss)
+
+    @property
+    def plugin_files(self) -> list[str]:
+        """The plugin files (or modules) imported while validating this recipe, in order."""
+        return list(self._plugin_files)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")

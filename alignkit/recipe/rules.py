@@ -1,0 +1,217 @@
+"""Rules between the sections of a recipe, and what this machine must offer to run it.
+
+Each rule gives its problems as ``(location, message)``, the location being the setting to change, so
+``alignkit validate`` reports them with their line before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from alignkit.eval.config import EvalConfig
+from alignkit.losses import Objective, PreferenceStats, build_objective, list_losses
+from alignkit.models.config import ModelConfig
+from alignkit.recipe.model import Recipe
+from alignkit.recipe.source import Location, Problem
+from alignkit.train.config import TrainConfig
+
+__all__ = ["cross_section_problems", "environment_problems", "eval_rewards", "model_problems", "reward_problems"]
+
+
+def reward_problems(rewards: dict[Location, str | None]) -> list[Problem]:
+    """Each named reward must be registered (after plugins are loaded)."""
+    from alignkit.models.rewards import REWARDS
+
+    known = ", ".join(REWARDS.names()) or "(none)"
+    return [(loc, f"unknown reward function {name!r}; registered: {known} (a plugin can register more)")
+            for loc, name in rewards.items() if name is not None and name not in REWARDS]
+
+
+def model_problems(model: ModelConfig, *, reward_model: bool = False, max_length: int | None = None) -> list[Problem]:
+    """``model.from_config``: keys its transformers config knows, a model that can be built, long enough."""
+    if model.from_config is None:
+        return []
+    from alignkit.models.load import check_from_config
+
+    config, found = check_from_config(model.from_config, reward_model=reward_model)
+    problems: list[Problem] = [(("model", "from_config", *loc), msg) for loc, msg in found]
+    positions = getattr(config, "max_position_embeddings", None) if config is not None else None
+    if max_length is not None and isinstance(positions, int) and max_length > positions:
+        problems.append((("data", "max_length"), f"{max_length} is more than the model's {positions} positions "
+                         "(model.from_config); lower it or give the model more positions"))
+    return problems
+
+
+def _device_problem(name: str) -> str | None:
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"{name!r} is not a device; use auto, cpu, cuda or cuda:N"
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"{name!r}, but this machine has no CUDA device; use auto or cpu"
+        if device.index is not None and device.index >= count:
+            return f"{name!r}, but this machine has {count} CUDA device{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})"
+        return None
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "mps":
+        available = torch.backends.mps.is_available
+    if available is None or not available():
+        return f"{name!r} is not available on this machine; use auto, cpu or cuda"
+    return None
+
+
+def _run_dir_problem(run_dir: Path) -> str | None:
+    path = run_dir.expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            return f"{run_dir} exists and is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{run_dir}: no permission to write in it"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{run_dir} cannot be created: {parent} is not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{run_dir} cannot be created: no permission to write in {parent}"
+            return None
+    return None
+
+
+def environment_problems(run_dir: Path, run_dir_loc: Location, devices: dict[Location, str]) -> list[Problem]:
+    """What this machine must offer: the devices named, and a run folder that can be written."""
+    problems: list[Problem] = []
+    if (why := _run_dir_problem(run_dir)) is not None:
+        problems.append((run_dir_loc, why))
+    problems += [(loc, why) for loc, name in devices.items() if (why := _device_problem(name)) is not None]
+    return problems
+
+
+def _dry_run_metrics(objective: Objective, inputs: str, paired: bool) -> set[str] | None:
+    """The extra metric names ``objective`` logs, from one call on a tiny made-up batch (None if it fails)."""
+    b = 2
+    logps = torch.tensor([-5.0, -7.0])
+    if inputs == "kway":
+        stats = PreferenceStats(scores=torch.tensor([[0.5, -0.5, 0.1], [0.2, 0.3, -1.0]]),
+                                best_index=torch.tensor([0, 1]))
+    elif inputs == "scores":
+        stats = PreferenceStats(chosen_scores=torch.tensor([0.5, -0.2]), rejected_scores=torch.tensor([0.1, 0.3]))
+    elif not paired:
+        stats = PreferenceStats(policy_chosen_logps=logps, chosen_lengths=torch.full((b,), 3.0))
+    else:
+        stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
+                                chosen_lengths=torch.full((b,), 3.0), rejected_lengths=torch.full((b,), 4.0))
+        if objective.needs_reference:
+            stats.reference_chosen_logps, stats.reference_rejected_logps = logps - 0.5, logps - 0.75
+    try:
+        with torch.no_grad():
+            return set(objective(stats).metrics)
+    except Exception:  # noqa: BLE001 - a plugin loss may not accept made-up numbers; then names are not checked
+        return None
+
+
+def _eval_metrics(objective: Objective, *, paired: bool) -> tuple[list[str], bool]:
+    """The held-out metric names a training stage logs (``eval/...``), and whether the list is complete.
+
+    These follow the trainer's accumulation: loss and rewards/chosen always; the rest of rewards/* for
+    paired batches (a pair, or K candidates); logps/* for an objective on log-probs; the loss's own metrics.
+    """
+    names = ["loss", "rewards/chosen"]
+    if paired:
+        names += ["rewards/rejected", "rewards/margins", "rewards/accuracies"]
+    if objective.inputs == "logps":
+        names += ["logps/chosen"] + (["logps/rejected"] if paired else [])
+    extra = _dry_run_metrics(objective, objective.inputs, paired)
+    names += sorted(extra or ())
+    return [f"eval/{n}" for n in names], extra is not None
+
+
+def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
+    problems: list[Problem] = []
+    held_out = recipe.data.test_source is not None or recipe.data.test_size != 0
+    stages: list[tuple[str, TrainConfig, Objective, bool]] = [("train", recipe.train, objective, True)]
+    if recipe.sft.enabled:
+        stages.append(("sft", recipe.sft, build_objective({"name": "sft"}), False))
+    for section, cfg, stage_objective, paired in stages:
+        es = cfg.early_stopping
+        if es is None:
+            continue
+        loc: Location = (section, "early_stopping", "metric")
+        if not held_out:
+            problems.append(((section, "early_stopping"), "needs held-out pairs, but data.test_size is 0 and there "
+                             "is no data.test_source"))
+            continue
+        names, complete = _eval_metrics(stage_objective, paired=paired)
+        if es.metric in names or (not complete and es.metric.startswith("eval/")):
+            continue
+        hint = f" (did you mean 'eval/{es.metric}'?)" if f"eval/{es.metric}" in names else ""
+        problems.append((loc, f"{es.metric!r} is never logged{hint}; the held-out metrics of this stage are: "
+                         f"{', '.join(names)}"))
+    return problems
+
+
+def _data_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
+    from alignkit.data import SOURCES
+
+    problems: list[Problem] = []
+    kway_losses = ", ".join(s.name for s in list_losses() if s.inputs == "kway") or "(none registered)"
+    for field in ("source", "test_source"):
+        source = getattr(recipe.data, field)
+        if source is None or source.kind not in SOURCES:
+            continue
+        spec = SOURCES.get(source.kind)
+        loc: Location = ("data", field, "kind")
+        if spec.inputs == "kway" and objective.inputs != "kway":
+            problems.append((loc, f"{source.kind!r} gives K-way comparisons, which only a K-way loss reads "
+                             f"({kway_losses}); loss {objective.name} reads pairs"))
+        elif spec.inputs != "kway" and objective.inputs == "kway":
+            kway_kinds = ", ".join(k for k in SOURCES.names() if SOURCES.get(k).inputs == "kway")
+            problems.append((loc, f"{source.kind!r} gives pairs, but loss {objective.name} reads K-way comparisons; "
+                             f"use a K-way source ({kway_kinds})"))
+        if spec.needs_model and objective.inputs != "logps":
+            problems.append((loc, f"{source.kind!r} samples its pairs from the policy, but loss {objective.name} "
+                             "trains a reward model, which does not generate"))
+    return problems
+
+
+def cross_section_problems(recipe: Recipe) -> list[Problem]:
+    """Rules between sections of a validated recipe, each at the location to change."""
+    objective = recipe.objective()
+    problems = _data_problems(recipe, objective)
+    mode = recipe.reference.mode
+    if mode == "none" and objective.needs_reference:
+        needing = ", ".join(t.name for t in objective.terms if t.spec.needs_reference)
+        problems.append((("reference", "mode"), f"'none', but loss {needing} needs a reference (its log-probs); use "
+                         "copy, cached or (with an adapter) adapters_off"))
+    if mode == "adapters_off" and recipe.adapter.kind == "none":
+        problems.append((("reference", "mode"), "'adapters_off' uses the policy with its adapter switched off, but "
+                         "adapter.kind is none; set adapter.kind to bottleneck or lora, or use copy or cached"))
+    rewards: dict[Location, str | None] = {}
+    for field in ("source", "test_source"):
+        source = getattr(recipe.data, field)
+        if source is not None and source.kind == "sentiment":
+            rewards[("data", field, "reward")] = source.reward
+    rewards.update(eval_rewards(recipe.eval))
+    problems += reward_problems(rewards)
+    problems += _early_stopping_problems(recipe, objective)
+    problems += model_problems(recipe.model, reward_model=objective.inputs != "logps",
+                               max_length=recipe.data.max_length)
+    return problems
+
+
+def eval_rewards(cfg: EvalConfig | None) -> dict[Location, str | None]:
+    """The reward functions an ``eval`` section names, by location."""
+    if cfg is None:
+        return {}
+    rewards: dict[Location, str | None] = {("eval", "reward"): cfg.reward}
+    if cfg.judge.kind == "reward":
+        rewards[("eval", "judge", "reward")] = getattr(cfg.judge, "reward", None)
+    return rewards

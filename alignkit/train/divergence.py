@@ -1,0 +1,77 @@
+"""Stop a diverging run before it stores garbage: non-finite losses, gradient norms and weights.
+
+Policy (both trainers): a non-finite loss stops before ``backward``, a non-finite gradient norm stops before
+``optimizer.step`` (the step is not skipped: a learning rate that overflows once overflows again, and a
+skipped step would silently train on fewer examples than asked), and the weights are checked before every
+checkpoint is written. The weights in memory and every checkpoint on disk are therefore finite, so
+``--resume`` after lowering the learning rate continues from the last good checkpoint.
+
+:class:`TrainingDivergedError` is a ``ValueError`` (the command line prints it as a message, exit code 2)
+and, for code that caught the earlier error, a ``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DivergenceGuard", "TrainingDivergedError", "non_finite_tensors"]
+
+
+class TrainingDivergedError(ValueError, FloatingPointError):
+    """A training stage produced a non-finite value; nothing non-finite was saved.
+
+    Attributes:
+        stage: the stage ("sft", "preference", "online", ...).
+        step: the 1-based optimizer step.
+        metric: what was not finite ("loss", "grad_norm", "weights", ...).
+    """
+
+    def __init__(self, stage: str, step: int, metric: str, detail: str, hint: str) -> None:
+        self.stage, self.step, self.metric = stage, step, metric
+        super().__init__(f"{stage}: non-finite {metric} at step {step} ({detail}); training diverged and "
+                         f"stopped, no checkpoint holds these values. {hint}")
+
+
+def non_finite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity."""
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+@dataclass(frozen=True)
+class DivergenceGuard:
+    """Raises :class:`TrainingDivergedError` for one stage, with a hint on what to change.
+
+    Attributes:
+        stage: the stage name written into the message.
+        hint: what to try, e.g. "Lower train.lr (now 10000)".
+    """
+
+    stage: str
+    hint: str
+
+    def check(self, metric: str, value: float | torch.Tensor, step: int, *, before: str,
+              hint: str | None = None) -> None:
+        """Raise unless ``value`` is finite.
+
+        Args:
+            metric: its name in the message.
+            value: a number or a one-element tensor.
+            step: the 1-based optimizer step.
+            before: what did not happen because of it ("the optimizer step").
+            hint: replaces the stage's hint (when the cause is not the optimisation, e.g. a reward).
+        """
+        number = float(value)
+        if not math.isfinite(number):
+            raise TrainingDivergedError(self.stage, step, metric, f"{number}, stopped before {before}",
+                                        self.hint if hint is None else hint)
+
+    def check_weights(self, model: torch.nn.Module, step: int) -> None:
+        """Raise if a trainable parameter holds a NaN or an infinity (checked before every save)."""
+        bad = non_finite_tensors((n, p.detach()) for n, p in model.named_parameters() if p.requires_grad)
+        if bad:
+            raise TrainingDivergedError(self.stage, step, "weights",
+                                        f"{len(bad)} tensors, e.g. {bad[0]}; not saved", self.hint)

@@ -1,0 +1,111 @@
+"""A run folder is a result: refused, replaced only when asked, resumed only under the same recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from workflow_recipes import tiny_jsonl_recipe as _recipe
+
+from alignkit.cli import main
+from alignkit.recipe import RecipeError
+from alignkit.workflow.run_folder import FolderState, claim_run_folder
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr with the terminal's line wrapping undone."""
+    return " ".join(capsys.readouterr().err.split())
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """A finished run and the bytes of every file it wrote."""
+    tmp_path = tmp_path_factory.mktemp("finished")
+    recipe = _recipe(tmp_path)
+    assert main(["run", str(recipe)]) == 0
+    return recipe, _snapshot(tmp_path / "run")
+
+
+def test_a_finished_run_is_never_overwritten_without_being_asked(finished, capsys):
+    recipe, before = finished
+    run = recipe.parent / "run"
+    assert main(["run", str(recipe)]) == 2
+    assert "holds a finished run" in _err(capsys)
+    assert main(["run", str(recipe), "train.lr=1e-3"]) == 2  # another recipe: refused too, recipe.yaml kept
+    assert _snapshot(run) == before
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished, capsys):
+    recipe, before = finished
+    assert main(["run", str(recipe), "--resume"]) == 0
+    assert "nothing changed" in _err(capsys)
+    assert _snapshot(recipe.parent / "run") == before
+
+
+def test_resume_with_a_changed_recipe_is_refused_and_shows_the_difference(finished, capsys):
+    recipe, before = finished
+    assert main(["run", str(recipe), "--resume", "loss.name=ipo"]) == 2
+    assert "loss.name: 'dpo' -> 'ipo'" in _err(capsys)
+    assert _snapshot(recipe.parent / "run") == before
+
+
+def test_resume_of_a_missing_folder_is_an_error(tmp_path, capsys):
+    assert main(["run", str(_recipe(tmp_path)), "--resume"]) == 2
+    assert "holds no run to resume" in _err(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_the_run_and_starts_clean(tmp_path):
+    recipe = _recipe(tmp_path)
+    assert main(["run", str(recipe)]) == 0
+    stray = tmp_path / "run" / "preference" / "checkpoints" / "step_999"
+    stray.mkdir()
+    assert main(["run", str(recipe), "--overwrite", "train.max_steps=1"]) == 0
+    assert not stray.exists()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["stages"]["preference"]["steps"] == 1
+    metrics = (tmp_path / "run" / "preference" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics if "loss" in json.loads(line)] == [1]
+
+
+@pytest.mark.parametrize(
+    ("state", "resume", "overwrite", "expected"),
+    [
+        (FolderState("new"), False, False, "start"),
+        (FolderState("interrupted", "", True), True, False, "resume"),
+        (FolderState("finished", "", True), True, False, "finished"),
+        (FolderState("finished", "", True), False, True, "replace"),
+        (FolderState("different", "loss.name: 'dpo' -> 'ipo'", False), False, False, "start"),  # only a recipe.yaml
+    ],
+)
+def test_claim_decisions(state, resume, overwrite, expected, tmp_path):
+    assert claim_run_folder(tmp_path, state, resume=resume, overwrite=overwrite) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "resume", "overwrite", "message"),
+    [
+        (FolderState("interrupted", "", True), False, False, "--resume to continue it"),
+        (FolderState("different", "x: 1 -> 2", True), True, False, "x: 1 -> 2"),
+        (FolderState("new"), True, False, "holds no run to resume"),
+        (FolderState("foreign"), False, True, "not an alignkit run"),
+        (FolderState("finished", "", True), True, True, "contradict"),
+    ],
+)
+def test_claim_refusals(state, resume, overwrite, message, tmp_path):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
+        claim_run_folder(tmp_path, state, resume=resume, overwrite=overwrite)
+
+
+def test_a_folder_of_other_files_is_never_deleted(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert main(["run", str(recipe), "--overwrite"]) == 2
+    assert "not an alignkit run" in _err(capsys)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
