@@ -172,11 +172,23 @@ def test_online_run_with_adapters(tmp_path, adapter):
 
 
 @pytest.mark.slow
-def test_resume_continues_like_an_uninterrupted_run(tmp_path):
+def test_resume_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    from alignkit.online.trainer import OnlineTrainer
+
     common = ["eval=null", "online.anchor.kind=ema", "online.anchor.ema_rate=0.5", "online.kl_control.kind=adaptive",
               "online.kl_control.target=0.5", "online.beta=0.1", "train.save_every=2"]
     full = run_online_recipe(_recipe(tmp_path / "a", "train.max_steps=4", *common)).results["online"].history
-    run_online_recipe(_recipe(tmp_path / "b", "train.max_steps=2", *common))  # "interrupted" after 2 updates
+    step = OnlineTrainer.train_step
+
+    def interrupted_at_step_3(self: OnlineTrainer, i: int) -> dict[str, float]:
+        if i == 2:
+            raise KeyboardInterrupt
+        return step(self, i)
+
+    monkeypatch.setattr(OnlineTrainer, "train_step", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):  # killed after 2 updates, the same recipe
+        run_online_recipe(_recipe(tmp_path / "b", "train.max_steps=4", *common))
+    monkeypatch.undo()
     resumed = run_online_recipe(_recipe(tmp_path / "b", "train.max_steps=4", *common), resume=True)
     history = resumed.results["online"].history
     assert [h["step"] for h in history] == [1, 2, 3, 4]
