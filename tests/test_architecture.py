@@ -132,3 +132,14 @@ def test_the_checks_catch_a_planted_upward_import_and_cycle(tmp_path):
 @pytest.mark.parametrize("package", sorted(RANK))
 def test_every_layer_package_exists(package):
     assert (ROOT / package).is_dir() or (ROOT / f"{package}.py").is_file()
+
+
+def test_the_command_line_loads_no_torch_until_a_command_needs_it():
+    """`alignkit --help` and argument errors stay instant: the CLI and the package root import lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alignkit, alignkit.cli; alignkit.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from alignkit import register_loss, LossOutput; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
