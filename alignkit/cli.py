@@ -80,9 +80,9 @@ def _cmd_losses(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from alignkit.models.load import resolve_model_path
+    from alignkit.models.load import fetch_model
 
-    path = resolve_model_path(args.model)
+    path = fetch_model(args.model)
     _out.print(f"[green]ready[/]: {args.model} -> {path}")
     return 0
 

@@ -243,6 +243,16 @@ def test_a_corrupt_safetensors_file_is_named(tmp_path, capsys):
            f"{weights} is unreadable")
 
 
+def test_fetch_of_an_unknown_name_is_an_error_naming_the_aliases(tmp_path, capsys):
+    from alignkit.models import MODEL_ALIASES
+
+    err = _fails(capsys, ["fetch", "nosuch-model"], "cannot fetch 'nosuch-model'", *MODEL_ALIASES)
+    assert "ready" not in err
+    # A local folder that exists is accepted as it is (nothing to fetch).
+    assert main(["fetch", str(tmp_path)]) == 0
+    assert "ready" in capsys.readouterr().out
+
+
 def test_a_tokenizer_larger_than_the_embedding_is_refused_at_load(tmp_path, capsys):
     _fails(capsys, ["run", str(_recipe(tmp_path)), "model.from_config.vocab_size=1000"],
            "the tokenizer has 50,257 tokens but the model's embedding table has 1,000 rows")

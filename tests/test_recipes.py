@@ -182,6 +182,14 @@ def test_every_cross_section_rule_is_a_validation_error(tmp_path):
         assert message in str(err.value), (overrides, str(err.value))
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs/run", "..", ".", "", "a\\b"])
+def test_a_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
+    # The default run folder runs/<name> must lie inside runs/; output_dir is the way to choose any folder.
+    with pytest.raises(RecipeError, match=r"name: .* is not a plain folder name"):
+        load_recipe(_write(tmp_path, BASE), [f"name={name!r}"])
+    assert load_recipe(_write(tmp_path, BASE), ["name=ok.v2_run-1", f"output_dir={tmp_path / 'x' / '..' / 'y'}"])
+
+
 def test_cuda_without_cuda_is_a_validation_error(tmp_path):
     import torch
 

@@ -1,8 +1,9 @@
 """`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed and budget.
 
 The protocol: every run is the base recipe with the same overrides; only the ``loss`` section and the run
-folder (``<out>/<label>``) differ, which :func:`plan_comparison` checks. Runs are trained one after another
-in this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
+folder (``<out>/<label>``) differ, which :func:`plan_comparison` checks (the planning lives in
+:mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
+this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
 reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
 data, so every run after the first reuses them.
@@ -10,16 +11,14 @@ data, so every run after the first reuses them.
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import shutil
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from rich.console import Console
@@ -30,12 +29,15 @@ from alignkit.commands.compare_online import (
     plan_online_runs,
     resolve_online_runs,
 )
+from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.losses import get_loss, list_losses
 from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
-from alignkit.workflow.run_folder import inspect_run_folder, recipe_differences
+from alignkit.workflow.run_folder import inspect_run_folder
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "Comparison",
@@ -48,25 +50,6 @@ __all__ = [
 ]
 
 Status = Literal["trained", "resumed", "reused", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One cell of the comparison grid.
-
-    Attributes:
-        label: folder name and table label, e.g. ``dpo`` or ``dpo_beta0.1``.
-        loss: registered objective name.
-        params: loss parameters set by ``--sweep`` for this run (raw command-line text as value).
-        recipe: the resolved recipe, or None when the run is skipped.
-        skip_reason: why the combination cannot run (a swept parameter the loss lacks), else None.
-    """
-
-    label: str
-    loss: str
-    params: dict[str, str]
-    recipe: Recipe | None
-    skip_reason: str | None = None
 
 
 @dataclass
@@ -90,131 +73,6 @@ class Comparison:
     files: dict[str, Path] = field(default_factory=dict)
     online: list[OnlineEntry] = field(default_factory=list)
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Planning
-
-def parse_sweep(spec: str) -> tuple[str, list[str]]:
-    """``"loss.beta=0.05,0.1"`` -> ``("loss.beta", ["0.05", "0.1"])``.
-
-    Raises:
-        RecipeError: when the spec is not ``loss.<param>=v1,v2,...``.
-    """
-    key, sep, values = spec.partition("=")
-    key = key.strip()
-    items = [v.strip() for v in values.split(",") if v.strip()]
-    if not sep or not items:
-        raise RecipeError(f"--sweep {spec!r}: expected key=v1,v2,..., e.g. loss.beta=0.05,0.1,0.5")
-    if not re.fullmatch(r"loss\.[A-Za-z_]\w*", key):
-        raise RecipeError(f"--sweep {spec!r}: only loss parameters are swept (loss.<param>), "
-                          "so data, model, seed and budget stay identical across runs")
-    if len(set(items)) != len(items):
-        raise RecipeError(f"--sweep {spec!r}: a value is repeated")
-    return key, items
-
-
-def _label(loss: str, params: dict[str, str]) -> str:
-    parts = [loss] + [f"{name}{value}" for name, value in params.items()]
-    return re.sub(r"[^\w.+-]", "-", "_".join(parts))
-
-
-def _loss_param_overrides(overrides: Sequence[str]) -> list[str]:
-    """The loss parameters that plain overrides set (``loss.beta=0.2`` -> ``beta``)."""
-    names = []
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key in ("loss", "loss.name") or key.startswith("loss["):
-            raise RecipeError(f"override {item!r}: the objective is chosen with --losses in a comparison")
-        if key.startswith("loss."):
-            names.append(key.split(".", 2)[1])
-    return names
-
-
-def _common_part(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe without what may differ between runs of one comparison."""
-    data = recipe.model_dump(mode="json")
-    data.pop("loss")
-    data.pop("output_dir")
-    return data
-
-
-def plan_comparison(
-    recipe_path: str | Path,
-    losses: Sequence[str],
-    *,
-    sweeps: Sequence[str] = (),
-    overrides: Sequence[str] = (),
-    plugins: Sequence[str] = (),
-    out: str | Path | None = None,
-) -> tuple[Path, list[PlannedRun]]:
-    """Expand losses x sweep values into resolved recipes, one run folder each under ``out``.
-
-    Args:
-        recipe_path: the base recipe; its ``loss`` section is replaced by ``{name: <loss>}``.
-        losses: registered objective names, in table order.
-        sweeps: ``loss.<param>=v1,v2`` specs; several form a grid. A loss without ``<param>`` skips the
-            combination (with a note) rather than failing.
-        overrides: dotted overrides applied to every run (``loss.<param>`` ones only to losses that have it).
-        plugins: extra plugin files or modules.
-        out: comparison folder; default ``runs/compare_<recipe name>`` (``runs/<name>`` if it starts with compare_).
-
-    Returns:
-        (comparison folder, planned runs).
-
-    Raises:
-        RecipeError: bad recipe, override, sweep or loss name (nothing has run yet).
-    """
-    if not losses:
-        raise RecipeError("--losses: name at least one objective, e.g. dpo,ipo,simpo")
-    if len(set(losses)) != len(losses):
-        raise RecipeError(f"--losses {','.join(losses)}: an objective is repeated")
-    override_params = _loss_param_overrides(overrides)
-    parsed = [parse_sweep(s) for s in sweeps]
-    if len({k for k, _ in parsed}) != len(parsed):
-        raise RecipeError("--sweep: the same parameter is swept twice")
-    # Loading the base recipe imports its plugins and --plugin ones: only then are their losses known.
-    base = load_recipe(recipe_path, list(_overrides_without_loss(overrides)), list(plugins))
-    known = {spec.name for spec in list_losses()}
-    unknown = [name for name in losses if name not in known]
-    if unknown:
-        raise RecipeError(f"--losses: unknown objective {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
-    default = base.name if base.name.startswith("compare_") else f"compare_{base.name}"
-    out_dir = Path(out) if out is not None else Path("runs") / default
-
-    plans: list[PlannedRun] = []
-    grid = list(itertools.product(*[[(k.split(".", 1)[1], v) for v in vals] for k, vals in parsed]))
-    for loss in losses:
-        fields = get_loss(loss).config.model_fields
-        missing_fixed = [p for p in override_params if p not in fields]
-        for combo in grid:
-            params = dict(combo)
-            label = _label(loss, params)
-            missing = missing_fixed + [p for p in params if p not in fields]
-            if missing:
-                have = ", ".join(fields) or "none"
-                plans.append(PlannedRun(label, loss, params, None,
-                                        f"{loss} has no parameter {', '.join(missing)} (its parameters: {have})"))
-                continue
-            run_overrides = [f"loss={{name: {loss}}}", *overrides,
-                             *(f"loss.{k}={v}" for k, v in params.items()), f"output_dir={out_dir / label}"]
-            plans.append(PlannedRun(label, loss, params, load_recipe(recipe_path, run_overrides, list(plugins))))
-
-    # The protocol's promise, checked rather than assumed.
-    reference = _common_part(base)
-    for plan in plans:
-        if plan.recipe is not None and _common_part(plan.recipe) != reference:
-            diff = recipe_differences(reference, _common_part(plan.recipe))
-            raise RecipeError(f"run {plan.label} differs from the others outside `loss`: {diff}")
-    return out_dir, plans
-
-
-def _overrides_without_loss(overrides: Sequence[str]) -> list[str]:
-    """The overrides that do not touch the loss section (for the shared part of the recipe)."""
-    return [o for o in overrides if not o.split("=", 1)[0].strip().startswith("loss")]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Running
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The preference stage's metrics records (``preference/metrics.jsonl``); [] if absent."""
@@ -292,29 +150,26 @@ def run_comparison(
     recipe_path: str | Path,
     losses: Sequence[str],
     *,
-    sweeps: Sequence[str] = (),
-    overrides: Sequence[str] = (),
-    plugins: Sequence[str] = (),
-    out: str | Path | None = None,
     overwrite: bool = False,
     online: Sequence[str | Path] = (),
     console: Console | None = None,
+    **planning: Unpack[PlanOptions],
 ) -> Comparison:
     """Plan, run (or reuse) every combination, then write the table (md, json) and plots into ``out``.
 
     Files written in the comparison folder: ``comparison.md``, ``comparison.json``, ``training_curves.png``
     and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
-    :func:`plan_comparison`, plus ``overwrite`` (retrain a run folder that holds a different recipe),
-    ``online`` (online run folders or online recipes, run after the offline ones and placed on the same
-    reward-versus-KL plot and in an "Online runs" section; see :mod:`alignkit.commands.compare_online`) and the
-    console progress goes to.
+    :func:`~alignkit.commands.compare_plan.plan_comparison` (``sweeps``, ``overrides``, ``plugins``,
+    ``out``), plus ``overwrite`` (retrain a run folder that holds a different recipe), ``online`` (online
+    run folders or online recipes, run after the offline ones and placed on the same reward-versus-KL plot
+    and in an "Online runs" section; see :mod:`alignkit.commands.compare_online`) and the console progress
+    goes to.
 
     Raises:
         RecipeError: a bad recipe, override, sweep or loss name, before anything runs.
     """
     console = console or Console(stderr=True)
-    out_dir, plans = plan_comparison(recipe_path, losses, sweeps=sweeps, overrides=overrides, plugins=plugins,
-                                     out=out)
+    out_dir, plans = plan_comparison(recipe_path, losses, **planning)
     online_plans = plan_online_runs(online)
     _clear_stale_folders(plans, overwrite=overwrite, console=console)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,8 +179,31 @@ def run_comparison(
     started = time.perf_counter()
     outcomes = [_run_one(plan, console=console) for plan in plans]
     online_entries = resolve_online_runs(online_plans, console=console)
-    online_rows = [row for entry in online_entries for row in entry.rows or []]
+    rows, curves = _table_rows(outcomes)
 
+    base = next((p.recipe for p in plans if p.recipe is not None), None)
+    title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
+    sweeps, overrides = planning.get("sweeps", ()), planning.get("overrides", ())
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, time.perf_counter() - started)
+    online_rows = [row for entry in online_entries for row in entry.rows or []]
+    files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
+    render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
+                      json_path=files["json"],
+                      extra_json={"recipe": str(recipe_path), "losses": list(losses), "sweeps": list(sweeps),
+                                  "overrides": list(overrides), "shared_recipe": common_part(base) if base else None,
+                                  "online": [str(e.run_dir) for e in online_entries], "online_rows": online_rows})
+    if online_entries:
+        section = online_markdown(online_entries, base)
+        console.print(section, markup=False, highlight=False)
+        with files["markdown"].open("a") as f:
+            f.write(section)
+    files.update(_plots([*rows, *online_rows], curves, out_dir, title))
+    console.print("written: " + ", ".join(str(p) for p in files.values()))
+    return Comparison(out_dir, outcomes, rows, files, online_entries)
+
+
+def _table_rows(outcomes: Sequence[RunOutcome]) -> tuple[list[dict[str, Any]], dict[str, tuple[str, list]]]:
+    """The comparison table's row of each outcome, and the training curves (label -> (loss, metrics))."""
     rows, curves = [], {}
     for outcome in outcomes:
         plan = outcome.plan
@@ -334,33 +212,24 @@ def run_comparison(
                                    report=outcome.report, metrics=metrics, note=outcome.note))
         if metrics:
             curves[plan.label] = (plan.loss, metrics)
+    return rows, curves
 
-    base = next((p.recipe for p in plans if p.recipe is not None), None)
-    title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
-    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, time.perf_counter() - started)
-    files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
-    render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
-                      json_path=files["json"],
-                      extra_json={"recipe": str(recipe_path), "losses": list(losses), "sweeps": list(sweeps),
-                                  "overrides": list(overrides), "shared_recipe": _common_part(base) if base else None,
-                                  "online": [str(e.run_dir) for e in online_entries], "online_rows": online_rows})
-    if online_entries:
-        section = online_markdown(online_entries, base)
-        console.print(section, markup=False, highlight=False)
-        with files["markdown"].open("a") as f:
-            f.write(section)
-    frontier = plot_frontier([*rows, *online_rows], out_dir / "frontier.png", title=f"{title}: reward vs KL")
+
+def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_dir: Path,
+           title: str) -> dict[str, Path]:
+    """Draw the reward-versus-KL frontier and the training curves (those there is data for), and link
+    them from comparison.md."""
+    files = {}
+    frontier = plot_frontier(rows, out_dir / "frontier.png", title=f"{title}: reward vs KL")
     if frontier is not None:
         files["frontier"] = frontier
     training = plot_training_curves(curves, out_dir / "training_curves.png", title=f"{title}: training")
     if training is not None:
         files["training_curves"] = training
-    if files.keys() & {"frontier", "training_curves"}:
-        with files["markdown"].open("a") as f:
-            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()
-                                   if path.suffix == ".png"))
-    console.print("written: " + ", ".join(str(p) for p in files.values()))
-    return Comparison(out_dir, outcomes, rows, files, online_entries)
+    if files:
+        with (out_dir / "comparison.md").open("a") as f:
+            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
+    return files
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],

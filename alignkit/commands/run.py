@@ -44,6 +44,10 @@ class PreferenceRun(RecipeRun):
         self.data: PreparedData | None = None
         self.reference: Reference | None = None
 
+    def preflight(self) -> None:
+        if not self.is_reward_model:  # a reward model is not evaluated (it does not generate): no judge runs
+            super().preflight()
+
     def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
         tokenizer = load_tokenizer(self.recipe.model)
         if not self.is_reward_model:

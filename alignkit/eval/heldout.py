@@ -19,7 +19,7 @@ from rich.console import Console
 from torch import nn
 
 from alignkit.eval.config import EvalConfig
-from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, build_judge, judge_pairs
+from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
@@ -85,33 +85,56 @@ def judge_run(
     if judge is None:
         return {}
     start = time.perf_counter()
-    prompts = list(prompts)
     chosen = chosen_by_prompt or {}
-    if cfg.baseline == "chosen":
-        prompts = [p for p in prompts if p in chosen]
-        if not prompts:
-            raise ValueError("eval.baseline is 'chosen' but no held-out prompt has a chosen response "
-                             "(generated sentiment data has none: use baseline 'reference')")
-    prompts, too_long = fitting_prompts(policy, tokenizer, prompts, cfg.max_new_tokens)
-    prompts = prompts[: cfg.num_prompts]
-    if not prompts:
-        raise ValueError(f"no held-out prompts to judge on ({too_long} do not fit the model's context with "
-                         f"eval.max_new_tokens={cfg.max_new_tokens}; data.test_size is 0?)")
-    sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
-    console.print(f"judge: sampling the policy on {len(prompts)} prompts")
-    policy_texts = [c.text for c in generate_completions(policy, tokenizer, prompts, sampling)]
-    if cfg.baseline == "chosen":
-        baseline_texts = [chosen[p] for p in prompts]
-    else:
-        if reference is None:
-            raise ValueError("eval.baseline is 'reference' but no reference model was given")
-        console.print("judge: sampling the reference")
-        with reference() as reference_model:
-            baseline_texts = [c.text for c in generate_completions(reference_model, tokenizer, prompts, sampling)]
+    prompts, too_long = _judged_prompts(cfg, policy, tokenizer, prompts, chosen)
+    policy_texts, baseline_texts = _sample_both_sides(cfg, policy, reference, tokenizer, prompts, chosen, console)
     console.print(f"judge: {2 * len(prompts)} comparisons with {judge.describe()}")
     # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
     pairs = judge_pairs(judge, prompts, policy_texts, baseline_texts,
                         max_invalid_fraction=getattr(cfg.judge, "max_invalid_fraction", DEFAULT_MAX_INVALID_FRACTION))
+    section = _judge_section(cfg, judge, tokenizer, pairs, policy_texts, baseline_texts, skipped_long_prompts=too_long)
+    if pairs_path is not None:
+        Path(pairs_path).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
+    return {**section, "seconds": time.perf_counter() - start}
+
+
+def _judged_prompts(cfg: EvalConfig, policy: nn.Module, tokenizer, prompts: Sequence[str],
+                    chosen: Mapping[str, str]) -> tuple[list[str], int]:
+    """Up to ``cfg.num_prompts`` prompts that fit the context (and have a chosen response when that is the
+    baseline), and how many did not fit."""
+    kept = list(prompts)
+    if cfg.baseline == "chosen":
+        kept = [p for p in kept if p in chosen]
+        if not kept:
+            raise ValueError("eval.baseline is 'chosen' but no held-out prompt has a chosen response "
+                             "(generated sentiment data has none: use baseline 'reference')")
+    kept, too_long = fitting_prompts(policy, tokenizer, kept, cfg.max_new_tokens)
+    kept = kept[: cfg.num_prompts]
+    if not kept:
+        raise ValueError(f"no held-out prompts to judge on ({too_long} do not fit the model's context with "
+                         f"eval.max_new_tokens={cfg.max_new_tokens}; data.test_size is 0?)")
+    return kept, too_long
+
+
+def _sample_both_sides(cfg: EvalConfig, policy: nn.Module, reference: ReferenceFn | None, tokenizer,
+                       prompts: list[str], chosen: Mapping[str, str], console: Console) -> tuple[list[str], list[str]]:
+    """One completion per prompt from the policy, and the baseline's: the chosen response or a reference sample."""
+    sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
+    console.print(f"judge: sampling the policy on {len(prompts)} prompts")
+    policy_texts = [c.text for c in generate_completions(policy, tokenizer, prompts, sampling)]
+    if cfg.baseline == "chosen":
+        return policy_texts, [chosen[p] for p in prompts]
+    if reference is None:
+        raise ValueError("eval.baseline is 'reference' but no reference model was given")
+    console.print("judge: sampling the reference")
+    with reference() as reference_model:
+        baseline_texts = [c.text for c in generate_completions(reference_model, tokenizer, prompts, sampling)]
+    return policy_texts, baseline_texts
+
+
+def _judge_section(cfg: EvalConfig, judge: Judge, tokenizer, pairs: Sequence[JudgedPair], policy_texts: list[str],
+                   baseline_texts: list[str], *, skipped_long_prompts: int) -> dict[str, Any]:
+    """The report.json ``judge`` section of the judged ``pairs`` (see :func:`judge_run`), but its ``seconds``."""
     report = win_rate_report(
         [p.score for p in pairs],
         [_token_count(tokenizer, t) for t in policy_texts],
@@ -120,17 +143,14 @@ def judge_run(
         length_unit="tokens",
         seed=cfg.seed,
     )
-    if pairs_path is not None:
-        Path(pairs_path).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
     return {
         "judge": judge.describe(),
         "baseline": cfg.baseline,
         **report.to_dict(),
         "order_consistency": sum(p.consistent for p in pairs) / len(pairs),
-        "skipped_long_prompts": too_long,
+        "skipped_long_prompts": skipped_long_prompts,
         "cached_verdicts": sum(int(p.policy_first.cached) + int(p.policy_second.cached) for p in pairs),
         "examples": [p.to_dict() for p in pairs[:3]],
-        "seconds": time.perf_counter() - start,
     }
 
 

@@ -3,6 +3,7 @@
 from alignkit.models.config import ModelConfig, ReferenceConfig
 from alignkit.models.load import (
     ModelLoadError,
+    fetch_model,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -31,6 +32,7 @@ __all__ = [
     "cache_key",
     "concatenated_forward",
     "ensure_smollm2",
+    "fetch_model",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",

@@ -34,6 +34,7 @@ __all__ = [
     "ModelLoadError",
     "check_from_config",
     "check_vocabulary",
+    "fetch_model",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
@@ -57,6 +58,28 @@ def resolve_model_path(name: str) -> str:
     """A built-in alias -> its local folder (built on first use); any other name unchanged."""
     resolver = MODEL_ALIASES.get(name.lower())
     return str(resolver()) if resolver is not None else name
+
+
+def fetch_model(name: str) -> str:
+    """The local folder of a built-in alias (fetched and converted on first use), or of an existing folder.
+
+    This is what ``alignkit fetch`` does: unlike :func:`resolve_model_path`, which passes any other name on
+    (to the Hugging Face Hub), a name that is neither a built-in alias nor an existing local folder is an
+    error here, because nothing would have been fetched.
+
+    Raises:
+        ModelLoadError: ``name`` is neither; the message lists the built-in aliases.
+    """
+    if name.lower() in MODEL_ALIASES or Path(name).is_dir():
+        return resolve_model_path(name)
+    aliases = ", ".join(sorted(MODEL_ALIASES))
+    close = difflib.get_close_matches(name.lower(), list(MODEL_ALIASES), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ModelLoadError(
+        f"cannot fetch {name!r}: it is neither a built-in model alias (known aliases: {aliases}) nor an "
+        f"existing local folder.{hint} `alignkit fetch` does not download Hugging Face Hub ids; a run loads "
+        f"those itself from model.name_or_path."
+    )
 
 
 def _load_error(what: str, name: str, field: str, err: Exception | str) -> ModelLoadError:

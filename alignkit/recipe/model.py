@@ -16,7 +16,7 @@ from alignkit.models.config import ModelConfig, ReferenceConfig
 from alignkit.peft.config import AdapterConfig, NoAdapter
 from alignkit.train.config import SFTConfig, TrainConfig
 
-__all__ = ["LossSection", "Recipe", "plugin_list"]
+__all__ = ["RUN_NAME_DESCRIPTION", "LossSection", "Recipe", "plugin_list", "run_name"]
 
 LossSection = dict[str, Any] | list[dict[str, Any]]
 
@@ -27,10 +27,31 @@ def plugin_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+RUN_NAME_DESCRIPTION = (
+    "Run name; the run folder defaults to runs/<name>. A plain folder name: no path separator, not '.' or "
+    "'..' (output_dir chooses any folder)."
+)
+
+
+def run_name(value: str) -> str:
+    """A recipe's ``name``, checked to be one plain folder name, so that ``runs/<name>`` lies inside ``runs/``.
+
+    Raises:
+        ValueError: ``value`` is empty, ``.`` or ``..``, or holds a path separator (``/``, ``\\``, which
+            an absolute path or ``../`` does too) or a NUL character; pydantic reports it under ``name``.
+    """
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ValueError(
+            f"{value!r} is not a plain folder name, and the default run folder runs/<name> must lie inside "
+            "runs/: use a name without '/' or '\\' (not '.' or '..'), and set output_dir to choose any folder"
+        )
+    return value
+
+
 class Recipe(StrictConfig):
     """One experiment: data, model, adapter, stages, objective and evaluation."""
 
-    name: str = Field(description="Run name; the run folder defaults to runs/<name>.")
+    name: str = Field(description=RUN_NAME_DESCRIPTION)
     output_dir: str | None = Field(None, description="Run folder (checkpoints, metrics, report).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, initialisation and sampling.")
     plugins: list[str] = Field(
@@ -54,6 +75,7 @@ class Recipe(StrictConfig):
     _plugin_files: list[str] = PrivateAttr(default_factory=list)
 
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
+    _name_is_a_folder_name = field_validator("name")(run_name)
 
     def objective(self) -> Objective:
         """The objective of ``loss``: the one validation built, the same object on every call.
@@ -75,4 +97,5 @@ class Recipe(StrictConfig):
         return list(self._plugin_files)
 
     def run_dir(self) -> Path:
+        """``output_dir``, or ``runs/<name>`` when it is not set."""
         return Path(self.output_dir or f"runs/{self.name}")

@@ -31,6 +31,7 @@ from alignkit.recipe import (
     reward_problems,
     validation_problems,
 )
+from alignkit.recipe.model import RUN_NAME_DESCRIPTION, run_name
 from alignkit.recipe.source import describe
 
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
@@ -39,7 +40,7 @@ __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_rec
 class OnlineRecipe(StrictConfig):
     """One online experiment: model, adapter, prompts, the online objective, optimisation, evaluation."""
 
-    name: str = Field(description="Run name; the run folder defaults to runs/<name>.")
+    name: str = Field(description=RUN_NAME_DESCRIPTION)
     output_dir: str | None = Field(None, description="Run folder (metrics, checkpoints, report).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for initialisation, prompt order and sampling.")
     plugins: list[str] = Field(
@@ -56,6 +57,7 @@ class OnlineRecipe(StrictConfig):
 
     _plugin_files: list[str] = PrivateAttr(default_factory=list)
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
+    _name_is_a_folder_name = field_validator("name")(run_name)
 
     @property
     def plugin_files(self) -> list[str]:
@@ -63,6 +65,7 @@ class OnlineRecipe(StrictConfig):
         return list(self._plugin_files)
 
     def run_dir(self) -> Path:
+        """``output_dir``, or ``runs/<name>`` when it is not set."""
         return Path(self.output_dir or f"runs/{self.name}")
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 from alignkit.eval.config import EvalConfig
-from alignkit.losses import Objective, PreferenceStats, build_objective, list_losses
+from alignkit.losses import Objective, build_objective, list_losses
 from alignkit.models.config import ModelConfig
 from alignkit.recipe.model import Recipe
 from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
+from alignkit.train.metrics import stage_metric_names
 
 __all__ = ["cross_section_problems", "environment_problems", "eval_rewards", "model_problems", "reward_problems"]
 
@@ -95,45 +96,6 @@ def environment_problems(run_dir: Path, run_dir_loc: Location, devices: dict[Loc
     return problems
 
 
-def _dry_run_metrics(objective: Objective, inputs: str, paired: bool) -> set[str] | None:
-    """The extra metric names ``objective`` logs, from one call on a tiny made-up batch (None if it fails)."""
-    b = 2
-    logps = torch.tensor([-5.0, -7.0])
-    if inputs == "kway":
-        stats = PreferenceStats(scores=torch.tensor([[0.5, -0.5, 0.1], [0.2, 0.3, -1.0]]),
-                                best_index=torch.tensor([0, 1]))
-    elif inputs == "scores":
-        stats = PreferenceStats(chosen_scores=torch.tensor([0.5, -0.2]), rejected_scores=torch.tensor([0.1, 0.3]))
-    elif not paired:
-        stats = PreferenceStats(policy_chosen_logps=logps, chosen_lengths=torch.full((b,), 3.0))
-    else:
-        stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
-                                chosen_lengths=torch.full((b,), 3.0), rejected_lengths=torch.full((b,), 4.0))
-        if objective.needs_reference:
-            stats.reference_chosen_logps, stats.reference_rejected_logps = logps - 0.5, logps - 0.75
-    try:
-        with torch.no_grad():
-            return set(objective(stats).metrics)
-    except Exception:  # noqa: BLE001 - a plugin loss may not accept made-up numbers; then names are not checked
-        return None
-
-
-def _eval_metrics(objective: Objective, *, paired: bool) -> tuple[list[str], bool]:
-    """The held-out metric names a training stage logs (``eval/...``), and whether the list is complete.
-
-    These follow the trainer's accumulation: loss and rewards/chosen always; the rest of rewards/* for
-    paired batches (a pair, or K candidates); logps/* for an objective on log-probs; the loss's own metrics.
-    """
-    names = ["loss", "rewards/chosen"]
-    if paired:
-        names += ["rewards/rejected", "rewards/margins", "rewards/accuracies"]
-    if objective.inputs == "logps":
-        names += ["logps/chosen"] + (["logps/rejected"] if paired else [])
-    extra = _dry_run_metrics(objective, objective.inputs, paired)
-    names += sorted(extra or ())
-    return [f"eval/{n}" for n in names], extra is not None
-
-
 def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
     problems: list[Problem] = []
     held_out = recipe.data.test_source is not None or recipe.data.test_size != 0
@@ -149,8 +111,9 @@ def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Probl
             problems.append(((section, "early_stopping"), "needs held-out pairs, but data.test_size is 0 and there "
                              "is no data.test_source"))
             continue
-        names, complete = _eval_metrics(stage_objective, paired=paired)
-        if es.metric in names or (not complete and es.metric.startswith("eval/")):
+        logged = stage_metric_names(stage_objective, paired=paired)
+        names = logged.eval
+        if es.metric in names or (not logged.complete and es.metric.startswith("eval/")):
             continue
         hint = f" (did you mean 'eval/{es.metric}'?)" if f"eval/{es.metric}" in names else ""
         problems.append((loc, f"{es.metric!r} is never logged{hint}; the held-out metrics of this stage are: "

@@ -2,12 +2,14 @@
 
 We average gradients ourselves (one flattened all-reduce per optimizer step, after gradient accumulation)
 instead of wrapping the model in DistributedDataParallel: our forward pass goes through the decoder and the
-output embedding separately (chunked log-probs), which DDP's forward hooks would not see.
+output embedding separately (chunked log-probs), which DDP's forward hooks would not see. Decisions every
+process must take together (a non-finite loss on one process stops them all) ride in that all-reduce.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,17 +50,36 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv) -> None:
-    """Sum gradients over processes (each process's loss is already divided by the global count)."""
+def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv,
+                         extra: Sequence[float] = ()) -> list[float]:
+    """Sum gradients over processes (each process's loss is already divided by the global count).
+
+    Args:
+        params: the trainable parameters; those with a gradient take part.
+        env: the data-parallel environment; in one process nothing is communicated.
+        extra: numbers to sum over processes as well (flags, counts); they travel in the same all-reduce as
+            the gradients, so a decision every process must share costs no extra round trip.
+
+    Returns:
+        ``extra`` summed over processes (``extra`` itself in one process).
+    """
     if not env.enabled:
-        return
+        return list(extra)
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch._utils._flatten_dense_tensors(grads)
+    if not grads:  # every process runs the same model: none has gradients
+        values = torch.tensor(list(extra), dtype=torch.float64)
+        if len(extra):
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return [float(v) for v in values.tolist()]
+    # The extras ride at the end of the flat buffer, in the gradients' dtype: they are small counts, exact
+    # even in bfloat16.
+    flags = torch.tensor(list(extra), dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch._utils._flatten_dense_tensors([*grads, flags])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(synced)
+    *synced, summed = torch._utils._unflatten_dense_tensors(flat, [*grads, flags])
+    for grad, value in zip(grads, synced, strict=True):
+        grad.copy_(value)
+    return [float(v) for v in summed.tolist()]
 
 
 def broadcast_parameters(params: list[torch.nn.Parameter], env: DistEnv) -> None:

@@ -6,6 +6,12 @@ skipped step would silently train on fewer examples than asked), and the weights
 checkpoint is written. The weights in memory and every checkpoint on disk are therefore finite, so
 ``--resume`` after lowering the learning rate continues from the last good checkpoint.
 
+Under data parallelism every process takes the decision together, or the others would wait forever at
+the next all-reduce: a process whose loss is not finite still runs ``backward`` and reports it in the
+step's gradient all-reduce (:func:`~alignkit.train.distributed.all_reduce_gradients`), and every process
+then raises the same error before ``optimizer.step`` (:meth:`DivergenceGuard.check_processes`). Gradient
+norms, held-out metrics and weights are equal on every process already (computed after an all-reduce).
+
 :class:`TrainingDivergedError` is a ``ValueError`` (the command line prints it as a message, exit code 2)
 and, for code that caught the earlier error, a ``FloatingPointError``.
 """
@@ -64,10 +70,24 @@ class DivergenceGuard:
             before: what did not happen because of it ("the optimizer step").
             hint: replaces the stage's hint (when the cause is not the optimisation, e.g. a reward).
         """
-        number = float(value)
+        number = float(value.detach() if isinstance(value, torch.Tensor) else value)
         if not math.isfinite(number):
             raise TrainingDivergedError(self.stage, step, metric, f"{number}, stopped before {before}",
                                         self.hint if hint is None else hint)
+
+    def check_processes(self, metric: str, non_finite: float, world_size: int, step: int, *, before: str) -> None:
+        """Raise, on every process alike, if any process saw a non-finite ``metric``.
+
+        Args:
+            metric: its name in the message.
+            non_finite: how many processes saw a non-finite value, summed over processes (so equal on all).
+            world_size: the number of processes.
+            step: the 1-based optimizer step.
+            before: what did not happen because of it ("the optimizer step").
+        """
+        if non_finite > 0:
+            raise TrainingDivergedError(self.stage, step, metric, f"on {int(non_finite)} of {world_size} "
+                                        f"processes, stopped before {before}", self.hint)
 
     def check_weights(self, model: torch.nn.Module, step: int) -> None:
         """Raise if a trainable parameter holds a NaN or an infinity (checked before every save)."""

@@ -1,17 +1,120 @@
-"""Metric accumulation and logging: metrics.jsonl (always) and TensorBoard (when installed)."""
+"""The metrics an offline stage logs, their accumulation, and the log: metrics.jsonl and TensorBoard.
+
+:func:`batch_metrics` is where the per-example metric names of a training or evaluation batch come from;
+:func:`stage_metric_names` lists, through that same function, the names a stage logs for an objective, so
+the recipe rule that checks ``early_stopping.metric`` accepts exactly what the trainer writes.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 
-__all__ = ["MetricSums", "MetricsWriter"]
+__all__ = [
+    "STEP_METRICS",
+    "MetricSums",
+    "MetricsWriter",
+    "StageMetricNames",
+    "batch_metrics",
+    "stage_metric_names",
+    "step_metrics",
+]
+
+STEP_METRICS = ("tokens_per_second", "grad_norm", "learning_rate", "step_seconds")
+"""What each optimizer step adds to the batch metrics of its training record (none in an ``eval/`` record)."""
+
+
+def batch_metrics(out: LossOutput, stats: PreferenceStats) -> dict[str, torch.Tensor]:
+    """The per-example metrics of one batch besides ``loss`` (which is weighted), each (B,), by name.
+
+    ``rewards/chosen`` always; the rest of ``rewards/*`` for paired batches (a rejected response or K
+    candidates: an SFT batch has nothing to compare with); ``logps/*`` for the log-probs the batch has;
+    then the loss's own metrics.
+    """
+    metrics = {"rewards/chosen": out.chosen_rewards}
+    if any(x is not None for x in (stats.policy_rejected_logps, stats.rejected_scores, stats.scores)):
+        metrics["rewards/rejected"] = out.rejected_rewards
+        metrics["rewards/margins"] = out.chosen_rewards - out.rejected_rewards
+        metrics["rewards/accuracies"] = (out.chosen_rewards > out.rejected_rewards).float()
+    if stats.policy_chosen_logps is not None:
+        metrics["logps/chosen"] = stats.policy_chosen_logps
+    if stats.policy_rejected_logps is not None:
+        metrics["logps/rejected"] = stats.policy_rejected_logps
+    metrics.update(out.metrics)
+    return metrics
+
+
+def step_metrics(*, tokens_per_second: float, grad_norm: float, learning_rate: float,
+                 step_seconds: float) -> dict[str, float]:
+    """The :data:`STEP_METRICS` of one optimizer step, by name."""
+    values = (tokens_per_second, grad_norm, learning_rate, step_seconds)
+    return dict(zip(STEP_METRICS, values, strict=True))
+
+
+def _made_up_stats(objective: Objective, *, paired: bool) -> PreferenceStats:
+    """Statistics of a tiny batch (B=2) with the fields :func:`~alignkit.train.forward.preference_stats`
+    fills for ``objective`` on a paired (preference, K-way) or unpaired (SFT) batch."""
+    logps = torch.tensor([-5.0, -7.0])
+    lengths = torch.full((2,), 3.0)
+    if objective.inputs == "kway":
+        scores = torch.tensor([[0.5, -0.5, 0.1], [0.2, 0.3, -1.0]])  # (B, K)
+        return PreferenceStats(scores=scores, best_index=torch.tensor([0, 1]))
+    if objective.inputs == "scores":
+        return PreferenceStats(chosen_scores=logps + 5.5, rejected_scores=logps + 6.0)
+    if not paired:
+        return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
+    stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
+                            chosen_lengths=lengths, rejected_lengths=lengths + 1.0)
+    if objective.needs_reference:
+        stats.reference_chosen_logps, stats.reference_rejected_logps = logps - 0.5, logps - 0.75
+    return stats
+
+
+@dataclass(frozen=True)
+class StageMetricNames:
+    """The metric names an offline stage writes to metrics.jsonl (besides ``stage`` and ``step``).
+
+    Attributes:
+        train: the names of a training record: ``loss``, the batch metrics, :data:`STEP_METRICS`.
+        eval: the names of a held-out record: ``eval/`` + ``loss`` and the batch metrics.
+        complete: False when the objective failed on made-up statistics (a plugin loss may), so that its
+            own metrics are not listed; the other names are.
+    """
+
+    train: tuple[str, ...]
+    eval: tuple[str, ...]
+    complete: bool
+
+
+def stage_metric_names(objective: Objective, *, paired: bool) -> StageMetricNames:
+    """The metric names a stage training ``objective`` logs, found by :func:`batch_metrics` itself.
+
+    The objective runs once on a made-up batch (no model), and its output goes through the function the
+    trainer accumulates with.
+
+    Args:
+        objective: the stage's objective.
+        paired: whether the stage's batches are paired (preference pairs, K-way) rather than SFT batches.
+    """
+    try:
+        with torch.no_grad():
+            stats = _made_up_stats(objective, paired=paired)
+            names, complete = list(batch_metrics(objective(stats), stats)), True
+    except Exception:  # noqa: BLE001 - a plugin loss may not accept made-up numbers; its own names are unknown
+        stats = _made_up_stats(objective, paired=paired)
+        zeros = torch.zeros(2)
+        names, complete = list(batch_metrics(LossOutput(zeros, zeros, zeros), stats)), False
+    per_batch = ["loss", *names]
+    return StageMetricNames(train=(*per_batch, *STEP_METRICS), eval=tuple(f"eval/{n}" for n in per_batch),
+                            complete=complete)
 
 
 class MetricSums:

@@ -27,7 +27,7 @@ from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.forward import objective_step
 from alignkit.train.loop import Evaluation, FitLoop, optimizer_step
-from alignkit.train.metrics import MetricSums
+from alignkit.train.metrics import MetricSums, batch_metrics, step_metrics
 from alignkit.train.schedule import make_scheduler
 from alignkit.train.summary import StageSummary, steps_per_second
 
@@ -195,25 +195,21 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------------------
     def _accumulate(self, sums: MetricSums, out: LossOutput, stats: PreferenceStats, weights: torch.Tensor) -> None:
-        sums.add("loss_weighted", out.losses.detach() * weights)
+        """Add one batch's weighted ``loss`` and its :func:`~alignkit.train.metrics.batch_metrics`."""
         sums.add_total("loss", float((out.losses.detach() * weights).sum()), float(weights.sum()))
-        sums.add("rewards/chosen", out.chosen_rewards)
-        paired = any(x is not None for x in (stats.policy_rejected_logps, stats.rejected_scores, stats.scores))
-        if paired:  # an SFT batch has no rejected response to compare with
-            sums.add("rewards/rejected", out.rejected_rewards)
-            sums.add("rewards/margins", out.chosen_rewards - out.rejected_rewards)
-            sums.add("rewards/accuracies", (out.chosen_rewards > out.rejected_rewards).float())
-        if stats.policy_chosen_logps is not None:
-            sums.add("logps/chosen", stats.policy_chosen_logps)
-        if stats.policy_rejected_logps is not None:
-            sums.add("logps/rejected", stats.policy_rejected_logps)
-        for name, values in out.metrics.items():
+        for name, values in batch_metrics(out, stats).items():
             sums.add(name, values)
 
-    def accumulate_gradients(self, step: int) -> tuple[MetricSums, int]:
+    def accumulate_gradients(self, step: int) -> tuple[MetricSums, int, int]:
         """Forward and backward over every micro-batch of optimizer step ``step``; gradients add up in .grad.
 
-        Returns the step's metric sums and its number of non-padding tokens on this process.
+        In one process a non-finite loss raises :class:`~alignkit.train.divergence.TrainingDivergedError`
+        before its backward. Under data parallelism it is counted instead and the step goes on, so that this
+        process still reaches the gradient all-reduce where every process learns of it (:meth:`train_step`).
+
+        Returns:
+            The step's metric sums, its number of non-padding tokens on this process, and the number of its
+            micro-batches on this process whose loss was not finite (0 in one process).
         """
         self.model.train()
         examples = self._step_examples(step)
@@ -221,7 +217,7 @@ class Trainer:
         if total_weight <= 0:
             raise ValueError(f"{self.stage}: the examples of step {step + 1} all have weight 0")
         sums = MetricSums()
-        tokens = 0
+        tokens = non_finite = 0
         for micro in self._micro_batches(examples):
             batch = _to_device(self.collate(micro), self.device)
             tokens += int(batch["attention_mask"].sum())
@@ -229,26 +225,35 @@ class Trainer:
                 out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
             weights = batch["weights"].to(out.losses.dtype)
             loss = (out.losses * weights).sum() / total_weight
-            self.guard.check("loss", loss, step + 1, before="backward")
+            if self.env.enabled:
+                non_finite += not math.isfinite(float(loss.detach()))
+            else:
+                self.guard.check("loss", loss, step + 1, before="backward")
             loss.backward()
             self._accumulate(sums, out, stats, weights)
-        return sums, tokens
+        return sums, tokens, non_finite
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step (all micro-batches); returns this step's metrics."""
+        """One optimizer step (all micro-batches); returns this step's metrics.
+
+        Raises:
+            TrainingDivergedError: on every process alike, when the loss of any process's micro-batch or
+                the gradient norm is not finite; the weights stay as they were.
+        """
         start = time.perf_counter()
-        sums, tokens = self.accumulate_gradients(step)
-        all_reduce_gradients(self.params, self.env)
+        sums, tokens, non_finite = self.accumulate_gradients(step)
+        # One all-reduce carries the gradients and whether any process saw a non-finite loss.
+        (processes_non_finite,) = all_reduce_gradients(self.params, self.env, extra=(float(non_finite > 0),))
+        self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
+                                   before="the optimizer step")
         grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
                                        max_grad_norm=self.cfg.max_grad_norm, guard=self.guard, step=step + 1)
         sums.add_total("tokens", float(tokens), 1.0)
         metrics = sums.means(self.env)
-        metrics.pop("loss_weighted", None)
         elapsed = time.perf_counter() - start
-        metrics["tokens_per_second"] = metrics.pop("tokens") * self.env.world_size / max(elapsed, 1e-9)
-        metrics["grad_norm"] = grad_norm
-        metrics["learning_rate"] = lr
-        metrics["step_seconds"] = elapsed
+        tokens_per_second = metrics.pop("tokens") * self.env.world_size / max(elapsed, 1e-9)
+        metrics.update(step_metrics(tokens_per_second=tokens_per_second, grad_norm=grad_norm, learning_rate=lr,
+                                    step_seconds=elapsed))
         return metrics
 
     @torch.no_grad()
@@ -266,7 +271,6 @@ class Trainer:
                 out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
             self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)
-        metrics.pop("loss_weighted", None)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     # -----------------------------------------------------------------------------------------------------

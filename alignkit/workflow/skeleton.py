@@ -1,6 +1,7 @@
 """The one sequence every run follows, offline or online; what differs is a :class:`RunPlan`.
 
-    device and processes -> claim the run folder (start, resume, or refuse) + recipe.yaml -> seeds -> tokenizer and policy -> plan.prepare
+    device and processes -> claim the run folder (start, resume, or refuse) -> plan.preflight -> recipe.yaml
+    -> seeds -> tokenizer and policy -> plan.prepare
     -> adapter -> plan.train (stages) -> model/ -> plan.evaluate -> report.json, report.md, plots
 
 Only the main process writes files; every process trains.
@@ -19,6 +20,7 @@ import torch
 from rich.console import Console
 
 from alignkit.cache import write_atomic
+from alignkit.eval.judges.keys import check_judge_environment
 from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
@@ -91,6 +93,10 @@ class RunPlan(Protocol):
     def inspect_folder(self) -> FolderState:
         """What the run folder holds compared with this recipe (see :func:`inspect_run_folder`)."""
 
+    def preflight(self) -> None:
+        """Check what the run needs of this machine that recipe validation does not (an API key's variable),
+        before anything is written or loaded; raise a ``ValueError`` naming the setting."""
+
     def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
         """The tokenizer and the policy, on ``ctx.device``."""
 
@@ -128,6 +134,10 @@ class RecipeRun:
     def inspect_folder(self) -> FolderState:
         return inspect_run_folder(self.run_dir, self.recipe, self._read, self._dump)
 
+    def preflight(self) -> None:
+        """The evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)."""
+        check_judge_environment(self.recipe.eval.judge if self.recipe.eval is not None else None)
+
     def load_causal_lm(self, device: torch.device) -> PreTrainedModel:
         """The recipe's causal LM on ``device``, its dropout off unless ``model.disable_dropout`` is false."""
         model = load_causal_lm(self.recipe.model, device)
@@ -147,6 +157,8 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     Raises:
         RecipeError: before anything is written, when the folder holds another run and neither flag says
             what to do with it (see :func:`~alignkit.workflow.run_folder.claim_run_folder`).
+        ValueError: before anything is written or loaded, when the plan's :meth:`~RunPlan.preflight` finds that
+            this machine lacks what the run needs later (e.g. the judge's API key variable is not set).
     """
     console = console or Console(stderr=True)
     env = init_distributed(resolve_device(plan.device))
@@ -160,6 +172,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
         console.print(f"[cyan]{ctx.run_dir} holds the finished run of this recipe: nothing to resume, nothing "
                       "changed[/]")
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
+    plan.preflight()  # what would fail after training: checked before the folder is written or a model loaded
     if env.is_main:
         if action == "replace":
             console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")

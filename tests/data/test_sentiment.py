@@ -261,10 +261,10 @@ def test_bf16_generation_copy_leaves_the_model_alone(tiny_gpt2, gpt2_tokenizer, 
 
 def test_pair_cache_survives_unicode_line_separators(tmp_path):
     """Completions may contain U+2028/U+0085, which str.splitlines() treats as line breaks."""
-    from alignkit.data.sentiment import _read_cache, _write_jsonl_atomic
+    from alignkit.data.sample_cache import read_cache, write_jsonl_atomic
 
     path = tmp_path / "cache.jsonl"
     texts = [["a\u2028b", "c\x85d"], ["e", "f\u2029g"]]
     rows = [{"meta": {}}] + [{"prompt": p, "completions": t} for p, t in zip(["p1", "p2"], texts, strict=True)]
-    _write_jsonl_atomic(path, rows)
-    assert _read_cache(path, ["p1", "p2"], k=2) == texts
+    write_jsonl_atomic(path, rows)
+    assert read_cache(path, ["p1", "p2"], k=2) == texts

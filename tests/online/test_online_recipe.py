@@ -63,6 +63,12 @@ def test_overrides_and_cross_field_checks(tmp_path):
         load_online_recipe(path, ["online.warp={runs: 2}", "online.anchor.kind=ema", "adapter={kind: lora}"])
 
 
+@pytest.mark.parametrize("name", ["../escape", "/abs/run", "a/b", ".."])
+def test_a_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
+    with pytest.raises(RecipeError, match=r"name: .* is not a plain folder name"):
+        load_online_recipe(_write(tmp_path, BASE), [f"name={name!r}"])
+
+
 def test_cli_validate_and_error(tmp_path, capsys):
     path = _write(tmp_path, BASE)
     assert main(["online", str(path), "--validate"]) == 0

@@ -3,13 +3,17 @@
 ``eval.judge.api_key_env`` names a variable (``OPENAI_API_KEY``); the key itself must never be in a
 recipe, since the recipe is copied into every run folder and shown in logs. A value that looks like a key
 is refused, and the error never repeats the value.
+
+A run checks that the variable is set before it loads any model (:func:`check_judge_environment`), rather
+than failing when the judge is built after all training is done.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
-__all__ = ["check_api_key_env"]
+__all__ = ["MissingApiKeyError", "check_api_key_env", "check_judge_environment", "unset_api_key"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # How well-known API keys begin (OpenAI and Anthropic sk-, Hugging Face hf_, GitHub ghp_/github_pat_,
@@ -58,3 +62,34 @@ def check_api_key_env(name: str | None) -> str | None:
         "key (export OPENAI_API_KEY=...) and set api_key_env: OPENAI_API_KEY; if a real key was written in a "
         "recipe, consider it exposed and rotate it"
     )
+
+
+class MissingApiKeyError(ValueError):
+    """The environment variable ``eval.judge.api_key_env`` names is not set (a setting that cannot work)."""
+
+
+def unset_api_key(name: str | None) -> str | None:
+    """Why no API key can be read from the environment variable ``name``, or None when one can.
+
+    The message names the field and the variable, never a value. None ``name`` (no key is sent) passes.
+    """
+    if name is None or os.environ.get(name):
+        return None
+    return (f"eval.judge.api_key_env names the environment variable {name!r}, which is not set (or is empty); "
+            "export it, or set api_key_env: null for a server that needs no key")
+
+
+def check_judge_environment(judge: object | None) -> None:
+    """Check, before a run loads any model, that the ``eval.judge`` section ``judge`` can read its API key.
+
+    Args:
+        judge: an ``eval.judge`` section (any kind: only one with an ``api_key_env`` setting is checked), or
+            None for a run without evaluation.
+
+    Raises:
+        MissingApiKeyError: the variable ``judge.api_key_env`` names is not set; the message names the field
+            and the variable, never a value.
+    """
+    why = unset_api_key(getattr(judge, "api_key_env", None))
+    if why is not None:
+        raise MissingApiKeyError(why)

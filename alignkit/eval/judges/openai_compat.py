@@ -30,7 +30,7 @@ from typing import Any
 from alignkit.cache import cache_dir as default_cache_dir
 from alignkit.eval.judges.base import SKIPPED, Judge, Verdict
 from alignkit.eval.judges.cache import VerdictCache, verdict_key
-from alignkit.eval.judges.keys import check_api_key_env
+from alignkit.eval.judges.keys import check_api_key_env, unset_api_key
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
 
@@ -151,11 +151,8 @@ class OpenAIJudge(Judge):
         self.requests_sent = 0
         self._count_lock = threading.Lock()
         # Fail now, naming the variable (never its value), rather than on the first of many requests.
-        if api_key_env is not None and not os.environ.get(api_key_env):
-            raise JudgeRequestError(
-                f"eval.judge.api_key_env names the environment variable {api_key_env!r}, which is not set; "
-                "export it, or set api_key_env: null for a server that needs no key"
-            )
+        if (why := unset_api_key(api_key_env)) is not None:
+            raise JudgeRequestError(why)
 
     def __repr__(self) -> str:
         return f"OpenAIJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"

@@ -1,0 +1,182 @@
+"""The model behind `alignkit serve`: a causal LM answering one chat request at a time.
+
+:class:`ChatModel` renders the conversation (the tokenizer's chat template, else "role: content" lines),
+keeps the prompt within the model's context, samples with the request's settings (its seed leaves the
+global RNG state alone), and stops early when the client is gone (:class:`GenerationCancelled`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from alignkit.commands.serve_requests import DEFAULT_MAX_TOKENS, RequestError
+from alignkit.models.generate import SupportsGenerate, eos_token_ids
+
+__all__ = ["ChatModel", "GenerationCancelled"]
+
+
+class GenerationCancelled(Exception):
+    """The client went away: generation stopped (or never started) after ``generated`` tokens."""
+
+    def __init__(self, generated: int) -> None:
+        super().__init__(f"cancelled after {generated} generated tokens")
+        self.generated = generated
+
+
+def _plain_chat(messages: list[dict[str, str]]) -> str:
+    return "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+
+
+class _StopWhen(StoppingCriteria):
+    """A ``generate`` stopping criterion: stop every row as soon as ``cancelled()`` says so."""
+
+    def __init__(self, cancelled: Callable[[], bool], prompt_length: int) -> None:
+        self.cancelled = cancelled
+        self.prompt_length = prompt_length
+        self.generated: int | None = None  # tokens generated when it fired
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        stop = bool(self.cancelled())
+        if stop:
+            self.generated = input_ids.shape[1] - self.prompt_length
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class ChatModel:
+    """A causal LM answering chat requests, one at a time.
+
+    Args:
+        model: the causal LM.
+        tokenizer: its tokenizer (chat template used when it has one, else "role: content" lines).
+        name: the model id reported by ``/v1/models`` and in answers.
+        max_tokens: the most tokens one request may generate; capped below the model's context (when
+            its config names one), so that a prompt token always fits.
+
+    Attributes:
+        max_tokens: the effective maximum.
+        max_positions: the model's context in tokens, or None when its config does not say.
+
+    Raises:
+        ValueError: ``max_tokens`` is below 1.
+        TypeError: ``model`` has no ``generate`` method.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, *, max_tokens: int = 1024) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if not isinstance(model, SupportsGenerate):
+            raise TypeError(f"{type(model).__name__} has no generate(): serving needs a causal LM with "
+                            "transformers' generate API")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        config = getattr(model, "config", None)
+        self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_tokens = min(max_tokens, self.max_positions - 1) if self.max_positions else max_tokens
+        self._lock = threading.Lock()
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the conversation followed by the assistant's turn.
+
+        Raises:
+            RequestError: the chat template refuses the conversation (e.g. roles out of order).
+        """
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as err:  # noqa: BLE001 - jinja's TemplateError and whatever the template raises
+                raise RequestError(f"the model's chat template refuses these messages: {err}") from None
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(_plain_chat(messages))["input_ids"])
+
+    @torch.inference_mode()
+    def chat(self, messages: list[dict[str, str]], *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 1.0,
+             top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """One completion: ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``.
+
+        Args:
+            messages: ``{"role", "content"}`` dicts.
+            max_tokens: the most tokens generated, at most :attr:`max_tokens`.
+            temperature: 0 for greedy decoding.
+            top_p: nucleus mass.
+            seed: sampling seed (the global RNG state is restored afterwards).
+            stop: strings that end the answer (cut from the text).
+            cancelled: polled while waiting for the model and between generated tokens; True stops.
+
+        Raises:
+            RequestError: ``max_tokens`` above the maximum, or messages the chat template refuses.
+            GenerationCancelled: ``cancelled()`` turned True.
+        """
+        ids = self._prompt_in_context(messages, max_tokens)
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        watch = _StopWhen(cancelled, len(ids)) if cancelled is not None else None
+        with self._turn(cancelled):
+            new = self._generate(ids, max_tokens, seed, sampling, watch)
+        if watch is not None and watch.generated is not None:
+            raise GenerationCancelled(watch.generated)
+        return self._answer(new, stop, prompt_tokens=len(ids))
+
+    def _prompt_in_context(self, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
+        """The prompt's ids, cut from the left so that ``max_tokens`` more fit the model's context."""
+        if not 1 <= max_tokens <= self.max_tokens:
+            raise RequestError(f"'max_tokens' must be between 1 and {self.max_tokens} (this server's maximum"
+                               + (f"; the model's context is {self.max_positions} tokens" if self.max_positions else "")
+                               + ")")
+        ids = self.prompt_ids(messages)
+        if self.max_positions:
+            ids = ids[-(self.max_positions - max_tokens):]  # keep the end: the latest turn and the reply slot
+        return ids
+
+    @contextmanager
+    def _turn(self, cancelled: Callable[[], bool] | None) -> Iterator[None]:
+        """Hold the model; while waiting for it, poll ``cancelled`` so that a client gone leaves the queue."""
+        if cancelled is None:
+            self._lock.acquire()
+        else:
+            while not self._lock.acquire(timeout=0.05):
+                if cancelled():
+                    raise GenerationCancelled(0)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _generate(self, ids: list[int], max_tokens: int, seed: int | None, sampling: dict[str, Any],
+                  watch: _StopWhen | None) -> list[int]:
+        """The new token ids after the prompt ``ids`` (the global RNG state is left as it was)."""
+        device = next(self.model.parameters()).device
+        stopping = {"stopping_criteria": StoppingCriteriaList([watch])} if watch is not None else {}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
+                **sampling, **stopping,
+            )
+        return out[0, len(ids):].tolist()
+
+    def _answer(self, new: list[int], stop: list[str] | None, *, prompt_tokens: int) -> dict[str, Any]:
+        """The reply text, cut at the first end-of-sequence token and at the first stop string."""
+        finish = "length"
+        for pos, token in enumerate(new):
+            if token in self.eos_ids:
+                new, finish = new[:pos], "stop"
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        for s in stop or []:
+            if s and s in text:
+                text, finish = text[: text.index(s)], "stop"
+        return {"text": text, "finish_reason": finish, "prompt_tokens": prompt_tokens, "completion_tokens": len(new)}

@@ -1,0 +1,193 @@
+"""What `alignkit serve` accepts: the server's limits and the validation of a chat-completions request.
+
+Every field of a request body is checked (types and ranges; JSON ``true`` is not a number, ``NaN`` is not
+JSON here); a bad one raises :class:`RequestError`, which the server answers with a JSON error naming it.
+Fields this server does not implement are accepted only with the values that ask for nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_TOKENS", "RequestError", "ServerLimits", "parse_request"]
+
+ROLES = ("system", "user", "assistant")
+MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**63 - 1
+DEFAULT_MAX_TOKENS = 64  # a request's max_tokens when it sets none (capped by the server's maximum)
+# Request fields this server does not implement, with the values that ask for nothing (accepted and ignored).
+_NEUTRAL = {"presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (False,), "top_logprobs": (0,),
+            "logit_bias": ({},), "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},),
+            "store": (False,), "parallel_tool_calls": (True, False), "stream_options": ()}
+_KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
+          "stream", "user"}
+
+
+class RequestError(ValueError):
+    """A request the server cannot answer; the message is sent back as a JSON error with ``status``."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may ask of the server.
+
+    Attributes:
+        max_body_bytes: largest request body read; a larger one is answered 413 unread.
+        max_pending: chat requests generating or waiting for the model at once; more are answered 503.
+        timeout_s: a connection silent this long (idle between requests, or stalled mid-request) is closed.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_pending: int = 8
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1 or self.max_pending < 1 or not self.timeout_s > 0:
+            raise ValueError("ServerLimits needs max_body_bytes >= 1, max_pending >= 1 and timeout_s > 0")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is a bool, and bool is an int
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _reject_constant(name: str) -> Any:
+    raise RequestError(f"request body is not JSON: {name} is not a JSON number")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object with no unsupported field."""
+    try:
+        req = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except RequestError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise RequestError(f"request body is not JSON: {str(err)[:200]}") from None
+    if not isinstance(req, dict):
+        raise RequestError("request body must be a JSON object")
+    unsupported = sorted(k for k, v in req.items()
+                         if k not in _KNOWN and v is not None and v not in _NEUTRAL.get(k, ()))
+    if unsupported:
+        raise RequestError(f"unsupported request field(s): {', '.join(unsupported)}")
+    return req
+
+
+def _message(i: int, m: Any) -> dict[str, str]:
+    if not isinstance(m, dict):
+        raise RequestError(f"messages[{i}] must be an object with string 'role' and 'content'")
+    if m.get("role") not in ROLES:
+        raise RequestError(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+    content = m.get("content")
+    if isinstance(content, list):  # content parts: only text ones
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            raise RequestError(f"messages[{i}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise RequestError(f"messages[{i}] must be an object with string 'role' and 'content'")
+    for key, value in m.items():
+        if key not in ("role", "content", "name") and value is not None:
+            raise RequestError(f"messages[{i}].{key} is not supported")
+    if "name" in m and not isinstance(m["name"], (str, type(None))):
+        raise RequestError(f"messages[{i}].name must be a string")
+    return {"role": m["role"], "content": content}
+
+
+def _messages(req: dict[str, Any]) -> list[dict[str, str]]:
+    messages = req.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects")
+    return [_message(i, m) for i, m in enumerate(messages)]
+
+
+def _check_one_plain_answer(req: dict[str, Any]) -> None:
+    """String ``model`` and ``user``; no streaming; one completion."""
+    for key in ("model", "user"):
+        if req.get(key) is not None and not isinstance(req[key], str):
+            raise RequestError(f"'{key}' must be a string")
+    stream = req.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("'stream' must be true or false")
+    if stream:
+        raise RequestError("streaming is not supported; leave 'stream' unset")
+    n = req.get("n")
+    if n is not None and not (_is_int(n) and n == 1):
+        raise RequestError("'n' must be 1: this server answers one completion per request")
+
+
+def _max_tokens(req: dict[str, Any], limit: int) -> int:
+    max_tokens = req.get("max_completion_tokens")
+    if req.get("max_tokens") is not None:
+        if max_tokens is not None and max_tokens != req["max_tokens"]:
+            raise RequestError("'max_tokens' and 'max_completion_tokens' disagree; send one of them")
+        max_tokens = req["max_tokens"]
+    if max_tokens is None:
+        max_tokens = min(DEFAULT_MAX_TOKENS, limit)
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise RequestError("'max_tokens' must be a positive integer")
+    if max_tokens > limit:
+        raise RequestError(f"'max_tokens' must be at most {limit} (this server's maximum)")
+    return max_tokens
+
+
+def _temperature_and_top_p(req: dict[str, Any]) -> tuple[float, float]:
+    temperature = req.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
+    if not _is_number(temperature) or not 0 <= temperature <= 2:
+        raise RequestError("'temperature' must be a number in [0, 2]")
+    top_p = req.get("top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise RequestError("'top_p' must be a number in (0, 1]")
+    return float(temperature), float(top_p)
+
+
+def _stop(req: dict[str, Any]) -> list[str] | None:
+    stop = req.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (isinstance(stop, list) and len(stop) <= MAX_STOP_SEQUENCES
+                                 and all(isinstance(s, str) and s for s in stop)):
+        raise RequestError(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_SEQUENCES} of them")
+    return stop
+
+
+def _seed(req: dict[str, Any]) -> int | None:
+    seed = req.get("seed")
+    if seed is not None and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise RequestError("'seed' must be an integer in [0, 2**63 - 1]")
+    return seed
+
+
+def parse_request(body: bytes, *, max_tokens_limit: int) -> dict[str, Any]:
+    """Validated generation arguments of a chat-completions request body.
+
+    Args:
+        body: the raw request body.
+        max_tokens_limit: the largest ``max_tokens`` accepted
+            (:attr:`alignkit.commands.serve_model.ChatModel.max_tokens`).
+
+    Returns:
+        Keyword arguments of :meth:`alignkit.commands.serve_model.ChatModel.chat`.
+
+    Raises:
+        RequestError: the body is not a JSON object, or a field has the wrong type or range, or asks for
+            something this server does not do (streaming, n > 1, tools...).
+    """
+    req = _json_object(body)
+    messages = _messages(req)
+    _check_one_plain_answer(req)
+    max_tokens = _max_tokens(req, max_tokens_limit)
+    temperature, top_p = _temperature_and_top_p(req)
+    stop = _stop(req)
+    return {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+            "seed": _seed(req), "stop": stop}
