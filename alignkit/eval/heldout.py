@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from torch import nn
 
+from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
@@ -172,8 +173,6 @@ def evaluate_heldout(
     Returns:
         The report.json sections it computed (``reward_kl`` and/or ``judge``).
     """
-    from alignkit.eval.before_after import evaluate_before_after
-
     out: dict[str, Any] = {}
     fitting, _ = fitting_prompts(policy, tokenizer, list(prompts), cfg.max_new_tokens)
     if cfg.reward is not None and reward_kl:

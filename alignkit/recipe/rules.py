@@ -11,9 +11,12 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data import SOURCES
 from alignkit.eval.config import EvalConfig
 from alignkit.losses import Objective, build_objective, list_losses
 from alignkit.models.config import ModelConfig
+from alignkit.models.load import check_from_config
+from alignkit.models.rewards import REWARDS
 from alignkit.recipe.model import Recipe
 from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
@@ -24,8 +27,6 @@ __all__ = ["cross_section_problems", "environment_problems", "eval_rewards", "mo
 
 def reward_problems(rewards: dict[Location, str | None]) -> list[Problem]:
     """Each named reward must be registered (after plugins are loaded)."""
-    from alignkit.models.rewards import REWARDS
-
     known = ", ".join(REWARDS.names()) or "(none)"
     return [(loc, f"unknown reward function {name!r}; registered: {known} (a plugin can register more)")
             for loc, name in rewards.items() if name is not None and name not in REWARDS]
@@ -35,8 +36,6 @@ def model_problems(model: ModelConfig, *, reward_model: bool = False, max_length
     """``model.from_config``: keys its transformers config knows, a model that can be built, long enough."""
     if model.from_config is None:
         return []
-    from alignkit.models.load import check_from_config
-
     config, found = check_from_config(model.from_config, reward_model=reward_model)
     problems: list[Problem] = [(("model", "from_config", *loc), msg) for loc, msg in found]
     positions = getattr(config, "max_position_embeddings", None) if config is not None else None
@@ -122,8 +121,6 @@ def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Probl
 
 
 def _data_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
-    from alignkit.data import SOURCES
-
     problems: list[Problem] = []
     kway_losses = ", ".join(s.name for s in list_losses() if s.inputs == "kway") or "(none registered)"
     for field in ("source", "test_source"):

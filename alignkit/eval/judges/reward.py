@@ -16,8 +16,11 @@ from typing import Any
 
 import torch
 
+from alignkit.data.render import render_example
+from alignkit.data.types import PreferenceExample
 from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.registry import register_judge
+from alignkit.models.logps import reward_scores
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = ["RewardJudge", "build_reward_judge", "reward_model_scorer"]
@@ -33,10 +36,6 @@ def reward_model_scorer(folder: str | Path, *, batch_size: int = 8, device: str 
     the tokenizer has one) and the score is read at the last real token.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from alignkit.data.render import render_example
-    from alignkit.data.types import PreferenceExample
-    from alignkit.models.logps import reward_scores
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
