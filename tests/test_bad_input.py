@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,12 +116,27 @@ def test_deep_nesting_is_refused(tmp_path, capsys):
            "nested 61 levels deep")
 
 
+@contextmanager
 def _alarm(seconds: int):
+    """Raise TimeoutError in the block after ``seconds``; the previous SIGALRM handler comes back after it."""
     def handler(signum, frame):
         raise TimeoutError(f"still running after {seconds} s")
 
-    signal.signal(signal.SIGALRM, handler)
+    previous = signal.signal(signal.SIGALRM, handler)
     signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_alarm_helper_leaves_no_handler_nor_alarm_behind():
+    before = signal.getsignal(signal.SIGALRM)
+    with _alarm(20):
+        assert signal.getsignal(signal.SIGALRM) is not before
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.alarm(0) == 0  # no alarm pending
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
@@ -129,14 +145,11 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
         lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
     bomb = "\n".join(lines) + "\n"
     assert len(bomb.encode()) < 400
-    _alarm(20)
-    try:
+    with _alarm(20):
         _fails(capsys, ["validate", str(_recipe(tmp_path, bomb))], "aliases (*name) expand to", "more than 10,000 beyond what is written")
         _fails(capsys, ["validate", str(_recipe(tmp_path)), "x=[&a [1,1,1,1,1,1,1,1,1,1], [*a,*a,*a]]"],
                "Extra inputs are not permitted")  # a small expansion is fine
         _fails(capsys, ["validate", str(_recipe(tmp_path, "a: &a [1, *a]\n"))], "refers to a value that contains it")
-    finally:
-        signal.alarm(0)
 
 
 def test_a_duplicate_key_is_an_error_with_both_lines(tmp_path, capsys):

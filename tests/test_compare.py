@@ -302,11 +302,13 @@ def test_a_folder_written_before_a_new_setting_existed_is_not_stale(hh_path, tmp
 
     from alignkit.commands.compare import _folder_state
     from alignkit.recipe import recipe_to_yaml
+    from alignkit.workflow.run_folder import RUN_MARKER
 
     _, (plan,) = plan_comparison(RECIPE, ["dpo"], overrides=_overrides(hh_path), out=tmp_path / "cmp")
     saved = yaml.safe_load(recipe_to_yaml(plan.recipe))
     del saved["model"]["padding_free"]  # as written by a version without the setting
     plan.recipe.run_dir().mkdir(parents=True)
+    (plan.recipe.run_dir() / RUN_MARKER).write_text("")  # a folder a run claimed
     (plan.recipe.run_dir() / "recipe.yaml").write_text(yaml.safe_dump(saved))
     assert _folder_state(plan.recipe) == ("partial", "")
     saved["model"]["padding_free"] = False  # a real difference still counts

@@ -154,6 +154,9 @@ def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["loss.name=reward_bt", "data.source={kind: sentiment}"], "'sentiment' samples its pairs from the policy"),
         (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
         (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
+        (["adapter.kind=lora", "reference.mode=adapters_off", "sft.enabled=true"],
+         "reference.mode: 'adapters_off' uses the base model under the adapter, but the reference of an SFT run is "
+         "the SFT model (sft.enabled is true, and the SFT stage trains the adapter); use copy or cached"),
         (["eval.reward=nosuch"], "eval.reward: unknown reward function 'nosuch'; registered:"),
         (["eval.judge={kind: reward, reward: nosuch}"], "eval.judge.reward: unknown reward function 'nosuch'"),
         (["data.source={kind: sentiment, reward: nosuch}"], "data.source.reward: unknown reward function 'nosuch'"),

@@ -31,7 +31,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
 from alignkit.workflow.run_folder import inspect_run_folder
@@ -84,7 +84,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def _folder_state(recipe: Recipe) -> tuple[str, str]:
     """Whether the run folder is empty, finished, interrupted, or holds a different recipe."""
-    folder = inspect_run_folder(recipe.run_dir(), recipe, load_recipe, recipe_to_yaml)
+    folder = inspect_run_folder(recipe.run_dir(), recipe, Recipe, recipe_to_yaml)
     if folder.state == "foreign":
         raise RecipeError(f"{recipe.run_dir()} holds files that are not an alignkit run; choose another --out")
     states = {"new": "new", "finished": "complete", "interrupted": "partial", "different": "stale"}

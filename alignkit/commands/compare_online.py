@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from alignkit.commands.online import run_online_recipe
-from alignkit.recipe import Recipe, RecipeError, comparable_recipes
+from alignkit.recipe import Recipe, RecipeError, comparable_recipes, read_saved_recipe
 from alignkit.recipe.online import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
 from alignkit.report.format import format_interval
 from alignkit.report.frontier import online_frontier_rows
@@ -42,15 +42,16 @@ class OnlineEntry:
 
 
 def _saved_recipe(run_dir: Path) -> OnlineRecipe | None:
+    """The folder's saved online recipe, read through the schema alone (its plugins are not imported)."""
     path = run_dir / "recipe.yaml"
-    return load_online_recipe(path) if path.is_file() and is_online_recipe(path) else None
+    return read_saved_recipe(path, OnlineRecipe) if path.is_file() and is_online_recipe(path) else None
 
 
 def _same_recipe(run_dir: Path, recipe: OnlineRecipe) -> bool:
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return True
-    old, new = comparable_recipes(saved, recipe, load_online_recipe, online_recipe_to_yaml)
+    old, new = comparable_recipes(saved, recipe, OnlineRecipe, online_recipe_to_yaml)
     return old == new
 
 

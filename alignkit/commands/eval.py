@@ -12,6 +12,7 @@ from rich.console import Console
 from alignkit.data.pipeline import evaluation_prompts
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.heldout import evaluate_heldout
+from alignkit.eval.judges.keys import check_judge_environment
 from alignkit.recipe import load_recipe
 from alignkit.report.tables import write_report
 from alignkit.workflow.environment import resolve_device
@@ -51,9 +52,10 @@ def evaluate_run(
     if cfg.judge.kind == "none" and cfg.reward is None:
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
                          "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
+    check_judge_environment(cfg.judge)  # an unset API-key variable fails now, not after the reward/KL pass
     dev = resolve_device(device)
     policy, tokenizer = load_run_model(run_dir, device=str(dev))
-    reference = evaluation_reference(policy, reference_loader(recipe, dev, run_dir))
+    reference = evaluation_reference(recipe, policy, reference_loader(recipe, dev, run_dir))
     prompts, chosen = evaluation_prompts(recipe.data, tokenizer)
     report_path = run_dir / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {

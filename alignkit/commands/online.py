@@ -28,15 +28,43 @@ from alignkit.online.config import OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
-from alignkit.recipe.online import OnlineRecipe, load_online_recipe, online_recipe_to_yaml
+from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
 from alignkit.report.frontier import front_markdown, plot_online_frontier
+from alignkit.train.distributed import DistEnv
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
 
-__all__ = ["OnlineRun", "build_score", "describe_objective", "load_tensors", "online_prompts", "run_online_recipe"]
+__all__ = [
+    "OnlineRun",
+    "SingleProcessError",
+    "build_score",
+    "check_single_process",
+    "describe_objective",
+    "load_tensors",
+    "online_prompts",
+    "run_online_recipe",
+]
+
+
+class SingleProcessError(ValueError):
+    """An online recipe started with more than one process (under ``torchrun``)."""
+
+
+def check_single_process(env: DistEnv) -> None:
+    """Refuse to train online in a data-parallel process group.
+
+    Online training has no data-parallel path: every process would sample full rollouts and write the
+    same checkpoints and metrics. The refusal comes on every process alike, before a model is loaded.
+
+    Raises:
+        SingleProcessError: ``env`` has more than one process.
+    """
+    if env.enabled:
+        raise SingleProcessError(f"online training runs in one process, this one was started in "
+                                 f"{env.world_size}; start it without torchrun")
 
 
 def online_prompts(recipe: OnlineRecipe) -> tuple[list[str], list[str]]:
@@ -140,7 +168,7 @@ class OnlineRun(RecipeRun):
     """The :class:`~alignkit.workflow.RunPlan` of an online recipe: RLOO, or WARP's merged runs."""
 
     def __init__(self, recipe: OnlineRecipe) -> None:
-        super().__init__(recipe, load_online_recipe, online_recipe_to_yaml)
+        super().__init__(recipe, OnlineRecipe, online_recipe_to_yaml)
         self.recipe: OnlineRecipe = recipe
         self.train_prompts: list[str] = []
         self.eval_prompts: list[str] = []
@@ -148,6 +176,7 @@ class OnlineRun(RecipeRun):
         self.initial: ReferenceFn | None = None
 
     def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
+        check_single_process(ctx.env)
         return load_tokenizer(self.recipe.model), self.load_causal_lm(ctx.device)
 
     def prepare(self, ctx: RunContext) -> None:

@@ -37,7 +37,7 @@ class PreferenceRun(RecipeRun):
     """The :class:`~alignkit.workflow.RunPlan` of an offline recipe: [SFT], then the objective."""
 
     def __init__(self, recipe: Recipe) -> None:
-        super().__init__(recipe, load_recipe, recipe_to_yaml)
+        super().__init__(recipe, Recipe, recipe_to_yaml)
         self.recipe: Recipe = recipe
         self.objective = recipe.objective()  # built once, by validation
         self.is_reward_model = self.objective.inputs in ("scores", "kway")
@@ -102,8 +102,8 @@ class PreferenceRun(RecipeRun):
             return {}
         assert self.data is not None
         prompts, chosen = heldout_prompts(self.data.test_examples)
-        reference = evaluation_reference(ctx.model, reference_loader(self.recipe, ctx.device, ctx.run_dir),
-                                         self.reference)
+        reference = evaluation_reference(self.recipe, ctx.model,
+                                         reference_loader(self.recipe, ctx.device, ctx.run_dir), self.reference)
         return evaluate_heldout(cfg, ctx.model, reference, ctx.tokenizer, prompts, chosen, run_dir=ctx.run_dir,
                                 console=ctx.console, device=str(ctx.device))
 

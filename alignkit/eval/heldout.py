@@ -2,9 +2,9 @@
 
 :func:`judge_run` samples one completion per held-out prompt from the policy and from the baseline (the
 reference model, or the dataset's chosen response), judges each pair in both orders and summarizes the
-scores (:mod:`alignkit.eval.winrate`). :func:`evaluate_run` reloads a finished run (its recipe.yaml and
-model/), adds the judge (and, if missing, the reward-versus-KL evaluation) to report.json and report.md,
-and draws the plots.
+scores (:mod:`alignkit.eval.winrate`). :func:`evaluate_heldout` runs the evaluation a recipe's ``eval:``
+section asks for (reward versus KL, the judge) and returns the report sections. Reloading a finished run
+for `alignkit eval RUN_DIR` and writing its report are the command's (:mod:`alignkit.commands.eval`).
 """
 
 from __future__ import annotations

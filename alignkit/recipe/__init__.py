@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -46,6 +46,7 @@ __all__ = [
     "RecipeError",
     "apply_overrides",
     "comparable_recipes",
+    "read_saved_recipe",
     "cross_section_problems",
     "environment_problems",
     "eval_rewards",
@@ -292,18 +293,36 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
-def comparable_recipes(saved: Path, current: Any, load: Callable[[Path], Any],
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_saved_recipe(saved: Path, schema: type[ModelT]) -> ModelT | None:
+    """A run folder's saved recipe read through ``schema`` alone: no plugin is imported (a run folder is
+    data, not code), so a recipe that needs a plugin's loss or reward to validate reads as None.
+
+    Raises:
+        RecipeError: the file is not safe YAML (aliases beyond the budget, duplicate keys, too deep...).
+    """
+    data = parse_yaml(read_text(saved), str(saved))[0]
+    if not isinstance(data, dict):
+        return None
+    try:
+        return schema.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def comparable_recipes(saved: Path, current: Any, schema: type[BaseModel],
                        dump: Callable[[Any], str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run folder's saved recipe and ``current`` as plain dicts that compare equal when they mean the same.
 
-    The saved file is read back through the schema (``load`` then ``dump``), so a setting added since the
-    folder was written reads as its default; ``output_dir`` is dropped from both, since the same folder
-    may be spelt relative or absolute.
+    The saved file is read back through the schema (:func:`read_saved_recipe`, which imports no plugin,
+    then ``dump``), so a setting added since the folder was written reads as its default; when the schema
+    cannot read it, the file's own keys are compared. ``output_dir`` is dropped from both, since the same
+    folder may be spelt relative or absolute.
     """
-    try:
-        old = yaml.safe_load(dump(load(saved)))
-    except RecipeError:
-        old = parse_yaml(read_text(saved), str(saved))[0]
+    normalised = read_saved_recipe(saved, schema)
+    old = yaml.safe_load(dump(normalised)) if normalised is not None else parse_yaml(read_text(saved), str(saved))[0]
     old = old if isinstance(old, dict) else {}
     new = yaml.safe_load(dump(current))
     old.pop("output_dir", None)

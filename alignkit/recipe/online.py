@@ -83,6 +83,9 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.online.warp is not None and isinstance(recipe.adapter, LoRAConfig):
         problems.append((("adapter", "kind"), "WARP merges trainable tensors one by one, which is not the merge "
                          "of LoRA's product B A; use adapter.kind bottleneck or none with online.warp"))
+    if recipe.eval is not None and recipe.eval.baseline == "chosen":
+        problems.append((("eval", "baseline"), "'chosen' judges the policy against the dataset's chosen responses, "
+                         "but online prompts have none; use baseline: reference"))
     problems += reward_problems({("online", "reward"): recipe.online.reward, **eval_rewards(recipe.eval)})
     problems += model_problems(recipe.model)
     return problems

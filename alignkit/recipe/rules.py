@@ -22,7 +22,12 @@ from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
 from alignkit.train.metrics import stage_metric_names
 
-__all__ = ["cross_section_problems", "environment_problems", "eval_rewards", "model_problems", "reward_problems"]
+__all__ = ["ADAPTERS_OFF_AFTER_SFT", "cross_section_problems", "environment_problems", "eval_rewards", "model_problems", "reward_problems"]
+
+# reference.mode adapters_off with an SFT stage: the base model would stand in for the SFT model.
+ADAPTERS_OFF_AFTER_SFT = (
+    "'adapters_off' uses the base model under the adapter, but the reference of an SFT run is the SFT model "
+    "(sft.enabled is true, and the SFT stage trains the adapter); use copy or cached")
 
 
 def reward_problems(rewards: dict[Location, str | None]) -> list[Problem]:
@@ -154,6 +159,8 @@ def cross_section_problems(recipe: Recipe) -> list[Problem]:
     if mode == "adapters_off" and recipe.adapter.kind == "none":
         problems.append((("reference", "mode"), "'adapters_off' uses the policy with its adapter switched off, but "
                          "adapter.kind is none; set adapter.kind to bottleneck or lora, or use copy or cached"))
+    if mode == "adapters_off" and recipe.sft.enabled:
+        problems.append((("reference", "mode"), ADAPTERS_OFF_AFTER_SFT))
     rewards: dict[Location, str | None] = {}
     for field in ("source", "test_source"):
         source = getattr(recipe.data, field)

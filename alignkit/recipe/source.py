@@ -155,8 +155,9 @@ def line_map(node: yaml.Node | None, path: tuple[Any, ...] = (), lines: dict | N
             line_map(value, sub, lines)
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
-            lines[(*path, i)] = value.start_mark.line + 1
-            line_map(value, (*path, i), lines)
+            item = (*path, i)
+            lines[item] = value.start_mark.line + 1
+            line_map(value, item, lines)
     return lines
 
 

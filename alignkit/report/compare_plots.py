@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.report.plots import pyplot, save_figure
+from alignkit.report.plots import interval_error, pyplot, save_figure
 
 plt = pyplot()  # Agg backend: render to files only
 
@@ -24,14 +24,6 @@ _LINESTYLES = ("-", "--", ":", "-.")
 def _colours(losses: Sequence[str]) -> dict[str, Any]:
     cmap = plt.get_cmap("tab10")
     return {loss: cmap(i % 10) for i, loss in enumerate(dict.fromkeys(losses))}
-
-
-def _err(entry: dict[str, float]) -> list[list[float]]:
-    """Asymmetric error-bar lengths ([[below], [above]]) of an interval; 0 where it has none."""
-    low, high, est = entry["low"], entry["high"], entry["estimate"]
-    below = est - low if low == low else 0.0
-    above = high - est if high == high else 0.0
-    return [[max(below, 0.0)], [max(above, 0.0)]]
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -63,7 +55,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
     if reference is not None:
         ref_kl = reference["reference_kl"]["estimate"] if reference.get("reference_kl") else 0.0
         ax.errorbar([ref_kl], [reference["reference_reward"]["estimate"]],
-                    yerr=_err(reference["reference_reward"]), fmt="*", color="black", markersize=12,
+                    yerr=interval_error(reference["reference_reward"]), fmt="*", color="black", markersize=12,
                     capsize=3, label="reference (before training)")
     for loss, colour in colours.items():
         group = sorted((r for r in points if r["loss"] == loss), key=_sort_key)
@@ -72,8 +64,8 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
         if len(group) > 1:
             ax.plot(xs, ys, "-", color=colour, alpha=0.6)
         for r, x, y in zip(group, xs, ys, strict=True):
-            ax.errorbar([x], [y], xerr=_err(r["kl"]), yerr=_err(r["reward"]), fmt="o", color=colour, capsize=3,
-                        label=loss if r is group[0] else None)
+            ax.errorbar([x], [y], xerr=interval_error(r["kl"]), yerr=interval_error(r["reward"]), fmt="o",
+                        color=colour, capsize=3, label=loss if r is group[0] else None)
             if r["params"]:
                 ax.annotate(_param_text(r["params"]), (x, y), textcoords="offset points", xytext=(5, 5),
                             fontsize=7, color=colour)

@@ -6,7 +6,6 @@ metrics; figures a run does not have (no reward evaluation, no judge) are ``None
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.report.format import format_interval
+from alignkit.report.format import format_interval, to_json
 
 __all__ = [
     "COLUMNS",
@@ -195,5 +194,5 @@ def render_comparison(
         markdown_path.write_text(text)
     if json_path is not None:
         payload = {**(extra_json or {}), "rows": list(rows)}
-        json_path.write_text(json.dumps(payload, indent=2, default=float))
+        json_path.write_text(to_json(payload))
     return text

@@ -5,10 +5,13 @@ matplotlib runs with the Agg backend (no display needed); each function writes o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_reward_kl", "plot_win_rate", "pyplot", "save_figure"]
+from alignkit.report.format import bound, format_interval
+
+__all__ = ["interval_error", "plot_reward_kl", "plot_win_rate", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -18,6 +21,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def interval_error(entry: Mapping[str, Any]) -> list[list[float]]:
+    """Asymmetric error-bar lengths ([[below], [above]]) of an interval; 0 where it has no bound."""
+    low, high, est = bound(entry, "low"), bound(entry, "high"), float(entry["estimate"])
+    below = est - low if low is not None else 0.0
+    above = high - est if high is not None else 0.0
+    return [[max(below, 0.0)], [max(above, 0.0)]]
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
@@ -44,8 +55,8 @@ def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
     for y, (_label, ci) in enumerate(rows):
         est = ci["estimate"]
         ax.barh(y, est, color="tab:blue", alpha=0.6, height=0.5)
-        ax.errorbar(est, y, xerr=[[est - ci["low"]], [ci["high"] - est]], fmt="o", color="black", capsize=4)
-        ax.text(min(ci["high"] + 0.02, 0.86), y, f"{est:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]", va="center", fontsize=8)
+        ax.errorbar(est, y, xerr=interval_error(ci), fmt="o", color="black", capsize=4)
+        ax.text(min((bound(ci, "high") or est) + 0.02, 0.86), y, format_interval(ci, 2), va="center", fontsize=8)
     ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_xlim(0, 1)
@@ -68,8 +79,7 @@ def plot_reward_kl(reward_kl: dict[str, Any], path: str | Path) -> Path:
         entry = reward_kl[key]
         r, k = entry["reward"], entry["kl"]
         ax.errorbar(k["estimate"], r["estimate"],
-                    xerr=[[k["estimate"] - k["low"]], [k["high"] - k["estimate"]]],
-                    yerr=[[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]],
+                    xerr=interval_error(k), yerr=interval_error(r),
                     fmt="o", color=color, capsize=4, label=entry.get("label", key))
     ax.set_xlabel("KL(policy || reference), nats per sequence")
     ax.set_ylabel(f"mean reward ({reward_kl.get('reward', '')})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alignkit.cache import write_atomic
-from alignkit.report.format import format_interval, format_value
+from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.judge import judge_markdown, judge_report_rows
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 
@@ -82,6 +81,6 @@ def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> 
     if report.get("reward_kl"):
         plots.append(plot_reward_kl(report["reward_kl"], run_dir / "plots" / "reward_kl.png"))
     report["plots"] = [str(p.relative_to(run_dir)) for p in plots]
-    write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+    write_atomic(run_dir / "report.json", to_json(report))
     markdown = render_report(report, console=console)
     write_atomic(run_dir / "report.md", markdown + "\n" + judge_markdown(report, report["plots"]))

@@ -128,13 +128,14 @@ def is_complete(folder: Path) -> bool:
 
 
 def _pointed(checkpoints: Path, pointer: str) -> Path | None:
-    """The folder the pointer file names, or None when it is missing, empty, garbled or names no folder."""
+    """The ``step-*`` folder the pointer file names, or None when it is missing, empty, garbled or names no
+    such folder (``best`` included: it keeps no optimizer state, so training cannot resume from it)."""
     try:
         name = (checkpoints / pointer).read_text().strip()
     except (OSError, ValueError):
         return None
-    if not name or name in (".", "..") or Path(name).name != name:  # a bare folder name, nothing else
-        return None
+    if Path(name).name != name or not name.startswith(STEP_PREFIX) or _step_of(Path(name)) < 0:
+        return None  # a bare step-NNN folder name, nothing else
     folder = checkpoints / name
     return folder if folder.is_dir() else None
 
@@ -169,7 +170,9 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: non-finite weights, weights the model lacks, or no resume state (e.g. an older
-            alignkit's pickled ``optimizer.pt``, which is never unpickled) when one is needed.
+            alignkit's pickled ``optimizer.pt``, which is never unpickled) when one is needed, or no optimizer
+            or scheduler state (the ``best`` checkpoint keeps neither) when ``optimizer`` or ``scheduler`` is
+            given.
     """
     try:
         weights = load_file(str(folder / WEIGHTS))
@@ -188,10 +191,13 @@ def load_checkpoint(
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     if optimizer is not None or scheduler is not None or restore_rng:
         resume = _resume_state(folder)
-        if optimizer is not None and resume["optimizer"] is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None and resume["scheduler"] is not None:
-            scheduler.load_state_dict(resume["scheduler"])
+        for what, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if target is None:
+                continue
+            if resume[what] is None:  # e.g. the ``best`` checkpoint, which keeps weights only
+                raise CheckpointError(f"checkpoint {folder} keeps no {what} state (only a step-* checkpoint "
+                                      "does): training cannot resume from it")
+            target.load_state_dict(resume[what])
         if restore_rng:
             _set_rng_state(resume["rng"])
     return json.loads((folder / STATE).read_text())

@@ -2,9 +2,11 @@
 
 Policy (both trainers): a non-finite loss stops before ``backward``, a non-finite gradient norm stops before
 ``optimizer.step`` (the step is not skipped: a learning rate that overflows once overflows again, and a
-skipped step would silently train on fewer examples than asked), and the weights are checked before every
-checkpoint is written. The weights in memory and every checkpoint on disk are therefore finite, so
-``--resume`` after lowering the learning rate continues from the last good checkpoint.
+skipped step would silently train on fewer examples than asked), and the trainable weights are checked
+before every checkpoint is written and before every held-out evaluation (not after each step: an update
+with finite loss and gradients can still overflow a weight, which the next check finds). Held-out metrics
+are checked before they are logged. Every checkpoint on disk is therefore finite, so ``--resume`` after
+lowering the learning rate continues from the last good checkpoint.
 
 Under data parallelism every process takes the decision together, or the others would wait forever at
 the next all-reduce: a process whose loss is not finite still runs ``backward`` and reports it in the

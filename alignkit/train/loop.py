@@ -198,6 +198,8 @@ class FitLoop:
         state = state or LoopState()
         if self.env.is_main:
             remove_unfinished_saves(self.checkpoints)
+        if self.env.enabled:  # the others look for the latest checkpoint only once the clean-up is done
+            torch.distributed.barrier()
         ckpt = latest_checkpoint(self.checkpoints) if resume else None
         if ckpt is not None:
             state = LoopState.from_json(load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
@@ -247,6 +249,8 @@ class FitLoop:
         step = state.step
         self.guard.check_weights(self.model, step)  # the cause, rather than the NaN metrics it would give
         metrics = self.evaluation.evaluate()
+        for key, number in metrics.items():  # checked before anything is logged: no NaN in metrics.jsonl
+            self.guard.check(key, number, step, before="it was logged or the best checkpoint chosen")
         state.eval_history.append({"step": step, **metrics})
         writer.write({"stage": self.stage, "step": step, **metrics})
         if step == 0:
@@ -256,7 +260,6 @@ class FitLoop:
         if name not in metrics:
             raise KeyError(f"early_stopping.metric {name!r} is not logged; eval metrics: {sorted(metrics)}")
         value = metrics[name]
-        self.guard.check(name, value, step, before="the best checkpoint is chosen")
         best, delta = state.best_metric, es.min_delta if es else 0.0
         mode = es.mode if es else "min"
         if best is None or (value < best - delta if mode == "min" else value > best + delta):

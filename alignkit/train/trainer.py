@@ -149,6 +149,16 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
+        if self.eval_pairs and len(self.eval_pairs) < self.env.world_size:
+            # Each process evaluates its own share (eval_pairs[rank::world_size]); one with none would
+            # all-reduce a tensor of another shape than the rest and hang or crash. Every process sees
+            # the same pairs, so all of them refuse together.
+            section = "sft" if isinstance(cfg, SFTConfig) else "train"
+            raise ValueError(
+                f"{stage}: {len(self.eval_pairs)} held-out examples are fewer than the {self.env.world_size} "
+                f"processes, each of which evaluates a share; raise {section}.max_eval_examples or "
+                "data.test_size, or start fewer processes"
+            )
         broadcast_parameters(self.params, self.env)
         if len(self.train_pairs) < cfg.batch_size:
             raise ValueError(

@@ -2,8 +2,12 @@
 
 - Training (:func:`training_reference`): the recipe's ``reference.mode``: the policy with its adapters
   switched off, a frozen copy, or log-probs computed once and cached.
-- Evaluation (:func:`evaluation_reference`): the policy with its adapters off when it has adapters, else a
-  frozen copy already in memory, else the reference loaded again (:func:`reference_loader`).
+- Evaluation (:func:`evaluation_reference`): the same model as training: a frozen copy already in memory,
+  else the policy with its adapters off when that is the reference (an adapter, no named reference, no SFT
+  stage), else the reference loaded again (:func:`reference_loader`).
+
+The reference of a run with an SFT stage is the SFT model; with an adapter that is the policy after SFT with
+its adapters on (the SFT stage trained only the adapter), never the base model with adapters off.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from alignkit.models.reference import (
     ReferenceLogpsCache,
 )
 from alignkit.models.reference_cache import Collate
-from alignkit.peft import adapters_disabled, has_adapters
+from alignkit.peft import adapters_disabled, apply_adapter, has_adapters
 from alignkit.recipe import Recipe, RecipeError
+from alignkit.recipe.rules import ADAPTERS_OFF_AFTER_SFT
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.dropout import disable_dropout
 from alignkit.workflow.environment import seed_everything
@@ -39,6 +44,9 @@ __all__ = ["evaluation_reference", "reference_loader", "training_reference"]
 def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Callable[[], nn.Module]:
     """A function that loads the reference model again: the named reference, or the initial policy
     (re-seeded, so even a model built from a config comes back identical), after SFT when there was one.
+
+    The SFT checkpoint of a run with an adapter holds the adapter's weights: the recipe's adapter is applied
+    before it is loaded, so the model returned is the SFT model (adapters on, SFT weights).
 
     Args:
         run_dir: the run folder whose ``sft/checkpoints`` hold the SFT stage (the folder being evaluated,
@@ -62,6 +70,7 @@ def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Cal
             seed_everything(recipe.seed)
             model = load_causal_lm(recipe.model, device)
             if sft_checkpoint is not None:
+                apply_adapter(model, recipe.adapter)  # kind none: unchanged
                 load_checkpoint(sft_checkpoint, model=model, restore_rng=False)
         if recipe.model.disable_dropout:
             disable_dropout(model)
@@ -70,17 +79,26 @@ def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Cal
     return load
 
 
-def evaluation_reference(policy: nn.Module, load_reference: Callable[[], nn.Module],
+def evaluation_reference(recipe: Recipe, policy: nn.Module, load_reference: Callable[[], nn.Module],
                          training: Reference | None = None) -> ReferenceFn:
     """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl).
 
-    A reference that must be loaded again is loaded on first use (an evaluation against the dataset's
-    chosen responses never needs it), then kept for every later use.
+    The same model training used: the frozen copy ``training`` when it is one; the policy with its adapters
+    off when the reference is the base model under the adapter (no ``reference.name_or_path``, no SFT stage);
+    else ``load_reference()`` (the named model, or the SFT model). A reference that must be loaded again is
+    loaded on first use (an evaluation against the dataset's chosen responses never needs it), then kept for
+    every later use.
+
+    Args:
+        recipe: the run's recipe (its ``reference`` and ``sft`` sections say which model is the reference).
+        policy: the trained policy.
+        load_reference: :func:`reference_loader` of the run.
+        training: the reference training used, if this process trained.
     """
-    if has_adapters(policy):
-        return AdaptersOffReference(policy, adapters_disabled).model_context
     if isinstance(training, FrozenCopyReference):
         return training.model_context
+    if has_adapters(policy) and not recipe.reference.name_or_path and not recipe.sft.enabled:
+        return AdaptersOffReference(policy, adapters_disabled).model_context
     loaded: list[nn.Module] = []
 
     def reference() -> contextlib.AbstractContextManager[nn.Module]:
@@ -106,6 +124,8 @@ def training_reference(
     if mode == "none":
         raise RecipeError(f"loss {objective.describe()} needs a reference, but reference.mode is 'none'")
     if mode == "adapters_off":
+        if recipe.sft.enabled:
+            raise RecipeError(f"reference.mode: {ADAPTERS_OFF_AFTER_SFT}")
         if not has_adapters(policy):
             raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
         return AdaptersOffReference(policy, adapters_disabled, logps=logps)
@@ -116,16 +136,17 @@ def training_reference(
         return FrozenCopyReference(policy, logps=logps)
     # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
     batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)
-    extra = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
+    extra: dict[str, Any] = {"max_length": recipe.data.max_length, "max_prompt_length": recipe.data.max_prompt_length}
     model_id = recipe.reference.name_or_path or recipe.model.name_or_path
     with contextlib.ExitStack() as stack:
         if separate is not None:
             model = separate
-        elif has_adapters(policy):
+        elif has_adapters(policy) and not recipe.sft.enabled:  # the base model under the adapter
             model = stack.enter_context(adapters_disabled(policy))
-        else:
+            extra["adapters"] = "off"  # same weights as the policy's: the key must tell them apart
+        else:  # the policy as it is now: the initial model, or the SFT model (adapters on) after SFT
             model = policy
         cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, logps=logps,
                                           extra=extra)
     del separate
-    return CachedReference(cache, model_factory=None if has_adapters(policy) else load_reference)
+    return CachedReference(cache, model_factory=load_reference)

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from alignkit.recipe import RecipeError, comparable_recipes
 
-__all__ = ["Action", "FolderState", "claim_run_folder", "clear_run_folder", "inspect_run_folder", "recipe_differences"]
+__all__ = ["RUN_MARKER", "Action", "FolderState", "claim_run_folder", "clear_run_folder", "inspect_run_folder", "recipe_differences"]
+
+# Written first into every folder a run claims: what `--overwrite` may clear and `--resume` may continue.
+RUN_MARKER = ".alignkit-run"
 
 State = Literal["new", "finished", "interrupted", "different", "foreign"]
 
@@ -28,8 +33,8 @@ class FolderState:
         state: ``new`` (missing or empty), ``finished`` (same recipe, report written), ``interrupted`` (same
             recipe, no report), ``different`` (another recipe), ``foreign`` (files that are not a run).
         differences: the first differences between the saved recipe and the current one (``different``).
-        has_results: whether the folder holds anything but ``recipe.yaml`` (a run that stopped at start
-            left only its recipe: starting over loses nothing).
+        has_results: whether the folder holds anything but its marker and ``recipe.yaml`` (a run that
+            stopped at start left only those: starting over loses nothing).
     """
 
     state: State
@@ -54,18 +59,20 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3)
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def inspect_run_folder(run_dir: Path, current: Any, load: Callable[[Path], Any],
+def inspect_run_folder(run_dir: Path, current: BaseModel, schema: type[BaseModel],
                        dump: Callable[[Any], str]) -> FolderState:
-    """Compare the folder's saved ``recipe.yaml`` (read back through ``load``/``dump``) with ``current``."""
+    """Compare the folder's saved ``recipe.yaml`` (read through ``schema``, importing no plugin, then
+    ``dump``) with ``current``. Only a folder with the :data:`RUN_MARKER` file is a run: a user's own folder
+    that happens to hold a ``recipe.yaml`` is ``foreign``, never replaced."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"output_dir: {run_dir} is a file, not a folder")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return FolderState("new")
     saved = run_dir / "recipe.yaml"
-    if not saved.is_file():
+    if not (run_dir / RUN_MARKER).is_file() or not saved.is_file():
         return FolderState("foreign")
-    has_results = any(p.name != "recipe.yaml" for p in run_dir.iterdir())
-    old, new = comparable_recipes(saved, current, load, dump)
+    has_results = any(p.name not in ("recipe.yaml", RUN_MARKER) for p in run_dir.iterdir())
+    old, new = comparable_recipes(saved, current, schema, dump)
     if old != new:
         return FolderState("different", recipe_differences(old, new), has_results)
     return FolderState("finished" if (run_dir / "report.json").is_file() else "interrupted", "", has_results)
@@ -89,7 +96,8 @@ def claim_run_folder(run_dir: Path, folder: FolderState, *, resume: bool, overwr
     if resume and overwrite:
         raise RecipeError("--resume and --overwrite contradict each other: choose one")
     if folder.state == "foreign":
-        raise RecipeError(f"output_dir: {run_dir} holds files that are not an alignkit run (no recipe.yaml); "
+        raise RecipeError(f"output_dir: {run_dir} holds files that are not an alignkit run (no "
+                          f"{RUN_MARKER} file); "
                           "choose another output_dir")
     if resume:
         if folder.state == "new":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from pydantic import BaseModel
 from rich.console import Console
 
 from alignkit.cache import write_atomic
@@ -30,7 +31,13 @@ from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
 from alignkit.workflow.environment import peak_rss_mib, resolve_device, seed_everything
 from alignkit.workflow.model_io import save_model
-from alignkit.workflow.run_folder import FolderState, claim_run_folder, clear_run_folder, inspect_run_folder
+from alignkit.workflow.run_folder import (
+    RUN_MARKER,
+    FolderState,
+    claim_run_folder,
+    clear_run_folder,
+    inspect_run_folder,
+)
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
@@ -115,24 +122,24 @@ class RecipeRun:
 
     Args:
         recipe: a recipe with ``name``, ``seed``, ``model``, ``adapter``, ``train.device`` and ``run_dir()``.
-        read: reads a saved recipe file back (to compare it with ``recipe``).
+        schema: the recipe's model class, which reads a saved recipe back (to compare it with ``recipe``).
         dump: the recipe as saved in the run folder.
     """
 
-    def __init__(self, recipe: Any, read: Callable[[Path], Any], dump: Callable[[Any], str]) -> None:
+    def __init__(self, recipe: Any, schema: type[BaseModel], dump: Callable[[Any], str]) -> None:
         self.recipe = recipe
         self.name: str = recipe.name
         self.seed: int = recipe.seed
         self.device: str = recipe.train.device
         self.run_dir: Path = recipe.run_dir()
         self.adapter: AdapterConfig = recipe.adapter
-        self._read, self._dump = read, dump
+        self._schema, self._dump = schema, dump
 
     def recipe_yaml(self) -> str:
         return self._dump(self.recipe)
 
     def inspect_folder(self) -> FolderState:
-        return inspect_run_folder(self.run_dir, self.recipe, self._read, self._dump)
+        return inspect_run_folder(self.run_dir, self.recipe, self._schema, self._dump)
 
     def preflight(self) -> None:
         """The evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)."""
@@ -178,6 +185,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
             console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")
             clear_run_folder(ctx.run_dir)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(ctx.run_dir / RUN_MARKER, "This folder is an alignkit run (see docs/architecture.md).\n")
         write_atomic(ctx.run_dir / "recipe.yaml", plan.recipe_yaml())
     if env.enabled:
         torch.distributed.barrier()

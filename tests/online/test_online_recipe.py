@@ -63,6 +63,15 @@ def test_overrides_and_cross_field_checks(tmp_path):
         load_online_recipe(path, ["online.warp={runs: 2}", "online.anchor.kind=ema", "adapter={kind: lora}"])
 
 
+
+def test_a_chosen_baseline_is_refused_online_prompts_have_no_chosen_responses(tmp_path):
+    path = _write(tmp_path, BASE)
+    judge = "eval={judge: {kind: reward, reward: vader_sentiment}, baseline: chosen}"
+    with pytest.raises(RecipeError, match=r"eval\.baseline: 'chosen' .* but online prompts have none"):
+        load_online_recipe(path, [judge])
+    load_online_recipe(path, [judge.replace("chosen", "reference")])
+
+
 @pytest.mark.parametrize("name", ["../escape", "/abs/run", "a/b", ".."])
 def test_a_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
     with pytest.raises(RecipeError, match=r"name: .* is not a plain folder name"):
@@ -109,3 +118,14 @@ def test_run_and_validate_dispatch_on_the_online_key(tmp_path):
     assert main(["validate", str(path)]) == 0
     # `alignkit run` on an online recipe goes to the online loop: here it stops at the bad override.
     assert main(["run", str(path), "online.max_new_tokens=0"]) == 2
+
+
+def test_online_training_refuses_several_processes():
+    """Before: under torchrun every rank sampled full rollouts and wrote the same checkpoints and metrics."""
+    from alignkit.commands.online import SingleProcessError, check_single_process
+    from alignkit.train.distributed import DistEnv
+
+    check_single_process(DistEnv())  # one process: fine
+    with pytest.raises(SingleProcessError, match="online training runs in one process.*without torchrun"):
+        check_single_process(DistEnv(rank=1, world_size=2))
+    assert issubclass(SingleProcessError, ValueError)  # the CLI prints it as a message, exit code 2

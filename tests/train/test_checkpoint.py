@@ -177,3 +177,19 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, gpt2_tokenizer)
         f.write('{"stage": "preference", "step": 3, "lo')
     _trainer(tmp_path, gpt2_tokenizer, max_steps=3).fit(resume=True)
     assert _steps(tmp_path) == [1, 2, 3]
+
+
+def test_the_latest_pointer_never_names_best_and_best_cannot_be_resumed(tmp_path):
+    """Before: ``latest`` naming ``best`` resumed from it, silently without optimizer and scheduler state."""
+    model = make_tiny_gpt2()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    checkpoints = tmp_path / "checkpoints"
+    save_checkpoint(checkpoints / "step-0000002", model=model, optimizer=optimizer, scheduler=None,
+                    state={"step": 2})
+    save_checkpoint(checkpoints / "best", model=model, optimizer=None, scheduler=None, state={"step": 1},
+                    pointer=None)
+    (checkpoints / "latest").write_text("best")
+    assert latest_checkpoint(checkpoints) == checkpoints / "step-0000002"
+    with pytest.raises(CheckpointError, match="keeps no optimizer state"):
+        load_checkpoint(checkpoints / "best", model=model, optimizer=optimizer, restore_rng=False)
+    assert load_checkpoint(checkpoints / "best", model=model, restore_rng=False) == {"step": 1}  # weights only

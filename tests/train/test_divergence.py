@@ -135,3 +135,21 @@ def test_the_hint_names_the_recipe_section_of_the_stage():
 
     assert divergence_hint("sft", SFTConfig(lr=3.0)).startswith("Lower sft.lr (now 3)")
     assert "train.max_grad_norm" in divergence_hint("train", TrainConfig(max_grad_norm=None))
+
+
+def test_a_non_finite_held_out_metric_stops_before_it_is_logged(tmp_path, gpt2_tokenizer, monkeypatch):
+    """Before: the held-out record with NaN went to metrics.jsonl, and only then did the guard stop the run."""
+    trainer = _trainer(tmp_path, gpt2_tokenizer, max_steps=2, eval_every=1)
+    evaluate, calls = trainer.evaluate, []
+
+    def nan_after_the_first() -> dict[str, float]:
+        calls.append(1)
+        metrics = evaluate()
+        return {**metrics, "eval/rewards/margins": float("nan")} if len(calls) > 1 else metrics
+
+    monkeypatch.setattr(trainer, "evaluate", nan_after_the_first)
+    with pytest.raises(TrainingDivergedError, match="non-finite eval/rewards/margins at step 1"):
+        trainer.fit()
+    log = (tmp_path / "metrics.jsonl").read_text()
+    assert "NaN" not in log and "Infinity" not in log
+    assert '"eval/loss"' in log  # the step-0 evaluation, which was finite, is there

@@ -153,3 +153,16 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_reference_implementation():
             o.step()
     for a, b in zip(ours, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fewer_held_out_pairs_than_processes_is_refused_at_set_up(tmp_path, gpt2_tokenizer):
+    """Before: the process with no held-out pair all-reduced a tensor of another shape and hung."""
+    from alignkit.data import collate_preference as collate
+    from alignkit.train.distributed import DistEnv
+
+    pairs = tiny_pairs(gpt2_tokenizer, 5)
+    with pytest.raises(ValueError, match="1 held-out examples are fewer than the 2 processes.*"
+                                         "train.max_eval_examples or data.test_size"):
+        Trainer(make_tiny_gpt2(), build_objective({"name": "sft"}), TrainConfig(lr=1e-3, batch_size=4, max_steps=1),
+                train_pairs=pairs[:4], eval_pairs=pairs[4:], collate=partial(collate, pad_token_id=0),
+                run_dir=tmp_path, env=DistEnv(rank=1, world_size=2))

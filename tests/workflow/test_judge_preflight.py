@@ -63,3 +63,16 @@ def test_a_set_key_passes_the_check(monkeypatch):
     check_judge_environment(judge)
     check_judge_environment(judge.model_copy(update={"api_key_env": None}))
     check_judge_environment(None)
+
+
+def test_eval_refuses_an_unset_judge_key_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(UNSET, raising=False)
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)  # a finished run folder, as far as the command looks before loading
+    (run_dir / "recipe.yaml").write_text(tiny_jsonl_recipe(tmp_path).read_text())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the judge's key was checked")
+
+    monkeypatch.setattr("alignkit.commands.eval.load_run_model", refuse)
+    _refused(capsys, ["eval", str(run_dir), JUDGE])

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from workflow_recipes import tiny_jsonl_recipe as _recipe
 
 from alignkit.cli import main
-from alignkit.recipe import RecipeError
-from alignkit.workflow.run_folder import FolderState, claim_run_folder
+from alignkit.recipe import Recipe, RecipeError, load_recipe, recipe_to_yaml
+from alignkit.workflow.run_folder import FolderState, claim_run_folder, inspect_run_folder
 
 
 def _err(capsys: pytest.CaptureFixture[str]) -> str:
@@ -109,3 +110,30 @@ def test_a_folder_of_other_files_is_never_deleted(tmp_path, capsys):
     assert main(["run", str(recipe), "--overwrite"]) == 2
     assert "not an alignkit run" in _err(capsys)
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_folder_with_a_recipe_yaml_is_not_a_run(tmp_path, capsys):
+    """`output_dir` pointing at the folder of the user's own recipe: refused, and --overwrite deletes nothing."""
+    recipe = _recipe(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text(recipe.read_text())  # the user's file, not a run's
+    (tmp_path / "run" / "data.jsonl").write_text("mine")
+    assert main(["run", str(recipe), "--overwrite"]) == 2
+    assert "not an alignkit run" in _err(capsys)
+    assert (tmp_path / "run" / "data.jsonl").read_text() == "mine"
+
+
+def test_inspecting_a_run_folder_runs_none_of_its_code(finished, tmp_path):
+    """A plugin planted in a run folder's recipe is never imported by run, --resume or compare."""
+    recipe, _ = finished
+    folder = tmp_path / "planted"
+    shutil.copytree(recipe.parent / "run", folder)
+    marker = tmp_path / "executed"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    saved = (folder / "recipe.yaml").read_text()
+    assert "plugins: []" in saved
+    (folder / "recipe.yaml").write_text(saved.replace("plugins: []", "plugins:\n- evil.py"))
+    current = load_recipe(recipe, [f"output_dir={folder}"])
+    assert inspect_run_folder(folder, current, Recipe, recipe_to_yaml).state == "different"
+    assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
+    assert not marker.exists()

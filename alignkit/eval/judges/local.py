@@ -9,6 +9,7 @@ is generated, so the verdict is deterministic and always readable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +108,10 @@ class LocalJudge(Judge):
             return []
         verdicts = []
         for a, b in self.letter_logps(items).tolist():
+            if not (math.isfinite(a) and math.isfinite(b)):  # NaN would compare as a tie, a valid verdict
+                verdicts.append(Verdict(None, raw=f"log p(A)={a} log p(B)={b}",
+                                        error="the judge's log-probability is not a finite number"))
+                continue
             choice: Choice = "A" if a > b else "B" if b > a else "tie"
             verdicts.append(Verdict(choice, raw=f"log p(A)={a:.4f} log p(B)={b:.4f}", margin=a - b))
         return verdicts

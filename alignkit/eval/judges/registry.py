@@ -1,8 +1,9 @@
 """The judge registry: ``eval.judge.kind`` -> a function that builds the judge from its config section.
 
 A judge module registers its builder with ``@register_judge("kind")``; :func:`build_judge` looks the kind
-up. A new judge needs its module (a :class:`~alignkit.eval.judges.base.Judge` and a builder) and its config
-class in :mod:`alignkit.eval.config`; nothing else changes.
+up. A new judge needs its module (a :class:`~alignkit.eval.judges.base.Judge` and a builder), its import in
+``alignkit/eval/judges/__init__.py``, and its config class in :mod:`alignkit.eval.config` added to the
+``JudgeConfig`` union (a test checks the registry and the union name the same kinds).
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""report.json and comparison.json are strict JSON: an interval bound that is not finite is written as null,
+and everything that reads those files back (tables, Markdown, plots) accepts a null bound."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from alignkit.report.compare_table import render_comparison
+from alignkit.report.format import format_interval, to_json
+from alignkit.report.frontier import plot_online_frontier, rows_from_comparison
+from alignkit.report.plots import plot_reward_kl
+from alignkit.report.tables import render_report, write_report
+
+NAN = float("nan")
+
+
+def _strict(path: Path):
+    """The file parsed as strict JSON (NaN / Infinity refused)."""
+    def refuse(constant: str):
+        raise AssertionError(f"{path.name} holds {constant}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _interval(estimate: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": NAN, "high": NAN}  # what one sample gives
+
+
+def test_report_json_writes_non_finite_bounds_as_null_and_reads_back(tmp_path):
+    """Before: report.json held bare NaN (not JSON), and a None bound broke format_interval."""
+    report = {"recipe": "r", "objective": "rloo", "stages": {},
+              "reward_kl": {"reward": "vader", "before": {"reward": _interval(0.1), "kl": _interval(0.0)},
+                            "after": {"reward": _interval(0.4), "kl": _interval(2.0)},
+                            "reward_gain": {"estimate": 0.3, "low": float("-inf"), "high": 0.5}}}
+    write_report(report, tmp_path, console=Console(file=None, quiet=True))
+    loaded = _strict(tmp_path / "report.json")
+    assert loaded["reward_kl"]["after"]["reward"] == {"estimate": 0.4, "low": None, "high": None}
+    assert loaded["reward_kl"]["reward_gain"]["low"] is None
+    assert format_interval(loaded["reward_kl"]["after"]["reward"]) == "0.400"
+    assert "0.400" in render_report(loaded, console=Console(quiet=True))
+    assert plot_reward_kl(loaded["reward_kl"], tmp_path / "again.png").is_file()  # None bounds: no error bar
+
+
+def test_comparison_json_writes_non_finite_bounds_as_null_and_the_frontier_reads_it(tmp_path):
+    row = {"label": "dpo", "status": "done", "loss": "dpo", "params": {"beta": 0.1},
+           "reward": _interval(0.5), "kl": {"estimate": 1.0, "low": 0.5, "high": NAN}, "reward_name": "vader",
+           "reference_reward": _interval(0.2), "reference_kl": None}
+    render_comparison([row], console=Console(quiet=True), title="t", json_path=tmp_path / "comparison.json")
+    rows = rows_from_comparison(tmp_path / "comparison.json")
+    _strict(tmp_path / "comparison.json")
+    assert rows[0]["kl"] == {"estimate": 1.0, "low": 0.5, "high": None}
+    assert plot_online_frontier([], tmp_path / "front.png", extra_rows=rows) is not None
+
+
+@pytest.mark.parametrize("value", [NAN, float("inf"), float("-inf")])
+def test_to_json_never_writes_a_non_finite_number(value):
+    import numpy as np
+
+    text = to_json({"a": [value, 1.5, (value,)], "b": np.float32(value), "c": np.float32(2.0)})
+    assert json.loads(text) == {"a": [None, 1.5, [None]], "b": None, "c": 2.0}
