@@ -33,6 +33,7 @@ from alignkit.workflow.environment import peak_rss_mib, resolve_device, seed_eve
 from alignkit.workflow.model_io import save_model
 from alignkit.workflow.run_folder import (
     RUN_MARKER,
+    Action,
     FolderState,
     claim_run_folder,
     clear_run_folder,
@@ -153,6 +154,30 @@ class RecipeRun:
         return model
 
 
+def _claim_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -> Action:
+    """Decide what the run folder allows, check what would fail later, then (main process) mark it and
+    save the recipe. Every process takes the same decision from the folder as it was before any change."""
+    folder = plan.inspect_folder()
+    if ctx.env.enabled:
+        torch.distributed.barrier()
+    action = claim_run_folder(ctx.run_dir, folder, resume=resume, overwrite=overwrite)
+    if action == "finished":
+        ctx.console.print(f"[cyan]{ctx.run_dir} holds the finished run of this recipe: nothing to resume, "
+                          "nothing changed[/]")
+        return action
+    plan.preflight()  # what would fail after training: checked before the folder is written or a model loaded
+    if ctx.env.is_main:
+        if action == "replace":
+            ctx.console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")
+            clear_run_folder(ctx.run_dir)
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(ctx.run_dir / RUN_MARKER, "This folder is an alignkit run (see docs/architecture.md).\n")
+        write_atomic(ctx.run_dir / "recipe.yaml", plan.recipe_yaml())
+    if ctx.env.enabled:
+        torch.distributed.barrier()
+    return action
+
+
 def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
                 console: Console | None = None) -> RunSummary:
     """Run ``plan`` through the one skeleton; write the run folder; return what happened.
@@ -171,24 +196,8 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     env = init_distributed(resolve_device(plan.device))
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
-    folder = plan.inspect_folder()  # every process reads the folder before the main one changes it
-    if env.enabled:
-        torch.distributed.barrier()
-    action = claim_run_folder(ctx.run_dir, folder, resume=resume, overwrite=overwrite)
-    if action == "finished":
-        console.print(f"[cyan]{ctx.run_dir} holds the finished run of this recipe: nothing to resume, nothing "
-                      "changed[/]")
+    if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
-    plan.preflight()  # what would fail after training: checked before the folder is written or a model loaded
-    if env.is_main:
-        if action == "replace":
-            console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")
-            clear_run_folder(ctx.run_dir)
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(ctx.run_dir / RUN_MARKER, "This folder is an alignkit run (see docs/architecture.md).\n")
-        write_atomic(ctx.run_dir / "recipe.yaml", plan.recipe_yaml())
-    if env.enabled:
-        torch.distributed.barrier()
     seed_everything(plan.seed)
     started = time.perf_counter()
     ctx.tokenizer, ctx.policy = plan.load(ctx)
