@@ -43,6 +43,20 @@ def gpt2_tokenizer():
     return offline_gpt2_tokenizer()
 
 
+def interrupt_fit(trainer, at_step: int, error: type[BaseException] = KeyboardInterrupt) -> None:
+    """Run ``trainer.fit()`` as if the process were killed when step ``at_step`` (0-based) begins."""
+    step = trainer.train_step
+
+    def dying_step(i: int) -> dict[str, float]:
+        if i == at_step:
+            raise error
+        return step(i)
+
+    trainer.train_step = dying_step
+    with pytest.raises(error):
+        trainer.fit()
+
+
 def make_tiny_gpt2(vocab_size: int = 50257, seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -77,7 +77,20 @@ def test_build_judge_from_config_reads_the_key_from_the_environment(served_tiny_
     assert "sk-secret-value" not in (tmp_path / "verdicts.jsonl").read_text()
 
 
-class FaultyServer:
+class _LocalServer:
+    """A threading HTTP server on a free local port, serving ``url``; ``close`` stops it."""
+
+    def _start(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = _serve(self.server)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultyServer(_LocalServer):
     """A chat-completions server that answers each request by the next behaviour in a script.
 
     Behaviours: ``("ok", text)``, ``("status", code)``, ``("slow", seconds, text)``, ``("garbage",)``,
@@ -126,13 +139,7 @@ class FaultyServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = _serve(self.server)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 @pytest.fixture
@@ -322,7 +329,7 @@ def test_a_report_without_a_win_rate_shows_none():
 # ---------------------------------------------------------------------------------------------------------
 # Keys stay home: no redirect is followed, and a key is never accepted as api_key_env.
 
-class RecordingServer:
+class RecordingServer(_LocalServer):
     """Answers any request with a chat completion and records the method, path and headers it got."""
 
     def __init__(self):
@@ -347,13 +354,7 @@ class RecordingServer:
 
             do_GET = do_POST = _answer  # noqa: N815 - the stdlib's names
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = _serve(self.server)
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])

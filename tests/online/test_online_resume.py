@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
-from conftest import make_tiny_gpt2
+from conftest import interrupt_fit, make_tiny_gpt2
 
 from alignkit.online.anchor import EMAAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
@@ -30,16 +29,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, gpt2_token
     full = _trainer(tmp_path / "full", gpt2_tokenizer)
     expected = full.fit()
     cut = _trainer(tmp_path / "cut", gpt2_tokenizer)
-    step = cut.train_step
-
-    def killed_at_step_3(i: int) -> dict[str, float]:
-        if i == 2:
-            raise KeyboardInterrupt
-        return step(i)
-
-    cut.train_step = killed_at_step_3
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    interrupt_fit(cut, at_step=2)
     resumed = _trainer(tmp_path / "cut", gpt2_tokenizer)
     result = resumed.fit(resume=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_gpt2
+from conftest import interrupt_fit, make_tiny_gpt2
 from safetensors.torch import save_file
 from train_data import tiny_pairs
 
@@ -79,16 +79,7 @@ def test_resume_gives_bit_identical_weights(tmp_path, gpt2_tokenizer):
     full = _trainer(tmp_path / "full", gpt2_tokenizer)
     full.fit()
     cut = _trainer(tmp_path / "cut", gpt2_tokenizer)
-    step = cut.train_step
-
-    def killed_at_step_3(i: int) -> dict[str, float]:
-        if i == 2:
-            raise KeyboardInterrupt
-        return step(i)
-
-    cut.train_step = killed_at_step_3
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    interrupt_fit(cut, at_step=2)
     resumed = _trainer(tmp_path / "cut", gpt2_tokenizer)
     resumed.fit(resume=True)
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):

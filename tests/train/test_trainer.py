@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import make_tiny_gpt2
+from conftest import interrupt_fit, make_tiny_gpt2
 from train_data import tiny_pairs
 
 from alignkit.data import collate_preference
@@ -92,16 +92,7 @@ def test_resume_after_interruption_reproduces_metrics(tmp_path, gpt2_tokenizer):
         pass
 
     broken = _trainer(tmp_path / "cut", pairs, gpt2_tokenizer, max_steps=8, save_every=2)
-    original = broken.train_step
-
-    def dying_step(step: int):
-        if step == 5:
-            raise Interrupt
-        return original(step)
-
-    broken.train_step = dying_step
-    with pytest.raises(Interrupt):
-        broken.fit()
+    interrupt_fit(broken, at_step=5, error=Interrupt)
     resumed = _trainer(tmp_path / "cut", pairs, gpt2_tokenizer, max_steps=8, save_every=2, seed=0)
     resumed.fit(resume=True)
 
