@@ -34,6 +34,7 @@ from alignkit.models.packing import is_right_padded, pack_rows, supports_packing
 __all__ = [
     "DEFAULT_LOGPS",
     "IGNORE_INDEX",
+    "ROOT_CALL",
     "LogpsOptions",
     "chosen_rejected",
     "concatenated_forward",
@@ -44,6 +45,20 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+
+# A sharded model (FSDP2, :mod:`alignkit.train.sharding`) gathers the parameters its root owns (embeddings,
+# final norm, lm-head) only inside a call its hooks see. The chunked path calls the decoder and the lm-head
+# separately, never ``model.forward``, so it runs inside this method, which the sharding registers as one
+# that FSDP treats like forward: ``getattr(model, ROOT_CALL)(fn, *args)`` runs ``fn(*args)`` there.
+ROOT_CALL = "alignkit_root_call"
+
+
+def _through_root(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(model, *args, **kwargs)``, inside the root's forward hooks when ``model`` is sharded."""
+    root_call = getattr(model, ROOT_CALL, None)
+    if root_call is None:
+        return fn(model, *args, **kwargs)
+    return root_call(fn, model, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,14 @@ def sequence_logps(
             f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and labels "
             f"{tuple(labels.shape)} must have the same (N, T) shape"
         )
+    sums, counts = _through_root(model, _sequence_logps, input_ids, attention_mask, labels, logps)
+    return sums, counts
+
+
+def _sequence_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, logps: LogpsOptions
+) -> tuple[Tensor, Tensor]:
+    """:func:`sequence_logps` once its arguments are checked (inside the root's hooks when sharded)."""
     parts = _lm_head_parts(model)
     if parts is None:
         return naive_sequence_logps(model, input_ids, attention_mask, labels)
@@ -303,6 +326,11 @@ def reward_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -
     Returns:
         (N,) fp32 scores.
     """
+    scores: Tensor = _through_root(model, _reward_scores, input_ids, attention_mask)
+    return scores
+
+
+def _reward_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     last = (attention_mask.sum(-1) - 1).clamp(min=0)  # (N,) index of the last real token
     head = getattr(model, "score", None)
     body = getattr(model, "base_model", model)

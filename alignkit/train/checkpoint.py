@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from alignkit.cache import atomic_folder, write_atomic
 from alignkit.train.divergence import non_finite_tensors
+from alignkit.train.sharding import is_sharded, load_sharded_state
 from alignkit.train.tensor_tree import load_tree, save_tree
 
 __all__ = [
@@ -81,6 +82,8 @@ def save_checkpoint(
     state: dict[str, Any],
     pointer: str | None = "latest",
     files: Mapping[str, dict[str, torch.Tensor]] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``folder`` atomically; then update ``<parent>/<pointer>`` to name it.
 
@@ -91,12 +94,14 @@ def save_checkpoint(
         state: the trainer's own state, JSON-serialisable.
         pointer: the file in ``folder.parent`` that names the newest checkpoint; None leaves it alone.
         files: extra safetensors files to write into the folder, by file name.
+        weights, optimizer_state: what to save instead of ``model``'s trainable weights and
+            ``optimizer.state_dict()`` (a sharded model's, gathered: :mod:`alignkit.train.sharding`).
 
     Raises:
         CheckpointError: a trainable tensor holds a NaN or an infinity (nothing is written).
     """
     folder = Path(folder)
-    weights = trainable_state(model)
+    weights = trainable_state(model) if weights is None else weights
     bad = non_finite_tensors(weights.items())
     if bad:
         raise CheckpointError(f"refusing to write checkpoint {folder}: non-finite values in {bad[:3]}")
@@ -105,7 +110,8 @@ def save_checkpoint(
         for name, tensors in (files or {}).items():
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / name))
         resume = {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "optimizer": (optimizer_state if optimizer_state is not None
+                          else optimizer.state_dict() if optimizer is not None else None),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": _rng_state(),
         }
@@ -186,20 +192,23 @@ def load_checkpoint(
     missing = [n for n in weights if n not in params]
     if missing:
         raise CheckpointError(f"checkpoint {folder} has weights the model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
-    if optimizer is not None or scheduler is not None or restore_rng:
-        resume = _resume_state(folder)
-        for what, target in (("optimizer", optimizer), ("scheduler", scheduler)):
-            if target is None:
-                continue
-            if resume[what] is None:  # e.g. the ``best`` checkpoint, which keeps weights only
-                raise CheckpointError(f"checkpoint {folder} keeps no {what} state (only a step-* checkpoint "
-                                      "does): training cannot resume from it")
-            target.load_state_dict(resume[what])
-        if restore_rng:
-            _set_rng_state(resume["rng"])
+    resume = _resume_state(folder) if optimizer is not None or scheduler is not None or restore_rng else {}
+    for what, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is not None and resume[what] is None:  # e.g. the ``best`` checkpoint, which keeps weights only
+            raise CheckpointError(f"checkpoint {folder} keeps no {what} state (only a step-* checkpoint "
+                                  "does): training cannot resume from it")
+    if is_sharded(model):  # the files hold full tensors, as a one-process run's: each process keeps its shard
+        load_sharded_state(model, weights, optimizer, resume["optimizer"] if optimizer is not None else None)
+    else:
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        if optimizer is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(resume["scheduler"])
+    if restore_rng:
+        _set_rng_state(resume["rng"])
     return json.loads((folder / STATE).read_text())
 
 

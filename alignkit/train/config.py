@@ -8,7 +8,15 @@ from pydantic import Field, field_validator, model_validator
 
 from alignkit.config_base import SEED_MAX, StrictConfig
 
-__all__ = ["EarlyStoppingConfig", "OptimizerConfig", "SFTConfig", "TrainConfig"]
+__all__ = [
+    "DistributedConfig",
+    "EarlyStoppingConfig",
+    "MeshConfig",
+    "MixedPrecisionConfig",
+    "OptimizerConfig",
+    "SFTConfig",
+    "TrainConfig",
+]
 
 
 class _Strict(StrictConfig):
@@ -83,3 +91,57 @@ class SFTConfig(TrainConfig):
 
     enabled: bool = Field(False, description="Run the SFT stage before preference training.")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class MixedPrecisionConfig(_Strict):
+    """FSDP2's mixed precision: the dtype parameters are gathered in for compute, and gradients reduced in."""
+
+    param_dtype: DType | None = Field(None, description="Dtype of the gathered parameters in forward and backward; "
+                                      "null: the stored dtype.")
+    reduce_dtype: DType | None = Field(None, description="Dtype of the gradient reduce-scatter; null: param_dtype.")
+
+
+class MeshConfig(_Strict):
+    """A 2-D device mesh for HSDP: parameters sharded within a group of `shard` processes (one machine,
+    say) and replicated across `replicate` such groups. `replicate * shard` must equal the number of processes."""
+
+    replicate: int = Field(1, ge=1, description="Replica groups (gradients all-reduced across them).")
+    shard: int = Field(ge=1, description="Processes each parameter is sharded over.")
+
+
+class DistributedConfig(_Strict):
+    """How several processes (torchrun, or `alignkit run --nproc N`) share the training of every stage.
+
+    In one process none of this changes anything.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every process holds the whole model and optimizer, gradients are summed once "
+        "per optimizer step; fsdp: FSDP2, each decoder block and the root sharded, so parameters, gradients and "
+        "optimizer states are split over the processes."
+    )
+    reshard_after_forward: bool = Field(
+        True, description="fsdp: free each block's gathered parameters after its forward and gather them again "
+        "for backward (less memory, one more all-gather per block)."
+    )
+    mixed_precision: MixedPrecisionConfig | None = Field(
+        None, description="fsdp: compute and reduce dtypes (bfloat16 on GPUs); null: everything in the stored dtype."
+    )
+    cpu_offload: bool = Field(
+        False, description="fsdp on CUDA: keep sharded parameters, gradients and optimizer states in CPU memory."
+    )
+    mesh: MeshConfig | None = Field(None, description="fsdp: a 2-D (replicate x shard) mesh (HSDP); null: "
+                                    "one dimension, sharded over every process.")
+
+    @model_validator(mode="after")
+    def _fsdp_only(self) -> DistributedConfig:
+        if self.strategy != "fsdp":
+            for name in ("mixed_precision", "mesh"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to strategy fsdp only (strategy is {self.strategy!r})")
+            if self.cpu_offload:
+                raise ValueError(f"cpu_offload applies to strategy fsdp only (strategy is {self.strategy!r})")
+        return self

@@ -9,13 +9,23 @@ process must take together (a non-finite loss on one process stops them all) rid
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
-__all__ = ["DistEnv", "all_reduce_gradients", "all_reduce_sum", "broadcast_parameters", "init_distributed"]
+__all__ = [
+    "DistEnv",
+    "all_reduce_flags",
+    "all_reduce_gradients",
+    "all_reduce_sum",
+    "broadcast_parameters",
+    "full_value",
+    "init_distributed",
+    "local_tensors",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,14 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
+def all_reduce_flags(values: Sequence[float], env: DistEnv) -> list[float]:
+    """``values`` summed over processes (flags, counts); ``values`` itself in one process."""
+    if not env.enabled:
+        return list(values)
+    summed = all_reduce_sum(torch.tensor(list(values), dtype=torch.float64), env)
+    return [float(v) for v in summed.tolist()]
+
+
 def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv,
                          extra: Sequence[float] = ()) -> list[float]:
     """Sum gradients over processes (each process's loss is already divided by the global count).
@@ -67,10 +85,7 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv,
         return list(extra)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:  # every process runs the same model: none has gradients
-        values = torch.tensor(list(extra), dtype=torch.float64)
-        if len(extra):
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return [float(v) for v in values.tolist()]
+        return all_reduce_flags(extra, env) if len(extra) else []
     # The extras ride at the end of the flat buffer, in the gradients' dtype: they are small counts, exact
     # even in bfloat16.
     flags = torch.tensor(list(extra), dtype=grads[0].dtype, device=grads[0].device)
@@ -89,3 +104,14 @@ def broadcast_parameters(params: list[torch.nn.Parameter], env: DistEnv) -> None
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=0)
+
+
+def full_value(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, or the whole tensor when it is a DTensor (a clipped gradient norm, say)."""
+    return x.full_tensor() if isinstance(x, DTensor) else x
+
+
+def local_tensors(named: Iterable[tuple[str, torch.Tensor]]
+                  ) -> list[tuple[str, torch.Tensor]]:
+    """(name, this process's shard) for DTensors, (name, tensor) for the rest."""
+    return [(n, t.to_local() if isinstance(t, DTensor) else t) for n, t in named]

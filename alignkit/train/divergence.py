@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.train.distributed import DistEnv, all_reduce_flags, local_tensors
+
 __all__ = ["DivergenceGuard", "TrainingDivergedError", "non_finite_tensors"]
 
 
@@ -91,9 +93,19 @@ class DivergenceGuard:
             raise TrainingDivergedError(self.stage, step, metric, f"on {int(non_finite)} of {world_size} "
                                         f"processes, stopped before {before}", self.hint)
 
-    def check_weights(self, model: torch.nn.Module, step: int) -> None:
-        """Raise if a trainable parameter holds a NaN or an infinity (checked before every save)."""
-        bad = non_finite_tensors((n, p.detach()) for n, p in model.named_parameters() if p.requires_grad)
-        if bad:
+    def check_weights(self, model: torch.nn.Module, step: int, env: DistEnv | None = None) -> None:
+        """Raise if a trainable parameter holds a NaN or an infinity (checked before every save).
+
+        A sharded model's processes each check their shards; with ``env`` they learn of each other's, so all
+        of them raise together.
+        """
+        named = local_tensors((n, p.detach()) for n, p in model.named_parameters() if p.requires_grad)
+        bad = non_finite_tensors(named)
+        count = len(bad)
+        if env is not None and env.enabled:
+            (total,) = all_reduce_flags((float(count),), env)
+            count = int(total)
+        if count:
+            example = bad[0] if bad else "on another process"
             raise TrainingDivergedError(self.stage, step, "weights",
-                                        f"{len(bad)} tensors, e.g. {bad[0]}; not saved", self.hint)
+                                        f"{count} tensors, e.g. {example}; not saved", self.hint)

@@ -32,9 +32,10 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
 )
 from alignkit.train.config import EarlyStoppingConfig
-from alignkit.train.distributed import DistEnv
+from alignkit.train.distributed import DistEnv, full_value
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.metrics import MetricsWriter
+from alignkit.train.sharding import gather_optimizer_state, gather_trainable_state, is_sharded
 
 __all__ = ["Evaluation", "FitLoop", "LoopOutcome", "LoopState", "StepFn", "optimizer_step"]
 
@@ -131,7 +132,8 @@ def optimizer_step(
     Returns:
         The gradient norm before clipping, and the learning rate this step used.
     """
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    # Sharded gradients give the norm over every shard (a DTensor): the same number on every process.
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
     guard.check("grad_norm", grad_norm, step, before="the optimizer step")
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
@@ -247,7 +249,7 @@ class FitLoop:
         """Evaluate; after step 0, keep the ``best`` checkpoint and decide on early stopping."""
         assert self.evaluation is not None
         step = state.step
-        self.guard.check_weights(self.model, step)  # the cause, rather than the NaN metrics it would give
+        self.guard.check_weights(self.model, step, self.env)  # the cause, rather than the NaN metrics it would give
         metrics = self.evaluation.evaluate()
         for key, number in metrics.items():  # checked before anything is logged: no NaN in metrics.jsonl
             self.guard.check(key, number, step, before="it was logged or the best checkpoint chosen")
@@ -264,9 +266,10 @@ class FitLoop:
         mode = es.mode if es else "min"
         if best is None or (value < best - delta if mode == "min" else value > best + delta):
             state.best_metric, state.best_step, state.bad_evals = value, step, 0
+            weights = gather_trainable_state(self.model) if is_sharded(self.model) else None
             if self.env.is_main:
                 save_checkpoint(self.checkpoints / "best", model=self.model, optimizer=None, scheduler=None,
-                                state=state.to_json(), pointer=None)
+                                state=state.to_json(), pointer=None, weights=weights)
             return
         state.bad_evals += 1
         if es and state.bad_evals >= es.patience:
@@ -275,12 +278,17 @@ class FitLoop:
                                f"for {es.patience} evaluations (best {best:.4f} at step {state.best_step})[/]")
 
     def _save(self, state: LoopState) -> None:
-        self.guard.check_weights(self.model, state.step)  # every process: they hold the same weights
+        self.guard.check_weights(self.model, state.step, self.env)
+        weights = optimizer_state = None
+        if is_sharded(self.model):  # every process sends its shards; the main process writes full tensors
+            weights = gather_trainable_state(self.model)
+            optimizer_state = gather_optimizer_state(self.model, self.optimizer)
         if not self.env.is_main:
             return
         files = self.checkpoint_files() if self.checkpoint_files is not None else None
         save_checkpoint(self.checkpoints / f"step-{state.step:07d}", model=self.model, optimizer=self.optimizer,
-                        scheduler=self.scheduler, state=state.to_json(), files=files)
+                        scheduler=self.scheduler, state=state.to_json(), files=files, weights=weights,
+                        optimizer_state=optimizer_state)
         prune_checkpoints(self.checkpoints, self.keep_checkpoints)
 
     def _progress(self) -> Progress:

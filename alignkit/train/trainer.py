@@ -23,12 +23,13 @@ from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.models.reference import Reference
 from alignkit.train.config import OptimizerConfig, SFTConfig, TrainConfig
-from alignkit.train.distributed import DistEnv, all_reduce_gradients, broadcast_parameters
+from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients, broadcast_parameters
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.forward import objective_step
 from alignkit.train.loop import Evaluation, FitLoop, optimizer_step
 from alignkit.train.metrics import MetricSums, batch_metrics, step_metrics
 from alignkit.train.schedule import make_scheduler
+from alignkit.train.sharding import is_sharded, set_gradient_sync
 from alignkit.train.summary import StageSummary, steps_per_second
 
 __all__ = ["TrainResult", "Trainer", "divergence_hint", "make_optimizer", "step_order"]
@@ -159,7 +160,9 @@ class Trainer:
                 f"processes, each of which evaluates a share; raise {section}.max_eval_examples or "
                 "data.test_size, or start fewer processes"
             )
-        broadcast_parameters(self.params, self.env)
+        self.sharded = is_sharded(model)
+        if not self.sharded:  # a sharded model was broadcast before it was sharded (shard_model)
+            broadcast_parameters(self.params, self.env)
         if len(self.train_pairs) < cfg.batch_size:
             raise ValueError(
                 f"{stage}: {len(self.train_pairs)} training examples are fewer than one batch "
@@ -228,7 +231,9 @@ class Trainer:
             raise ValueError(f"{self.stage}: the examples of step {step + 1} all have weight 0")
         sums = MetricSums()
         tokens = non_finite = 0
-        for micro in self._micro_batches(examples):
+        micro_batches = self._micro_batches(examples)
+        for i, micro in enumerate(micro_batches):
+            set_gradient_sync(self.model, i == len(micro_batches) - 1)
             batch = _to_device(self.collate(micro), self.device)
             tokens += int(batch["attention_mask"].sum())
             with self._autocast():
@@ -252,8 +257,11 @@ class Trainer:
         """
         start = time.perf_counter()
         sums, tokens, non_finite = self.accumulate_gradients(step)
-        # One all-reduce carries the gradients and whether any process saw a non-finite loss.
-        (processes_non_finite,) = all_reduce_gradients(self.params, self.env, extra=(float(non_finite > 0),))
+        # One all-reduce carries the gradients and whether any process saw a non-finite loss; a sharded
+        # model's gradients were reduce-scattered in the last backward already.
+        flags = (float(non_finite > 0),)
+        (processes_non_finite,) = (all_reduce_flags(flags, self.env) if self.sharded
+                                   else all_reduce_gradients(self.params, self.env, extra=flags))
         self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
                                    before="the optimizer step")
         grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
@@ -274,12 +282,17 @@ class Trainer:
         self.model.eval()
         size = self.cfg.eval_batch_size or max(1, self.cfg.batch_size // self.cfg.grad_accum)
         local = self.eval_pairs[self.env.rank::self.env.world_size]
+        # Sharded, every process must run as many forwards as the others (each gathers parameters with
+        # all of them): one with a share shorter by a batch repeats a batch and discards it.
+        most = math.ceil(len(self.eval_pairs) / self.env.world_size) if self.sharded else len(local)
         sums = MetricSums()
-        for i in range(0, len(local), size):
-            batch = _to_device(self.collate(local[i:i + size]), self.device)
+        for i in range(0, most, size):
+            part = local[i:i + size]
+            batch = _to_device(self.collate(part or local[:size]), self.device)
             with self._autocast():
                 out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
-            self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
+            if part:
+                self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
