@@ -35,6 +35,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "validate", False):  # `alignkit online --validate`
         return _cmd_validate(args)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # started by us, not already by torchrun
+        from alignkit.commands.launch import launch_processes
+
+        return launch_processes(args.nproc, args.argv, args.recipe, args.overrides, args.plugin, _err)
     from alignkit.commands.run import run_recipe_file
 
     summary = run_recipe_file(args.recipe, args.overrides, args.plugin, resume=args.resume,
@@ -141,15 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--plugin", action="append", default=[], help="file or module registering losses (repeatable)")
         return p
 
+    def processes(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="start N processes on this machine (torchrun); see docs/distributed.md")
+
     run = recipe_command("run", "Train and evaluate a recipe end to end.")
     run.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
+    processes(run)
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
     online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
+    processes(online)
     online.set_defaults(func=_cmd_run)
     frontier = sub.add_parser("frontier", help="Plot online runs (and offline comparisons) on one reward-vs-KL plot.")
     frontier.add_argument("run_dirs", nargs="*", help="online run folders (their report.json)")
@@ -211,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` starts again in each process
     try:
         return args.func(args)
     except _user_errors() as err:

@@ -86,7 +86,8 @@ class PreferenceRun(RecipeRun):
         # Reference log-probs are of chosen and rejected responses: only preference batches have them (the
         # trainer never reads a reference for K-way batches).
         self.reference = training_reference(recipe, self.objective, ctx.model, data.train + data.test,
-                                            preference_collate, reference_loader(recipe, ctx.device, ctx.run_dir))
+                                            preference_collate, reference_loader(recipe, ctx.device, ctx.run_dir),
+                                            ctx.sharding)
         trainer = self._trainer(ctx, "preference", objective=self.objective, cfg=recipe.train, collate=collate,
                                 reference=self.reference,
                                 seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed)
@@ -102,8 +103,10 @@ class PreferenceRun(RecipeRun):
             return {}
         assert self.data is not None
         prompts, chosen = heldout_prompts(self.data.test_examples)
+        # A sharded frozen copy is no use to the main process alone: the reference is loaded again there.
+        training = self.reference if ctx.sharding is None else None
         reference = evaluation_reference(self.recipe, ctx.model,
-                                         reference_loader(self.recipe, ctx.device, ctx.run_dir), self.reference)
+                                         reference_loader(self.recipe, ctx.device, ctx.run_dir), training)
         return evaluate_heldout(cfg, ctx.model, reference, ctx.tokenizer, prompts, chosen, run_dir=ctx.run_dir,
                                 console=ctx.console, device=str(ctx.device))
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from alignkit.cache import cache_dir
-from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, concatenated_forward
+from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
 
@@ -36,6 +38,8 @@ def model_fingerprint(model: nn.Module) -> str:
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
     for name, tensor in sorted(model.state_dict().items()):
+        if isinstance(tensor, DTensor):  # sharded: the whole tensor (every process takes part, in this order)
+            tensor = tensor.full_tensor()
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         # A uint8 view hashes any dtype (bf16 has no numpy equivalent) without converting values.
@@ -154,7 +158,9 @@ class ReferenceLogpsCache:
             return cached
         chosen, rejected = _compute(model, pairs, collate_fn, batch_size, logps, progress)
         path = cls.path_for(key)
-        _atomic_save({"chosen": chosen, "rejected": rejected}, path, {"model_id": model_id, "pairs": str(len(pairs))})
+        if _rank() == 0:  # every process holds the values; one writes them
+            _atomic_save({"chosen": chosen, "rejected": rejected}, path,
+                         {"model_id": model_id, "pairs": str(len(pairs))})
         return cls(path, chosen, rejected)
 
     def lookup(self, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -168,35 +174,58 @@ class ReferenceLogpsCache:
         return self.chosen[idx].to(index.device), self.rejected[idx].to(index.device)
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def _compute(
     model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, logps: LogpsOptions,
     progress: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU."""
+    """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU.
+
+    Under torchrun each process computes every world_size-th batch and the shares are summed, so every
+    process ends with all the values. A sharded model gathers its parameters with every process at each
+    forward: then every process runs as many forwards, one with a batch fewer repeating a batch it discards.
+    """
     from rich.progress import Progress
 
     n = len(pairs)
-    chosen = torch.full((n,), float("nan"))
-    rejected = torch.full((n,), float("nan"))
+    rank, world = _rank(), _world_size()
+    starts = list(range(0, n, batch_size))
+    mine = starts[rank::world]
+    rounds = -(-len(starts) // world) if hasattr(model, ROOT_CALL) else len(mine)
+    chosen, rejected, seen = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task("Reference log-probs", total=n)
-            for start in range(0, n, batch_size):
+        with torch.no_grad(), Progress(disable=not progress or rank != 0, transient=True) as bar:
+            task = bar.add_task("Reference log-probs", total=len(mine))
+            for i in range(rounds):
+                start = mine[min(i, len(mine) - 1)] if mine else 0
                 batch = collate_fn(list(pairs[start : start + batch_size]))
                 index = batch.get("index")
                 if index is None:
                     index = torch.arange(start, min(start + batch_size, n))
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
                 out = concatenated_forward(model, inputs, logps=logps)
-                chosen[index.cpu()] = out["chosen_logps"].float().cpu()
-                rejected[index.cpu()] = out["rejected_logps"].float().cpu()
-                bar.advance(task, len(index))
+                if i < len(mine):  # past its share a process only keeps pace with the others
+                    chosen[index.cpu()] = out["chosen_logps"].float().cpu()
+                    rejected[index.cpu()] = out["rejected_logps"].float().cpu()
+                    seen[index.cpu()] = 1.0
+                    bar.advance(task)
     finally:
         model.train(was_training)
-    missing = torch.isnan(chosen).nonzero().flatten()
+    if world > 1:
+        shares = torch.stack([chosen, rejected, seen]).to(device)  # NCCL reduces device tensors only
+        dist.all_reduce(shares, op=dist.ReduceOp.SUM)
+        chosen, rejected, seen = shares.cpu().unbind(0)
+    missing = (seen != 1).nonzero().flatten()
     if missing.numel():
         raise ValueError(f"the collated batches' 'index' never covered pairs {missing[:10].tolist()} ...")
     return chosen, rejected

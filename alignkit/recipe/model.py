@@ -14,7 +14,7 @@ from alignkit.eval.config import EvalConfig
 from alignkit.losses import Objective, build_objective
 from alignkit.models.config import ModelConfig, ReferenceConfig
 from alignkit.peft.config import AdapterConfig, NoAdapter
-from alignkit.train.config import SFTConfig, TrainConfig
+from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
 
 __all__ = ["RUN_NAME_DESCRIPTION", "LossSection", "Recipe", "plugin_list", "run_name"]
 
@@ -66,6 +66,8 @@ class Recipe(StrictConfig):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Optional SFT stage before preference training.")
     loss: LossSection = Field(description="Objective: {name, **params} or a weighted list of them.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Preference-training optimisation.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="How several processes share every stage (ddp or fsdp).")
     eval: EvalConfig | None = Field(None, description="Reward and KL evaluation after training.")
 
     # The objective built from `loss` (with the section it was built from) and the plugin files imported

@@ -33,6 +33,7 @@ from alignkit.recipe import (
 )
 from alignkit.recipe.model import RUN_NAME_DESCRIPTION, run_name
 from alignkit.recipe.source import describe
+from alignkit.train.config import DistributedConfig
 
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
 
@@ -53,11 +54,23 @@ class OnlineRecipe(StrictConfig):
     prompts: PromptsConfig = Field(description="Training and held-out prompts.")
     online: OnlineConfig = Field(description="Rollouts, reward, KL penalty, anchor, optional WARP.")
     train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig, description="Optimisation.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="How several processes share training (ddp; fsdp is not "
+                                           "supported online yet).")
     eval: EvalConfig | None = Field(None, description="Reward and KL to the initial model on held-out prompts.")
 
     _plugin_files: list[str] = PrivateAttr(default_factory=list)
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
     _name_is_a_folder_name = field_validator("name")(run_name)
+
+    @field_validator("distributed")
+    @classmethod
+    def _replicated_only(cls, value: DistributedConfig) -> DistributedConfig:
+        # Sampling a sharded policy needs every process to take the same number of decoding steps.
+        if value.strategy != "ddp":
+            raise ValueError("online training runs with strategy ddp only (replicated weights); fsdp sampling "
+                             "is not supported yet")
+        return value
 
     @property
     def plugin_files(self) -> list[str]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from alignkit.train.distributed import DistEnv
 
-__all__ = ["peak_rss_mib", "resolve_device", "seed_everything"]
+__all__ = ["peak_rss_mib", "resolve_device", "rng_preserved", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -18,6 +20,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Leave Python's, NumPy's and torch's random streams as they were, whatever runs inside."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:

@@ -37,6 +37,7 @@ from alignkit.recipe.rules import ADAPTERS_OFF_AFTER_SFT
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.dropout import disable_dropout
 from alignkit.workflow.environment import seed_everything
+from alignkit.workflow.sharded_run import RunSharding
 
 __all__ = ["evaluation_reference", "reference_loader", "training_reference"]
 
@@ -116,8 +117,13 @@ def training_reference(
     pairs: Sequence[Any],
     collate: Collate,
     load_reference: Callable[[], nn.Module],
+    sharding: RunSharding | None = None,
 ) -> Reference | None:
-    """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed)."""
+    """The reference the objective reads, as the recipe's ``reference.mode`` says (None if not needed).
+
+    With a sharded policy (``sharding``), a separate reference model is sharded like it; the frozen copy is
+    a sharded copy.
+    """
     if not objective.needs_reference:
         return None
     mode, logps = recipe.reference.mode, recipe.model.logps
@@ -130,9 +136,13 @@ def training_reference(
             raise RecipeError("reference.mode 'adapters_off' needs an adapter: set adapter.kind to bottleneck or lora")
         return AdaptersOffReference(policy, adapters_disabled, logps=logps)
     separate = load_reference() if recipe.reference.name_or_path else None
+    if separate is not None and sharding is not None:
+        separate = sharding.frozen(separate)
     if mode == "copy":
         if separate is not None:
             return FrozenCopyReference(separate, copy=False, logps=logps)
+        if sharding is not None:
+            return FrozenCopyReference(sharding.copy_of(policy), copy=False, logps=logps)
         return FrozenCopyReference(policy, logps=logps)
     # mode == "cached": one pass over every pair now; later runs with the same model and data reuse it.
     batch_size = recipe.train.eval_batch_size or max(1, recipe.train.batch_size // recipe.train.grad_accum)

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,10 +27,11 @@ from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
 from alignkit.report.tables import write_report
+from alignkit.train.config import DistributedConfig, TrainConfig
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
-from alignkit.workflow.environment import peak_rss_mib, resolve_device, seed_everything
+from alignkit.workflow.environment import peak_rss_mib, resolve_device, rng_preserved, seed_everything
 from alignkit.workflow.model_io import save_model
 from alignkit.workflow.run_folder import (
     RUN_MARKER,
@@ -39,6 +41,7 @@ from alignkit.workflow.run_folder import (
     clear_run_folder,
     inspect_run_folder,
 )
+from alignkit.workflow.sharded_run import RunSharding, check_process_layout
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
@@ -57,6 +60,7 @@ class RunContext:
     resume: bool
     tokenizer: Any = None
     policy: PreTrainedModel | None = None
+    sharding: RunSharding | None = None  # set when the policy is sharded (distributed.strategy fsdp)
     results: dict[str, StageResult] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +98,10 @@ class RunPlan(Protocol):
     device: str
     run_dir: Path
     adapter: AdapterConfig
+    distributed: DistributedConfig
+
+    def check_processes(self, world_size: int) -> None:
+        """Refuse, naming the field, a process layout the run cannot use (before anything is written)."""
 
     def recipe_yaml(self) -> str:
         """The resolved recipe as saved in the run folder."""
@@ -134,7 +142,15 @@ class RecipeRun:
         self.device: str = recipe.train.device
         self.run_dir: Path = recipe.run_dir()
         self.adapter: AdapterConfig = recipe.adapter
+        self.distributed: DistributedConfig = recipe.distributed
         self._schema, self._dump = schema, dump
+
+    def check_processes(self, world_size: int) -> None:
+        """The mesh covers the processes; every training section's batch splits over them
+        (:func:`~alignkit.workflow.sharded_run.check_process_layout`)."""
+        stages = {name: cfg for name in ("train", "sft")
+                  if isinstance(cfg := getattr(self.recipe, name, None), TrainConfig)}
+        check_process_layout(self.distributed, stages, world_size)
 
     def recipe_yaml(self) -> str:
         return self._dump(self.recipe)
@@ -178,6 +194,16 @@ def _claim_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bo
     return action
 
 
+def _rebuild_policy(plan: RunPlan, ctx: RunContext) -> PreTrainedModel:
+    """The policy as it was before the first stage: loaded again with the run's seed, adapter applied."""
+    with rng_preserved():
+        seed_everything(plan.seed)
+        _, policy = plan.load(ctx)
+        if plan.adapter.kind != "none":
+            apply_adapter(policy, plan.adapter)
+    return policy
+
+
 def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
                 console: Console | None = None) -> RunSummary:
     """Run ``plan`` through the one skeleton; write the run folder; return what happened.
@@ -196,6 +222,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     env = init_distributed(resolve_device(plan.device))
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
+    plan.check_processes(env.world_size)
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     seed_everything(plan.seed)
@@ -208,7 +235,12 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     trainable, total = count_parameters(ctx.policy)
     console.print(format_parameter_table(parameter_table(ctx.policy)))
     ctx.report["parameters"] = {"trainable": trainable, "total": total}
+    if env.enabled and plan.distributed.strategy == "fsdp":
+        ctx.sharding = RunSharding(plan.distributed, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
+        ctx.sharding.shard_policy(ctx.policy)
     plan.train(ctx)
+    if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
+        ctx.policy = ctx.sharding.gathered(ctx.policy)
     ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
     if env.is_main:
         save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model")
