@@ -32,6 +32,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, ValueError)
 
 
+def _peer_failed(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective that broke because another process of the run exited."""
+    text = str(err)
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (
+        type(err).__name__ == "DistNetworkError" or "closed by peer" in text or "reset by peer" in text)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "validate", False):  # `alignkit online --validate`
         return _cmd_validate(args)
@@ -230,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
+    except RuntimeError as err:
+        if not _peer_failed(err):
+            raise
+        # Under torchrun another process failed first and printed its own error; this one only lost it.
+        _err.print(f"[yellow]stopped[/]: another process of this run failed ({escape(str(err).splitlines()[0])})")
+        return 1
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]: rerun with --resume to continue from the last checkpoint")
         return 130

@@ -53,7 +53,7 @@ def launch_processes(nproc: int, argv: Sequence[str], recipe_path: str, override
     try:
         run(args)
     except ChildFailedError as err:
-        rank, failure = min(err.failures.items())
+        rank, failure = err.get_first_failure()  # the root cause; the others were stopped after it
         console.print(f"[bold red]error:[/] process {rank} of {nproc} exited with code {failure.exitcode} "
                       "(its message is above); the others were stopped")
         return failure.exitcode if failure.exitcode > 0 else 1

@@ -1,0 +1,169 @@
+"""`alignkit run` on several processes: the layout is checked before anything starts, a sharded run (SFT,
+cached reference) gives the one-process run's model and metrics, two torchrun agents rendezvous as two
+machines would, and a process that fails stops the others with its error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.cli import main
+from alignkit.train.config import DistributedConfig
+from alignkit.train.distributed import DistEnv
+from alignkit.train.sharding import ShardingError, decoder_blocks, shard_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from train_data import tiny_recipe  # noqa: E402
+
+CLI = [sys.executable, "-m", "alignkit.cli"]
+SHARDED = ["distributed.strategy=fsdp", "sft.enabled=true", "sft.max_steps=2", "sft.batch_size=4",
+           "reference.mode=cached", "train.eval_every=1", "data.test_size=4"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ALIGNKIT_CACHE": str(tmp_path / "cache")}
+
+
+def _run(cmd: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Refused before any process starts (default tier)
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["distributed.strategy=fsdp", "distributed.mesh.shard=3"], "distributed.mesh: replicate 1 x shard 3"),
+    (["train.batch_size=6", "train.grad_accum=2"], "train.batch_size: 6 examples do not split over 2"),
+    (["distributed.mesh.shard=2"], "mesh applies to strategy fsdp only"),
+    (["distributed.strategy=zero3"], "distributed.strategy"),
+])
+def test_a_layout_the_processes_cannot_share_is_refused_before_they_start(tmp_path, capsys, overrides, expected):
+    recipe = tiny_recipe(tmp_path)
+    assert main(["run", recipe, "--nproc", "2", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert expected in " ".join(err.split()), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_known_blocks_cannot_be_sharded():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ShardingError, match="_no_split_modules"):
+        decoder_blocks(model)
+    with pytest.raises(ShardingError, match="use strategy ddp"):
+        shard_model(model, DistributedConfig(strategy="fsdp"), DistEnv(), torch.device("cpu"))
+
+
+def test_online_recipes_refuse_fsdp(tmp_path, capsys):
+    recipe = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))[0]
+    assert main(["validate", str(recipe), "distributed.strategy=fsdp"]) == 2
+    assert "strategy ddp only" in " ".join(capsys.readouterr().err.split())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Real processes (slow tier)
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    diff = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
+    norm = sum(float(wa[k].norm() ** 2) for k in wa) ** 0.5
+    assert diff / norm < 1e-5, diff / norm
+    for stage in ("sft", "preference"):
+        ra = [json.loads(x) for x in (a / stage / "metrics.jsonl").read_text().splitlines()]
+        rb = [json.loads(x) for x in (b / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in ra] == [r["step"] for r in rb]
+        for x, y in zip(ra, rb, strict=True):
+            for key in ("loss", "eval/loss", "eval/rewards/margins"):
+                if key in x:
+                    assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), (stage, x["step"], key)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("one")
+    recipe = tiny_recipe(tmp_path)
+    proc = _run([*CLI, "run", recipe, *SHARDED], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_give_the_one_process_run(tmp_path, one_process):
+    recipe = tiny_recipe(tmp_path)
+    proc = _run([*CLI, "run", recipe, "--nproc", "2", *SHARDED], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(one_process, tmp_path / "run")
+    # The reference cache: computed in shares, written once.
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["stages"]["preference"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_two_machines_rendezvous_over_c10d(tmp_path, one_process):
+    """Two torchrun agents, one per "machine", meet at a c10d rendezvous on 127.0.0.1 (the multi-node command
+    of docs/distributed.md, on one machine)."""
+    recipe = tiny_recipe(tmp_path)
+    port = _free_port()
+    agents = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                          f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                          "--rdzv-id=alignkit-test", "--module", "alignkit.cli", "run", recipe, *SHARDED],
+                         cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    try:
+        outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    _assert_same_run(one_process, tmp_path / "run")
+
+
+FAILING_LOSS = '''
+import torch.distributed as dist
+from alignkit.losses import register_loss
+from alignkit.losses.dpo import DPOConfig, dpo
+
+
+@register_loss("dpo_failing_on_rank_1", config=DPOConfig, needs_reference=True)
+def failing(stats, cfg):
+    """DPO, except on the second process, whose first call fails."""
+    if dist.is_initialized() and dist.get_rank() == 1:
+        raise ValueError("planted failure on process 1")
+    return dpo(stats, cfg)
+'''
+
+
+@pytest.mark.slow
+def test_a_failing_process_stops_every_process_with_its_error(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    (tmp_path / "failing.py").write_text(FAILING_LOSS)
+    proc = _run([*CLI, "run", recipe, "--nproc", "2", "--plugin", str(tmp_path / "failing.py"),
+                 "loss.name=dpo_failing_on_rank_1", "distributed.strategy=fsdp", "data.test_size=4"], tmp_path,
+                timeout=120)
+    out = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "planted failure on process 1" in out
+    assert "process 1 of 2 exited with code 2" in out
