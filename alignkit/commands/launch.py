@@ -16,8 +16,7 @@ from torch.distributed.run import get_args_parser, run
 
 from alignkit.recipe import RecipeError, load_recipe
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
-from alignkit.train.config import TrainConfig
-from alignkit.workflow.sharded_run import check_process_layout
+from alignkit.workflow.sharded_run import check_process_layout, training_sections
 
 __all__ = ["launch_processes", "strip_nproc"]
 
@@ -38,8 +37,7 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 def _check(recipe_path: str, overrides: Sequence[str], plugins: Sequence[str], nproc: int) -> None:
     recipe: Any = (load_online_recipe if is_online_recipe(recipe_path) else load_recipe)(
         recipe_path, list(overrides), list(plugins))
-    stages = {name: cfg for name in ("train", "sft") if isinstance(cfg := getattr(recipe, name, None), TrainConfig)}
-    check_process_layout(recipe.distributed, stages, nproc)
+    check_process_layout(recipe.distributed, training_sections(recipe), nproc)
 
 
 def launch_processes(nproc: int, argv: Sequence[str], recipe_path: str, overrides: Sequence[str],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,16 +19,23 @@ from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
 from alignkit.train.distributed import DistEnv
 from alignkit.train.sharding import check_mesh, gather_trainable_state, shard_model
 
-__all__ = ["RunSharding", "check_process_layout"]
+__all__ = ["RunSharding", "check_process_layout", "training_sections"]
 
 
-def check_process_layout(distributed: DistributedConfig, stages: dict[str, TrainConfig], world_size: int) -> None:
+def training_sections(recipe: Any) -> dict[str, TrainConfig]:
+    """The recipe's sections that train with a global batch (``train``, ``sft``), by name."""
+    return {name: cfg for name in ("train", "sft") if isinstance(cfg := getattr(recipe, name, None), TrainConfig)}
+
+
+def check_process_layout(distributed: DistributedConfig, stages: dict[str, TrainConfig], world_size: int,
+                         device: torch.device | None = None) -> None:
     """Refuse, before any model is loaded, a layout the processes cannot share.
 
     Args:
         distributed: the recipe's ``distributed`` section.
         stages: the training sections that will run, by recipe name (``train``, ``sft``).
         world_size: the number of processes started.
+        device: this process's device, when known.
 
     Raises:
         RecipeError: naming the field: a mesh that does not cover the processes, or a batch that does not
@@ -39,6 +47,8 @@ def check_process_layout(distributed: DistributedConfig, stages: dict[str, Train
             check_mesh(distributed, world_size)
         except ValueError as err:
             problems.append(str(err))
+    if distributed.cpu_offload and device is not None and device.type != "cuda":
+        problems.append(f"distributed.cpu_offload moves CUDA memory to the CPU; this run is on {device}")
     for section, cfg in stages.items():
         if isinstance(cfg, SFTConfig) and not cfg.enabled:
             continue

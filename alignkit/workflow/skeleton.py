@@ -27,7 +27,7 @@ from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
 from alignkit.report.tables import write_report
-from alignkit.train.config import DistributedConfig, TrainConfig
+from alignkit.train.config import DistributedConfig
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
@@ -41,7 +41,7 @@ from alignkit.workflow.run_folder import (
     clear_run_folder,
     inspect_run_folder,
 )
-from alignkit.workflow.sharded_run import RunSharding, check_process_layout
+from alignkit.workflow.sharded_run import RunSharding, check_process_layout, training_sections
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
@@ -100,7 +100,7 @@ class RunPlan(Protocol):
     adapter: AdapterConfig
     distributed: DistributedConfig
 
-    def check_processes(self, world_size: int) -> None:
+    def check_processes(self, world_size: int, device: torch.device) -> None:
         """Refuse, naming the field, a process layout the run cannot use (before anything is written)."""
 
     def recipe_yaml(self) -> str:
@@ -145,12 +145,10 @@ class RecipeRun:
         self.distributed: DistributedConfig = recipe.distributed
         self._schema, self._dump = schema, dump
 
-    def check_processes(self, world_size: int) -> None:
+    def check_processes(self, world_size: int, device: torch.device) -> None:
         """The mesh covers the processes; every training section's batch splits over them
         (:func:`~alignkit.workflow.sharded_run.check_process_layout`)."""
-        stages = {name: cfg for name in ("train", "sft")
-                  if isinstance(cfg := getattr(self.recipe, name, None), TrainConfig)}
-        check_process_layout(self.distributed, stages, world_size)
+        check_process_layout(self.distributed, training_sections(self.recipe), world_size, device)
 
     def recipe_yaml(self) -> str:
         return self._dump(self.recipe)
@@ -222,7 +220,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     env = init_distributed(resolve_device(plan.device))
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
-    plan.check_processes(env.world_size)
+    plan.check_processes(env.world_size, ctx.device)
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     seed_everything(plan.seed)

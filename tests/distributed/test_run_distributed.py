@@ -107,9 +107,11 @@ def one_process(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_sharded_processes_give_the_one_process_run(tmp_path, one_process):
+@pytest.mark.parametrize("layout", [[], ["distributed.mesh.replicate=2", "distributed.mesh.shard=1"]],
+                         ids=["fsdp", "hsdp-2x1"])
+def test_two_sharded_processes_give_the_one_process_run(tmp_path, one_process, layout):
     recipe = tiny_recipe(tmp_path)
-    proc = _run([*CLI, "run", recipe, "--nproc", "2", *SHARDED], tmp_path)
+    proc = _run([*CLI, "run", recipe, "--nproc", "2", *SHARDED, *layout], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(one_process, tmp_path / "run")
     # The reference cache: computed in shares, written once.
