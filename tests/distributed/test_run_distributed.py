@@ -87,6 +87,20 @@ def _assert_same_run(a: Path, b: Path) -> None:
     diff = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa) ** 0.5
     norm = sum(float(wa[k].norm() ** 2) for k in wa) ** 0.5
     assert diff / norm < 1e-5, diff / norm
+    # The best checkpoint and the last step's resume state are gathered into the one-process files.
+    for stage in ("sft", "preference"):
+        for name in ("best/trainable.safetensors", "latest"):
+            assert (a / stage / "checkpoints" / name).exists() == (b / stage / "checkpoints" / name).exists()
+        last = (a / stage / "checkpoints" / "latest").read_text().strip()
+        for file in (f"{last}/trainable.safetensors", f"{last}/resume_state.safetensors",
+                     "best/trainable.safetensors"):
+            ta, tb = (load_file(str(x / stage / "checkpoints" / file)) for x in (a, b))
+            assert ta.keys() == tb.keys(), file
+            for key in ta:
+                torch.testing.assert_close(tb[key], ta[key], rtol=1e-4, atol=1e-5, msg=f"{stage} {file} {key}")
+        assert (json.loads((a / stage / "checkpoints" / last / "resume_state.json").read_text())["optimizer"]
+                .keys() == json.loads((b / stage / "checkpoints" / last / "resume_state.json").read_text())
+                ["optimizer"].keys())
     for stage in ("sft", "preference"):
         ra = [json.loads(x) for x in (a / stage / "metrics.jsonl").read_text().splitlines()]
         rb = [json.loads(x) for x in (b / stage / "metrics.jsonl").read_text().splitlines()]
@@ -95,6 +109,24 @@ def _assert_same_run(a: Path, b: Path) -> None:
             for key in ("loss", "eval/loss", "eval/rewards/margins"):
                 if key in x:
                     assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), (stage, x["step"], key)
+
+
+# A plugin is imported by every process: this one logs which processes write the reference cache.
+COUNT_CACHE_WRITES = """
+import torch.distributed as dist
+from alignkit.models import reference_cache
+
+_save = reference_cache._atomic_save
+
+
+def _logged(*args, **kwargs):
+    with open({log!r}, "a") as f:
+        f.write(f"{{dist.get_rank()}}\\n")
+    return _save(*args, **kwargs)
+
+
+reference_cache._atomic_save = _logged
+"""
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +143,14 @@ def one_process(tmp_path_factory) -> Path:
                          ids=["fsdp", "hsdp-2x1"])
 def test_two_sharded_processes_give_the_one_process_run(tmp_path, one_process, layout):
     recipe = tiny_recipe(tmp_path)
-    proc = _run([*CLI, "run", recipe, "--nproc", "2", *SHARDED, *layout], tmp_path)
+    (tmp_path / "count_writes.py").write_text(COUNT_CACHE_WRITES.format(log=str(tmp_path / "writes.txt")))
+    proc = _run([*CLI, "run", recipe, "--nproc", "2", "--plugin", str(tmp_path / "count_writes.py"), *SHARDED,
+                 *layout], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(one_process, tmp_path / "run")
-    # The reference cache: computed in shares, written once.
+    # The reference cache: computed in shares, written once, by the main process.
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
+    assert (tmp_path / "writes.txt").read_text() == "0\n"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["stages"]["preference"]["steps"] == 2
 
