@@ -14,6 +14,7 @@ from rich.console import Console
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run
 
+from alignkit.online.parallel import check_world_size
 from alignkit.recipe import RecipeError, load_recipe
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
 from alignkit.workflow.sharded_run import check_process_layout, training_sections
@@ -35,9 +36,11 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def _check(recipe_path: str, overrides: Sequence[str], plugins: Sequence[str], nproc: int) -> None:
-    recipe: Any = (load_online_recipe if is_online_recipe(recipe_path) else load_recipe)(
-        recipe_path, list(overrides), list(plugins))
+    online = is_online_recipe(recipe_path)
+    recipe: Any = (load_online_recipe if online else load_recipe)(recipe_path, list(overrides), list(plugins))
     check_process_layout(recipe.distributed, training_sections(recipe), nproc)
+    if online:
+        check_world_size(recipe.train.prompts_per_step, nproc)
 
 
 def launch_processes(nproc: int, argv: Sequence[str], recipe_path: str, overrides: Sequence[str],

@@ -5,6 +5,9 @@ Writes into the run folder: ``recipe.yaml``, per-run ``metrics.jsonl`` (under ``
 the initial model before/after on held-out prompts, the same evaluation as ``alignkit run``) and, for
 WARP, the front ``(1 - eta) theta_sft + eta theta_final`` with reward and KL at every eta
 (``plots/warp_front.png``).
+
+Under ``torchrun`` every process trains (replicated weights, each sampling its share of the step's prompts,
+see :mod:`alignkit.online.parallel`); only the main process writes files, evaluates and computes the front.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from alignkit.models.rewards import resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
+from alignkit.online.parallel import check_world_size
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
 from alignkit.report.frontier import front_markdown, plot_online_frontier
-from alignkit.train.distributed import DistEnv
+from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult
 
@@ -39,32 +43,12 @@ if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the ann
 
 __all__ = [
     "OnlineRun",
-    "SingleProcessError",
     "build_score",
-    "check_single_process",
     "describe_objective",
     "load_tensors",
     "online_prompts",
     "run_online_recipe",
 ]
-
-
-class SingleProcessError(ValueError):
-    """An online recipe started with more than one process (under ``torchrun``)."""
-
-
-def check_single_process(env: DistEnv) -> None:
-    """Refuse to train online in a data-parallel process group.
-
-    Online training has no data-parallel path: every process would sample full rollouts and write the
-    same checkpoints and metrics. The refusal comes on every process alike, before a model is loaded.
-
-    Raises:
-        SingleProcessError: ``env`` has more than one process.
-    """
-    if env.enabled:
-        raise SingleProcessError(f"online training runs in one process, this one was started in "
-                                 f"{env.world_size}; start it without torchrun")
 
 
 def online_prompts(recipe: OnlineRecipe) -> tuple[list[str], list[str]]:
@@ -113,19 +97,23 @@ def _controller(cfg: OnlineConfig) -> KLController:
 
 
 def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list[str], *, run_dir: Path,
-           seed: int, initial: ReferenceFn | None, stage: str, console: Console, resume: bool) -> OnlineResult:
+           seed: int, initial: ReferenceFn | None, stage: str, env: DistEnv, console: Console,
+           resume: bool) -> OnlineResult:
     cfg = recipe.online
     anchor = EMAAnchor(policy, cfg.anchor.ema_rate) if cfg.anchor.kind == "ema" else FrozenAnchor(policy)
     trainer = OnlineTrainer(policy, tokenizer, score, cfg, recipe.train, prompts=prompts, anchor=anchor,
                             controller=_controller(cfg), run_dir=run_dir, initial=initial, seed=seed, stage=stage,
-                            logps=recipe.model.logps, console=console)
+                            logps=recipe.model.logps, env=env, console=console)
     return trainer.fit(resume=resume)
 
 
 def _warp(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list[str], *, initial: ReferenceFn,
-          theta_sft: dict[str, torch.Tensor], seed: int, results: dict[str, StageResult],
+          theta_sft: dict[str, torch.Tensor], seed: int, results: dict[str, StageResult], env: DistEnv,
           console: Console, resume: bool) -> dict[str, torch.Tensor]:
-    """I iterations of M runs from a shared start, merged by SLERP; LITI moves the start. Returns theta_final."""
+    """I iterations of M runs from a shared start, merged by SLERP; LITI moves the start. Returns theta_final.
+
+    Every process holds the same weights after each run, so every process merges to the same theta_final.
+    """
     warp = recipe.online.warp
     assert warp is not None
     theta_init, merged = theta_sft, theta_sft
@@ -138,7 +126,7 @@ def _warp(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: list
             # Runs of one iteration differ only in prompt order and sampling: the seed.
             results[stage] = _train(recipe, policy, tokenizer, score, prompts,
                                     run_dir=recipe.run_dir() / "warp" / f"iter{i}_run{m}",
-                                    seed=seed + m + warp.runs * i, initial=initial, stage=stage,
+                                    seed=seed + m + warp.runs * i, initial=initial, stage=stage, env=env,
                                     console=console, resume=resume)
             finals.append(trainable_tensors(policy))
         merged = slerp_merge(theta_init, finals, eps=warp.eps)
@@ -175,8 +163,13 @@ class OnlineRun(RecipeRun):
         self.score: ScoreFn | None = None
         self.initial: ReferenceFn | None = None
 
+    def check_processes(self, world_size: int, device: torch.device) -> None:
+        """A step splits into equal shares of whole prompts (``train.prompts_per_step``), before anything is
+        written. (``distributed.strategy: fsdp`` is refused with the recipe: the online loop replicates.)"""
+        super().check_processes(world_size, device)
+        check_world_size(self.recipe.train.prompts_per_step, world_size)
+
     def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
-        check_single_process(ctx.env)
         return load_tokenizer(self.recipe.model), self.load_causal_lm(ctx.device)
 
     def prepare(self, ctx: RunContext) -> None:
@@ -198,6 +191,8 @@ class OnlineRun(RecipeRun):
         recipe, policy, score = self.recipe, ctx.model, self.score
         assert score is not None
         seed = recipe.train.seed if recipe.train.seed is not None else recipe.seed
+        # Every process starts from rank 0's weights (a fresh adapter included): the anchors copy them next.
+        broadcast_parameters([p for p in policy.parameters() if p.requires_grad], ctx.env)
         # The initial policy, exactly: its trainable tensors swapped back in (no second model in memory).
         initial_anchor = FrozenAnchor(policy)
         self.initial = initial = initial_anchor.model_context
@@ -207,14 +202,15 @@ class OnlineRun(RecipeRun):
             results["online"] = _train(recipe, policy, ctx.tokenizer, score, self.train_prompts,
                                        run_dir=ctx.run_dir / "online", seed=seed,
                                        initial=None if anchor_is_initial else initial, stage="online",
-                                       console=ctx.console, resume=ctx.resume)
+                                       env=ctx.env, console=ctx.console, resume=ctx.resume)
         else:
             theta_sft = initial_anchor.tensors
             theta_final = _warp(recipe, policy, ctx.tokenizer, score, self.train_prompts, initial=initial,
-                                theta_sft=theta_sft, seed=seed, results=results, console=ctx.console,
-                                resume=ctx.resume)
+                                theta_sft=theta_sft, seed=seed, results=results, env=ctx.env,
+                                console=ctx.console, resume=ctx.resume)
             load_tensors(policy, theta_final)
-            if recipe.eval is not None and recipe.eval.reward is not None:
+            # Evaluation is the main process's (it writes the report); the others are done.
+            if ctx.env.is_main and recipe.eval is not None and recipe.eval.reward is not None:
                 ctx.report["warp_front"] = _front(recipe, policy, ctx.tokenizer, self.eval_prompts, initial,
                                                   theta_sft, theta_final, ctx.console)
 

@@ -51,7 +51,7 @@ def penalised_rewards(rewards: Tensor, kl: Tensor, beta: float) -> Tensor:
     return rewards.float() - beta * kl.float()
 
 
-def leave_one_out_advantages(rewards: Tensor) -> Tensor:
+def leave_one_out_advantages(rewards: Tensor, batch_mean: float | None = None) -> Tensor:
     """Advantages of a (P, k) grid of rewards, k completions per prompt.
 
     For k > 1: A_i = R_i - mean of the other k - 1 rewards of the same prompt. For k = 1: A_i = R_i -
@@ -59,6 +59,8 @@ def leave_one_out_advantages(rewards: Tensor) -> Tensor:
 
     Args:
         rewards: (P, k) penalised rewards, row p holding the k samples of prompt p.
+        batch_mean: k = 1 only: the mean of the whole batch when ``rewards`` is one process's share of it
+            (data parallelism); default the mean of ``rewards``.
 
     Returns:
         (P, k) advantages (no gradient flows through them).
@@ -68,7 +70,7 @@ def leave_one_out_advantages(rewards: Tensor) -> Tensor:
     rewards = rewards.detach().float()
     k = rewards.shape[1]
     if k == 1:
-        return rewards - rewards.mean()
+        return rewards - (rewards.mean() if batch_mean is None else batch_mean)
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)  # (P, k) mean of the other samples
     return rewards - others
 

@@ -6,13 +6,18 @@ the fit loop the preference trainer runs too (:class:`~alignkit.train.loop.FitLo
 the preference trainer's :func:`~alignkit.train.trainer.step_order` (a permutation of the prompts fixed by
 (seed, epoch)), the schedule its :func:`~alignkit.train.schedule.make_scheduler`; KL and log-probs use
 :mod:`alignkit.eval.kl`, so the KL logged during training is the estimator the evaluation reports.
+
+Under ``torchrun`` every process holds the whole model and samples its share of the step's prompts
+(:mod:`alignkit.online.parallel`); each prompt group's sampling is seeded from (seed, step, prompt index)
+(:mod:`alignkit.online.rollout`), so N processes train exactly as one process does.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -22,11 +27,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
-from alignkit.models.generate import Completion, eos_token_ids, eval_mode, generate_completions
+from alignkit.models.generate import Completion, eos_token_ids, eval_mode
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.kl_control import KLController
+from alignkit.online.parallel import check_world_size, gather_sequences, local_share
 from alignkit.online.rloo import (
     distinct_n,
     leave_one_out_advantages,
@@ -34,6 +40,8 @@ from alignkit.online.rloo import (
     policy_gradient_loss,
     sequence_kl_estimate,
 )
+from alignkit.online.rollout import sample_groups
+from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.loop import FitLoop, LoopState, optimizer_step
 from alignkit.train.schedule import make_scheduler
@@ -52,11 +60,29 @@ PROGRESS_KEYS = ("reward", "kl", "entropy", "length", "beta")
 
 @dataclass
 class Rollout:
-    """One step's samples: P prompts x k completions, prompt-major, and their rewards (P * k,)."""
+    """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,)."""
 
     prompts: list[str]
     completions: list[Completion]
     rewards: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BatchSums:
+    """Sums over every sample of the step (all processes'): what the batch means and the k = 1 baseline use."""
+
+    samples: float
+    reward: float
+    kl_anchor: float
+    kl_initial: float
+    penalised: float
+    logps: float
+    tokens: float
+    finished: float
+
+    def mean(self, name: str) -> float:
+        """The per-sample mean of the sum ``name``."""
+        return float(getattr(self, name)) / self.samples
 
 
 @dataclass
@@ -97,6 +123,8 @@ class OnlineTrainer:
         seed: prompt order and sampling seed.
         stage: written into every metrics record.
         logps: chunk size and packing of the log-prob forwards (``recipe.model.logps``).
+        env: the data-parallel environment; every process must start from the same weights and anchor
+            (``alignkit online`` broadcasts rank 0's before building the anchors).
         console: where progress and messages go.
     """
 
@@ -116,9 +144,11 @@ class OnlineTrainer:
         seed: int = 0,
         stage: str = "online",
         logps: LogpsOptions = DEFAULT_LOGPS,
+        env: DistEnv | None = None,
         console: Console | None = None,
     ) -> None:
         self.policy, self.tokenizer, self.score = policy, tokenizer, score
+        self.env = env or DistEnv()
         self.cfg, self.train_cfg = cfg, train_cfg
         self.prompts = list(prompts)
         self.anchor, self.controller, self.initial = anchor, controller, initial
@@ -128,6 +158,7 @@ class OnlineTrainer:
         if len(self.prompts) < train_cfg.prompts_per_step:
             raise ValueError(f"{stage}: {len(self.prompts)} training prompts are fewer than one step "
                              f"(train.prompts_per_step={train_cfg.prompts_per_step})")
+        check_world_size(train_cfg.prompts_per_step, self.env.world_size)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the policy has no trainable parameters")
@@ -147,10 +178,10 @@ class OnlineTrainer:
         return [self.prompts[i] for i in order[position * b:(position + 1) * b]]
 
     def rollout(self, step: int) -> Rollout:
-        """Sample k completions for each of the step's prompts from the current policy and reward them."""
-        prompts = self.step_prompts(step)
-        sampling = self.cfg.sampling.but(seed=(self.seed * 1_000_003 + step) * 1009)  # disjoint across steps
-        completions = generate_completions(self.policy, self.tokenizer, prompts, sampling)
+        """Sample k completions for each of this process's prompts of the step from the current policy; reward them."""
+        offset, prompts = local_share(self.step_prompts(step), self.env)
+        completions = sample_groups(self.policy, self.tokenizer, prompts, range(offset, offset + len(prompts)),
+                                    self.cfg.sampling, seed=self.seed, step=step)
         texts = [c.text for c in completions]
         rewards = self.score([prompts[c.prompt_index] for c in completions], texts)
         if len(rewards) != len(completions):
@@ -162,68 +193,118 @@ class OnlineTrainer:
         return completion_logps(model, completions, batch_size=size, pad_token_id=self.pad_id, logps=self.logps)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One rollout and one optimizer step; returns the step's metrics."""
+        """One rollout and one optimizer step; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
         roll = self.rollout(step)
-        comps, n, k = roll.completions, len(roll.completions), self.cfg.samples_per_prompt
-        self.guard.check("reward", roll.rewards.sum(), step + 1, before="the update",
-                         hint="The reward function must return finite numbers.")
+        comps, k = roll.completions, self.cfg.samples_per_prompt
         policy_logps = self._logps(self.policy, comps)  # (N,) no grad, the weights that sampled
-        with self.anchor.model_context() as anchored:
-            anchor_logps = self._logps(anchored, comps)
-        kl_anchor = sequence_kl_estimate(policy_logps, anchor_logps)  # (N,)
-        if self.initial is None:
-            kl_initial = kl_anchor
-        else:
-            with self.initial() as initial_model:
-                kl_initial = sequence_kl_estimate(policy_logps, self._logps(initial_model, comps))
+        kl_anchor, kl_initial = self._kl(comps, policy_logps)
         beta = self.controller.beta
         penalised = penalised_rewards(roll.rewards, kl_anchor, beta)
+        batch = self._batch_sums(roll, policy_logps, kl_anchor, kl_initial, penalised)
+        # The global sum: every process raises together on another's non-finite reward.
+        self.guard.check("reward", batch.reward, step + 1, before="the update",
+                         hint="The reward function must return finite numbers.")
         by_prompt = rearrange(penalised, "(p k) -> p k", k=k)  # the k samples of each prompt side by side
-        advantages = rearrange(leave_one_out_advantages(by_prompt), "p k -> (p k)")  # (N,)
+        advantages = rearrange(leave_one_out_advantages(by_prompt, batch_mean=batch.mean("penalised")),
+                               "p k -> (p k)")  # (N,)
 
-        loss_total = self._accumulate_policy_gradient(comps, advantages, step)
-        grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
-                                       max_grad_norm=self.train_cfg.max_grad_norm, guard=self.guard, step=step + 1)
+        loss, grad_norm, lr = self._update(comps, advantages, int(batch.samples), step)
         self.anchor.update()
-        self.controller.update(float(kl_anchor.mean()))
+        self.controller.update(batch.mean("kl_anchor"))
 
-        lengths = torch.tensor([c.num_tokens for c in comps], dtype=torch.float32)
-        ids = [c.completion_ids for c in comps]
+        ids = gather_sequences([c.completion_ids for c in comps], self.cfg.max_new_tokens, self.env, self.device)
         return {
-            "reward": float(roll.rewards.mean()),
-            "kl": float(kl_initial.mean()),
-            "kl_anchor": float(kl_anchor.mean()),
-            "penalised_reward": float(penalised.mean()),
-            "entropy": float(-policy_logps.sum() / lengths.sum().clamp(min=1)),
-            "length": float(lengths.mean()),
-            "finished": sum(c.finished for c in comps) / n,
+            "reward": batch.mean("reward"),
+            "kl": batch.mean("kl_initial"),
+            "kl_anchor": batch.mean("kl_anchor"),
+            "penalised_reward": batch.mean("penalised"),
+            "entropy": -batch.logps / max(batch.tokens, 1.0),
+            "length": batch.mean("tokens"),
+            "finished": batch.mean("finished"),
             "distinct_1": distinct_n(ids, 1),
             "distinct_2": distinct_n(ids, 2),
             "beta": beta,
-            "loss": loss_total,
+            "loss": loss,
             "grad_norm": grad_norm,
             "learning_rate": lr,
             "step_seconds": time.perf_counter() - start,
         }
 
-    def _accumulate_policy_gradient(self, comps: list[Completion], advantages: torch.Tensor, step: int) -> float:
-        """Backward of the RLOO loss over ``comps`` (N,) with their ``advantages`` (N,); returns the loss.
+    def _kl(self, comps: list[Completion], policy_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) KL estimates to the anchor and to the initial model (the same tensor when they coincide)."""
+        with self.anchor.model_context() as anchored:
+            kl_anchor = sequence_kl_estimate(policy_logps, self._logps(anchored, comps))
+        if self.initial is None:
+            return kl_anchor, kl_anchor
+        with self.initial() as initial_model:
+            return kl_anchor, sequence_kl_estimate(policy_logps, self._logps(initial_model, comps))
 
-        Dropout stays off so that the gradient is of the distribution that was sampled.
+    def _batch_sums(self, roll: Rollout, policy_logps: torch.Tensor, kl_anchor: torch.Tensor,
+                    kl_initial: torch.Tensor, penalised: torch.Tensor) -> BatchSums:
+        """This process's sums, summed over processes in one all-reduce."""
+        comps = roll.completions
+        local = {
+            "samples": float(len(comps)),
+            "reward": float(roll.rewards.double().sum()),
+            "kl_anchor": float(kl_anchor.double().sum()),
+            "kl_initial": float(kl_initial.double().sum()),
+            "penalised": float(penalised.double().sum()),
+            "logps": float(policy_logps.double().sum()),
+            "tokens": float(sum(c.num_tokens for c in comps)),
+            "finished": float(sum(c.finished for c in comps)),
+        }
+        names = [f.name for f in fields(BatchSums)]
+        return BatchSums(*all_reduce_flags([local[name] for name in names], self.env))
+
+    def _update(self, comps: list[Completion], advantages: torch.Tensor, num_samples: int,
+                step: int) -> tuple[float, float, float]:
+        """Backward over this process's samples, gradients summed over processes, one optimizer step.
+
+        Returns:
+            The loss of the whole batch, the gradient norm and the learning rate.
+
+        Raises:
+            TrainingDivergedError: on every process alike, when any process's loss is not finite.
+        """
+        local_loss, non_finite = self._accumulate_policy_gradient(comps, advantages, num_samples, step)
+        # One all-reduce carries the gradients and whether any process saw a non-finite loss.
+        (processes_non_finite,) = all_reduce_gradients(self.params, self.env, extra=(float(non_finite > 0),))
+        self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
+                                   before="the optimizer step")
+        grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
+                                       max_grad_norm=self.train_cfg.max_grad_norm, guard=self.guard, step=step + 1)
+        (loss,) = all_reduce_flags([local_loss], self.env)
+        return loss, grad_norm, lr
+
+    def _accumulate_policy_gradient(self, comps: list[Completion], advantages: torch.Tensor, num_samples: int,
+                                    step: int) -> tuple[float, int]:
+        """Backward of the RLOO loss over ``comps`` (n,) with their ``advantages`` (n,).
+
+        Each micro-batch's loss is divided by ``num_samples``, the step's samples over every process, so
+        the gradients summed over micro-batches and processes are the whole batch's. Dropout stays off so
+        that the gradient is of the distribution that was sampled. In one process a non-finite loss raises
+        before its backward; under data parallelism it is counted and reported in the gradient all-reduce.
+
+        Returns:
+            This process's share of the loss, and how many of its micro-batches had a non-finite loss.
         """
         n, size = len(comps), self.cfg.update_batch_size or len(comps)
-        loss_total = 0.0
+        loss_total, non_finite = 0.0, 0
         with eval_mode(self.policy):
             for lo in range(0, n, size):
                 batch = completion_batch(comps[lo:lo + size], self.pad_id, self.device)
                 logps, _ = sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           logps=self.logps)  # (b,)
-                loss = policy_gradient_loss(logps, advantages[lo:lo + size].to(logps.device), num_samples=n)
-                self.guard.check("loss", loss, step + 1, before="backward")
+                loss = policy_gradient_loss(logps, advantages[lo:lo + size].to(logps.device),
+                                            num_samples=num_samples)
+                if self.env.enabled:
+                    non_finite += not math.isfinite(float(loss.detach()))
+                else:
+                    self.guard.check("loss", loss, step + 1, before="backward")
                 loss.backward()
                 loss_total += float(loss.detach())
-        return loss_total
+        return loss_total, non_finite
 
     def fit(self, *, resume: bool = False) -> OnlineResult:
         """Run ``train.max_steps`` updates, logging to ``run_dir/metrics.jsonl`` (see :class:`FitLoop`).
@@ -241,7 +322,7 @@ class OnlineTrainer:
                        self.guard, log_every=cfg.log_every, save_every=cfg.save_every,
                        keep_checkpoints=cfg.keep_checkpoints, progress_keys=PROGRESS_KEYS,
                        checkpoint_files=lambda: {ANCHOR_FILE: self.anchor.state_dict()},
-                       on_resume=self._restore, console=self.console)
+                       on_resume=self._restore, env=self.env, console=self.console)
         out = loop.run(self._loop_step, state=LoopState(extra={"beta": self.controller.beta, "history": []}),
                        resume=resume)
         history = out.state.extra["history"]

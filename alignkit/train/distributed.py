@@ -60,11 +60,18 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
+def _collective_device() -> torch.device:
+    """Where a tensor must be for the process group's collectives: NCCL reduces CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_flags(values: Sequence[float], env: DistEnv) -> list[float]:
-    """``values`` summed over processes (flags, counts); ``values`` itself in one process."""
+    """``values`` summed over processes in float64 (flags, counts, sums); ``values`` itself in one process."""
     if not env.enabled:
-        return list(values)
-    summed = all_reduce_sum(torch.tensor(list(values), dtype=torch.float64), env)
+        return [float(v) for v in values]
+    summed = all_reduce_sum(torch.tensor(list(values), dtype=torch.float64, device=_collective_device()), env)
     return [float(v) for v in summed.tolist()]
 
 

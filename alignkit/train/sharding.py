@@ -159,7 +159,7 @@ def _trainable_names(model: nn.Module) -> list[str]:
 
 def gather_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full trainable weights on the main process (empty elsewhere). Every process must call it."""
-    state = get_model_state_dict(model, options=_GATHER)
+    state: dict[str, Any] = dict(get_model_state_dict(model, options=_GATHER))
     # named_parameters, as a one-process checkpoint: a tied weight (lm-head = embedding) once, by its first name
     return {n: state[n].contiguous() for n in _trainable_names(model) if n in state}
 
@@ -167,7 +167,7 @@ def gather_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state as a one-process ``optimizer.state_dict()`` (states keyed by parameter index),
     on the main process (empty elsewhere). Every process must call it."""
-    by_name = get_optimizer_state_dict(model, optimizer, options=_GATHER)
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=_GATHER))
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(_trainable_names(model))}
@@ -181,11 +181,11 @@ def load_sharded_state(model: nn.Module, weights: dict[str, torch.Tensor],
     """Load full (unsharded) trainable ``weights`` and a one-process ``optimizer_state`` into a sharded
     model and its optimizer; every process holds the full values and keeps its shard."""
     options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, weights, options=options)
+    set_model_state_dict(model, dict[str, Any](weights), options=options)
     if optimizer is None or optimizer_state is None:
         return
     names = _trainable_names(model)
-    by_name = {
+    by_name: dict[str, Any] = {
         "state": {names[int(i)]: s for i, s in optimizer_state["state"].items()},
         "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
                          for g in optimizer_state["param_groups"]],

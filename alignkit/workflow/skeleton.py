@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from pydantic import BaseModel
@@ -238,7 +238,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
         ctx.sharding.shard_policy(ctx.policy)
     plan.train(ctx)
     if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
-        ctx.policy = ctx.sharding.gathered(ctx.policy)
+        ctx.policy = cast("PreTrainedModel", ctx.sharding.gathered(ctx.model))
     ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
     if env.is_main:
         save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model")

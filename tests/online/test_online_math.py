@@ -30,6 +30,11 @@ def test_advantages_per_prompt_and_k1_batch_mean():
     assert torch.allclose(adv, torch.tensor([[-2.0, 2.0], [0.0, 0.0]]))
     adv1 = leave_one_out_advantages(torch.tensor([[1.0], [3.0]]))  # k = 1: batch mean 2
     assert torch.allclose(adv1, torch.tensor([[-1.0], [1.0]]))
+    # One process's share of a larger batch: the baseline is the whole batch's mean, given.
+    share = leave_one_out_advantages(torch.tensor([[1.0], [3.0]]), batch_mean=4.0)
+    assert torch.allclose(share, torch.tensor([[-3.0], [-1.0]]))
+    assert torch.equal(leave_one_out_advantages(torch.tensor([[0.0, 2.0]]), batch_mean=9.0),
+                       torch.tensor([[-2.0, 2.0]]))  # k > 1: the other samples of the prompt, as before
 
 
 def test_penalised_reward_and_policy_gradient_loss():

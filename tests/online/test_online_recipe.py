@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignkit.cli import main
 from alignkit.recipe import RecipeError
@@ -120,12 +121,26 @@ def test_run_and_validate_dispatch_on_the_online_key(tmp_path):
     assert main(["run", str(path), "online.max_new_tokens=0"]) == 2
 
 
-def test_online_training_refuses_several_processes():
-    """Before: under torchrun every rank sampled full rollouts and wrote the same checkpoints and metrics."""
-    from alignkit.commands.online import SingleProcessError, check_single_process
-    from alignkit.train.distributed import DistEnv
+def test_a_step_that_does_not_split_over_the_processes_is_refused_before_anything_is_written(tmp_path):
+    """Each process samples an equal share of whole prompts: train.prompts_per_step must divide."""
+    from alignkit.commands.online import OnlineRun
+    from alignkit.online.parallel import check_world_size
 
-    check_single_process(DistEnv())  # one process: fine
-    with pytest.raises(SingleProcessError, match="online training runs in one process.*without torchrun"):
-        check_single_process(DistEnv(rank=1, world_size=2))
-    assert issubclass(SingleProcessError, ValueError)  # the CLI prints it as a message, exit code 2
+    check_world_size(4, 1)
+    check_world_size(4, 2)
+    with pytest.raises(ValueError, match=r"train\.prompts_per_step=3 is not divisible by the 2 processes"):
+        check_world_size(3, 2)
+    recipe = load_online_recipe(_write(tmp_path, BASE), [f"output_dir={tmp_path / 'run'}", "train.prompts_per_step=3"])
+    cpu = torch.device("cpu")
+    OnlineRun(recipe).check_processes(1, cpu)
+    OnlineRun(recipe).check_processes(3, cpu)
+    with pytest.raises(ValueError, match=r"train\.prompts_per_step=3"):
+        OnlineRun(recipe).check_processes(2, cpu)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sharded_weights_are_refused_online(tmp_path):
+    """The online loop replicates the model on every process (strategy ddp); fsdp is refused with the recipe."""
+    with pytest.raises(RecipeError, match="distributed"):
+        load_online_recipe(_write(tmp_path, BASE), ["distributed.strategy=fsdp"])
+    assert load_online_recipe(_write(tmp_path, BASE), ["distributed.strategy=ddp"]).distributed.strategy == "ddp"
