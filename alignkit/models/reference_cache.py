@@ -154,7 +154,7 @@ class ReferenceLogpsCache:
         """
         key = cache_key(model_id, model, pairs, extra)
         cached = cls.load(key)
-        if cached is not None and len(cached) == len(pairs):
+        if cached is not None and len(cached) == _size(pairs):
             return cached
         chosen, rejected = _compute(model, pairs, collate_fn, batch_size, logps, progress)
         path = cls.path_for(key)
@@ -172,6 +172,15 @@ class ReferenceLogpsCache:
             )
         idx = index.to("cpu", torch.long)
         return self.chosen[idx].to(index.device), self.rejected[idx].to(index.device)
+
+
+def _size(pairs: Sequence[Any]) -> int:
+    """Rows of the cache: one per dataset position up to the largest ``index`` of ``pairs`` (positions of
+    examples dropped while tokenizing stay empty), or one per pair when they carry no index."""
+    indices = [i for p in pairs if isinstance(i := getattr(p, "index", None), int)]
+    if pairs and len(indices) == len(pairs):
+        return max(len(pairs), max(indices) + 1)
+    return len(pairs)
 
 
 def _rank() -> int:
@@ -194,9 +203,9 @@ def _compute(
     """
     from rich.progress import Progress
 
-    n = len(pairs)
+    n = _size(pairs)
     rank, world = _rank(), _world_size()
-    starts = list(range(0, n, batch_size))
+    starts = list(range(0, len(pairs), batch_size))
     mine = starts[rank::world]
     rounds = -(-len(starts) // world) if hasattr(model, ROOT_CALL) else len(mine)
     chosen, rejected, seen = torch.zeros(n), torch.zeros(n), torch.zeros(n)
@@ -211,7 +220,7 @@ def _compute(
                 batch = collate_fn(list(pairs[start : start + batch_size]))
                 index = batch.get("index")
                 if index is None:
-                    index = torch.arange(start, min(start + batch_size, n))
+                    index = torch.arange(start, min(start + batch_size, len(pairs)))
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
                 out = concatenated_forward(model, inputs, logps=logps)
                 if i < len(mine):  # past its share a process only keeps pace with the others
@@ -225,7 +234,9 @@ def _compute(
         shares = torch.stack([chosen, rejected, seen]).to(device)  # NCCL reduces device tensors only
         dist.all_reduce(shares, op=dist.ReduceOp.SUM)
         chosen, rejected, seen = shares.cpu().unbind(0)
-    missing = (seen != 1).nonzero().flatten()
+    expected = torch.zeros(n)
+    expected[[getattr(p, "index", i) for i, p in enumerate(pairs)]] = 1.0
+    missing = (seen != expected).nonzero().flatten()
     if missing.numel():
         raise ValueError(f"the collated batches' 'index' never covered pairs {missing[:10].tolist()} ...")
     return chosen, rejected

@@ -40,10 +40,11 @@ def rng_preserved() -> Iterator[None]:
 def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
     """``auto`` -> this process's GPU when there is one, else the CPU; any other name as torch reads it."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", env.local_rank if env else 0)
-        return torch.device("cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # each process its own GPU under torchrun
+        return torch.device("cuda", env.local_rank if env else 0)
+    return device
 
 
 def peak_rss_mib() -> float:

@@ -91,3 +91,25 @@ def test_lookup_out_of_range_names_the_cache():
     )
     with pytest.raises(IndexError, match="holds 2 pairs"):
         cache.lookup(torch.tensor([0, 5]))
+
+
+def test_pairs_whose_indices_have_gaps_are_cached_by_index():
+    """Tokenization drops examples, so the pairs' dataset positions have gaps (here 0, 1, 3, 6): the cache is
+    looked up by position, and a dropped position is never asked for."""
+    from functools import partial
+
+    from alignkit.data import TokenizedPair, collate_preference
+    from alignkit.models.reference import CachedReference
+
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    raw = make_pairs(4, vocab_size=VOCAB)
+    pairs = [TokenizedPair(p["prompt_ids"], p["chosen_ids"], p["rejected_ids"], 1.0, index)
+             for p, index in zip(raw, (0, 1, 3, 6), strict=True)]
+    collate_pairs = partial(collate_preference, pad_token_id=VOCAB - 1)
+    cache = ReferenceLogpsCache.build(model, pairs, collate_pairs, batch_size=3, model_id="gaps", progress=False)
+    batch = collate_pairs(pairs[2:])
+    chosen, rejected = CachedReference(cache).logps(batch)
+    with torch.no_grad():
+        out = concatenated_forward(model, batch)
+    torch.testing.assert_close(chosen, out["chosen_logps"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected, out["rejected_logps"], atol=1e-5, rtol=0)
