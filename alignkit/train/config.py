@@ -128,7 +128,8 @@ class DistributedConfig(_Strict):
         "for backward (less memory, one more all-gather per block)."
     )
     mixed_precision: MixedPrecisionConfig | None = Field(
-        None, description="fsdp: compute and reduce dtypes (bfloat16 on GPUs); null: everything in the stored dtype."
+        None, description="fsdp: compute and reduce dtypes (bfloat16 on GPUs); null: follow train.precision "
+        "(bf16: weights gathered in bfloat16, gradients reduced in float32; else the stored dtype)."
     )
     cpu_offload: bool = Field(
         False, description="fsdp on CUDA: keep sharded parameters, gradients and optimizer states in CPU memory."

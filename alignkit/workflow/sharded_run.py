@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from alignkit.recipe import RecipeError
-from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
+from alignkit.train.config import DistributedConfig, MixedPrecisionConfig, SFTConfig, TrainConfig
 from alignkit.train.distributed import DistEnv
 from alignkit.train.sharding import check_mesh, gather_trainable_state, shard_model
 
-__all__ = ["RunSharding", "check_process_layout", "training_sections"]
+__all__ = ["RunSharding", "check_process_layout", "compute_precision", "training_sections"]
 
 
 def training_sections(recipe: Any) -> dict[str, TrainConfig]:
@@ -57,6 +57,20 @@ def check_process_layout(distributed: DistributedConfig, stages: dict[str, Train
                             f"micro-batches ({section}.grad_accum) x {world_size} processes")
     if problems:
         raise RecipeError("\n".join(problems))
+
+
+def compute_precision(cfg: DistributedConfig, precision: str, device: torch.device) -> DistributedConfig:
+    """``cfg`` with ``mixed_precision`` following ``train.precision`` when the recipe leaves it null.
+
+    bf16 autocast over sharded fp32 weights would cast every gathered weight to bf16 and keep that copy for
+    backward: the whole model in bf16 on every process, not sharded. FSDP's own mixed precision gathers the
+    weights in bf16 instead (the stored shards stay fp32, gradients are reduced in fp32).
+    """
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if cfg.mixed_precision is not None or not bf16:
+        return cfg
+    policy = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32")
+    return cfg.model_copy(update={"mixed_precision": policy})
 
 
 @dataclass

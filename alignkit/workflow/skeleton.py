@@ -41,7 +41,12 @@ from alignkit.workflow.run_folder import (
     clear_run_folder,
     inspect_run_folder,
 )
-from alignkit.workflow.sharded_run import RunSharding, check_process_layout, training_sections
+from alignkit.workflow.sharded_run import (
+    RunSharding,
+    check_process_layout,
+    compute_precision,
+    training_sections,
+)
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
@@ -99,6 +104,7 @@ class RunPlan(Protocol):
     run_dir: Path
     adapter: AdapterConfig
     distributed: DistributedConfig
+    precision: str  # train.precision: auto, fp32 or bf16
 
     def check_processes(self, world_size: int, device: torch.device) -> None:
         """Refuse, naming the field, a process layout the run cannot use (before anything is written)."""
@@ -143,6 +149,7 @@ class RecipeRun:
         self.run_dir: Path = recipe.run_dir()
         self.adapter: AdapterConfig = recipe.adapter
         self.distributed: DistributedConfig = recipe.distributed
+        self.precision: str = getattr(recipe.train, "precision", "fp32")  # online training has no autocast
         self._schema, self._dump = schema, dump
 
     def check_processes(self, world_size: int, device: torch.device) -> None:
@@ -234,7 +241,8 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     console.print(format_parameter_table(parameter_table(ctx.policy)))
     ctx.report["parameters"] = {"trainable": trainable, "total": total}
     if env.enabled and plan.distributed.strategy == "fsdp":
-        ctx.sharding = RunSharding(plan.distributed, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
+        cfg = compute_precision(plan.distributed, plan.precision, ctx.device)
+        ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
         ctx.sharding.shard_policy(ctx.policy)
     plan.train(ctx)
     if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process

@@ -68,6 +68,22 @@ def test_a_model_without_known_blocks_cannot_be_sharded():
         shard_model(model, DistributedConfig(strategy="fsdp"), DistEnv(), torch.device("cpu"))
 
 
+def test_sharded_bf16_training_gathers_weights_in_bf16_unless_told_otherwise():
+    """bf16 autocast over sharded fp32 weights would keep a whole bf16 copy of the model per process; FSDP's
+    own mixed precision replaces it, unless the recipe chose one."""
+    from alignkit.train.config import MixedPrecisionConfig
+    from alignkit.workflow.sharded_run import compute_precision
+
+    cpu = torch.device("cpu")
+    fsdp = DistributedConfig(strategy="fsdp")
+    assert compute_precision(fsdp, "bf16", cpu).mixed_precision == MixedPrecisionConfig(
+        param_dtype="bfloat16", reduce_dtype="float32")
+    assert compute_precision(fsdp, "fp32", cpu).mixed_precision is None
+    assert compute_precision(fsdp, "auto", cpu).mixed_precision is None  # auto is fp32 on a CPU
+    chosen = DistributedConfig(strategy="fsdp", mixed_precision=MixedPrecisionConfig(param_dtype="float16"))
+    assert compute_precision(chosen, "bf16", cpu) == chosen
+
+
 def test_online_recipes_refuse_fsdp(tmp_path, capsys):
     recipe = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))[0]
     assert main(["validate", str(recipe), "distributed.strategy=fsdp"]) == 2
