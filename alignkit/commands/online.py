@@ -1,4 +1,5 @@
-"""Run an online recipe end to end: RLOO (one run) or WARP (merged runs), then evaluate and report.
+"""Run an online recipe end to end: one run (RLOO, REINFORCE, PPO or GRPO) or WARP (merged runs of any of
+them), then evaluate and report.
 
 Writes into the run folder: ``recipe.yaml``, per-run ``metrics.jsonl`` (under ``online/`` or
 ``warp/iterI_runM/``), ``model/`` (the final policy), ``report.json`` and ``report.md`` (reward and KL to
@@ -25,11 +26,12 @@ from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_reward_kl
 from alignkit.models.load import load_tokenizer
-from alignkit.models.rewards import resolve_reward
+from alignkit.models.rewards import checked_reward, resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
-from alignkit.online.config import OnlineConfig, SentimentPrompts
+from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
 from alignkit.online.parallel import check_world_size
+from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
@@ -51,30 +53,50 @@ __all__ = [
 ]
 
 
-def online_prompts(recipe: OnlineRecipe) -> tuple[list[str], list[str]]:
-    """(train, held-out) prompts of the recipe's ``prompts:`` section."""
+def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
+                   console: Console | None = None) -> tuple[list[str], list[str]]:
+    """(train, held-out) prompts of the recipe's ``prompts:`` section.
+
+    Prompts read from data (``jsonl``, ``hh_rlhf``, ``hf_dataset``: :func:`alignkit.online.prompts.load_prompts`)
+    are rendered for ``tokenizer`` (the recipe's own, loaded when None), and how many rows were read, kept and
+    dropped (and why) is printed to ``console``.
+    """
     p = recipe.prompts
     if isinstance(p, SentimentPrompts):
         return (sentiment_prompts(p.num_prompts, seed=p.seed, split="train"),
                 sentiment_prompts(p.num_eval_prompts, seed=p.seed, split="eval"))
-    return list(p.train), list(p.eval)
+    if isinstance(p, InlinePrompts):
+        return list(p.train), list(p.eval)
+    split = load_prompts(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
+    (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False, highlight=False)
+    return split.train, split.eval
 
 
 def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
     """The reward as ``score(prompts, texts)``: a registered function (texts only) or a reward-model folder."""
     if cfg.reward is not None:
         name, fn = resolve_reward(cfg.reward)
-        return name, lambda prompts, texts: fn(texts)
+        checked = checked_reward(name, fn)  # one number per text, or an error naming the reward
+        return name, lambda prompts, texts: checked(texts)
     assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
     return str(cfg.reward_model), lambda prompts, texts: scorer(list(zip(prompts, texts, strict=True)))
 
 
 def describe_objective(cfg: OnlineConfig) -> str:
-    """A one-line name of the objective for reports, e.g. ``rloo(k=4, beta=0.05, anchor=initial)``."""
+    """A one-line name of the objective for reports, e.g. ``rloo(k=4, beta=0.05, anchor=initial)`` or
+    ``ppo(k=1, beta=0.05, anchor=initial, epochs=4, value=policy_head)``."""
     anchor = "initial" if cfg.anchor.kind == "initial" else f"ema({cfg.anchor.ema_rate:g})"
     kl = "" if cfg.kl_control.kind == "fixed" else f", target_kl={cfg.kl_control.target:g}"
-    base = f"rloo(k={cfg.samples_per_prompt}, beta={cfg.beta:g}{kl}, anchor={anchor})"
+    settings = ""
+    if cfg.ppo is not None:
+        settings = f", epochs={cfg.ppo.epochs}, value={cfg.ppo.value_model}"
+    elif cfg.grpo is not None:
+        g = cfg.grpo
+        coef = f", kl_coef={g.kl_coef:g}" if g.kl_coef is not None else ""
+        flags = [f"{name}=false" for name in ("scale_rewards", "length_normalise") if not getattr(g, name)]
+        settings = ", ".join([f", iterations={g.iterations}, kl={g.kl}{coef}", *flags])
+    base = f"{cfg.algorithm}(k={cfg.samples_per_prompt}, beta={cfg.beta:g}{kl}, anchor={anchor}{settings})"
     if cfg.warp is None:
         return base
     w = cfg.warp
@@ -153,7 +175,7 @@ def _front(recipe: OnlineRecipe, policy, tokenizer, eval_prompts: list[str], ini
 
 
 class OnlineRun(RecipeRun):
-    """The :class:`~alignkit.workflow.RunPlan` of an online recipe: RLOO, or WARP's merged runs."""
+    """The :class:`~alignkit.workflow.RunPlan` of an online recipe: one run, or WARP's merged runs."""
 
     def __init__(self, recipe: OnlineRecipe) -> None:
         super().__init__(recipe, OnlineRecipe, online_recipe_to_yaml)
@@ -174,13 +196,13 @@ class OnlineRun(RecipeRun):
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
-        self.train_prompts, self.eval_prompts = online_prompts(recipe)
+        self.train_prompts, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
         reward_name, self.score = build_score(recipe.online, ctx.device)
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
                           f"reward {reward_name}")
         ctx.report.update({
             "recipe": recipe.name,
-            "method": "warp" if recipe.online.warp else "rloo",
+            "method": "warp" if recipe.online.warp else recipe.online.algorithm,
             "objective": describe_objective(recipe.online),
             "online": recipe.online.model_dump(mode="json"),
             "train_prompts": len(self.train_prompts),
@@ -224,7 +246,7 @@ class OnlineRun(RecipeRun):
 
 def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: bool = False,
                       console: Console | None = None) -> RunSummary:
-    """Train (RLOO or WARP), save the model, evaluate reward and KL to the initial model, write the report.
+    """Train (one run of ``online.algorithm``, or WARP), save the model, evaluate reward and KL to the initial model, write the report.
 
     With ``resume``, every run continues from its latest checkpoint (finished WARP runs are reloaded, not
     retrained), so an interrupted recipe picks up where it stopped.

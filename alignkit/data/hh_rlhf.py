@@ -90,12 +90,12 @@ def _looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path))
 
 
-def _local_files(cfg: HHRLHFSource) -> list[Path]:
-    root = require_file(cfg.path, "data.source.path")
+def _local_files(cfg: HHRLHFSource, field: str = "data.source") -> list[Path]:
+    root = require_file(cfg.path, f"{field}.path")
     if root.is_file():
         if cfg.subsets is not None:
             raise DataError(
-                "data.source.subsets applies to a folder or the hub id; "
+                f"{field}.subsets applies to a folder or the hub id; "
                 f"{cfg.path!r} is a single file: remove 'subsets'"
             )
         return [root]
@@ -107,26 +107,26 @@ def _local_files(cfg: HHRLHFSource) -> list[Path]:
             files.append(found[0])
         elif cfg.subsets is not None:  # asked for explicitly: missing is an error
             raise DataError(
-                f"data.source.path: no {subset}/{cfg.split}.jsonl(.gz) under {str(root)!r}"
+                f"{field}.path: no {subset}/{cfg.split}.jsonl(.gz) under {str(root)!r}"
             )
     if not files:
         raise DataError(
-            f"data.source.path: folder {str(root)!r} has no <subset>/{cfg.split}.jsonl(.gz) for any of "
+            f"{field}.path: folder {str(root)!r} has no <subset>/{cfg.split}.jsonl(.gz) for any of "
             f"{', '.join(HH_SUBSETS)}"
         )
     return files
 
 
-def _hub_rows(cfg: HHRLHFSource):
+def _hub_rows(cfg: HHRLHFSource, field: str = "data.source"):
     """Yield ``(where, row)`` from the Hugging Face Hub copy, or raise a DataError that says what to do."""
     advice = (
         "download the files elsewhere (e.g. harmless-base/test.jsonl.gz from "
-        "github.com/anthropics/hh-rlhf) and set data.source.path to the .jsonl.gz file or to the folder "
+        f"github.com/anthropics/hh-rlhf) and set {field}.path to the .jsonl.gz file or to the folder "
         "holding <subset>/<split>.jsonl.gz"
     )
     if (reason := hub_unavailable_reason()) is not None:
         raise DataError(
-            f"data.source.path {cfg.path!r} is a hub id (no local file or folder has that "
+            f"{field}.path {cfg.path!r} is a hub id (no local file or folder has that "
             f"name) but {reason}: {advice}"
         )
     try:
@@ -143,18 +143,21 @@ def _hub_rows(cfg: HHRLHFSource):
             yield f"{cfg.path}/{subset or ''}[{i}]", row
 
 
-def load_hh_rlhf(cfg: HHRLHFSource) -> tuple[list[PreferenceExample], DropReport]:
-    """Read HH-RLHF from a local file, a folder of subsets, or the hub. See the module docstring."""
+def load_hh_rlhf(cfg: HHRLHFSource, field: str = "data.source") -> tuple[list[PreferenceExample], DropReport]:
+    """Read HH-RLHF from a local file, a folder of subsets, or the hub. See the module docstring.
+
+    ``field`` is the recipe section errors name (``data.source``, ``data.test_source``, ``prompts``).
+    """
     report = DropReport()
     examples: list[PreferenceExample] = []
     if _looks_like_hub_id(cfg.path):
-        for where, row in _hub_rows(cfg):
+        for where, row in _hub_rows(cfg, field):
             report.seen += 1
             ex = hh_example(row, where, report, cfg.single_turn)
             if ex is not None:
                 examples.append(ex)
         return examples, report
-    for path in _local_files(cfg):
+    for path in _local_files(cfg, field):
         for where, row in read_jsonl(path, report):
             ex = hh_example(row, where, report, cfg.single_turn)
             if ex is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from alignkit.data.hh_rlhf import ASSISTANT, HUMAN
 from alignkit.data.types import DataError, Message, PreferenceExample, TextOrMessages
 
-__all__ = ["hh_text_to_messages", "render_example", "resolve_chat_template"]
+__all__ = ["hh_text_to_messages", "render_example", "render_prompt", "resolve_chat_template"]
 
 _PLAIN_ROLE = {"user": HUMAN, "assistant": ASSISTANT}
 
@@ -77,6 +77,17 @@ def _as_messages(value: TextOrMessages, role: str) -> list[Message]:
     return [{"role": role, "content": value.strip()}]
 
 
+def render_prompt(prompt: TextOrMessages, tokenizer, use_template: bool) -> str:
+    """The text a response follows: the chat template with its generation cue, or the plain rendering.
+
+    Without a template, text passes through unchanged and messages become HH-style text ending with
+    ``"\\n\\nAssistant:"``; with one, an HH-style text prompt is split into turns first.
+    """
+    if not use_template:
+        return prompt if isinstance(prompt, str) else _plain(prompt) + ASSISTANT
+    return tokenizer.apply_chat_template(_as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
+
+
 def render_example(
     ex: PreferenceExample, tokenizer, use_template: bool, with_rejected: bool = True
 ) -> tuple[str, list[str]] | None:
@@ -87,12 +98,11 @@ def render_example(
     response only (supervised fine-tuning).
     """
     fields = [ex.chosen, ex.rejected] if with_rejected else [ex.chosen]
+    prompt_text = render_prompt(ex.prompt, tokenizer, use_template)
     if not use_template:
-        prompt = ex.prompt if isinstance(ex.prompt, str) else _plain(ex.prompt) + ASSISTANT
-        return prompt, [_plain_response(r) for r in fields]
+        return prompt_text, [_plain_response(r) for r in fields]
 
     prompt_msgs = _as_messages(ex.prompt, "user")
-    prompt_text = tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
     responses = []
     for response in fields:
         full = tokenizer.apply_chat_template(

@@ -41,6 +41,7 @@ __all__ = [
     "SourceSpec",
     "source_spec",
     "load_examples",
+    "open_dataset",
     "register_prepared_source",
     "register_source",
 ]
@@ -157,10 +158,23 @@ def load_jsonl(cfg: JsonlSource, **_: Any) -> tuple[list[PreferenceExample], Dro
     return examples, report
 
 
-def _open_dataset(cfg: HFDatasetSource):
+def open_dataset(name: str, split: str, *, config_name: str | None = None, data_dir: str | None = None,
+                 data_files: str | list[str] | None = None, field: str = "data.source", split_key: str = "split"):
+    """One split of a ``datasets`` dataset: a folder saved with ``save_to_disk``, or ``datasets.load_dataset``.
+
+    Args:
+        name: the saved folder, a hub name, a dataset script/folder, or a builder such as ``json`` / ``parquet``
+            (with ``data_files``).
+        split: the split to read (a saved single ``Dataset`` has none: it is returned whole unless
+            ``split_key`` is not ``"split"``, i.e. a second split was asked for).
+        field, split_key: the recipe section and key that errors name (``data.source``, ``split``).
+
+    Raises:
+        DataError: naming ``field``, when the dataset or the split cannot be read.
+    """
     import datasets
 
-    local = Path(cfg.name).expanduser()
+    local = Path(name).expanduser()
     saved = local.is_dir() and any(
         (local / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")
     )
@@ -168,18 +182,18 @@ def _open_dataset(cfg: HFDatasetSource):
         if saved:
             ds = datasets.load_from_disk(str(local))
             if isinstance(ds, datasets.DatasetDict):
-                if cfg.split not in ds:
-                    raise DataError(
-                        f"data.source.split {cfg.split!r} not in {str(local)!r}; splits: {', '.join(ds)}"
-                    )
-                ds = ds[cfg.split]
+                if split not in ds:
+                    raise DataError(f"{field}.{split_key} {split!r} not in {str(local)!r}; splits: {', '.join(ds)}")
+                ds = ds[split]
+            elif split_key != "split":
+                raise DataError(f"{field}.{split_key}: {str(local)!r} is a single dataset without splits")
             return ds
-        return datasets.load_dataset(cfg.name, cfg.config_name, data_dir=cfg.data_dir, split=cfg.split)
+        return datasets.load_dataset(name, config_name, data_dir=data_dir, data_files=data_files, split=split)
     except DataError:
         raise
     except Exception as err:  # offline hub, missing split, bad script: one clear message
         raise DataError(
-            f"data.source.name: could not load dataset {cfg.name!r} (split {cfg.split!r}): {err}. Offline, "
+            f"{field}.name: could not load dataset {name!r} (split {split!r}): {err}. Offline, "
             "point it at a folder saved with save_to_disk, or use a jsonl source."
         ) from err
 
@@ -187,7 +201,7 @@ def _open_dataset(cfg: HFDatasetSource):
 @register_source("hf_dataset")
 def load_hf_dataset(cfg: HFDatasetSource, **_: Any) -> tuple[list[PreferenceExample], DropReport]:
     """Rows of a ``datasets`` dataset (hub name or saved folder); bad rows are counted as ``row N``."""
-    ds = _open_dataset(cfg)
+    ds = open_dataset(cfg.name, cfg.split, config_name=cfg.config_name, data_dir=cfg.data_dir)
     missing = [c for c in (cfg.chosen_field, cfg.rejected_field) if c not in ds.column_names]
     if missing:
         raise DataError(

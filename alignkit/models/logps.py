@@ -35,9 +35,11 @@ __all__ = [
     "DEFAULT_LOGPS",
     "IGNORE_INDEX",
     "ROOT_CALL",
+    "LMHeadParts",
     "LogpsOptions",
     "chosen_rejected",
     "concatenated_forward",
+    "lm_head_parts",
     "naive_sequence_logps",
     "reward_scores",
     "sequence_logps",
@@ -132,7 +134,7 @@ _LOGIT_TRANSFORMS: dict[str, Callable[[Tensor, Any], Tensor]] = {
 
 
 @dataclass(frozen=True)
-class _LMHeadParts:
+class LMHeadParts:
     """What the chunked path runs instead of ``model.forward``: ``transform(head(body(...)), config)``."""
 
     body: nn.Module  # the decoder: ids -> (N, T, H) last hidden states
@@ -141,8 +143,10 @@ class _LMHeadParts:
     config: Any  # the model's config, read by ``transform``
 
 
-def _lm_head_parts(model: nn.Module) -> _LMHeadParts | None:
-    """The parts of ``model`` for the chunked path, or None when that path does not apply to it."""
+def lm_head_parts(model: nn.Module) -> LMHeadParts | None:
+    """The decoder, lm-head and logit transform of ``model`` (``transform(head(body(...)), config)`` are its
+    logits) for the chunked path, or None for an architecture it does not know (then only ``model.forward``
+    is safe)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         return None
     config = getattr(model, "config", None)
@@ -152,12 +156,12 @@ def _lm_head_parts(model: nn.Module) -> _LMHeadParts | None:
     if transform is None or get_decoder is None or not isinstance(head, nn.Module):
         return None
     body = get_decoder()
-    return _LMHeadParts(body, head, transform, config) if isinstance(body, nn.Module) else None
+    return LMHeadParts(body, head, transform, config) if isinstance(body, nn.Module) else None
 
 
 def supports_chunked_logps(model: nn.Module) -> bool:
     """Whether :func:`sequence_logps` can use the chunked lm-head path for ``model``."""
-    return _lm_head_parts(model) is not None
+    return lm_head_parts(model) is not None
 
 
 def _shifted_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,7 +249,7 @@ def _sequence_logps(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, logps: LogpsOptions
 ) -> tuple[Tensor, Tensor]:
     """:func:`sequence_logps` once its arguments are checked (inside the root's hooks when sharded)."""
-    parts = _lm_head_parts(model)
+    parts = lm_head_parts(model)
     if parts is None:
         return naive_sequence_logps(model, input_ids, attention_mask, labels)
 

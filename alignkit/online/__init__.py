@@ -1,4 +1,5 @@
-"""Online alignment: RLOO with a KL anchor (initial or EMA), adaptive beta, and WARP weight averaging.
+"""Online alignment: RLOO, REINFORCE, PPO or GRPO with a KL anchor (initial or EMA), adaptive beta, and WARP
+weight averaging.
 
 ``alignkit online RECIPE`` runs a recipe with an ``online:`` section (see docs/online.md).
 """

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.models.sampling import Sampling
+from alignkit.online.prompts import HFDatasetPrompts, HHRLHFPrompts, JsonlPrompts
 from alignkit.train.config import OptimizerConfig
 
 __all__ = [
+    "ALGORITHMS",
     "AnchorConfig",
+    "GRPOConfig",
     "InlinePrompts",
     "KLControlConfig",
     "OnlineConfig",
     "OnlineTrainConfig",
+    "PPOConfig",
     "PromptsConfig",
     "SentimentPrompts",
     "WarpConfig",
@@ -44,7 +48,8 @@ class InlinePrompts(_Strict):
     eval: list[str] = Field(min_length=1, description="Held-out prompts for evaluation.")
 
 
-PromptsConfig = Annotated[SentimentPrompts | InlinePrompts, Field(discriminator="kind")]
+PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts,
+                          Field(discriminator="kind")]
 
 
 class AnchorConfig(_Strict):
@@ -84,8 +89,87 @@ class WarpConfig(_Strict):
     eps: float = Field(1e-6, gt=0, description="Norm / sin(angle) below which SLERP falls back to a linear mix.")
 
 
+ALGORITHMS = ("rloo", "reinforce", "ppo", "grpo")
+
+
+class PPOConfig(_Strict):
+    """PPO (online.algorithm: ppo): a value model, per-token KL rewards, GAE, clipped policy and value losses."""
+
+    value_model: Literal["policy_head", "separate"] = Field(
+        "policy_head",
+        description="policy_head: a scalar linear head on the policy's last hidden state, trained with the policy "
+        "(the value loss reaches the shared body); separate: a value model of its own (a copy of the policy's "
+        "decoder, or a reward model's body, see value_init) with a scalar head. Neither is saved into model/.",
+    )
+    value_init: str = Field(
+        "policy",
+        description="separate only: 'policy' (a copy of the policy's decoder, trainable where the policy is, with a "
+        "zero-initialised head) or the folder of an alignkit reward model (its body and score layer, all trainable; "
+        "it must share the policy's tokenizer).",
+    )
+    epochs: int = Field(4, ge=1, description="Passes over each rollout (PPO epochs).")
+    minibatch_size: int | None = Field(
+        None, ge=1,
+        description="Completions per optimizer step, over all processes; must divide train.prompts_per_step x "
+        "online.samples_per_prompt. null: the whole rollout (one optimizer step per epoch).",
+    )
+    clip_eps: float = Field(0.2, gt=0, description="epsilon of the clipped ratio clip(rho, 1 - eps, 1 + eps).")
+    clip_eps_value: float = Field(0.2, gt=0, description="Values move at most this far from their rollout values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in policy loss + vf_coef * value loss.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of the per-token rewards.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (0: one-step TD error, 1: Monte Carlo return).")
+    whiten_advantages: bool = Field(
+        True, description="Whiten the advantages over the whole rollout (every process's tokens) before the updates."
+    )
+
+    @model_validator(mode="after")
+    def _value_init_needs_separate(self) -> PPOConfig:
+        if self.value_model == "policy_head" and self.value_init != "policy":
+            raise ValueError("online.ppo.value_init: a reward-model initialisation needs value_model 'separate' "
+                             "(the policy_head shares the policy's body)")
+        return self
+
+
+class GRPOConfig(_Strict):
+    """GRPO (online.algorithm: grpo): group-relative advantages, clipped token loss, KL as a loss or a penalty."""
+
+    iterations: int = Field(1, ge=1, description="mu: optimizer steps on each rollout, each over the whole rollout.")
+    clip_eps: float = Field(0.2, gt=0, description="epsilon of the clipped ratio clip(rho, 1 - eps, 1 + eps).")
+    scale_rewards: bool = Field(
+        True, description="Divide each group's centred rewards by their std (GRPO); false: Dr. GRPO (centred only)."
+    )
+    length_normalise: bool = Field(
+        True, description="Each completion's loss is the mean over its tokens (GRPO); false: the sum over its tokens "
+        "divided by online.max_new_tokens (Dr. GRPO)."
+    )
+    kl: Literal["loss", "reward"] = Field(
+        "loss", description="loss: a k3 KL-to-the-anchor term in the loss, weighted by kl_coef; reward: the "
+        "sequence reward penalised by beta KL as RLOO does (no KL term in the loss)."
+    )
+    kl_coef: float | None = Field(
+        None, ge=0, description="kl: loss only: the weight of the k3 term; null: online.beta (adapted by "
+        "online.kl_control when adaptive)."
+    )
+
+    @model_validator(mode="after")
+    def _kl_coef_with_loss(self) -> GRPOConfig:
+        if self.kl_coef is not None and self.kl != "loss":
+            raise ValueError("online.grpo.kl_coef weighs the k3 loss term; with kl: reward the penalty is online.beta")
+        return self
+
+
 class OnlineConfig(_Strict):
-    """The online objective: sample, reward, penalise KL to the anchor, leave-one-out policy gradient."""
+    """The online objective: sample, reward, penalise KL to the anchor, and update the policy with RLOO,
+    REINFORCE, PPO or GRPO."""
+
+    algorithm: Literal["rloo", "reinforce", "ppo", "grpo"] = Field(
+        "rloo",
+        description="rloo: leave-one-out baseline (k = 1: the batch mean); reinforce: batch-mean baseline for any "
+        "k; ppo: value model, GAE and clipped updates (online.ppo); grpo: group-normalised advantages and clipped "
+        "updates (online.grpo).",
+    )
+    ppo: PPOConfig | None = Field(None, description="PPO settings (algorithm ppo only; defaults when omitted).")
+    grpo: GRPOConfig | None = Field(None, description="GRPO settings (algorithm grpo only; defaults when omitted).")
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
@@ -118,14 +202,43 @@ class OnlineConfig(_Strict):
             raise ValueError("online.warp needs anchor.kind 'ema' (each WARP run has its own EMA anchor)")
         return self
 
+    @field_validator("ppo", "grpo")
+    @classmethod
+    def _section_of_the_algorithm(cls, value: PPOConfig | GRPOConfig | None,
+                                  info: ValidationInfo) -> PPOConfig | GRPOConfig | None:
+        algorithm, name = info.data.get("algorithm"), info.field_name
+        if value is not None and algorithm is not None and algorithm != name:
+            raise ValueError(f"online.{name} is set but online.algorithm is {algorithm!r}; remove online.{name} "
+                             f"or set online.algorithm: {name}")
+        return value
+
+    @model_validator(mode="after")
+    def _algorithm_sections(self) -> OnlineConfig:
+        if self.algorithm == "ppo" and self.ppo is None:
+            self.ppo = PPOConfig()
+        if self.algorithm == "grpo":
+            if self.grpo is None:
+                self.grpo = GRPOConfig()
+            if self.samples_per_prompt < 2:
+                raise ValueError("online.algorithm grpo needs online.samples_per_prompt >= 2 (a group of one "
+                                 "sample has advantage 0)")
+            if self.grpo.kl_coef is not None and self.kl_control.kind == "adaptive":
+                raise ValueError("online.grpo.kl_coef fixes the k3 weight, but online.kl_control is adaptive; "
+                                 "remove one (without kl_coef the adaptive beta weighs the k3 term)")
+        return self
+
 
 class OnlineTrainConfig(OptimizerConfig):
-    """Optimisation of the online stage: one optimizer step per batch of rollouts."""
+    """Optimisation of the online stage: one update per batch of rollouts (RLOO, REINFORCE: one optimizer step;
+    PPO: epochs x minibatches; GRPO: iterations)."""
 
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per update (each sampled samples_per_prompt times).")
-    max_steps: int = Field(100, ge=1, description="Updates per run (per WARP run).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to `lr`.")
+    max_steps: int = Field(100, ge=1, description="Updates (rollouts) per run (per WARP run).")
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear warm-up from 0 to `lr`, in updates (the schedule itself counts optimizer steps: "
+        "PPO and GRPO take several per update, and their warm-up and decay are scaled to match)."
+    )
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, ...")

@@ -312,7 +312,11 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask
     v = torch.where(m, v, zeros)
     v_old = torch.where(m, old_values.detach().float(), zeros)
     g = torch.where(m, returns.detach().float(), zeros)
-    v_clipped = v_old + torch.clamp(v - v_old, -clip_eps_value, clip_eps_value)
+    # Within the band the clipped value is v itself, not v_old + (v - v_old), which can differ from v by a
+    # rounding and would count as clipped.
+    moved = v - v_old
+    v_clipped = torch.where(moved.abs() > clip_eps_value,
+                            v_old + torch.clamp(moved, -clip_eps_value, clip_eps_value), v)
     unclipped = (v - g) ** 2
     clipped = (v_clipped - g) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), m, normaliser)

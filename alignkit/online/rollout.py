@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -27,7 +27,34 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 from alignkit.models.generate import Completion, generate_completions
 from alignkit.models.sampling import Sampling
 
-__all__ = ["GroupSampler", "group_seed", "sample_groups"]
+__all__ = ["BatchSums", "GroupSampler", "Rollout", "group_seed", "sample_groups"]
+
+
+@dataclass
+class Rollout:
+    """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,)."""
+
+    prompts: list[str]
+    completions: list[Completion]
+    rewards: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BatchSums:
+    """Sums over every sample of the step (all processes'): what the batch means and the k = 1 baseline use."""
+
+    samples: float
+    reward: float
+    kl_anchor: float
+    kl_initial: float
+    penalised: float
+    logps: float
+    tokens: float
+    finished: float
+
+    def mean(self, name: str) -> float:
+        """The per-sample mean of the sum ``name``."""
+        return float(getattr(self, name)) / self.samples
 
 
 def group_seed(seed: int, step: int, prompt_index: int) -> int:

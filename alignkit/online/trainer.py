@@ -1,7 +1,9 @@
-"""The online loop: sample k completions per prompt, reward them, penalise KL to the anchor, one RLOO update.
+"""The online loop: sample k completions per prompt, reward them, penalise KL to the anchor, update the policy.
 
-One optimizer step per batch of rollouts (on-policy: the samples always come from the current weights).
-The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
+``online.algorithm`` picks the update: RLOO or REINFORCE (one optimizer step per batch of rollouts, here), PPO
+or GRPO (several clipped optimizer steps per batch of rollouts: :mod:`alignkit.online.clipped`). One loop
+step is one batch of rollouts, whatever the algorithm (on-policy: every rollout comes from the current
+weights). The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
 the fit loop the preference trainer runs too (:class:`~alignkit.train.loop.FitLoop`). Data order reuses
 the preference trainer's :func:`~alignkit.train.trainer.step_order` (a permutation of the prompts fixed by
 (seed, epoch)), the schedule its :func:`~alignkit.train.schedule.make_scheduler`; KL and log-probs use
@@ -30,6 +32,7 @@ from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
 from alignkit.models.generate import Completion, eos_token_ids, eval_mode
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
 from alignkit.online.anchor import FrozenAnchor
+from alignkit.online.clipped import ClippedUpdater
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.kl_control import KLController
 from alignkit.online.parallel import check_world_size, gather_sequences, local_share
@@ -40,7 +43,15 @@ from alignkit.online.rloo import (
     policy_gradient_loss,
     sequence_kl_estimate,
 )
-from alignkit.online.rollout import sample_groups
+from alignkit.online.rollout import BatchSums, Rollout, sample_groups
+from alignkit.online.tokens import (
+    ValueHead,
+    ValueModel,
+    hidden_size,
+    value_model_from_policy,
+    value_model_from_reward_model,
+)
+from alignkit.train.checkpoint import CheckpointError
 from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.loop import FitLoop, LoopState, optimizer_step
@@ -51,38 +62,12 @@ from alignkit.train.trainer import divergence_hint, make_optimizer, step_order
 __all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
 
 ANCHOR_FILE = "anchor.safetensors"
+VALUE_FILE = "value.safetensors"  # PPO: the value head's or model's trainable tensors (never in model/)
 
 # score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
 ScoreFn = Callable[[list[str], list[str]], list[float]]
 
 PROGRESS_KEYS = ("reward", "kl", "entropy", "length", "beta")
-
-
-@dataclass
-class Rollout:
-    """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,)."""
-
-    prompts: list[str]
-    completions: list[Completion]
-    rewards: torch.Tensor
-
-
-@dataclass(frozen=True)
-class BatchSums:
-    """Sums over every sample of the step (all processes'): what the batch means and the k = 1 baseline use."""
-
-    samples: float
-    reward: float
-    kl_anchor: float
-    kl_initial: float
-    penalised: float
-    logps: float
-    tokens: float
-    finished: float
-
-    def mean(self, name: str) -> float:
-        """The per-sample mean of the sum ``name``."""
-        return float(getattr(self, name)) / self.samples
 
 
 @dataclass
@@ -107,13 +92,17 @@ class OnlineResult:
 
 
 class OnlineTrainer:
-    """RLOO on ``policy`` over ``prompts``.
+    """RLOO, REINFORCE, PPO or GRPO (``cfg.algorithm``) on ``policy`` over ``prompts``.
+
+    PPO's value head or model (``cfg.ppo.value_model``) is built here, trained by the same optimizer (its
+    trainable tensors follow the policy's in :attr:`params`) and kept in every checkpoint as
+    ``value.safetensors``; it is not part of the policy, so ``model/`` holds only the policy.
 
     Args:
         policy: the model; its trainable parameters are those with requires_grad.
         tokenizer: its tokenizer.
         score: the reward, ``score(prompts, texts) -> rewards``.
-        cfg: the online objective (k, sampling, beta, KL control).
+        cfg: the online objective (algorithm, k, sampling, beta, KL control, the PPO / GRPO settings).
         train_cfg: optimisation.
         prompts: training prompts.
         anchor: the KL anchor (:class:`~alignkit.online.anchor.FrozenAnchor` or ``EMAAnchor``).
@@ -165,9 +154,27 @@ class OnlineTrainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(policy, tokenizer)[0]
         self.device = next(policy.parameters()).device
         self.steps_per_epoch = len(self.prompts) // train_cfg.prompts_per_step
+        self.value = self._value_model(policy, tokenizer, cfg)
+        if self.value is not None:
+            self.params += [p for p in self.value.parameters() if p.requires_grad]
+        self.clipped = ClippedUpdater(self, self.value) if cfg.algorithm in ("ppo", "grpo") else None
+        # The schedule counts optimizer steps; max_steps and warmup_steps count loop steps (batches of rollouts).
+        updates = self.clipped.updates if self.clipped is not None else 1
         self.optimizer = make_optimizer(self.params, train_cfg)
-        self.scheduler = make_scheduler(self.optimizer, warmup_steps=train_cfg.warmup_steps,
-                                        total_steps=train_cfg.max_steps, schedule=train_cfg.schedule)
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps=train_cfg.warmup_steps * updates,
+                                        total_steps=train_cfg.max_steps * updates, schedule=train_cfg.schedule)
+
+    def _value_model(self, policy: nn.Module, tokenizer, cfg: OnlineConfig) -> ValueHead | ValueModel | None:
+        """PPO's value head (on the policy's hidden states) or value model; None for the other algorithms."""
+        if cfg.algorithm != "ppo":
+            return None
+        assert cfg.ppo is not None  # OnlineConfig fills the section in
+        if cfg.ppo.value_model == "policy_head":
+            return ValueHead(hidden_size(policy), device=self.device)
+        if cfg.ppo.value_init == "policy":
+            return value_model_from_policy(policy)
+        dtype = next(policy.parameters()).dtype
+        return value_model_from_reward_model(cfg.ppo.value_init, tokenizer, self.device, dtype)
 
     # -----------------------------------------------------------------------------------------------------
     def step_prompts(self, step: int) -> list[str]:
@@ -193,27 +200,43 @@ class OnlineTrainer:
         return completion_logps(model, completions, batch_size=size, pad_token_id=self.pad_id, logps=self.logps)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One rollout and one optimizer step; returns the step's metrics (over every process's samples)."""
+        """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
         roll = self.rollout(step)
+        if self.clipped is not None:
+            metrics = self.clipped.step(step, roll)
+        else:
+            metrics = self._policy_gradient_step(step, roll)
+        return {**metrics, "step_seconds": time.perf_counter() - start}
+
+    def _policy_gradient_step(self, step: int, roll: Rollout) -> dict[str, float]:
+        """RLOO (leave-one-out baseline; k = 1: the batch mean) or REINFORCE (the batch mean): one optimizer step."""
         comps, k = roll.completions, self.cfg.samples_per_prompt
         policy_logps = self._logps(self.policy, comps)  # (N,) no grad, the weights that sampled
         kl_anchor, kl_initial = self._kl(comps, policy_logps)
         beta = self.controller.beta
         penalised = penalised_rewards(roll.rewards, kl_anchor, beta)
-        batch = self._batch_sums(roll, policy_logps, kl_anchor, kl_initial, penalised)
+        batch = self.batch_sums(roll, policy_logps, kl_anchor, kl_initial, penalised)
         # The global sum: every process raises together on another's non-finite reward.
         self.guard.check("reward", batch.reward, step + 1, before="the update",
                          hint="The reward function must return finite numbers.")
-        by_prompt = rearrange(penalised, "(p k) -> p k", k=k)  # the k samples of each prompt side by side
-        advantages = rearrange(leave_one_out_advantages(by_prompt, batch_mean=batch.mean("penalised")),
-                               "p k -> (p k)")  # (N,)
+        if self.cfg.algorithm == "reinforce":
+            advantages = penalised - batch.mean("penalised")  # (N,) the batch-mean baseline, any k
+        else:
+            by_prompt = rearrange(penalised, "(p k) -> p k", k=k)  # the k samples of each prompt side by side
+            advantages = rearrange(leave_one_out_advantages(by_prompt, batch_mean=batch.mean("penalised")),
+                                   "p k -> (p k)")  # (N,)
 
         loss, grad_norm, lr = self._update(comps, advantages, int(batch.samples), step)
         self.anchor.update()
         self.controller.update(batch.mean("kl_anchor"))
 
         ids = gather_sequences([c.completion_ids for c in comps], self.cfg.max_new_tokens, self.env, self.device)
+        return {**self.sample_metrics(batch, ids, beta=beta), "loss": loss, "grad_norm": grad_norm,
+                "learning_rate": lr}
+
+    def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
+        """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids)."""
         return {
             "reward": batch.mean("reward"),
             "kl": batch.mean("kl_initial"),
@@ -225,10 +248,6 @@ class OnlineTrainer:
             "distinct_1": distinct_n(ids, 1),
             "distinct_2": distinct_n(ids, 2),
             "beta": beta,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "learning_rate": lr,
-            "step_seconds": time.perf_counter() - start,
         }
 
     def _kl(self, comps: list[Completion], policy_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,8 +259,8 @@ class OnlineTrainer:
         with self.initial() as initial_model:
             return kl_anchor, sequence_kl_estimate(policy_logps, self._logps(initial_model, comps))
 
-    def _batch_sums(self, roll: Rollout, policy_logps: torch.Tensor, kl_anchor: torch.Tensor,
-                    kl_initial: torch.Tensor, penalised: torch.Tensor) -> BatchSums:
+    def batch_sums(self, roll: Rollout, policy_logps: torch.Tensor, kl_anchor: torch.Tensor,
+                   kl_initial: torch.Tensor, penalised: torch.Tensor) -> BatchSums:
         """This process's sums, summed over processes in one all-reduce."""
         comps = roll.completions
         local = {
@@ -321,7 +340,7 @@ class OnlineTrainer:
         loop = FitLoop(self.stage, self.run_dir, cfg.max_steps, self.policy, self.optimizer, self.scheduler,
                        self.guard, log_every=cfg.log_every, save_every=cfg.save_every,
                        keep_checkpoints=cfg.keep_checkpoints, progress_keys=PROGRESS_KEYS,
-                       checkpoint_files=lambda: {ANCHOR_FILE: self.anchor.state_dict()},
+                       checkpoint_files=self._checkpoint_files,
                        on_resume=self._restore, env=self.env, console=self.console)
         out = loop.run(self._loop_step, state=LoopState(extra={"beta": self.controller.beta, "history": []}),
                        resume=resume)
@@ -336,7 +355,27 @@ class OnlineTrainer:
         state.extra["beta"] = self.controller.beta
         return metrics
 
+    def _checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What a checkpoint keeps besides the policy's weights and the optimizer: the anchor, PPO's value."""
+        files = {ANCHOR_FILE: self.anchor.state_dict()}
+        if self.value is not None:
+            files[VALUE_FILE] = {n: p.detach() for n, p in self.value.named_parameters() if p.requires_grad}
+        return files
+
     def _restore(self, folder: Path, state: LoopState) -> None:
-        """After a resume: the anchor and beta of the checkpoint."""
+        """After a resume: the anchor, beta and PPO's value head or model of the checkpoint."""
         self.anchor.load_state_dict(load_file(str(folder / ANCHOR_FILE)))
         self.controller.beta = state.extra["beta"]
+        if self.value is not None:
+            path = folder / VALUE_FILE
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint {folder} has no {VALUE_FILE}: it is not a PPO run's checkpoint "
+                                      "(resume with the recipe that wrote it)")
+            tensors, params = load_file(str(path)), dict(self.value.named_parameters())
+            missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
+            if missing or set(tensors) - set(params):
+                raise CheckpointError(f"checkpoint {folder}: {VALUE_FILE} does not match this value model "
+                                      f"(e.g. {(missing or sorted(set(tensors) - set(params)))[:3]})")
+            with torch.no_grad():
+                for name, value in tensors.items():
+                    params[name].copy_(value.to(params[name].device, params[name].dtype))

@@ -99,6 +99,15 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.eval is not None and recipe.eval.baseline == "chosen":
         problems.append((("eval", "baseline"), "'chosen' judges the policy against the dataset's chosen responses, "
                          "but online prompts have none; use baseline: reference"))
+    ppo = recipe.online.ppo
+    rollout = recipe.train.prompts_per_step * recipe.online.samples_per_prompt
+    if ppo is not None and ppo.minibatch_size is not None and (ppo.minibatch_size > rollout
+                                                               or rollout % ppo.minibatch_size):
+        problems.append((("online", "ppo", "minibatch_size"), f"{ppo.minibatch_size} must divide the {rollout} "
+                         "completions of a step (train.prompts_per_step x online.samples_per_prompt)"))
+    if ppo is not None and ppo.value_init != "policy" and not (Path(ppo.value_init) / "config.json").is_file():
+        problems.append((("online", "ppo", "value_init"), f"{ppo.value_init} is not a reward-model folder (no "
+                         "config.json); use 'policy' or the folder of an alignkit reward model"))
     problems += reward_problems({("online", "reward"): recipe.online.reward, **eval_rewards(recipe.eval)})
     problems += model_problems(recipe.model)
     return problems

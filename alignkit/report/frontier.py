@@ -27,7 +27,8 @@ def _row(label: str, loss: str, params: dict[str, Any], reward: dict, kl: dict, 
 
 
 def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Frontier rows of online run folders (their ``report.json``): one per RLOO run, one per WARP eta.
+    """Frontier rows of online run folders (their ``report.json``): one per run (labelled by its algorithm,
+    ``rloo``, ``reinforce``, ``ppo`` or ``grpo``), one per WARP eta.
 
     Raises:
         FileNotFoundError: a folder without ``report.json``.
@@ -46,7 +47,8 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
                 rows.append(_row(f"{run_dir.name}_eta{point['eta']:g}", "warp front", {"eta": point["eta"]},
                                  point["reward"], point["kl"], point.get("reward_name"), before))
         elif rk:
-            rows.append(_row(run_dir.name, "rloo", {"beta": beta}, rk["after"]["reward"], rk["after"]["kl"],
+            method = report.get("method") or "rloo"  # rloo, reinforce, ppo or grpo (older reports: rloo)
+            rows.append(_row(run_dir.name, method, {"beta": beta}, rk["after"]["reward"], rk["after"]["kl"],
                              rk.get("reward"), before))
     return rows
 

@@ -5,8 +5,8 @@
         -> [save a checkpoint, prune old ones]
 
 The preference :class:`~alignkit.train.trainer.Trainer` steps over micro-batches of an objective, the
-:class:`~alignkit.online.trainer.OnlineTrainer` samples, rewards and makes an RLOO update; both end their
-step with :func:`optimizer_step`. Resume, logging, evaluation, early stopping and checkpoints live here
+:class:`~alignkit.online.trainer.OnlineTrainer` samples, rewards and updates (RLOO: one optimizer step; PPO,
+GRPO: several); both end every optimizer step with :func:`optimizer_step`. Resume, logging, evaluation, early stopping and checkpoints live here
 once, and so do the checks that keep non-finite weights out of every checkpoint
 (:mod:`alignkit.train.divergence`).
 """

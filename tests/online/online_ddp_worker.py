@@ -2,8 +2,8 @@
 
     online_ddp_worker.py equivalence OUT MODEL   every case of CASES through `alignkit online`'s code path
                                                  (run_online_recipe); each process also saves, per stage, the
-                                                 trainable weights before and after and the anchor to
-                                                 OUT/<case>/rank<R>/<stage>.safetensors
+                                                 trainable weights before and after, the anchor and (PPO) the
+                                                 value head to OUT/<case>/rank<R>/<stage>.safetensors
     online_ddp_worker.py divergence OUT          rank 1's loss turns NaN at step 2, then (a fresh trainer) rank
                                                  1's reward does; each process writes OUT/rank<R>.json
 """
@@ -68,6 +68,14 @@ CASES: dict[str, list[str]] = {
     "warp": ["online.samples_per_prompt=2", "online.anchor.kind=ema", "online.anchor.ema_rate=0.5",
              "online.warp={iterations: 1, runs: 2}", "adapter={kind: bottleneck, reduction_factor: 4}",
              "train.prompts_per_step=2", "train.max_steps=2"],
+    # PPO and GRPO: several optimizer steps per rollout. PPO's minibatches of 4 of the 8 completions are drawn
+    # by a permutation, so a process holds an uneven share of each (none, some or all of it).
+    "ppo": ["online.algorithm=ppo", "online.ppo={epochs: 2, minibatch_size: 4}", "online.samples_per_prompt=2",
+            "online.update_batch_size=3", "online.anchor.kind=ema", "online.anchor.ema_rate=0.5",
+            "online.kl_control.kind=adaptive", "online.kl_control.target=0.5", "online.beta=0.1",
+            "train.prompts_per_step=4", "train.max_steps=2"],
+    "grpo": ["online.algorithm=grpo", "online.grpo={iterations: 2}", "online.samples_per_prompt=2",
+             "online.update_batch_size=3", "online.beta=0.1", "train.prompts_per_step=4", "train.max_steps=2"],
 }
 
 
@@ -98,6 +106,8 @@ def _record_fits(folder: dict[str, Path]) -> None:
         tensors = {**{f"init/{k}": v for k, v in before.items()},
                    **{f"final/{k}": v for k, v in trainable_tensors(self.policy).items()},
                    **{f"anchor/{k}": v for k, v in self.anchor.tensors.items()},
+                   **({f"value/{k}": v.detach() for k, v in self.value.named_parameters() if v.requires_grad}
+                      if self.value is not None else {}),
                    "kl_control": torch.tensor(fed, dtype=torch.float64)}
         out = folder["case"] / f"rank{_rank()}"
         out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """Online training under torchrun: two processes train exactly as one, and stop together.
 
-The worker (tests/online/online_ddp_worker.py) runs three cases through `alignkit online`'s code path, once
+The worker (tests/online/online_ddp_worker.py) runs five cases through `alignkit online`'s code path, once
 in one process and once in two (torchrun, gloo): RLOO (k = 2, EMA anchor, adaptive beta), REINFORCE (k = 1,
-whose baseline is the mean of the whole batch) and WARP (2 runs of a bottleneck adapter, merged). Both
+whose baseline is the mean of the whole batch), WARP (2 runs of a bottleneck adapter, merged), PPO (2 epochs
+of 2 permuted minibatches per rollout, a value head, advantages whitened over both processes' tokens) and
+GRPO (2 iterations per rollout, the k3 KL in the loss). Both
 layouts sample the same completions (each prompt group's stream is seeded by its index in the step), so
 per-step metrics and final weights must agree to float noise.
 
@@ -33,10 +35,11 @@ import torch
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("online_ddp_worker.py")
-CASES = ("rloo", "reinforce", "warp")
+CASES = ("rloo", "reinforce", "warp", "ppo", "grpo")
 LR = 1e-3  # the worker's train.lr
-STEPS = {"rloo": 3, "reinforce": 3, "warp": 2}
-STAGES = {"rloo": ["online"], "reinforce": ["online"], "warp": ["warp_iter0_run0", "warp_iter0_run1"]}
+STEPS = {"rloo": 3, "reinforce": 3, "warp": 2, "ppo": 2, "grpo": 2}
+STAGES = {"rloo": ["online"], "reinforce": ["online"], "warp": ["warp_iter0_run0", "warp_iter0_run1"],
+          "ppo": ["online"], "grpo": ["online"]}
 METRIC_FOLDERS = {"online": "online", "warp_iter0_run0": "warp/iter0_run0", "warp_iter0_run1": "warp/iter0_run1"}
 
 RTOL = 1e-5
@@ -45,6 +48,11 @@ GRAD_NORM_RTOL = 1e-4
 # metric: absolute floor (see the module docstring); the relative tolerance is RTOL for all of them.
 SAMPLE_METRICS = {"reward": 0.0, "length": 0.0, "finished": 0.0, "distinct_1": 0.0, "distinct_2": 0.0,
                   "kl": 2e-5, "kl_anchor": 2e-5, "penalised_reward": 1e-6, "entropy": 1e-6, "beta": 1e-9}
+# PPO and GRPO's own metrics (absent from the other cases' records); the statistics of the clipped steps are
+# token means of float32 log-ratios, so their floor is that of the losses.
+CLIPPED_METRICS = {"approx_kl": 1e-6, "clip_fraction": 0.0, "ratio_mean": 1e-6, "policy_loss": 1e-6,
+                   "value_loss": 1e-6, "value_clip_fraction": 0.0, "explained_variance": 1e-5, "token_entropy": 1e-6,
+                   "k3_kl": 1e-6, "optimizer_steps": 0.0}
 WEIGHT_RTOL, UPDATE_RTOL, MAX_ABS = 1e-5, 1e-3, 0.05 * LR
 
 
@@ -114,6 +122,10 @@ def test_two_processes_log_the_same_steps_as_one(launches, case):
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=GRAD_NORM_RTOL), (stage, a["step"])
             for key, atol in SAMPLE_METRICS.items():
                 assert b[key] == pytest.approx(a[key], rel=RTOL, abs=atol), (stage, a["step"], key)
+            for key, atol in CLIPPED_METRICS.items():
+                assert (key in a) == (key in b), key
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=RTOL, abs=atol), (stage, a["step"], key)
         assert len({round(m["reward"], 6) for m in one}) > 1 or case == "warp"  # the steps sample differently
 
 
@@ -125,6 +137,8 @@ def test_two_processes_train_the_same_weights_and_anchors_as_one(launches, case)
         two = [load_file(str(launches["two"] / case / f"rank{r}/{stage}.safetensors")) for r in (0, 1)]
         _close_weights(_part(one, "final"), _part(two[0], "final"), init=_part(one, "init"))
         _close_weights(_part(one, "anchor"), _part(two[0], "anchor"))
+        if case == "ppo":  # the value head, trained by the same optimizer steps
+            _close_weights(_part(one, "value"), _part(two[0], "value"), init=None)
         # The KL beta follows is the whole batch's (a clipped adaptive step would hide a rank-local one in beta).
         torch.testing.assert_close(two[0]["kl_control"], one["kl_control"], rtol=RTOL, atol=SAMPLE_METRICS["kl"])
         for key in two[0]:  # both processes hold the same weights and the same anchor, exactly

@@ -104,10 +104,13 @@ def test_frontier_rows_from_online_reports(tmp_path):
         "method": "warp", "online": {"beta": 0.05}, "reward_kl": {"reward": "vader_sentiment", "before": before},
         "warp_front": [{"eta": e, "reward": _interval(0.1 + e), "kl": _interval(4 * e), "mean_length": 9.0,
                         "reward_name": "vader_sentiment"} for e in (0.0, 0.5, 1.0)]}))
-    rows = online_frontier_rows([rloo, warp])
+    ppo = tmp_path / "ppo"  # a PPO run is labelled by its algorithm
+    ppo.mkdir()
+    (ppo / "report.json").write_text((rloo / "report.json").read_text().replace('"rloo"', '"ppo"'))
+    rows = online_frontier_rows([rloo, warp, ppo])
     assert [(r["loss"], r["params"]) for r in rows] == [
         ("rloo", {"beta": 0.05}), ("warp front", {"eta": 0.0}), ("warp front", {"eta": 0.5}),
-        ("warp front", {"eta": 1.0})]
+        ("warp front", {"eta": 1.0}), ("ppo", {"beta": 0.05})]
     assert rows[0]["reference_reward"]["estimate"] == 0.1
     assert plot_online_frontier([rloo, warp], tmp_path / "f.png").is_file()
     with pytest.raises(FileNotFoundError):

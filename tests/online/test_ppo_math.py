@@ -285,6 +285,17 @@ def test_clipped_value_loss_hand_worked():
     assert float(loss4.detach()) == pytest.approx(0.5125, abs=1e-6)
 
 
+def test_a_value_inside_the_band_is_never_counted_as_clipped():
+    # In float32 V_old + (V - V_old) is not V here; were that the clipped value, its square could round larger
+    # and the token would count as clipped (1 vs 2 processes then disagreed on one token in 96).
+    v_old = torch.tensor([[0.09428875148296356]])
+    v = torch.tensor([[0.0007572086760774255]])
+    assert float(v_old + (v - v_old)) != float(v)
+    loss, clip_fraction = clipped_value_loss(v, v_old, torch.zeros(1, 1), torch.ones(1, 1), clip_eps_value=0.2)
+    assert float(clip_fraction) == 0.0
+    assert float(loss) == 0.5 * float(v * v)
+
+
 def test_explained_variance():
     g = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
