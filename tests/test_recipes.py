@@ -151,7 +151,6 @@ def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     return [
         (["data.source={kind: kway_jsonl, path: k.jsonl}"], "data.source.kind: 'kway_jsonl' gives K-way comparisons"),
         (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, but loss reward_kway reads K-way"),
-        (["loss.name=reward_bt", "data.source={kind: sentiment}"], "'sentiment' samples its pairs from the policy"),
         (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
         (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
         (["adapter.kind=lora", "reference.mode=adapters_off", "sft.enabled=true"],

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 import pytest
 import torch
+from process_group import free_port
 from safetensors.torch import load_file
 
 from alignkit.losses import list_losses
@@ -163,12 +163,6 @@ COMPARISONS = comparisons()
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Launch:
     layout: str
@@ -209,7 +203,7 @@ def _run_launch(root: Path, layout: str, processes: int, cases: list[dict[str, A
     command = [sys.executable]
     if processes > 1:
         command += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                    f"--master_port={_free_port()}"]
+                    f"--master_port={free_port()}"]
     command += [str(WORKER), str(folder), json.dumps(cases)]
     start = time.monotonic()
     # Its own process group: on a timeout torchrun and its workers are killed together, none left behind.

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from process_group import free_port
 from safetensors.torch import load_file
 
 from alignkit.cli import main
@@ -26,12 +26,6 @@ from train_data import tiny_recipe  # noqa: E402
 CLI = [sys.executable, "-m", "alignkit.cli"]
 SHARDED = ["distributed.strategy=fsdp", "sft.enabled=true", "sft.max_steps=2", "sft.batch_size=4",
            "reference.mode=cached", "train.eval_every=1", "data.test_size=4"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -176,7 +170,7 @@ def test_two_machines_rendezvous_over_c10d(tmp_path, one_process):
     """Two torchrun agents, one per "machine", meet at a c10d rendezvous on 127.0.0.1 (the multi-node command
     of docs/distributed.md, on one machine)."""
     recipe = tiny_recipe(tmp_path)
-    port = _free_port()
+    port = free_port()
     agents = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                           f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",

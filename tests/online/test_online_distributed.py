@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_group import free_port, run_ranks
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("online_ddp_worker.py")
@@ -56,12 +55,6 @@ CLIPPED_METRICS = {"approx_kl": 1e-6, "clip_fraction": 0.0, "ratio_mean": 1e-6, 
 WEIGHT_RTOL, UPDATE_RTOL, MAX_ABS = 1e-5, 1e-3, 0.05 * LR
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -83,7 +76,7 @@ def launches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     one, two = root / "one", root / "two"
     one.mkdir(), two.mkdir()
     _run([sys.executable, str(WORKER), "equivalence", str(one), str(model)], root)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
           str(WORKER), "equivalence", str(two), str(model)], root)
     return {"one": one, "two": two}
 
@@ -153,25 +146,8 @@ def test_two_processes_train_the_same_weights_and_anchors_as_one(launches, case)
 def test_a_non_finite_loss_or_reward_on_one_process_stops_every_process(tmp_path):
     """Rank 1's loss, then (another trainer) rank 1's reward, is NaN at step 2: both ranks raise the same
     error each time, neither hangs, no weight turns non-finite."""
-    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), "divergence", str(tmp_path)], cwd=tmp_path,
-                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
-    deadline = time.monotonic() + 180  # a process left waiting at an all-reduce fails the test, not the suite
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        hung = [rank for rank, proc in enumerate(procs) if proc.poll() is None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        logs = [proc.communicate()[0][-3000:] for proc in procs]
-    assert not hung, f"ranks {hung} hung:\n" + "\n".join(logs)
-    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(logs)
+    ranks = run_ranks([sys.executable, str(WORKER), "divergence", str(tmp_path)], tmp_path, _env(), timeout=180)
+    assert [code for code, _ in ranks] == [0, 0], "\n".join(log for _, log in ranks)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     expected = {
         "loss": "non-finite loss at step 2 (on 1 of 2 processes, stopped before the optimizer step)",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_group import run_ranks
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -44,34 +43,11 @@ def test_two_processes_match_one(tmp_path):
     assert losses(double) == pytest.approx(losses(single), rel=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     """Rank 1's loss is NaN on one micro-batch: both processes raise the same error, neither hangs."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(DIVERGENCE_WORKER), str(tmp_path)], cwd=tmp_path,
-                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
-    deadline = time.monotonic() + 120  # a process left waiting at an all-reduce fails the test, not the suite
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        hung = [rank for rank, proc in enumerate(procs) if proc.poll() is None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        logs = [proc.communicate()[0][-2000:] for proc in procs]
-    assert not hung, f"ranks {hung} hung:\n" + "\n".join(logs)
-    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(logs)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    ranks = run_ranks([sys.executable, str(DIVERGENCE_WORKER), str(tmp_path)], tmp_path, env)
+    assert [code for code, _ in ranks] == [0, 0], "\n".join(log for _, log in ranks)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert results[0]["error"] == results[1]["error"] == "TrainingDivergedError", results
     assert results[0]["message"] == results[1]["message"]
