@@ -24,7 +24,7 @@ from alignkit.data.sentiment import sentiment_prompts
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.kl import ReferenceFn
-from alignkit.eval.reward_kl import evaluate_reward_kl
+from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
 from alignkit.models.load import load_tokenizer
 from alignkit.models.rewards import checked_reward, resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
@@ -35,7 +35,8 @@ from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
-from alignkit.report.frontier import front_markdown, plot_online_frontier
+from alignkit.report.format import format_interval
+from alignkit.report.frontier import front_markdown, plot_online_frontier, plot_proxy_vs_true
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult
@@ -46,9 +47,11 @@ if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the ann
 __all__ = [
     "OnlineRun",
     "build_score",
+    "build_true_score",
     "describe_objective",
     "load_tensors",
     "online_prompts",
+    "proxy_true_markdown",
     "run_online_recipe",
 ]
 
@@ -81,6 +84,29 @@ def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
     assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
     return str(cfg.reward_model), lambda prompts, texts: scorer(list(zip(prompts, texts, strict=True)))
+
+
+def build_true_score(cfg: OnlineConfig) -> ScoreFn | None:
+    """``online.true_reward`` as ``score(prompts, texts)`` (measured on every rollout, never trained on), or None."""
+    if cfg.true_reward is None:
+        return None
+    name, fn = resolve_reward(cfg.true_reward)
+    checked = checked_reward(name, fn)
+    return lambda prompts, texts: checked(texts)
+
+
+def proxy_true_markdown(section: dict[str, Any], plot: str | None) -> str:
+    """The report.md section of ``proxy_vs_true``: proxy and true reward before and after, with the plot."""
+    lines = ["", f"## Proxy vs true reward ({section['true_reward_name']} measured, not trained on)", "",
+             "| model | proxy reward (95% CI) | true reward (95% CI) | KL to the initial model, nats (95% CI) |",
+             "|---|---|---|---|"]
+    for key in ("before", "after"):
+        row = section[key]
+        lines.append(f"| {row['label']} | {format_interval(row['proxy_reward'])} | "
+                     f"{format_interval(row['true_reward'])} | {format_interval(row['kl'], 2)} |")
+    if plot:
+        lines += ["", f"![proxy vs true reward against KL]({plot})"]
+    return "\n".join(lines) + "\n"
 
 
 def describe_objective(cfg: OnlineConfig) -> str:
@@ -125,7 +151,8 @@ def _train(recipe: OnlineRecipe, policy, tokenizer, score: ScoreFn, prompts: lis
     anchor = EMAAnchor(policy, cfg.anchor.ema_rate) if cfg.anchor.kind == "ema" else FrozenAnchor(policy)
     trainer = OnlineTrainer(policy, tokenizer, score, cfg, recipe.train, prompts=prompts, anchor=anchor,
                             controller=_controller(cfg), run_dir=run_dir, initial=initial, seed=seed, stage=stage,
-                            logps=recipe.model.logps, env=env, console=console)
+                            logps=recipe.model.logps, env=env, console=console,
+                            true_score=build_true_score(cfg))
     return trainer.fit(resume=resume)
 
 
@@ -198,8 +225,9 @@ class OnlineRun(RecipeRun):
         recipe = self.recipe
         self.train_prompts, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
         reward_name, self.score = build_score(recipe.online, ctx.device)
+        true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
-                          f"reward {reward_name}")
+                          f"reward {reward_name}{true}")
         ctx.report.update({
             "recipe": recipe.name,
             "method": "warp" if recipe.online.warp else recipe.online.algorithm,
@@ -237,11 +265,36 @@ class OnlineRun(RecipeRun):
                                                   theta_sft, theta_final, ctx.console)
 
     def evaluate(self, ctx: RunContext) -> dict[str, Any]:
+        """The ``eval:`` section; with ``online.true_reward``, also the proxy and true reward of the same
+        held-out samples before and after (``proxy_vs_true``) and the plot of both against the training KL
+        (``plots/proxy_vs_true.png``). Main process only (the skeleton calls it there)."""
+        out: dict[str, Any] = {}
+        true_reward = self.recipe.online.true_reward
+        if true_reward is not None:
+            metrics = sorted(ctx.run_dir.glob("online/metrics.jsonl")) or sorted(ctx.run_dir.glob("warp/*/metrics.jsonl"))
+            if metrics:
+                labels = ["online" if m.parent.name == "online" else m.parent.name for m in metrics]
+                plot = plot_proxy_vs_true(metrics, ctx.run_dir / "plots" / "proxy_vs_true.png", labels=labels,
+                                          title=f"{self.recipe.name}: proxy vs true reward ({true_reward})")
+                out["proxy_vs_true_plot"] = str(plot.relative_to(ctx.run_dir))
         if self.recipe.eval is None:
-            return {}
+            return out
         assert self.initial is not None
-        return evaluate_heldout(self.recipe.eval, ctx.model, self.initial, ctx.tokenizer, self.eval_prompts, None,
-                                run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device))
+        out.update(evaluate_heldout(self.recipe.eval, ctx.model, self.initial, ctx.tokenizer, self.eval_prompts, None,
+                                    run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device)))
+        if true_reward is not None and self.score is not None:
+            ev = self.recipe.eval
+            prompts = self.eval_prompts[: ev.num_prompts] if ev.num_prompts else self.eval_prompts
+            with self.initial() as initial_model:
+                before = evaluate_proxy_and_true(initial_model, None, ctx.tokenizer, prompts, self.score,
+                                                 true_reward, ev.sampling, label="initial")
+            after = evaluate_proxy_and_true(ctx.model, self.initial, ctx.tokenizer, prompts, self.score,
+                                            true_reward, ev.sampling, label="policy")
+            out["proxy_vs_true"] = {"true_reward_name": after["true_reward_name"], "before": before, "after": after}
+            ctx.console.print(f"proxy vs true reward: proxy {before['proxy_reward']['estimate']:.3f} -> "
+                              f"{after['proxy_reward']['estimate']:.3f}, true {before['true_reward']['estimate']:.3f}"
+                              f" -> {after['true_reward']['estimate']:.3f} at KL {after['kl']['estimate']:.2f}")
+        return out
 
 
 def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: bool = False,
@@ -252,6 +305,9 @@ def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: 
     retrained), so an interrupted recipe picks up where it stopped.
     """
     summary = execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)
+    if summary.report.get("proxy_vs_true") and summary.results:  # the main process of a run that trained
+        with (summary.run_dir / "report.md").open("a") as f:
+            f.write(proxy_true_markdown(summary.report["proxy_vs_true"], summary.report.get("proxy_vs_true_plot")))
     if summary.report.get("warp_front") and summary.results:
         run_dir = summary.run_dir
         plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from alignkit.commands.online import run_online_recipe
-from alignkit.data import PrepareContext, PreparedData, collate_preference, collate_sft, prepare_data
+from alignkit.data import SOURCES, PrepareContext, PreparedData, collate_preference, collate_sft, prepare_data
 from alignkit.data.kway import collate_kway
 from alignkit.data.pipeline import heldout_prompts
 from alignkit.eval.heldout import evaluate_heldout
@@ -58,9 +58,15 @@ class PreferenceRun(RecipeRun):
         return tokenizer, model
 
     def prepare(self, ctx: RunContext) -> None:
-        # Before the adapter: a source that generates its pairs samples from the initial model.
-        context = PrepareContext(model=ctx.policy, seed=self.recipe.seed, console=ctx.console)
+        # Before the adapter: a source that generates its pairs samples from the initial model. A reward model
+        # cannot sample, so its generated pairs come from the causal LM of the same weights (the SFT model of
+        # the SFT -> reward model -> PPO pipeline), loaded for this and then freed.
+        sampler = ctx.policy
+        if self.is_reward_model and SOURCES.get(self.recipe.data.source.kind).needs_model:
+            sampler = self.load_causal_lm(ctx.device)
+        context = PrepareContext(model=sampler, seed=self.recipe.seed, console=ctx.console)
         self.data = data = prepare_data(self.recipe.data, ctx.tokenizer, context)
+        del sampler, context
         ctx.console.print(f"data: {len(data.train)} train / {len(data.test)} held-out pairs\n{data.summary()}")
         ctx.report.update({"recipe": self.recipe.name, "objective": self.objective.describe(),
                            "train_pairs": len(data.train), "heldout_pairs": len(data.test)})

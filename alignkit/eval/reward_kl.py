@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
 from alignkit.models.generate import Completion, ProgressFn, Sampling, eos_token_ids, generate_completions
 from alignkit.models.rewards import RewardFn, resolve_reward
 
-__all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_reward_kl", "reward_gain"]
+__all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_proxy_and_true", "evaluate_reward_kl", "reward_gain"]
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,56 @@ def evaluate_reward_kl(
                       pad_token_id=pad_id).double().numpy()
     return _report(label, reward_name, prompts, completions, rewards, kls, sampling, n_examples,
                    time.perf_counter() - start)
+
+
+def evaluate_proxy_and_true(
+    model: nn.Module,
+    reference: nn.Module | ReferenceFn | Any | None,
+    tokenizer,
+    prompts: Sequence[str],
+    proxy: Callable[[list[str], list[str]], list[float]],
+    true_reward: str | RewardFn,
+    sampling: Sampling | None = None,
+    *,
+    label: str = "policy",
+) -> dict[str, Any]:
+    """The trained-on (proxy) reward and a true reward of the same samples of ``model``, and their KL.
+
+    Args:
+        proxy: ``score(prompts, texts)``, e.g. a reward model's scores (prompt i of text i).
+        true_reward: a registered reward name or a ``texts -> rewards`` callable.
+        reference: what KL is measured to; None: ``model`` is the reference (KL 0, no log-probs computed).
+
+    Returns:
+        ``{label, proxy_reward, true_reward, kl, n_prompts, samples_per_prompt}``, each figure a bootstrap
+        95% interval over prompts (``Interval.to_dict()``), the KL in nats per completion.
+    """
+    true_name, true_fn = resolve_reward(true_reward)
+    sampling = sampling or _DEFAULT
+    if not prompts:
+        raise ValueError("no prompts to evaluate on")
+    completions = generate_completions(model, tokenizer, prompts, sampling)
+    texts = [c.text for c in completions]
+    proxies = np.asarray(proxy([prompts[c.prompt_index] for c in completions], texts), dtype=np.float64)
+    trues = np.asarray(true_fn(texts), dtype=np.float64)
+    if proxies.shape != (len(texts),) or trues.shape != (len(texts),):
+        raise ValueError(f"a reward returned {proxies.shape} / {trues.shape} values for {len(texts)} texts")
+    if reference is None:
+        kls = np.zeros(len(completions))
+    else:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model, tokenizer)[0]
+        kls = sequence_kl(model, reference, completions, batch_size=sampling.batch_size,
+                          pad_token_id=pad_id).double().numpy()
+    n, seed = len(prompts), sampling.seed
+    return {
+        "label": label,
+        "true_reward_name": true_name,
+        "proxy_reward": bootstrap_ci(_per_prompt_means(proxies, completions, n), seed=seed).to_dict(),
+        "true_reward": bootstrap_ci(_per_prompt_means(trues, completions, n), seed=seed).to_dict(),
+        "kl": bootstrap_ci(_per_prompt_means(kls, completions, n), seed=seed).to_dict(),
+        "n_prompts": n,
+        "samples_per_prompt": sampling.samples_per_prompt,
+    }
 
 
 def evaluate_model_reward(

@@ -173,6 +173,13 @@ class OnlineConfig(_Strict):
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
+    true_reward: str | None = Field(
+        None,
+        description="A registered reward function measured on every rollout but never trained on (e.g. "
+        "vader_sentiment next to a learned reward_model): logged as `true_reward` beside the proxy `reward`, "
+        "reported in the final evaluation, and plotted against KL in plots/proxy_vs_true.png, so reward "
+        "over-optimisation shows. null: off.",
+    )
     reward_batch_size: int = Field(8, ge=1, description="Texts per reward-model forward pass.")
     samples_per_prompt: int = Field(4, ge=1, description="k completions per prompt (1: batch-mean REINFORCE baseline).")
     max_new_tokens: int = Field(32, ge=1, description="Tokens sampled per completion (EOS included).")

@@ -32,11 +32,13 @@ __all__ = ["BatchSums", "GroupSampler", "Rollout", "group_seed", "sample_groups"
 
 @dataclass
 class Rollout:
-    """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,)."""
+    """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,);
+    ``true_rewards`` (P * k,): the ``online.true_reward`` of each, measured but not trained on (None when off)."""
 
     prompts: list[str]
     completions: list[Completion]
     rewards: torch.Tensor
+    true_rewards: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class BatchSums:
     logps: float
     tokens: float
     finished: float
+    true_reward: float = 0.0  # online.true_reward's sum (0 when it is off)
 
     def mean(self, name: str) -> float:
         """The per-sample mean of the sum ``name``."""

@@ -67,7 +67,7 @@ VALUE_FILE = "value.safetensors"  # PPO: the value head's or model's trainable t
 # score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
 ScoreFn = Callable[[list[str], list[str]], list[float]]
 
-PROGRESS_KEYS = ("reward", "kl", "entropy", "length", "beta")
+PROGRESS_KEYS = ("reward", "true_reward", "kl", "entropy", "length", "beta")
 
 
 @dataclass
@@ -115,6 +115,8 @@ class OnlineTrainer:
         env: the data-parallel environment; every process must start from the same weights and anchor
             (``alignkit online`` broadcasts rank 0's before building the anchors).
         console: where progress and messages go.
+        true_score: ``online.true_reward`` as ``score(prompts, texts)``: measured on every rollout and logged
+            as ``true_reward`` beside the proxy ``reward``, never trained on; None: off.
     """
 
     def __init__(
@@ -135,8 +137,9 @@ class OnlineTrainer:
         logps: LogpsOptions = DEFAULT_LOGPS,
         env: DistEnv | None = None,
         console: Console | None = None,
+        true_score: ScoreFn | None = None,
     ) -> None:
-        self.policy, self.tokenizer, self.score = policy, tokenizer, score
+        self.policy, self.tokenizer, self.score, self.true_score = policy, tokenizer, score, true_score
         self.env = env or DistEnv()
         self.cfg, self.train_cfg = cfg, train_cfg
         self.prompts = list(prompts)
@@ -193,7 +196,13 @@ class OnlineTrainer:
         rewards = self.score([prompts[c.prompt_index] for c in completions], texts)
         if len(rewards) != len(completions):
             raise ValueError(f"the reward returned {len(rewards)} values for {len(completions)} completions")
-        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32))
+        true_rewards = None
+        if self.true_score is not None:  # measured, never trained on
+            measured = self.true_score([prompts[c.prompt_index] for c in completions], texts)
+            if len(measured) != len(completions):
+                raise ValueError(f"the true reward returned {len(measured)} values for {len(completions)} completions")
+            true_rewards = torch.tensor(measured, dtype=torch.float32)
+        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards)
 
     def _logps(self, model: nn.Module, completions: list[Completion]) -> torch.Tensor:
         size = self.cfg.update_batch_size or len(completions)
@@ -236,9 +245,12 @@ class OnlineTrainer:
                 "learning_rate": lr}
 
     def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
-        """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids)."""
+        """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids);
+        ``true_reward`` only when ``online.true_reward`` is set."""
+        true = {"true_reward": batch.mean("true_reward")} if self.true_score is not None else {}
         return {
             "reward": batch.mean("reward"),
+            **true,
             "kl": batch.mean("kl_initial"),
             "kl_anchor": batch.mean("kl_anchor"),
             "penalised_reward": batch.mean("penalised"),
@@ -272,6 +284,7 @@ class OnlineTrainer:
             "logps": float(policy_logps.double().sum()),
             "tokens": float(sum(c.num_tokens for c in comps)),
             "finished": float(sum(c.finished for c in comps)),
+            "true_reward": float(roll.true_rewards.double().sum()) if roll.true_rewards is not None else 0.0,
         }
         names = [f.name for f in fields(BatchSums)]
         return BatchSums(*all_reduce_flags([local[name] for name in names], self.env))

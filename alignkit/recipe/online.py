@@ -108,7 +108,8 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if ppo is not None and ppo.value_init != "policy" and not (Path(ppo.value_init) / "config.json").is_file():
         problems.append((("online", "ppo", "value_init"), f"{ppo.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
-    problems += reward_problems({("online", "reward"): recipe.online.reward, **eval_rewards(recipe.eval)})
+    problems += reward_problems({("online", "reward"): recipe.online.reward,
+                                 ("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)})
     problems += model_problems(recipe.model)
     return problems
 

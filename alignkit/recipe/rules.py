@@ -141,9 +141,8 @@ def _data_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
             kway_kinds = ", ".join(k for k in SOURCES.names() if SOURCES.get(k).inputs == "kway")
             problems.append((loc, f"{source.kind!r} gives pairs, but loss {objective.name} reads K-way comparisons; "
                              f"use a K-way source ({kway_kinds})"))
-        if spec.needs_model and objective.inputs != "logps":
-            problems.append((loc, f"{source.kind!r} samples its pairs from the policy, but loss {objective.name} "
-                             "trains a reward model, which does not generate"))
+        # A source that samples its pairs (spec.needs_model) under a reward-model loss samples them from the
+        # causal LM of the same weights (alignkit.commands.run), e.g. the SFT model a reward model starts from.
     return problems
 
 

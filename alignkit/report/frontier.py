@@ -15,8 +15,16 @@ from typing import Any
 
 from alignkit.report.compare_plots import plot_frontier
 from alignkit.report.format import format_interval
+from alignkit.report.plots import pyplot, save_figure
 
-__all__ = ["front_markdown", "online_frontier_rows", "plot_online_frontier", "rows_from_comparison"]
+__all__ = [
+    "front_markdown",
+    "online_frontier_rows",
+    "plot_online_frontier",
+    "plot_proxy_vs_true",
+    "proxy_true_series",
+    "rows_from_comparison",
+]
 
 
 def _row(label: str, loss: str, params: dict[str, Any], reward: dict, kl: dict, reward_name: str | None,
@@ -73,3 +81,60 @@ def front_markdown(report: dict[str, Any]) -> str:
         r, k = p["reward"], p["kl"]
         lines.append(f"| {p['eta']:g} | {format_interval(r)} | {format_interval(k, 2)} | {p['mean_length']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def proxy_true_series(metrics: str | Path) -> dict[str, list[float]]:
+    """``{kl, reward, true_reward}`` per logged update of an online run, in step order.
+
+    Args:
+        metrics: a ``metrics.jsonl`` file, or a run folder (its ``online/metrics.jsonl``).
+
+    Raises:
+        FileNotFoundError: no metrics file there.
+        ValueError: no record has ``kl``, ``reward`` and ``true_reward`` (a run without ``online.true_reward``).
+    """
+    path = Path(metrics)
+    if path.is_dir():
+        path = path / "online" / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{metrics}: no metrics.jsonl (an online run folder or its metrics file)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = sorted((r for r in records if all(k in r for k in ("kl", "reward", "true_reward"))),
+                  key=lambda r: r.get("step", 0))
+    if not keep:
+        raise ValueError(f"{path}: no record with kl, reward and true_reward (was online.true_reward set?)")
+    return {key: [float(r[key]) for r in keep] for key in ("kl", "reward", "true_reward")}
+
+
+def plot_proxy_vs_true(runs: Sequence[str | Path], path: Path, *, labels: Sequence[str] | None = None,
+                       title: str = "") -> Path:
+    """Proxy (trained-on) reward and true reward against KL to the initial model, one colour per run.
+
+    The proxy is drawn solid with dots and the true reward dashed with crosses, each against the KL logged
+    on the same update, so a proxy that keeps rising while the true reward flattens or falls as KL grows
+    (reward over-optimisation, Gao et al. 2022) shows. The two rewards may have different scales (a reward
+    model's scores against VADER's [-1, 1]), so each has its own axis: proxy on the left, true on the right.
+
+    Args:
+        runs: online run folders or their ``metrics.jsonl`` files (see :func:`proxy_true_series`).
+        path: the PNG file to write.
+        labels: one per run; default the run folder's name.
+    """
+    plt = pyplot()
+    fig, left = plt.subplots(figsize=(7, 4.5))
+    right = left.twinx()
+    cmap = plt.get_cmap("tab10")
+    names = list(labels) if labels is not None else [
+        (Path(r).parent.parent.name if Path(r).is_file() else Path(r).name) for r in runs]
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        series, colour = proxy_true_series(run), cmap(i % 10)
+        left.plot(series["kl"], series["reward"], "-o", color=colour, markersize=3, label=f"{name}: proxy")
+        right.plot(series["kl"], series["true_reward"], "--x", color=colour, markersize=4, label=f"{name}: true")
+    left.set_xlabel("KL to the initial model (nats per completion)")
+    left.set_ylabel("proxy reward (trained on), solid")
+    right.set_ylabel("true reward (measured only), dashed")
+    handles = [h for ax in (left, right) for h in ax.get_legend_handles_labels()[0]]
+    left.legend(handles, [str(h.get_label()) for h in handles], fontsize=8, loc="best")
+    left.set_title(title or "proxy vs true reward as KL grows")
+    left.grid(alpha=0.3)
+    return save_figure(fig, path)
