@@ -17,7 +17,6 @@ PyTorch's FSDP2:
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -139,7 +138,7 @@ def shard_model(model: nn.Module, cfg: DistributedConfig, env: DistEnv, device: 
             # SUM-only collectives: gloo (CPU) has no pre-multiplied sum or average.
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
-    setattr(model, ROOT_CALL, partial(_root_call))
+    setattr(model, ROOT_CALL, _root_call)
     register_fsdp_forward_method(model, ROOT_CALL)
 
 
