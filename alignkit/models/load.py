@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -58,15 +57,7 @@ class ModelLoadError(RuntimeError):
 def resolve_model_path(name: str) -> str:
     """A built-in alias -> its local folder (built on first use); any other name unchanged."""
     resolver = MODEL_ALIASES.get(name.lower())
-    if resolver is None:
-        return name
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        # Built once, by the main process (under a process group transformers saves weights from rank 0
-        # only); the others wait for it, then find the folder built.
-        if dist.get_rank() == 0:
-            resolver()
-        dist.barrier()
-    return str(resolver())
+    return str(resolver()) if resolver is not None else name
 
 
 def fetch_model(name: str) -> str:

