@@ -544,9 +544,14 @@ def run_all(args: argparse.Namespace) -> dict:
                             "(the memory figures are unaffected)"
                             if max(max(c["load_before"][0], c["load_after"][0])
                                    for c in results["configs"].values()) > 2.5 else "load at most 2.5")
-    results["markdown"] = markdown(results)
+    return write_results(results, markdown(results), out_root)
+
+
+def write_results(results: dict, table: str, out_root: Path) -> dict:
+    """Write ``results`` (with its markdown ``table``) as results.json and results.md under ``out_root``."""
+    results["markdown"] = table
     (out_root / "results.json").write_text(json.dumps(results, indent=1))
-    (out_root / "results.md").write_text(results["markdown"] + "\n")
+    (out_root / "results.md").write_text(table + "\n")
     results["out_dir"] = str(out_root)
     return results
 

@@ -58,6 +58,7 @@ from distributed_memory import (  # noqa: E402
     machine,
     optimizer_tensors,
     uptime,
+    write_results,
 )
 
 CONFIGS = ("single", "ddp", "fsdp")
@@ -255,11 +256,7 @@ def run_all(args: argparse.Namespace, gpus: int) -> dict:
     for name in args.configs.split(","):
         results["configs"][name] = {"ranks": launch(args, name, gpus, out_root)}
     results["uptime_after"] = uptime()
-    results["markdown"] = markdown(results)
-    (out_root / "results.json").write_text(json.dumps(results, indent=1))
-    (out_root / "results.md").write_text(results["markdown"] + "\n")
-    results["out_dir"] = str(out_root)
-    return results
+    return write_results(results, markdown(results), out_root)
 
 
 def parse_args() -> argparse.Namespace:
