@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
-from conftest import interrupt_fit
-from tiny_online import _recipe, direct_trainer, without_timing
+from tiny_online import _recipe, direct_trainer, resumed_like_uninterrupted
 
 from alignkit.commands.online import run_online_recipe
 from alignkit.online.config import OnlineConfig
@@ -69,19 +67,7 @@ def test_the_first_iteration_of_every_rollout_has_ratio_one(tmp_path, gpt2_token
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, gpt2_tokenizer):
-    online = {"algorithm": "grpo", "grpo": {"iterations": 2}}
-    full = direct_trainer(tmp_path / "full", gpt2_tokenizer, online)
-    expected = full.fit()
-    cut = direct_trainer(tmp_path / "cut", gpt2_tokenizer, online)
-    interrupt_fit(cut, at_step=2)
-    resumed = direct_trainer(tmp_path / "cut", gpt2_tokenizer, online)
-    result = resumed.fit(resume=True)
-    assert result.resumed_at == 2 and result.steps == 3
-    assert without_timing(result.history) == without_timing(expected.history)
-    for a, b in zip(full.policy.parameters(), resumed.policy.parameters(), strict=True):
-        assert torch.equal(a, b)
-    for name, tensor in full.anchor.tensors.items():
-        assert torch.equal(tensor, resumed.anchor.tensors[name])
+    resumed_like_uninterrupted(tmp_path, gpt2_tokenizer, {"algorithm": "grpo", "grpo": {"iterations": 2}})
 
 
 def test_grpo_with_lora(tmp_path):

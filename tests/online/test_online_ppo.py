@@ -8,14 +8,13 @@ import time
 
 import pytest
 import torch
-from conftest import interrupt_fit
 from safetensors.torch import load_file
 from tiny_online import (
     _recipe,
     direct_trainer,
+    resumed_like_uninterrupted,
     saved_model_tensor_names,
     value_tensors,
-    without_timing,
 )
 
 from alignkit.commands.online import run_online_recipe
@@ -92,21 +91,9 @@ def test_update_plan_cuts_every_pass_into_minibatches_and_processes_take_their_s
 @pytest.mark.parametrize("value_model", ["policy_head", "separate"])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, gpt2_tokenizer, value_model):
     online = {"algorithm": "ppo", "ppo": {"epochs": 2, "minibatch_size": 2, "value_model": value_model}}
-    full = direct_trainer(tmp_path / "full", gpt2_tokenizer, online)
-    expected = full.fit()
-    cut = direct_trainer(tmp_path / "cut", gpt2_tokenizer, online)
-    interrupt_fit(cut, at_step=2)
-    resumed = direct_trainer(tmp_path / "cut", gpt2_tokenizer, online)
-    result = resumed.fit(resume=True)
-
-    assert result.resumed_at == 2 and result.steps == 3
-    assert without_timing(result.history) == without_timing(expected.history)
-    for a, b in zip(full.policy.parameters(), resumed.policy.parameters(), strict=True):
-        assert torch.equal(a, b)
+    full, resumed = resumed_like_uninterrupted(tmp_path, gpt2_tokenizer, online)
     for name, tensor in value_tensors(full).items():
         assert torch.equal(tensor, value_tensors(resumed)[name]), name
-    for name, tensor in full.anchor.tensors.items():
-        assert torch.equal(tensor, resumed.anchor.tensors[name])
     assert isinstance(resumed.value, ValueHead if value_model == "policy_head" else ValueModel)
 
 

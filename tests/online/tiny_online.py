@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import make_tiny_gpt2
+from conftest import interrupt_fit, make_tiny_gpt2
 from safetensors.torch import load_file
 from test_online_e2e import REWARD, _recipe  # noqa: F401 - registers the reward too
 
@@ -52,6 +52,24 @@ def without_timing(history: list[dict[str, float]]) -> list[dict[str, float]]:
 def value_tensors(trainer: OnlineTrainer) -> dict[str, torch.Tensor]:
     assert trainer.value is not None
     return {n: p.detach().clone() for n, p in trainer.value.named_parameters() if p.requires_grad}
+
+
+def resumed_like_uninterrupted(tmp_path: Path, tokenizer, online: dict[str, Any]
+                               ) -> tuple[OnlineTrainer, OnlineTrainer]:
+    """Run 3 steps straight, and 2 steps + a kill + a resume; check that the resumed run's history, policy and
+    anchor equal the uninterrupted run's. Returns (uninterrupted, resumed) for checks of their own."""
+    full = direct_trainer(tmp_path / "full", tokenizer, online)
+    expected = full.fit()
+    interrupt_fit(direct_trainer(tmp_path / "cut", tokenizer, online), at_step=2)
+    resumed = direct_trainer(tmp_path / "cut", tokenizer, online)
+    result = resumed.fit(resume=True)
+    assert result.resumed_at == 2 and result.steps == 3
+    assert without_timing(result.history) == without_timing(expected.history)
+    for a, b in zip(full.policy.parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for name, tensor in full.anchor.tensors.items():
+        assert torch.equal(tensor, resumed.anchor.tensors[name]), name
+    return full, resumed
 
 
 def saved_model_tensor_names(model_dir: Path) -> set[str]:
