@@ -23,6 +23,7 @@ __all__ = [
     "plot_online_frontier",
     "plot_proxy_vs_true",
     "proxy_true_series",
+    "running_mean",
     "rows_from_comparison",
 ]
 
@@ -106,12 +107,19 @@ def proxy_true_series(metrics: str | Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) for r in keep] for key in ("kl", "reward", "true_reward")}
 
 
+def running_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each full window of ``window`` consecutive values (``len - window + 1`` of them)."""
+    if not 1 <= window <= len(values):
+        raise ValueError(f"window {window} must be between 1 and the number of values ({len(values)})")
+    return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]
+
+
 def plot_proxy_vs_true(runs: Sequence[str | Path], path: Path, *, labels: Sequence[str] | None = None,
                        title: str = "") -> Path:
     """Proxy (trained-on) reward and true reward against KL to the initial model, one colour per run.
 
-    The proxy is drawn solid with dots and the true reward dashed with crosses, each against the KL logged
-    on the same update, so a proxy that keeps rising while the true reward flattens or falls as KL grows
+    The proxy is drawn solid (dots) and the true reward dashed (crosses), each against the KL logged on the
+    same update: faint points per update, lines through running means over an eighth of the updates, so a proxy that keeps rising while the true reward flattens or falls as KL grows
     (reward over-optimisation, Gao et al. 2022) shows. The two rewards may have different scales (a reward
     model's scores against VADER's [-1, 1]), so each has its own axis: proxy on the left, true on the right.
 
@@ -128,8 +136,14 @@ def plot_proxy_vs_true(runs: Sequence[str | Path], path: Path, *, labels: Sequen
         (Path(r).parent.parent.name if Path(r).is_file() else Path(r).name) for r in runs]
     for i, (run, name) in enumerate(zip(runs, names, strict=True)):
         series, colour = proxy_true_series(run), cmap(i % 10)
-        left.plot(series["kl"], series["reward"], "-o", color=colour, markersize=3, label=f"{name}: proxy")
-        right.plot(series["kl"], series["true_reward"], "--x", color=colour, markersize=4, label=f"{name}: true")
+        # Each update's batch is noisy and its KL is not monotone in the step: the updates are drawn as faint
+        # points and the trend as running means over a window of updates (KL and rewards averaged alike).
+        left.scatter(series["kl"], series["reward"], color=colour, marker="o", s=9, alpha=0.3)
+        right.scatter(series["kl"], series["true_reward"], color=colour, marker="x", s=12, alpha=0.3)
+        window = max(1, len(series["kl"]) // 8)
+        kl = running_mean(series["kl"], window)
+        left.plot(kl, running_mean(series["reward"], window), "-", color=colour, label=f"{name}: proxy")
+        right.plot(kl, running_mean(series["true_reward"], window), "--", color=colour, label=f"{name}: true")
     left.set_xlabel("KL to the initial model (nats per completion)")
     left.set_ylabel("proxy reward (trained on), solid")
     right.set_ylabel("true reward (measured only), dashed")

@@ -10,7 +10,7 @@ from test_online_e2e import REWARD, _recipe
 from alignkit.commands.online import run_online_recipe
 from alignkit.online.config import OnlineConfig
 from alignkit.recipe import RecipeError
-from alignkit.report.frontier import plot_proxy_vs_true, proxy_true_series
+from alignkit.report.frontier import plot_proxy_vs_true, proxy_true_series, running_mean
 
 
 def test_true_reward_is_optional_and_strict():
@@ -47,6 +47,14 @@ def test_proxy_true_series_and_plot_from_a_hand_written_metrics_file(tmp_path):
         proxy_true_series(_metrics(tmp_path / "c.jsonl", [{"step": 1, "reward": 1.0, "kl": 0.0}]))
     with pytest.raises(FileNotFoundError):
         proxy_true_series(tmp_path / "missing")
+
+
+def test_running_mean_by_hand():
+    assert running_mean([1.0, 2.0, 6.0, 3.0], 2) == [1.5, 4.0, 4.5]
+    assert running_mean([1.0, 2.0], 1) == [1.0, 2.0]
+    assert running_mean([1.0, 2.0, 3.0], 3) == [2.0]
+    with pytest.raises(ValueError, match="window 3"):
+        running_mean([1.0, 2.0], 3)
 
 
 def test_rollouts_log_the_true_reward_beside_the_proxy(tmp_path):
