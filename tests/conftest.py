@@ -2,8 +2,9 @@
 
 Nothing here downloads: the Hub is switched off before transformers is imported. Tests of code paths use
 data the project ships (``hh_path``: tests/fixtures/, written by tests/fixtures/make_hh_fixture.py); only
-tests about the real data use ../shared (``real_hh_path``), which a user's clone does not have: they skip
-there. ALIGNKIT_TEST_SHARED_DIR moves that folder (point it at a missing path to run as a user would).
+tests about the real data use ../shared (``real_hh_path``), which a user's clone does not have: every test
+asking for it is marked ``real_data`` here, which the default run deselects (``make test-real-data`` runs
+them). ALIGNKIT_TEST_SHARED_DIR moves that folder.
 """
 
 from __future__ import annotations
@@ -95,11 +96,22 @@ def hh_path() -> Path:
     return HH_FIXTURE_PATH
 
 
+# Fixtures that read ../shared: a test asking for one is a real-data test, whatever its own markers say.
+_REAL_DATA_FIXTURES = {"real_hh_path"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture(scope="session")
 def real_hh_path() -> Path:
-    """The real harmless-base test split in ../shared, for tests about the real data; skips without it."""
+    """The real harmless-base test split in ../shared, for the ``real_data`` tests (deselected by default)."""
     if not REAL_HH_PATH.exists():
-        pytest.skip(f"real HH-RLHF data not found at {REAL_HH_PATH} (optional: ../shared is not in a clone)")
+        pytest.fail(f"real HH-RLHF data not found at {REAL_HH_PATH}: real_data tests need ../shared "
+                    "(a clone has none; the default run deselects them)")
     return REAL_HH_PATH
 
 

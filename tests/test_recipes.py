@@ -208,11 +208,35 @@ def test_cuda_without_cuda_is_a_validation_error(tmp_path):
     ["loss.name=reward_kway", "data.source={kind: kway_jsonl, path: k.jsonl}", "reference.mode=none",
      "train.early_stopping={metric: eval/rewards/accuracies, mode: max}"],
     ["adapter.kind=lora", "reference.mode=adapters_off", "eval.judge={kind: reward, reward: vader_sentiment}"],
+    ["loss.reference_free=true", "reference.mode=none"],  # reference-free DPO needs no reference model
+    ["data.prompt_truncation=when_needed"],
     ["model.from_config={model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
      "num_attention_heads: 4, num_key_value_heads: 2, rope_theta: 500000.0}"],
 ])
 def test_consistent_recipes_pass_the_cross_section_rules(tmp_path, overrides):
     load_recipe(_write(tmp_path, BASE), overrides)
+
+
+def test_a_reference_mode_the_objective_does_not_use_is_a_note_not_an_error(tmp_path, capsys):
+    """One recipe often serves several objectives, so a reference.mode set for DPO stays valid under a
+    reference-free loss; validation and the run say that it is not used."""
+    from alignkit.recipe.rules import unused_reference_note
+
+    path = _write(tmp_path, BASE)
+    assert unused_reference_note(load_recipe(path, ["loss.reference_free=true"])) is None  # mode not set
+    assert unused_reference_note(load_recipe(path, ["reference.mode=cached"])) is None  # dpo reads it
+    note = unused_reference_note(load_recipe(path, ["loss.reference_free=true", "reference.mode=cached"]))
+    assert note is not None and note.startswith(
+        "reference.mode 'cached' is not used for training: loss dpo(reference_free=True) reads no reference")
+    assert main(["validate", str(path), "loss.name=simpo", "reference.mode=copy"]) == 0
+    assert "note:reference.mode'copy'isnotusedfortraining:losssimpo" in re.sub(r"\s+", "", capsys.readouterr().out)
+
+
+def test_bad_truncation_and_variant_settings_name_the_field(tmp_path):
+    with pytest.raises(RecipeError, match=r"data.prompt_truncation: Input should be 'always' or 'when_needed'"):
+        load_recipe(_write(tmp_path, BASE), ["data.prompt_truncation=sometimes"])
+    with pytest.raises(RecipeError, match=r"loss: label_smoothing \(0.1\) applies to loss_type 'sigmoid' only"):
+        load_recipe(_write(tmp_path, BASE), ["loss={name: simpo, loss_type: hinge, label_smoothing: 0.1}"])
 
 
 def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):

@@ -1,4 +1,8 @@
-"""`alignkit eval RUN_DIR`: judge (and, when missing, reward/KL-evaluate) a finished run; add to its report."""
+"""`alignkit eval RUN_DIR`: judge (and, when missing, reward/KL-evaluate) a finished run; add to its report.
+
+Each call adds one judged evaluation to report.json's ``judged`` list (and its pairs to judged_pairs.jsonl):
+earlier evaluations, another judge's or another baseline's, are kept.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,37 @@ from typing import Any
 
 from rich.console import Console
 
-from alignkit.data.pipeline import evaluation_prompts
+from alignkit.data import SOURCES, prepare_data
+from alignkit.data.pipeline import heldout_prompts
+from alignkit.eval.agreement import LabelledPair, labelled_pairs
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.keys import check_judge_environment
-from alignkit.recipe import load_recipe
+from alignkit.recipe import Recipe, load_recipe
+from alignkit.report.judge import judged_evaluations
 from alignkit.report.tables import write_report
 from alignkit.workflow.environment import resolve_device
 from alignkit.workflow.model_io import load_run_model
-from alignkit.workflow.reference import evaluation_reference, reference_loader
+from alignkit.workflow.reference import base_loader, evaluation_base, evaluation_reference, reference_loader
 
-__all__ = ["evaluate_run"]
+__all__ = ["add_judged", "evaluate_run"]
+
+
+def _heldout(recipe: Recipe, tokenizer: Any) -> tuple[list[str], dict[str, str], list[LabelledPair]]:
+    """Held-out prompts, chosen responses by prompt, and the labelled pairs that check the judge."""
+    spec = SOURCES.get(recipe.data.source.kind)
+    if spec.heldout is not None:  # prompts known without preparing pairs: there are no labels either
+        prompts, chosen = spec.heldout(recipe.data)
+        return prompts, chosen, []
+    examples = prepare_data(recipe.data, tokenizer).test_examples
+    return *heldout_prompts(examples), labelled_pairs(examples)
+
+
+def add_judged(report: dict[str, Any], judged: list[dict[str, Any]]) -> None:
+    """Append judged evaluations to ``report["judged"]``, after the earlier ones (a report written before
+    ``judged`` existed keeps its single ``judge`` section, as the first evaluation)."""
+    report["judged"] = [*judged_evaluations(report), *judged]
+    report.pop("judge", None)
 
 
 def evaluate_run(
@@ -56,12 +80,16 @@ def evaluate_run(
     dev = resolve_device(device)
     policy, tokenizer = load_run_model(run_dir, device=str(dev))
     reference = evaluation_reference(recipe, policy, reference_loader(recipe, dev, run_dir))
-    prompts, chosen = evaluation_prompts(recipe.data, tokenizer)
+    base = evaluation_base(recipe, policy, reference, base_loader(recipe, dev))
+    prompts, chosen, labelled = _heldout(recipe, tokenizer)
     report_path = run_dir / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
         "recipe": recipe.name, "objective": recipe.objective().describe()}
-    report.update(evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
-                                   console=console, device=str(dev),
-                                   reward_kl=redo_reward_kl or "reward_kl" not in report))
+    evaluation = len(judged_evaluations(report)) + 1
+    sections = evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
+                                console=console, device=str(dev), base=base, labelled=labelled,
+                                reward_kl=redo_reward_kl or "reward_kl" not in report, evaluation=evaluation)
+    add_judged(report, sections.pop("judged", []))
+    report.update(sections)
     write_report(report, run_dir, console=console)
     return report

@@ -280,8 +280,10 @@ class OnlineRun(RecipeRun):
         if self.recipe.eval is None:
             return out
         assert self.initial is not None
+        # The initial model is both the untuned model and the reference of the held-out KL.
         out.update(evaluate_heldout(self.recipe.eval, ctx.model, self.initial, ctx.tokenizer, self.eval_prompts, None,
-                                    run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device)))
+                                    run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device),
+                                    base=self.initial))
         if true_reward is not None and self.score is not None:
             ev = self.recipe.eval
             prompts = self.eval_prompts[: ev.num_prompts] if ev.num_prompts else self.eval_prompts

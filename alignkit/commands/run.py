@@ -6,31 +6,53 @@ preference training puts in it: the objective, the data, the stages and the refe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from alignkit.commands.online import run_online_recipe
-from alignkit.data import SOURCES, PrepareContext, PreparedData, collate_preference, collate_sft, prepare_data
+from alignkit.data import (
+    SOURCES,
+    PrepareContext,
+    PreparedData,
+    collate_preference,
+    collate_sft,
+    collate_unpaired,
+    label_counts,
+    prepare_data,
+)
 from alignkit.data.kway import collate_kway
 from alignkit.data.pipeline import heldout_prompts
+from alignkit.data.truncation import truncation_counts
+from alignkit.eval.agreement import labelled_pairs
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.losses import build_objective
 from alignkit.models.load import load_reward_model, load_tokenizer
 from alignkit.models.reference import Reference
 from alignkit.recipe import Recipe, load_recipe, recipe_to_yaml
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.recipe.rules import unused_reference_note
 from alignkit.train.dropout import disable_dropout
 from alignkit.train.trainer import Trainer
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
-from alignkit.workflow.reference import evaluation_reference, reference_loader, training_reference
+from alignkit.workflow.reference import (
+    base_loader,
+    evaluation_base,
+    evaluation_reference,
+    reference_loader,
+    training_reference,
+)
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
 
 __all__ = ["PreferenceRun", "run_recipe", "run_recipe_file"]
+
+
+# How a batch is collated, by what the objective reads (pairs otherwise).
+_COLLATES: dict[str, Callable[..., dict[str, Any]]] = {"kway": collate_kway, "unpaired": collate_unpaired}
 
 
 class PreferenceRun(RecipeRun):
@@ -64,12 +86,29 @@ class PreferenceRun(RecipeRun):
         sampler = ctx.policy
         if self.is_reward_model and SOURCES.get(self.recipe.data.source.kind).needs_model:
             sampler = self.load_causal_lm(ctx.device)
-        context = PrepareContext(model=sampler, seed=self.recipe.seed, console=ctx.console)
+        split = self.recipe.data.unpaired  # None: split pairs when the objective reads unpaired examples
+        unpaired = split if split is not None else self.objective.inputs == "unpaired"
+        context = PrepareContext(model=sampler, seed=self.recipe.seed, console=ctx.console, unpaired=unpaired)
         self.data = data = prepare_data(self.recipe.data, ctx.tokenizer, context)
         del sampler, context
         ctx.console.print(f"data: {len(data.train)} train / {len(data.test)} held-out pairs\n{data.summary()}")
+        if self.objective.inputs == "unpaired":
+            self._report_labels(ctx, data)
         ctx.report.update({"recipe": self.recipe.name, "objective": self.objective.describe(),
-                           "train_pairs": len(data.train), "heldout_pairs": len(data.test)})
+                           "train_pairs": len(data.train), "heldout_pairs": len(data.test),
+                           "truncation": {"prompt_truncation": self.recipe.data.prompt_truncation,
+                                          "train": truncation_counts(data.train_report),
+                                          "heldout": truncation_counts(data.test_report)}})
+
+    def _report_labels(self, ctx: RunContext, data: PreparedData) -> None:
+        """Label counts of unpaired data, and the objective's warnings about them (KTO's weights)."""
+        (desirable, undesirable), (test_desirable, test_undesirable) = label_counts(data.train), label_counts(data.test)
+        ctx.console.print(f"data: train {desirable} desirable / {undesirable} undesirable, held-out "
+                          f"{test_desirable} / {test_undesirable}")
+        ctx.report["labels"] = {"train": {"desirable": desirable, "undesirable": undesirable},
+                                "heldout": {"desirable": test_desirable, "undesirable": test_undesirable}}
+        for warning in self.objective.label_balance_warnings(desirable, undesirable):
+            ctx.console.print(f"[yellow]warning[/]: {warning}")
 
     def _trainer(self, ctx: RunContext, stage: str, **kwargs: Any) -> Trainer:
         recipe = self.recipe
@@ -88,11 +127,14 @@ class PreferenceRun(RecipeRun):
                                 seed=recipe.sft.seed if recipe.sft.seed is not None else recipe.seed)
             ctx.results["sft"] = sft.fit(resume=ctx.resume)
         preference_collate = partial(collate_preference, pad_token_id=pad_id)
-        collate = partial(collate_kway, pad_token_id=pad_id) if self.objective.inputs == "kway" else preference_collate
-        # Reference log-probs are of chosen and rejected responses: only preference batches have them (the
-        # trainer never reads a reference for K-way batches).
+        collate = partial(_COLLATES.get(self.objective.inputs, collate_preference), pad_token_id=pad_id)
+        # Reference log-probs are of both halves of a preference batch (chosen and rejected, or an unpaired
+        # batch's completions and mismatched pairs); the trainer never reads a reference for K-way batches.
+        reference_collate = collate if self.objective.inputs == "unpaired" else preference_collate
+        if (note := unused_reference_note(recipe)) is not None:
+            ctx.console.print(f"[yellow]note[/]: {note}")
         self.reference = training_reference(recipe, self.objective, ctx.model, data.train + data.test,
-                                            preference_collate, reference_loader(recipe, ctx.device, ctx.run_dir),
+                                            reference_collate, reference_loader(recipe, ctx.device, ctx.run_dir),
                                             ctx.sharding)
         trainer = self._trainer(ctx, "preference", objective=self.objective, cfg=recipe.train, collate=collate,
                                 reference=self.reference,
@@ -113,8 +155,10 @@ class PreferenceRun(RecipeRun):
         training = self.reference if ctx.sharding is None else None
         reference = evaluation_reference(self.recipe, ctx.model,
                                          reference_loader(self.recipe, ctx.device, ctx.run_dir), training)
+        base = evaluation_base(self.recipe, ctx.model, reference, base_loader(self.recipe, ctx.device))
         return evaluate_heldout(cfg, ctx.model, reference, ctx.tokenizer, prompts, chosen, run_dir=ctx.run_dir,
-                                console=ctx.console, device=str(ctx.device))
+                                console=ctx.console, device=str(ctx.device), base=base,
+                                labelled=labelled_pairs(self.data.test_examples))
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,

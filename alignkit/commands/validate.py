@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from alignkit.recipe import load_recipe
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.recipe.rules import unused_reference_note
 
 __all__ = ["validate_recipe_file"]
 
@@ -21,7 +22,8 @@ def _plugins_note(files: Sequence[str]) -> str:
 def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> str:
     """Validate the recipe at ``path``; return a one-line description of what it would run.
 
-    The description names the run folder, the objective (offline recipes) and every plugin imported.
+    The description names the run folder, the objective (offline recipes) and every plugin imported, and
+    notes a ``reference.mode`` the objective does not use.
 
     Raises:
         RecipeError: every problem, with its file, line and path.
@@ -30,5 +32,6 @@ def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequ
         online = load_online_recipe(path, list(overrides), list(plugins))
         return f"online, run folder {online.run_dir()}{_plugins_note(online.plugin_files)}"
     recipe = load_recipe(path, list(overrides), list(plugins))
+    note = unused_reference_note(recipe)
     return (f"objective {recipe.objective().describe()}, run folder {recipe.run_dir()}"
-            f"{_plugins_note(recipe.plugin_files)}")
+            f"{_plugins_note(recipe.plugin_files)}{f'; note: {note}' if note else ''}")

@@ -1,11 +1,11 @@
-"""Preference data: load (HH-RLHF, jsonl, datasets, generated, K-way), split, tokenize and collate.
+"""Preference data: load (HH-RLHF, jsonl, datasets, generated, K-way, unpaired), split, tokenize and collate.
 
 Flow: ``load_examples(cfg.source)`` -> ``split_train_test`` -> ``tokenize_pairs``, in one call
 ``prepare_data(cfg, tokenizer)``; the trainer draws each step's examples (``alignkit.train.trainer.step_order``)
 and collates them with ``collate_preference`` / ``collate_sft``.
 """
 
-from alignkit.data.collate import IGNORE_INDEX, collate_preference, collate_sft
+from alignkit.data.collate import IGNORE_INDEX, collate_preference, collate_sft, collate_unpaired
 from alignkit.data.config import (
     DataConfig,
     HFDatasetSource,
@@ -33,6 +33,7 @@ from alignkit.data.sources import (
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, TokenizedPair
+from alignkit.data.unpaired import TokenizedUnpaired, UnpairedExample, label_counts
 
 __all__ = [
     "IGNORE_INDEX",
@@ -50,11 +51,15 @@ __all__ = [
     "SourceConfig",
     "SourceSpec",
     "TokenizedPair",
+    "TokenizedUnpaired",
+    "UnpairedExample",
     "collate_preference",
     "collate_sft",
+    "collate_unpaired",
     "load_examples",
     "evaluation_prompts",
     "heldout_prompts",
+    "label_counts",
     "prepare_data",
     "prepare_pairs",
     "register_prepared_source",

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from alignkit.data.types import TokenizedPair
+from alignkit.data.unpaired import TokenizedUnpaired
 
-__all__ = ["IGNORE_INDEX", "collate_preference", "collate_sft"]
+__all__ = ["IGNORE_INDEX", "collate_preference", "collate_sft", "collate_unpaired"]
 
 IGNORE_INDEX = -100  # label of tokens that are not scored (prompt and padding), as in torch's CE loss
 
@@ -36,7 +37,7 @@ def _pad_rows(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _meta(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
+def _meta(pairs: Sequence[TokenizedPair] | Sequence[TokenizedUnpaired]) -> dict[str, torch.Tensor]:
     return {
         "weights": torch.tensor([p.weight for p in pairs], dtype=torch.float32),
         "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
@@ -80,3 +81,28 @@ def collate_sft(
         raise ValueError("collate_sft needs at least one pair")
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
     return {**_pad_rows(rows, pad_token_id, pad_to_multiple_of), **_meta(pairs)}
+
+
+def collate_unpaired(
+    items: Sequence[TokenizedUnpaired], pad_token_id: int, pad_to_multiple_of: int | None = 8
+) -> dict[str, torch.Tensor]:
+    """Batch B unpaired items as 2B sequences: each completion after its prompt, then after its mismatched one.
+
+    The layout is that of a preference batch (first half, second half), so one concatenated forward and
+    every reference mode give both halves' log-probs.
+
+    Returns:
+        input_ids, attention_mask, labels: (2B, T) long; rows 0..B-1 prompt+completion, rows B..2B-1
+            mismatched prompt+completion (the mismatched pairs of KTO's reference point).
+        desirable: (B,) bool, True where the completion is desirable.
+        weights: (B,) float32. index: (B,) long.
+    """
+    if not items:
+        raise ValueError("collate_unpaired needs at least one item")
+    rows = [(i.prompt_ids, i.completion_ids) for i in items]
+    rows += [(i.mismatched_prompt_ids or i.prompt_ids, i.completion_ids) for i in items]
+    return {
+        **_pad_rows(rows, pad_token_id, pad_to_multiple_of),
+        "desirable": torch.tensor([i.label for i in items], dtype=torch.bool),
+        **_meta(items),
+    }

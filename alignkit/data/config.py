@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.data.truncation import PromptTruncation
 
 __all__ = [
     "DataConfig",
@@ -17,6 +18,8 @@ __all__ = [
     "KWayJsonlSource",
     "SentimentSource",
     "SourceConfig",
+    "UnpairedHFDatasetSource",
+    "UnpairedJsonlSource",
 ]
 
 # The preference subsets of Anthropic's hh-rlhf repository (red-team-attempts has another format).
@@ -127,8 +130,48 @@ class KWayJsonlSource(_Strict):
                               "best_field is absent from a row.")
 
 
+class _UnpairedColumns(_Strict):
+    """Column names of unpaired feedback: one response per row, labelled desirable or not."""
+
+    prompt_field: str = Field(
+        "prompt", description="Column holding the prompt: text, or a list of {role, content} messages."
+    )
+    completion_field: str = Field(
+        "completion", description="Column holding the response: text, or a list of assistant messages."
+    )
+    label_field: str = Field(
+        "label", description="Column holding the feedback: true (desirable, thumbs up) or false (undesirable)."
+    )
+    messages_field: str = Field(
+        "messages", description="Column holding a whole conversation, read when the row has no prompt column: "
+        "its last assistant turn is the response and the messages before it the prompt.",
+    )
+    weight_field: str | None = Field(
+        None, description="Optional column with a per-example loss weight (a finite number >= 0); 1.0 when unset."
+    )
+
+
+class UnpairedJsonlSource(_UnpairedColumns):
+    """A local JSON-lines file (.jsonl or .jsonl.gz) of unpaired feedback, one labelled response a line."""
+
+    kind: Literal["unpaired_jsonl"] = "unpaired_jsonl"
+    path: str = Field(description="Path of the .jsonl or .jsonl.gz file.")
+
+
+class UnpairedHFDatasetSource(_UnpairedColumns):
+    """A ``datasets`` dataset of unpaired feedback: a hub name, or a folder saved with save_to_disk."""
+
+    kind: Literal["unpaired_hf_dataset"] = "unpaired_hf_dataset"
+    name: str = Field(description="Hub dataset name, a dataset script/folder, or a save_to_disk folder.")
+    config_name: str | None = Field(None, description="Dataset configuration (the 'name' argument).")
+    data_dir: str | None = Field(None, description="Sub-folder of the dataset repository to read.")
+    split: str = Field("train", description="Split to read, e.g. 'train' or 'test'.")
+
+
 SourceConfig = Annotated[
-    HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource | KWayJsonlSource, Field(discriminator="kind")
+    HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource | KWayJsonlSource | UnpairedJsonlSource
+    | UnpairedHFDatasetSource,
+    Field(discriminator="kind"),
 ]
 
 
@@ -145,7 +188,16 @@ class DataConfig(_Strict):
         512, ge=2, description="Most tokens of prompt + response; longer responses are cut at the end."
     )
     max_prompt_length: int = Field(
-        256, ge=1, description="Most prompt tokens; longer prompts keep their end (the latest turns)."
+        256, ge=1, description="Most prompt tokens once a prompt is cut (see prompt_truncation); a cut prompt keeps "
+        "its end (the latest turns)."
+    )
+    prompt_truncation: PromptTruncation = Field(
+        "always",
+        description="When a prompt is cut to max_prompt_length. 'always': every longer prompt, even when prompt and "
+        "response fit in max_length (the default: the token ids, and so published figures and caches, stay as "
+        "before). 'when_needed': only when prompt + the longer response exceed max_length, the reference DPO "
+        "implementation's rule; more prompts keep their whole context. Responses are then cut to fit max_length "
+        "in both. report.json's 'truncation' counts what was cut.",
     )
     test_size: float | int = Field(
         0.1,
@@ -154,6 +206,12 @@ class DataConfig(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the train/test split and of the batch order.")
     max_examples: int | None = Field(
         None, ge=1, description="Use only the first N examples of the source (quick runs); None = all."
+    )
+    unpaired: bool | None = Field(
+        None,
+        description="Split each preference pair into a desirable (chosen) and an undesirable (rejected) "
+        "example, for an unpaired loss (kto, bco). None: when the loss reads unpaired examples; true: "
+        "always (the loss must read unpaired examples); false: never.",
     )
     chat_template: bool | None = Field(
         None,

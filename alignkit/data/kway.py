@@ -19,7 +19,8 @@ from alignkit.data.config import DataConfig, KWayJsonlSource
 from alignkit.data.jsonl import read_jsonl, require_file
 from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.split import split_train_test
-from alignkit.data.tokenize import _adds_bos, _batch_ids, truncate_pair
+from alignkit.data.tokenize import _adds_bos, _batch_ids
+from alignkit.data.truncation import PromptTruncation, count_cuts, truncate_pair
 from alignkit.data.types import (
     EMPTY_RESPONSE,
     MALFORMED,
@@ -74,7 +75,8 @@ def load_kway(cfg: KWayJsonlSource) -> tuple[list[KWayExample], DropReport]:
 
 
 def tokenize_kway(
-    examples: Sequence[KWayExample], tokenizer, max_length: int, max_prompt_length: int, start_index: int = 0
+    examples: Sequence[KWayExample], tokenizer, max_length: int, max_prompt_length: int, start_index: int = 0,
+    prompt_truncation: PromptTruncation = "always",
 ) -> tuple[list[TokenizedKWay], DropReport]:
     report = DropReport(seen=len(examples))
     bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
@@ -88,11 +90,13 @@ def tokenize_kway(
         if any(not r.strip() for r in example.responses):
             report.drop(EMPTY_RESPONSE, f"example {i}")
             continue
-        cut = truncate_pair(prompt_ids, ids, max_length, max_prompt_length, tokenizer.eos_token_id, bos)
+        cut = truncate_pair(prompt_ids, ids, max_length, max_prompt_length, tokenizer.eos_token_id, bos,
+                            prompt_truncation)
         if cut is None:
             report.drop(PROMPT_TOO_LONG, f"example {i}")
             continue
-        out.append(TokenizedKWay(cut[0], cut[1], example.best, example.weight, start_index + i))
+        count_cuts(report, cut)
+        out.append(TokenizedKWay(cut.prompt_ids, cut.responses, example.best, example.weight, start_index + i))
     return out, report
 
 
@@ -126,9 +130,10 @@ def prepare_kway_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext |
     if cfg.max_examples is not None:
         examples = examples[: cfg.max_examples]
     train_ex, test_ex = split_train_test(examples, cfg.test_size, cfg.seed)
-    train, train_report = tokenize_kway(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    train, train_report = tokenize_kway(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length,
+                                        prompt_truncation=cfg.prompt_truncation)
     test, test_report = tokenize_kway(test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length,
-                                      start_index=len(train_ex))
+                                      start_index=len(train_ex), prompt_truncation=cfg.prompt_truncation)
     if not train:
         raise DataError(f"no usable K-way training examples in {src.path}:\n{load_report.summary()}")
     return PreparedData(train, test, train_ex, test_ex, load_report, train_report, test_report)

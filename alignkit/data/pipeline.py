@@ -14,6 +14,7 @@ from alignkit.data.sources import SOURCES, PrepareContext, load_examples
 from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
+from alignkit.data.unpaired_sources import split_pairs
 
 __all__ = ["PreparedData", "evaluation_prompts", "heldout_prompts", "prepare_data", "prepare_pairs"]
 
@@ -35,7 +36,8 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None
     Args:
         cfg: the recipe's data section.
         tokenizer: a Hugging Face tokenizer.
-        context: the model (for a source that generates pairs), seed and console.
+        context: the model (for a source that generates pairs), seed and console; with ``unpaired`` the
+            pairs of a paired source become unpaired items (:func:`~alignkit.data.unpaired_sources.split_pairs`).
         sft: tokenize prompt + chosen only (``rejected_ids`` empty).
         **extra: passed to example loaders (the tokenizer is always passed as ``tokenizer=``).
 
@@ -44,12 +46,15 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None
     """
     context = context or PrepareContext()
     context = PrepareContext(model=context.model, seed=context.seed, console=context.console,
-                             sft=sft or context.sft, extra={**context.extra, **extra})
+                             sft=sft or context.sft, unpaired=context.unpaired, extra={**context.extra, **extra})
     spec = SOURCES.get(cfg.source.kind)
     if spec.needs_model and context.model is None:
         raise DataError(f"data.source.kind {cfg.source.kind!r} is generated from the model, not loaded: "
                         "prepare it with the model (PrepareContext(model=...))")
-    return (spec.prepare or prepare_pairs)(cfg, tokenizer, context)
+    data = (spec.prepare or prepare_pairs)(cfg, tokenizer, context)
+    if context.unpaired and spec.inputs == "pairs":
+        data = split_pairs(data, cfg)
+    return data
 
 
 def prepare_pairs(cfg: DataConfig, tokenizer: Any, context: PrepareContext) -> PreparedData:
@@ -70,9 +75,10 @@ def prepare_pairs(cfg: DataConfig, tokenizer: Any, context: PrepareContext) -> P
         except ValueError as err:  # more held out than there are examples
             raise DataError(f"data.test_size: {err}") from None
     tok = tokenize_sft if context.sft else tokenize_pairs
-    train, train_report = tok(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template)
+    train, train_report = tok(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template,
+                              prompt_truncation=cfg.prompt_truncation)
     test, test_report = tok(test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template,
-                            start_index=len(train_ex))
+                            start_index=len(train_ex), prompt_truncation=cfg.prompt_truncation)
     if not train:
         raise DataError(
             f"no usable training pairs from data.source ({cfg.source.kind}):\n"

@@ -265,9 +265,11 @@ def prepare_sentiment_data(
         sampling, src, generation_dtype, console or Console(stderr=True))
     train_ex, test_ex = results["train"].pairs, results["test"].pairs
     load_report = DropReport().merge(results["train"].drops).merge(results["test"].drops)
-    train, train_report = tokenize_pairs(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template)
+    train, train_report = tokenize_pairs(train_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template,
+                                         prompt_truncation=cfg.prompt_truncation)
     test, test_report = tokenize_pairs(
-        test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template, start_index=len(train_ex)
+        test_ex, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.chat_template, start_index=len(train_ex),
+        prompt_truncation=cfg.prompt_truncation,
     )
     if not train:
         raise DataError(

@@ -11,9 +11,13 @@ Rules, in order:
 3. Each response gets EOS appended (unless it already ends with it, as chat turns often do), so the
    model learns to stop and the stop token's log-prob counts in the response's score.
 4. A prompt longer than ``max_prompt_length`` keeps its *end* (the latest turns, which the response
-   answers); BOS, when present, stays at the front.
+   answers); BOS, when present, stays at the front. With ``prompt_truncation="always"`` (the default)
+   every such prompt is cut; with ``"when_needed"`` only when prompt + the longer response exceed
+   ``max_length`` (:mod:`alignkit.data.truncation`).
 5. Responses then keep their *start*, so that prompt + response <= ``max_length``. A response cut this
    way loses its EOS: it did not finish.
+
+What the limits cut of the pairs kept is counted in the report's ``truncated`` ("prompt cut", "response cut").
 
 Rows that cannot be used are dropped and counted, never raised on: empty response, prompt too long to
 leave room for any response token (only when ``max_prompt_length >= max_length``), chosen and rejected
@@ -25,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alignkit.data.render import render_example, resolve_chat_template
+from alignkit.data.truncation import IDENTICAL_AFTER_TRUNCATION, PromptTruncation, count_cuts, truncate_pair
 from alignkit.data.types import (
     CHAT_TEMPLATE_PREFIX,
     EMPTY_RESPONSE,
@@ -35,8 +40,6 @@ from alignkit.data.types import (
 )
 
 __all__ = ["IDENTICAL_AFTER_TRUNCATION", "tokenize_pairs", "tokenize_sft", "truncate_pair"]
-
-IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after truncation"
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -56,41 +59,6 @@ def _batch_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def truncate_pair(
-    prompt_ids: list[int],
-    responses: Sequence[list[int]],
-    max_length: int,
-    max_prompt_length: int,
-    eos_token_id: int | None,
-    bos_token_id: int | None = None,
-) -> tuple[list[int], list[list[int]]] | None:
-    """Apply rules 2-5 of the module docstring to one prompt and its responses.
-
-    Args:
-        prompt_ids: prompt tokens without BOS.
-        responses: response tokens without EOS.
-        max_length: most tokens of prompt + one response.
-        max_prompt_length: most prompt tokens (BOS included).
-        eos_token_id: appended to each response; None appends nothing.
-        bos_token_id: put in front of the prompt; None for tokenizers that add no BOS.
-
-    Returns:
-        ``(prompt_ids, [response_ids, ...])``, or None when no response token fits.
-    """
-    head = [bos_token_id] if bos_token_id is not None else []
-    keep = min(max(max_prompt_length - len(head), 0), len(prompt_ids))
-    prompt = head + prompt_ids[len(prompt_ids) - keep:]
-    budget = max_length - len(prompt)
-    if budget < 1:
-        return None
-    out = []
-    for ids in responses:
-        if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
-            ids = ids + [eos_token_id]
-        out.append(ids[:budget])
-    return prompt, out
-
-
 def _tokenize(
     examples: Sequence[PreferenceExample],
     tokenizer,
@@ -99,6 +67,7 @@ def _tokenize(
     chat_template: bool | None,
     with_rejected: bool,
     start_index: int,
+    prompt_truncation: PromptTruncation,
 ) -> tuple[list[TokenizedPair], DropReport]:
     report = DropReport(seen=len(examples))
     use_template = resolve_chat_template(tokenizer, chat_template, any(e.conversational for e in examples))
@@ -126,14 +95,15 @@ def _tokenize(
     for k, (i, prompt, _) in enumerate(rendered):
         pair_response_ids = response_ids[k * n_resp:(k + 1) * n_resp]
         cut = truncate_pair(prompt_ids[prompt], pair_response_ids, max_length, max_prompt_length,
-                            tokenizer.eos_token_id, bos)
+                            tokenizer.eos_token_id, bos, prompt_truncation)
         if cut is None:
             report.drop(PROMPT_TOO_LONG, f"example {i}")
             continue
-        p_ids, r_ids = cut
+        p_ids, r_ids = cut.prompt_ids, cut.responses
         if with_rejected and r_ids[0] == r_ids[1]:
             report.drop(IDENTICAL_AFTER_TRUNCATION, f"example {i}")
             continue
+        count_cuts(report, cut)
         pairs.append(TokenizedPair(
             prompt_ids=p_ids, chosen_ids=r_ids[0], rejected_ids=r_ids[1] if with_rejected else [],
             weight=examples[i].weight, index=start_index + i,
@@ -148,6 +118,7 @@ def tokenize_pairs(
     max_prompt_length: int = 256,
     chat_template: bool | None = None,
     start_index: int = 0,
+    prompt_truncation: PromptTruncation = "always",
 ) -> tuple[list[TokenizedPair], DropReport]:
     """Tokenize preference pairs (see the module docstring for the rules).
 
@@ -160,12 +131,15 @@ def tokenize_pairs(
             and some example is conversational).
         start_index: added to every ``index``; tokenizing the test split with
             ``start_index=len(train_examples)`` makes indices unique across both splits.
+        prompt_truncation: when a prompt is cut to ``max_prompt_length``: "always" or "when_needed"
+            (only when prompt + the longer response exceed ``max_length``).
 
     Returns:
         The usable pairs, each with ``index = start_index + position in examples``, and a report of
-        the rest (``seen = len(examples)``).
+        the rest (``seen = len(examples)``) with what was cut of the pairs kept (``truncated``).
     """
-    return _tokenize(examples, tokenizer, max_length, max_prompt_length, chat_template, True, start_index)
+    return _tokenize(examples, tokenizer, max_length, max_prompt_length, chat_template, True, start_index,
+                     prompt_truncation)
 
 
 def tokenize_sft(
@@ -175,9 +149,11 @@ def tokenize_sft(
     max_prompt_length: int = 256,
     chat_template: bool | None = None,
     start_index: int = 0,
+    prompt_truncation: PromptTruncation = "always",
 ) -> tuple[list[TokenizedPair], DropReport]:
     """Tokenize prompt + chosen response for supervised fine-tuning; ``rejected_ids`` is empty.
 
     Same rules and arguments as :func:`tokenize_pairs`; the rejected response is never read.
     """
-    return _tokenize(examples, tokenizer, max_length, max_prompt_length, chat_template, False, start_index)
+    return _tokenize(examples, tokenizer, max_length, max_prompt_length, chat_template, False, start_index,
+                     prompt_truncation)

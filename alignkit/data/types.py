@@ -117,11 +117,14 @@ class DropReport:
         reasons: reason -> number of rows dropped for it.
         locations: reason -> where the offending rows are (``file:line`` or ``row N``), each with an
             optional detail, for reasons where the location helps the user fix the data.
+        truncated: what was cut of rows that were kept, e.g. ``{"prompt cut": 203, "response cut": 41}``
+            (a row whose prompt and response were both cut counts under both).
     """
 
     seen: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     locations: dict[str, list[str]] = field(default_factory=dict)
+    truncated: Counter[str] = field(default_factory=Counter)
 
     @property
     def dropped(self) -> int:
@@ -150,6 +153,7 @@ class DropReport:
         if count_seen:
             self.seen += other.seen
         self.reasons.update(other.reasons)
+        self.truncated.update(other.truncated)
         for reason, where in other.locations.items():
             self.locations.setdefault(reason, []).extend(where)
         return self
@@ -166,11 +170,13 @@ class DropReport:
 
         Example::
 
-            kept 2,306 of 2,312 rows; dropped 6:
+            kept 2,306 of 2,312 rows (prompt cut 203, response cut 41); dropped 6:
               4  chosen and rejected do not share the prompt
               2  malformed row (data.jsonl:17: invalid JSON, data.jsonl:40: missing field 'chosen')
         """
         head = f"kept {self.kept:,} of {self.seen:,} rows"
+        if self.truncated:
+            head += " (" + ", ".join(f"{what} {n:,}" for what, n in sorted(self.truncated.items())) + ")"
         if not self.reasons:
             return head
         lines = [f"{head}; dropped {self.dropped:,}:"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
@@ -12,6 +12,8 @@ from alignkit.eval.judges.keys import check_api_key_env
 from alignkit.models.sampling import Sampling
 
 __all__ = [
+    "BASELINES",
+    "Baseline",
     "EvalConfig",
     "JudgeConfig",
     "LocalJudgeConfig",
@@ -33,17 +35,39 @@ _MaxInvalidFraction = Annotated[float, Field(
 )]
 
 
+# What a judge's position bias may reach before the report warns that its verdicts cannot be trusted.
+_MaxFlipRate = Annotated[float, Field(
+    ge=0, le=1,
+    description="Warn when more than this share of the pairs changes verdict when the two responses swap places "
+    "(a coin-flip judge flips half of them).",
+)]
+_MaxSameVerdictRate = Annotated[float, Field(
+    gt=0, le=1,
+    description="Warn when one answer (A, B or tie) is at least this share of the judge's verdicts: a near-constant judge.",
+)]
+
+
+class _JudgeChecks(_Strict):
+    """What every judge shares: when its verdicts fail the evaluation, and when the report warns about them."""
+
+    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
+    max_flip_rate: _MaxFlipRate = 0.4
+    max_same_verdict_rate: _MaxSameVerdictRate = 0.95
+
+
 class NoJudge(_Strict):
     """No pairwise judging (the default)."""
 
     kind: Literal["none"] = Field("none", description="No judge: no win rate is computed.")
 
 
-class LocalJudgeConfig(_Strict):
+class LocalJudgeConfig(_JudgeChecks):
     """A local causal LM reads both responses and is asked which is better.
 
-    The verdict is the comparison of the judge's next-token log-probabilities of "A" and "B" after the
-    judge prompt, so it is deterministic and can never be unparseable.
+    ``verdict: logprob`` reads the judge's next-token probabilities of "A" and "B" after the judge prompt
+    and averages them over both orders (deterministic, never unparseable, and usable with small models whose
+    raw answer hardly depends on the responses); ``verdict: generate`` lets it write its answer, which is
+    parsed like an HTTP judge's.
     """
 
     kind: Literal["local"] = Field(description="A local transformers model as the judge.")
@@ -51,10 +75,15 @@ class LocalJudgeConfig(_Strict):
     tokenizer: str | None = Field(None, description="Judge tokenizer; default: the judge model's own.")
     batch_size: int = Field(4, ge=1, description="Judge prompts per forward pass.")
     max_prompt_tokens: int = Field(1024, ge=16, description="Judge prompts longer than this are cut from the left.")
-    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
+    verdict: Literal["logprob", "generate"] = Field(
+        "logprob",
+        description="logprob: P(A) and P(B) of the next token, averaged over both orders; generate: greedy "
+        "text, parsed for its answer.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Tokens the judge may write with verdict: generate.")
 
 
-class OpenAIJudgeConfig(_Strict):
+class OpenAIJudgeConfig(_JudgeChecks):
     """Any OpenAI-compatible ``/v1/chat/completions`` server as the judge (``alignkit serve`` included)."""
 
     # A key pasted into api_key_env must not come back in an error message.
@@ -75,17 +104,15 @@ class OpenAIJudgeConfig(_Strict):
     max_tokens: int = Field(16, ge=1, description="Tokens the judge may answer with.")
     temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 = its most likely answer).")
     cache: bool = Field(True, description="Keep verdicts on disk so that a rerun sends no request twice.")
-    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
 
 
-class RewardJudgeConfig(_Strict):
+class RewardJudgeConfig(_JudgeChecks):
     """The response with the higher reward wins: a registered reward function or a reward model folder."""
 
     kind: Literal["reward"] = Field(description="A reward as the judge.")
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     model: str | None = Field(None, description="Folder of an alignkit reward model (a run's model/ folder).")
     batch_size: int = Field(8, ge=1, description="Texts per reward-model forward pass.")
-    max_invalid_fraction: _MaxInvalidFraction = DEFAULT_MAX_INVALID_FRACTION
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardJudgeConfig:
@@ -93,6 +120,12 @@ class RewardJudgeConfig(_Strict):
             raise ValueError("eval.judge: set exactly one of 'reward' (a registered function) or 'model' (a folder)")
         return self
 
+
+# base: the untuned model; reference: the model training kept close to (the SFT model when SFT is on);
+# chosen: the dataset's chosen response.
+Baseline = Literal["base", "reference", "chosen"]
+BASELINES: tuple[str, ...] = ("base", "reference", "chosen")
+_REFERENCE_ONLY: list[Baseline] = ["reference"]
 
 JudgeConfig = Annotated[
     NoJudge | LocalJudgeConfig | OpenAIJudgeConfig | RewardJudgeConfig, Field(discriminator="kind")
@@ -105,7 +138,7 @@ class EvalConfig(StrictConfig):
     Generation samples `samples_per_prompt` completions per prompt from both the reference (before) and
     the tuned policy (after); the reward is a registered reward function and KL(policy || reference) is
     the sample-based sequence-sum estimate in nats. With a `judge`, one completion of the policy per
-    prompt is compared with the `baseline`'s, in both orders.
+    prompt is compared with each of the `baselines`', in both orders.
     """
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment; null skips reward/KL.")
@@ -120,10 +153,39 @@ class EvalConfig(StrictConfig):
         default_factory=NoJudge,
         description="Pairwise judge of policy versus baseline: {kind: none | local | openai | reward, ...}.",
     )
-    baseline: Literal["reference", "chosen"] = Field(
-        "reference",
-        description="What the policy is judged against: the reference model's samples, or the dataset's chosen responses.",
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: _REFERENCE_ONLY.copy(), min_length=1,
+        description="What the policy is judged against, each in its own report section: base (the untuned "
+        "model), reference (the model training kept close to: the SFT model when SFT is on), chosen (the "
+        "dataset's chosen responses). The old single `baseline: X` still reads as `baselines: [X]`.",
     )
+    agreement_pairs: int | None = Field(
+        None, ge=0,
+        description="Held-out labelled pairs the judge also compares (chosen against rejected, both orders) to "
+        "measure how often it agrees with the dataset's label; default eval.num_prompts, 0 skips.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_baseline(cls, data: Any) -> Any:
+        """``baseline: X`` (one baseline, the old field) reads as ``baselines: [X]``."""
+        if not isinstance(data, dict) or "baseline" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("baseline")
+        if "baselines" in data and data["baselines"] != [old]:
+            raise ValueError(f"eval.baseline ({old!r}) is the old single-baseline field and disagrees with "
+                             f"eval.baselines ({data['baselines']!r}): set only eval.baselines, e.g. "
+                             f"eval.baselines=[{old}]")
+        data["baselines"] = [old]
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_baselines(self) -> EvalConfig:
+        repeated = sorted({b for b in self.baselines if self.baselines.count(b) > 1})
+        if repeated:
+            raise ValueError(f"eval.baselines names {', '.join(repeated)} more than once")
+        return self
 
     @property
     def sampling(self) -> Sampling:

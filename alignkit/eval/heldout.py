@@ -1,10 +1,14 @@
-"""Judged evaluation of a policy against a baseline, for the end of a run and for `alignkit eval RUN_DIR`.
+"""Judged evaluation of a policy against its baselines, for the end of a run and for `alignkit eval RUN_DIR`.
 
-:func:`judge_run` samples one completion per held-out prompt from the policy and from the baseline (the
-reference model, or the dataset's chosen response), judges each pair in both orders and summarizes the
-scores (:mod:`alignkit.eval.winrate`). :func:`evaluate_heldout` runs the evaluation a recipe's ``eval:``
-section asks for (reward versus KL, the judge) and returns the report sections. Reloading a finished run
-for `alignkit eval RUN_DIR` and writing its report are the command's (:mod:`alignkit.commands.eval`).
+:func:`judge_run` samples one completion per held-out prompt from the policy, and from each baseline the
+recipe names (``base``: the untuned model; ``reference``: the model training kept close to; ``chosen``:
+the dataset's chosen response); judges each pair in both orders; summarizes each baseline's scores
+(:mod:`alignkit.eval.winrate`); measures the judge's position bias (:mod:`alignkit.eval.position_bias`) and,
+where the held-out data has labelled pairs, its agreement with them (:mod:`alignkit.eval.agreement`); and
+warns when its verdicts cannot be trusted. :func:`evaluate_heldout` runs the evaluation a recipe's
+``eval:`` section asks for (reward versus KL, the judge) and returns the report sections. Reloading a
+finished run for `alignkit eval RUN_DIR` and adding to its report are the command's
+(:mod:`alignkit.commands.eval`).
 """
 
 from __future__ import annotations
@@ -12,20 +16,40 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from torch import nn
 
+from alignkit.eval.agreement import LabelledPair, judge_agreement
 from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
+from alignkit.eval.position_bias import judge_warnings, position_bias
+from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
 
-__all__ = ["evaluate_heldout", "fitting_prompts", "judge_run"]
+__all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]
+
+
+@dataclass
+class BaselineSources:
+    """Where each baseline's responses come from.
+
+    Attributes:
+        reference: context-yielding callable of the reference model (see :mod:`alignkit.eval.kl`).
+        base: the same for the untuned model; may be the very object ``reference`` is when they are the
+            same model (then its samples are drawn once).
+        chosen: prompt -> the dataset's chosen response.
+    """
+
+    reference: ReferenceFn | None = None
+    base: ReferenceFn | None = None
+    chosen: Mapping[str, str] = field(default_factory=dict)
 
 
 def _token_count(tokenizer, text: str) -> int:
@@ -46,39 +70,41 @@ def fitting_prompts(model: nn.Module, tokenizer, prompts: list[str], max_new_tok
 def judge_run(
     cfg: EvalConfig,
     policy: nn.Module,
-    reference: ReferenceFn | None,
     tokenizer,
     prompts: Sequence[str],
-    chosen_by_prompt: Mapping[str, str] | None = None,
+    sources: BaselineSources,
     *,
+    labelled: Sequence[LabelledPair] = (),
     console: Console | None = None,
     judge: Judge | None = None,
     device: str = "cpu",
     pairs_path: str | Path | None = None,
+    evaluation: int = 1,
 ) -> dict[str, Any]:
-    """Win rate of ``policy`` against ``cfg.baseline`` on up to ``cfg.num_prompts`` prompts.
+    """Win rates of ``policy`` against each of ``cfg.baselines`` on up to ``cfg.num_prompts`` prompts.
 
     Args:
-        cfg: the recipe's eval section (sampling settings, ``judge``, ``baseline``).
+        cfg: the recipe's eval section (sampling settings, ``judge``, ``baselines``, ``agreement_pairs``).
         policy: the tuned model.
-        reference: zero-argument callable whose context yields the reference model (see
-            :mod:`alignkit.eval.kl`); needed when ``cfg.baseline == "reference"``.
-        tokenizer: shared by policy and reference.
+        tokenizer: shared by the policy and the baseline models.
         prompts: held-out prompts.
-        chosen_by_prompt: prompt -> the dataset's chosen response; needed when ``cfg.baseline == "chosen"``.
-        console: progress messages (stderr when None).
+        sources: the baselines' models and chosen responses.
+        labelled: held-out pairs labelled by the data set, to measure the judge's agreement with the labels.
+        console: progress messages and warnings (stderr when None).
         judge: a ready judge; default: :func:`alignkit.eval.judges.build_judge` of ``cfg.judge``.
         device: where a judge built here runs.
-        pairs_path: if given, every judged pair with both verdicts is written there as JSON lines.
+        pairs_path: if given, every judged pair with both verdicts is appended there as a JSON line, tagged
+            with ``evaluation`` and ``against`` (the baseline, or ``agreement`` for the labelled pairs).
+        evaluation: this evaluation's number in the run's report (1 for the first).
 
     Returns:
-        The report.json ``judge`` section: judge description, baseline, counts, win rate and
-        length-controlled win rate with 95% intervals, tie rate, lengths, examples. Empty when
-        ``cfg.judge.kind`` is ``none``.
+        One entry of report.json's ``judged`` list: ``evaluation``, ``judge`` (its description), ``pair_rule``,
+        ``baselines`` (one win-rate section per baseline), ``agreement`` (or None, with ``agreement_note``),
+        ``position_bias`` over every verdict, ``warnings`` and ``seconds``. Empty when the judge kind is none.
 
     Raises:
-        InvalidVerdictsError: more than ``cfg.judge.max_invalid_fraction`` of the verdicts are invalid, or
-            none is valid (the judge server down, hanging, or answering something else); nothing is reported.
+        InvalidVerdictsError: more than ``cfg.judge.max_invalid_fraction`` of a baseline's (or the agreement
+            check's) verdicts are invalid, or none is valid; nothing is reported.
         JudgeRequestError: the HTTP judge met an error that every request would meet (a 4xx, a redirect).
     """
     console = console or Console(stderr=True)
@@ -86,29 +112,70 @@ def judge_run(
     if judge is None:
         return {}
     start = time.perf_counter()
-    chosen = chosen_by_prompt or {}
-    prompts, too_long = _judged_prompts(cfg, policy, tokenizer, prompts, chosen)
-    policy_texts, baseline_texts = _sample_both_sides(cfg, policy, reference, tokenizer, prompts, chosen, console)
-    console.print(f"judge: {2 * len(prompts)} comparisons with {judge.describe()}")
-    # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
-    pairs = judge_pairs(judge, prompts, policy_texts, baseline_texts,
-                        max_invalid_fraction=getattr(cfg.judge, "max_invalid_fraction", DEFAULT_MAX_INVALID_FRACTION))
-    section = _judge_section(cfg, judge, tokenizer, pairs, policy_texts, baseline_texts, skipped_long_prompts=too_long)
+    limit = getattr(cfg.judge, "max_invalid_fraction", DEFAULT_MAX_INVALID_FRACTION)
+    rows: list[dict[str, Any]] = []
+    agreement, judged = _agreement(cfg, judge, labelled, limit, console)
+    rows += [{"evaluation": evaluation, "against": "agreement", **p.to_dict()} for p in judged]
+    kept, too_long = _judged_prompts(cfg, policy, tokenizer, prompts, sources.chosen)
+    sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
+    console.print(f"judge: sampling the policy on {len(kept)} prompts")
+    policy_texts = [c.text for c in generate_completions(policy, tokenizer, kept, sampling)]
+    samples: dict[int, list[str]] = {}  # by model source: base and reference may be one model
+    sections = []
+    for name in cfg.baselines:
+        baseline_texts = _baseline_texts(name, sources, tokenizer, kept, cfg, samples, console)
+        console.print(f"judge: {2 * len(kept)} comparisons against {name} with {judge.describe()}")
+        # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
+        pairs = judge_pairs(judge, kept, policy_texts, baseline_texts, max_invalid_fraction=limit)
+        sections.append(_baseline_section(name, cfg, tokenizer, pairs, skipped_long_prompts=too_long))
+        rows += [{"evaluation": evaluation, "against": name, **p.to_dict()} for p in pairs]
+        judged += pairs
+    bias = position_bias(judged)
+    agreement_ci = Interval(**agreement["agreement"]) if agreement else None
+    warnings = judge_warnings(bias, max_flip_rate=getattr(cfg.judge, "max_flip_rate", 1.0),
+                              max_same_verdict_rate=getattr(cfg.judge, "max_same_verdict_rate", 1.0),
+                              agreement=agreement_ci, mean_probability=judge.pair_rule == "mean_probability")
+    for warning in warnings:
+        console.print(f"[bold red]JUDGE WARNING: {warning}[/]")
     if pairs_path is not None:
-        Path(pairs_path).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
-    return {**section, "seconds": time.perf_counter() - start}
+        with Path(pairs_path).open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    return {
+        "evaluation": evaluation,
+        "judge": judge.describe(),
+        "pair_rule": judge.pair_rule,
+        "baselines": sections,
+        "agreement": agreement,
+        **({} if agreement else {"agreement_note": "no labelled held-out pairs to check the judge against"
+                                 if not labelled else "eval.agreement_pairs is 0"}),
+        "position_bias": bias.to_dict(),
+        "warnings": warnings,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _agreement(cfg: EvalConfig, judge: Judge, labelled: Sequence[LabelledPair], limit: float,
+               console: Console) -> tuple[dict[str, Any] | None, list[JudgedPair]]:
+    """The judge's agreement with the data set's labels on up to ``cfg.agreement_pairs`` pairs (None: none)."""
+    n = cfg.num_prompts if cfg.agreement_pairs is None else cfg.agreement_pairs
+    chosen = list(labelled)[:n]
+    if not chosen:
+        return None, []
+    console.print(f"judge: {2 * len(chosen)} comparisons of the data set's chosen and rejected responses")
+    entry, judged = judge_agreement(judge, chosen, max_invalid_fraction=limit, seed=cfg.seed)
+    return {"label": "the data set's chosen response over its rejected one", **entry}, judged
 
 
 def _judged_prompts(cfg: EvalConfig, policy: nn.Module, tokenizer, prompts: Sequence[str],
                     chosen: Mapping[str, str]) -> tuple[list[str], int]:
-    """Up to ``cfg.num_prompts`` prompts that fit the context (and have a chosen response when that is the
-    baseline), and how many did not fit."""
+    """Up to ``cfg.num_prompts`` prompts that fit the context (and have a chosen response when that is a
+    baseline: every baseline is judged on the same prompts), and how many did not fit."""
     kept = list(prompts)
-    if cfg.baseline == "chosen":
+    if "chosen" in cfg.baselines:
         kept = [p for p in kept if p in chosen]
         if not kept:
-            raise ValueError("eval.baseline is 'chosen' but no held-out prompt has a chosen response "
-                             "(generated sentiment data has none: use baseline 'reference')")
+            raise ValueError("eval.baselines has 'chosen' but no held-out prompt has a chosen response "
+                             "(generated sentiment data and online prompts have none: use base or reference)")
     kept, too_long = fitting_prompts(policy, tokenizer, kept, cfg.max_new_tokens)
     kept = kept[: cfg.num_prompts]
     if not kept:
@@ -117,38 +184,41 @@ def _judged_prompts(cfg: EvalConfig, policy: nn.Module, tokenizer, prompts: Sequ
     return kept, too_long
 
 
-def _sample_both_sides(cfg: EvalConfig, policy: nn.Module, reference: ReferenceFn | None, tokenizer,
-                       prompts: list[str], chosen: Mapping[str, str], console: Console) -> tuple[list[str], list[str]]:
-    """One completion per prompt from the policy, and the baseline's: the chosen response or a reference sample."""
-    sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
-    console.print(f"judge: sampling the policy on {len(prompts)} prompts")
-    policy_texts = [c.text for c in generate_completions(policy, tokenizer, prompts, sampling)]
-    if cfg.baseline == "chosen":
-        return policy_texts, [chosen[p] for p in prompts]
-    if reference is None:
-        raise ValueError("eval.baseline is 'reference' but no reference model was given")
-    console.print("judge: sampling the reference")
-    with reference() as reference_model:
-        baseline_texts = [c.text for c in generate_completions(reference_model, tokenizer, prompts, sampling)]
-    return policy_texts, baseline_texts
+def _baseline_texts(name: str, sources: BaselineSources, tokenizer, prompts: list[str], cfg: EvalConfig,
+                    samples: dict[int, list[str]], console: Console) -> list[str]:
+    """The baseline's response to each prompt: the chosen one, or a sample of its model (drawn once per model)."""
+    if name == "chosen":
+        return [sources.chosen[p] for p in prompts]
+    model = sources.base if name == "base" else sources.reference
+    if model is None:
+        raise ValueError(f"eval.baselines has {name!r} but no {name} model was given")
+    if id(model) not in samples:
+        console.print(f"judge: sampling the {name} model")
+        with model() as baseline_model:
+            completions = generate_completions(baseline_model, tokenizer, prompts,
+                                               cfg.sampling.but(samples_per_prompt=1))
+        samples[id(model)] = [c.text for c in completions]
+    return samples[id(model)]
 
 
-def _judge_section(cfg: EvalConfig, judge: Judge, tokenizer, pairs: Sequence[JudgedPair], policy_texts: list[str],
-                   baseline_texts: list[str], *, skipped_long_prompts: int) -> dict[str, Any]:
-    """The report.json ``judge`` section of the judged ``pairs`` (see :func:`judge_run`), but its ``seconds``."""
+def _baseline_section(name: str, cfg: EvalConfig, tokenizer, pairs: Sequence[JudgedPair], *,
+                      skipped_long_prompts: int) -> dict[str, Any]:
+    """One baseline's entry in a judged evaluation: win rate, lengths, order consistency, position bias."""
     report = win_rate_report(
         [p.score for p in pairs],
-        [_token_count(tokenizer, t) for t in policy_texts],
-        [_token_count(tokenizer, t) for t in baseline_texts],
+        [_token_count(tokenizer, p.policy) for p in pairs],
+        [_token_count(tokenizer, p.baseline) for p in pairs],
         invalid_verdicts=sum(p.invalid for p in pairs),
         length_unit="tokens",
         seed=cfg.seed,
     )
+    probabilities = [p.policy_probability for p in pairs if p.policy_probability is not None]
     return {
-        "judge": judge.describe(),
-        "baseline": cfg.baseline,
+        "baseline": name,
         **report.to_dict(),
         "order_consistency": sum(p.consistent for p in pairs) / len(pairs),
+        "position_bias": position_bias(pairs).to_dict(),
+        "mean_policy_probability": sum(probabilities) / len(probabilities) if probabilities else None,
         "skipped_long_prompts": skipped_long_prompts,
         "cached_verdicts": sum(int(p.policy_first.cached) + int(p.policy_second.cached) for p in pairs),
         "examples": [p.to_dict() for p in pairs[:3]],
@@ -166,18 +236,30 @@ def evaluate_heldout(
     run_dir: Path,
     console: Console,
     device: str,
+    base: ReferenceFn | None = None,
+    labelled: Sequence[LabelledPair] = (),
     reward_kl: bool = True,
+    evaluation: int = 1,
 ) -> dict[str, Any]:
-    """The ``eval:`` section on held-out prompts: reward and KL before/after, and the judged win rate.
+    """The ``eval:`` section on held-out prompts: reward and KL before/after, and the judged win rates.
+
+    Args:
+        reference: the reference model (KL, and the ``reference`` baseline).
+        base: the untuned model (the ``base`` baseline); needed only when ``cfg.baselines`` names it.
+        labelled: held-out pairs labelled by the data set (the judge's agreement check).
+        reward_kl: compute the reward/KL section (when ``cfg.reward`` is set).
+        evaluation: the judged evaluation's number in the run's report.
 
     Returns:
-        The report.json sections it computed (``reward_kl`` and/or ``judge``).
+        The report.json sections it computed: ``reward_kl`` and/or ``judged`` (a list of one evaluation,
+        which :mod:`alignkit.commands.eval` appends to a report's earlier ones).
     """
     out: dict[str, Any] = {}
     fitting, _ = fitting_prompts(policy, tokenizer, list(prompts), cfg.max_new_tokens)
     if cfg.reward is not None and reward_kl:
         out["reward_kl"] = evaluate_before_after(cfg, policy, reference, tokenizer, fitting, console=console)
     if cfg.judge.kind != "none":
-        out["judge"] = judge_run(cfg, policy, reference, tokenizer, prompts, chosen_by_prompt, console=console,
-                                 device=device, pairs_path=run_dir / "judged_pairs.jsonl")
+        sources = BaselineSources(reference=reference, base=base, chosen=chosen_by_prompt or {})
+        out["judged"] = [judge_run(cfg, policy, tokenizer, prompts, sources, labelled=labelled, console=console,
+                                   device=device, pairs_path=run_dir / "judged_pairs.jsonl", evaluation=evaluation)]
     return out

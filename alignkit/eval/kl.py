@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.generate import Completion, eval_mode
 from alignkit.models.logps import DEFAULT_LOGPS, IGNORE_INDEX, LogpsOptions, sequence_logps
+from alignkit.timing import count_flops, timed
 
 __all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]
 
@@ -70,6 +72,7 @@ def completion_batch(completions: Sequence[Completion], pad_token_id: int, devic
     }
 
 
+@timed("log-probs")  # its own phase: the KL of an evaluation, and the log-probs of an online step
 @torch.inference_mode()
 def completion_logps(
     model: nn.Module, completions: Sequence[Completion], *, batch_size: int, pad_token_id: int,
@@ -90,15 +93,18 @@ def completion_logps(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
+    n, dtype = matmul_parameters(model), str(next(model.parameters()).dtype).removeprefix("torch.")
     out = []
     with eval_mode(model):
         for start in range(0, len(completions), batch_size):
             batch = completion_batch(completions[start : start + batch_size], pad_token_id, device)
             sums, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)
             out.append(sums.float().cpu())
+            count_flops(forward_flops(n, int(batch["attention_mask"].sum())), dtype)
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@timed("KL")
 def sequence_kl(
     policy: nn.Module,
     reference: nn.Module | ReferenceFn | Any,

@@ -21,6 +21,7 @@ from alignkit.eval.kl import ReferenceFn, sequence_kl
 from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
 from alignkit.models.generate import Completion, ProgressFn, Sampling, eos_token_ids, generate_completions
 from alignkit.models.rewards import RewardFn, resolve_reward
+from alignkit.timing import phase
 
 __all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_proxy_and_true", "evaluate_reward_kl", "reward_gain"]
 
@@ -160,7 +161,8 @@ def _sample_and_score(
     if not prompts:
         raise ValueError("no prompts to evaluate on")
     completions = generate_completions(model, tokenizer, prompts, sampling, progress=progress)
-    rewards = np.asarray(reward_fn([c.text for c in completions]), dtype=np.float64)
+    with phase("scoring"):
+        rewards = np.asarray(reward_fn([c.text for c in completions]), dtype=np.float64)
     if rewards.shape != (len(completions),):
         raise ValueError(f"reward function returned {rewards.shape[0]} values for {len(completions)} texts")
     return completions, rewards

@@ -12,6 +12,7 @@ from alignkit.losses import (  # noqa: F401  (imported for their @register_loss 
     exo,
     hinge,
     ipo,
+    kto,
     nca,
     orpo,
     reward,
@@ -25,21 +26,24 @@ from alignkit.losses.base import (
     LossConfig,
     LossOutput,
     LossSpec,
+    LossState,
     PreferenceStats,
     get_loss,
     list_losses,
     register_loss,
 )
-from alignkit.losses.compose import LossTerm, Objective, ObjectiveError, build_objective
+from alignkit.losses.compose import LossTerm, Objective, ObjectiveError, ObjectiveState, build_objective
 
 __all__ = [
     "LOSSES",
     "LossConfig",
     "LossOutput",
     "LossSpec",
+    "LossState",
     "LossTerm",
     "Objective",
     "ObjectiveError",
+    "ObjectiveState",
     "PreferenceStats",
     "build_objective",
     "get_loss",

@@ -7,9 +7,10 @@ logs: the trainer does that, the same way for every loss.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Literal, TypeVar, cast, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -18,8 +19,10 @@ from alignkit.registry import Registry
 
 __all__ = [
     "LossConfig",
+    "LossInputs",
     "LossOutput",
     "LossSpec",
+    "LossState",
     "PreferenceStats",
     "get_loss",
     "list_losses",
@@ -31,13 +34,26 @@ __all__ = [
 #   "logps":  policy log-probs of chosen/rejected responses (a causal LM)
 #   "scores": one scalar reward per chosen/rejected sequence (a reward model)
 #   "kway":   K scalar rewards per example and the index of the best (a K-way reward model)
-LossInputs = Literal["logps", "scores", "kway"]
+#   "unpaired": one response per example, labelled desirable or not, with its policy log-prob (KTO, BCO)
+LossInputs = Literal["logps", "scores", "kway", "unpaired"]
+
+# Fields that hold samples of a batch-level estimate rather than one value per example: selecting
+# examples (:meth:`PreferenceStats.examples`) keeps them whole.
+_SAMPLE_FIELDS = ("policy_mismatched_logps", "reference_mismatched_logps")
 
 
 class LossConfig(BaseModel):
     """Base of every loss config: strict (unknown fields are errors, numbers finite) and immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def label_balance_warnings(self, n_desirable: int, n_undesirable: int) -> list[str]:
+        """Warnings about these settings for unpaired data with this many examples of each label.
+
+        None by default; a loss whose parameters should follow the data's imbalance (KTO's λ_D, λ_U)
+        says so here, and the run prints it once the data is prepared.
+        """
+        return []
 
 
 @dataclass
@@ -49,13 +65,21 @@ class PreferenceStats:
         policy_rejected_logps: the same for the rejected response.
         chosen_lengths: number of chosen response tokens (float, >= 1).
         rejected_lengths: number of rejected response tokens.
-        reference_chosen_logps: the reference model's summed log-probs; None unless the loss
-            declares ``needs_reference``.
+        reference_chosen_logps: the reference model's summed log-probs; None unless the loss, with its
+            config, needs a reference (:meth:`LossSpec.reads_reference`).
         reference_rejected_logps: the same for the rejected response.
         chosen_scores: reward-model score of the chosen sequence (``inputs="scores"``).
         rejected_scores: reward-model score of the rejected sequence.
         scores: (B, K) reward-model scores of K candidates (``inputs="kway"``).
         best_index: (B,) long, index of the preferred candidate in ``scores``.
+        policy_logps: (``inputs="unpaired"``) the policy's summed log-prob of each example's one response.
+        reference_logps: the same under the reference (None unless ``needs_reference``).
+        lengths: response token counts of the unpaired responses.
+        labels: (B,) bool, True where the response is desirable (thumbs up).
+        policy_mismatched_logps: (M,) policy log-probs of mismatched prompt–completion pairs (each
+            completion after another example's prompt), the samples of KTO's reference point
+            (``needs_mismatched``). Not per example: :meth:`examples` keeps them whole.
+        reference_mismatched_logps: (M,) the same under the reference.
     """
 
     policy_chosen_logps: torch.Tensor | None = None
@@ -68,6 +92,12 @@ class PreferenceStats:
     rejected_scores: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     best_index: torch.Tensor | None = None
+    policy_logps: torch.Tensor | None = None
+    reference_logps: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    policy_mismatched_logps: torch.Tensor | None = None
+    reference_mismatched_logps: torch.Tensor | None = None
 
     def to_fp32(self) -> PreferenceStats:
         """A copy with every floating tensor in float32 (losses are computed in fp32 under bf16/fp16)."""
@@ -83,9 +113,17 @@ class PreferenceStats:
     def batch_size(self) -> int:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and f.name not in _SAMPLE_FIELDS:
                 return int(value.shape[0])
-        raise ValueError("PreferenceStats holds no tensors")
+        raise ValueError("PreferenceStats holds no per-example tensors")
+
+    def examples(self, index: slice | torch.Tensor) -> PreferenceStats:
+        """The statistics of some examples (``index`` into the batch); batch-level samples stay whole."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value if value is None or f.name in _SAMPLE_FIELDS else value[index]
+        return PreferenceStats(**out)
 
 
 @dataclass
@@ -97,6 +135,9 @@ class LossOutput:
         chosen_rewards: (B,) detached implicit (or explicit) reward of the chosen response.
         rejected_rewards: (B,) detached reward of the rejected response.
         metrics: extra per-example (B,) detached tensors, logged as their batch mean.
+
+    An unpaired example has one response: its reward sits in ``chosen_rewards`` when it is desirable and
+    in ``rejected_rewards`` when it is not, with 0 in the other.
     """
 
     losses: torch.Tensor
@@ -105,8 +146,38 @@ class LossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-LossFn = Callable[[PreferenceStats, LossConfig], LossOutput]
+class LossState(ABC):
+    """Running values a loss keeps across optimizer steps (BCO's reward shift δ), kept in checkpoints.
+
+    The trainer makes one per run (the ``state`` class given to :func:`register_loss`) and hands it to the
+    loss with every batch. After each optimizer step it updates it with :meth:`totals` of the step's
+    training micro-batches, summed over micro-batches and processes, so every process holds the same
+    value. Held-out batches read it and never change it. A loss called without a state gets a fresh one.
+    """
+
+    @abstractmethod
+    def totals(self, stats: PreferenceStats, cfg: Any) -> torch.Tensor:
+        """(n,) detached sums over this batch that :meth:`update` reads (they add across batches)."""
+
+    @abstractmethod
+    def update(self, totals: torch.Tensor) -> None:
+        """Take in one optimizer step's summed :meth:`totals`."""
+
+    @abstractmethod
+    def to_json(self) -> dict[str, float]:
+        """The state as JSON numbers (for the checkpoint)."""
+
+    @abstractmethod
+    def load_json(self, data: dict[str, float]) -> None:
+        """Restore what :meth:`to_json` gave."""
+
+
+LossFn = Callable[..., LossOutput]  # (stats, cfg) -> output; (stats, cfg, state) for a loss with a state
 ConfigT = TypeVar("ConfigT", bound=LossConfig)
+StateT = TypeVar("StateT", bound=LossState)
+# Whether a loss reads reference log-probs given its config, for a loss where a parameter decides it
+# (``dpo`` with ``reference_free: true`` reads none).
+ReferenceRule = Callable[[LossConfig], bool]
 
 
 @dataclass(frozen=True)
@@ -117,9 +188,14 @@ class LossSpec:
         name: the name recipes use.
         fn: the pure loss function.
         config: its pydantic config class (``config()`` gives the defaults).
-        needs_reference: whether ``fn`` reads reference log-probs.
-        inputs: what the model must produce ("logps", "scores" or "kway").
+        needs_reference: whether ``fn`` reads reference log-probs with the default config; with a
+            given config ask :meth:`reads_reference`.
+        inputs: what the model must produce ("logps", "scores", "kway" or "unpaired").
         description: one line for ``alignkit losses`` and docs/losses.md.
+        reference_rule: decides the need from a config, for a loss whose parameters decide it; None
+            when ``needs_reference`` holds for every config.
+        needs_mismatched: (unpaired) ``fn`` reads the log-probs of mismatched prompt–completion pairs.
+        state: the :class:`LossState` class of a loss that keeps running values; None for a pure one.
     """
 
     name: str
@@ -128,9 +204,23 @@ class LossSpec:
     needs_reference: bool
     inputs: LossInputs
     description: str
+    reference_rule: ReferenceRule | None = None
+    needs_mismatched: bool = False
+    state: type[LossState] | None = None
 
-    def __call__(self, stats: PreferenceStats, cfg: LossConfig | None = None) -> LossOutput:
-        return self.fn(stats.to_fp32(), cfg if cfg is not None else self.config())
+    def reads_reference(self, cfg: LossConfig | None = None) -> bool:
+        """Whether ``fn`` called with ``cfg`` (the defaults when None) reads reference log-probs."""
+        if self.reference_rule is None:
+            return self.needs_reference
+        return self.reference_rule(cfg if cfg is not None else self.config())
+
+    def __call__(
+        self, stats: PreferenceStats, cfg: LossConfig | None = None, state: LossState | None = None
+    ) -> LossOutput:
+        cfg = cfg if cfg is not None else self.config()
+        if self.state is None:
+            return self.fn(stats.to_fp32(), cfg)
+        return self.fn(stats.to_fp32(), cfg, state if state is not None else self.state())
 
 
 LOSSES: Registry[LossSpec] = Registry("loss")
@@ -141,9 +231,26 @@ def register_loss(
     name: str,
     *,
     config: type[ConfigT],
-    needs_reference: bool = False,
+    needs_reference: bool | Callable[[ConfigT], bool] = False,
     inputs: LossInputs = "logps",
     description: str | None = None,
+    needs_mismatched: bool = False,
+    state: type[StateT],
+) -> Callable[
+    [Callable[[PreferenceStats, ConfigT, StateT], LossOutput]],
+    Callable[[PreferenceStats, ConfigT, StateT], LossOutput],
+]: ...
+
+
+@overload
+def register_loss(
+    name: str,
+    *,
+    config: type[ConfigT],
+    needs_reference: bool | Callable[[ConfigT], bool] = False,
+    inputs: LossInputs = "logps",
+    description: str | None = None,
+    needs_mismatched: bool = False,
 ) -> Callable[[Callable[[PreferenceStats, ConfigT], LossOutput]], Callable[[PreferenceStats, ConfigT], LossOutput]]: ...
 
 
@@ -161,10 +268,12 @@ def register_loss(
     name: str,
     *,
     config: type[ConfigT] | type[LossConfig] = LossConfig,
-    needs_reference: bool = False,
+    needs_reference: bool | Callable[[ConfigT], bool] = False,
     inputs: LossInputs = "logps",
     description: str | None = None,
-) -> Callable[[Callable[[PreferenceStats, ConfigT], LossOutput]], Callable[[PreferenceStats, ConfigT], LossOutput]]:
+    needs_mismatched: bool = False,
+    state: type[LossState] | None = None,
+) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
     """Register a loss function under ``name``.
 
     Example::
@@ -175,17 +284,26 @@ def register_loss(
         @register_loss("my_loss", config=MyConfig, needs_reference=True)
         def my_loss(stats: PreferenceStats, cfg: MyConfig) -> LossOutput: ...
 
-    The description defaults to the first line of the function's docstring.
+    The description defaults to the first line of the function's docstring. When a parameter decides
+    whether the reference is read, pass a function of the config instead of a bool, e.g.
+    ``needs_reference=lambda cfg: not cfg.reference_free``: recipe validation and the trainer then ask
+    it with the recipe's config.
+
+    An unpaired loss (``inputs="unpaired"``) may also read mismatched prompt–completion pairs
+    (``needs_mismatched=True``, KTO's reference point). A loss that keeps running values across steps
+    names its :class:`LossState` class (``state=``) and takes the state as a third argument.
     """
 
-    def decorate(
-        fn: Callable[[PreferenceStats, ConfigT], LossOutput],
-    ) -> Callable[[PreferenceStats, ConfigT], LossOutput]:
+    def decorate(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0:1]
         line = doc if isinstance(doc, str) else (doc[0] if doc else "")
-        # cast: the spec forgets which config class `fn` takes; recipes and build_objective validate a loss's
-        # settings into the `config` registered beside it, so that is what `fn` is called with.
-        LOSSES.add(name, LossSpec(name, cast(LossFn, fn), config, needs_reference, inputs, line.strip()))
+        # cast: the spec forgets which config class `fn` (and the reference rule) takes; recipes and
+        # build_objective validate a loss's settings into the `config` registered beside it, so that is
+        # what both are called with.
+        rule = cast(ReferenceRule, needs_reference) if callable(needs_reference) else None
+        default_needs = rule(config()) if rule is not None else bool(needs_reference)
+        LOSSES.add(name, LossSpec(name, fn, config, default_needs, inputs, line.strip(), rule,
+                                  needs_mismatched=needs_mismatched, state=state))
         return fn
 
     return decorate

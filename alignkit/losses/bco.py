@@ -1,14 +1,19 @@
-"""BCO (pairwise): binary classification of each implicit reward against a fixed threshold δ."""
+"""BCO: binary classification of each implicit reward against a threshold δ.
+
+    bco_pair  on preference pairs, with a fixed δ
+    bco       on unpaired examples (thumbs up or down), with δ the running mean of the rewards
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
-from alignkit.losses.functional import logratios
+from alignkit.losses.base import LossConfig, LossOutput, LossState, PreferenceStats, register_loss
+from alignkit.losses.functional import logratios, rewards_by_label, unpaired_logratios
 
-__all__ = ["BCOPairConfig", "bco_pair"]
+__all__ = ["BCOConfig", "BCOPairConfig", "RewardShift", "bco", "bco_pair"]
 
 
 class BCOPairConfig(LossConfig):
@@ -50,3 +55,75 @@ def bco_pair(stats: PreferenceStats, cfg: BCOPairConfig) -> LossOutput:
     r_w, r_l = cfg.beta * chosen, cfg.beta * rejected
     losses = -F.logsigmoid(r_w - cfg.delta) - F.logsigmoid(-(r_l - cfg.delta))
     return LossOutput(losses, r_w.detach(), r_l.detach())
+
+
+class BCOConfig(LossConfig):
+    """Parameters of :func:`bco`."""
+
+    beta: float = Field(0.1, gt=0, description="β, inverse temperature of the implicit reward")
+
+
+class RewardShift(LossState):
+    """BCO's δ: the mean of every reward of the training batches of earlier optimizer steps (0 at first).
+
+    A cumulative mean over all rewards seen, as TRL's ``RunningMoments`` keeps it; it moves after each
+    optimizer step, so every micro-batch and process of one step uses the same δ.
+    """
+
+    def __init__(self) -> None:
+        self.delta = 0.0
+        self.count = 0.0
+
+    def totals(self, stats: PreferenceStats, cfg: BCOConfig) -> torch.Tensor:
+        rewards = cfg.beta * unpaired_logratios(stats, "bco")[0].detach()  # (B,)
+        return torch.stack([rewards.sum(), torch.tensor(float(rewards.numel()), device=rewards.device)])
+
+    def update(self, totals: torch.Tensor) -> None:
+        total, count = (float(v) for v in totals.tolist())
+        if count > 0:
+            self.count += count
+            self.delta += (total - count * self.delta) / self.count
+
+    def to_json(self) -> dict[str, float]:
+        return {"delta": self.delta, "count": self.count}
+
+    def load_json(self, data: dict[str, float]) -> None:
+        self.delta, self.count = float(data["delta"]), float(data["count"])
+
+
+@register_loss(
+    "bco", config=BCOConfig, needs_reference=True, inputs="unpaired", state=RewardShift,
+    description="BCO (unpaired): −log σ(r − δ) if desirable, −log σ(δ − r) if not; δ the running mean reward",
+)
+def bco(stats: PreferenceStats, cfg: BCOConfig, state: RewardShift) -> LossOutput:
+    """Binary Classifier Optimization on unpaired examples, with the paper's reward shift δ.
+
+    Formula::
+
+        r(x, y) = β·(log π(y|x) − log π_ref(y|x))
+        δ = mean of r over every training example of earlier steps   (0 before the first step)
+        desirable:   loss = −log σ(r − δ)
+        undesirable: loss = −log σ(−(r − δ))
+        rewards: r;  metric delta: δ
+
+    Each response is classified as desirable or not by its implicit reward; δ keeps the classifier's
+    threshold at the rewards' running mean (a detached value, updated after each optimizer step and
+    kept in checkpoints). The paper's optional density-ratio reweighting (UDM) is not included.
+
+    Reference: Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
+    arXiv:2404.04656.
+
+    Args:
+        stats: unpaired policy and reference log-probs and labels, each (B,).
+        cfg: β.
+        state: the running reward mean δ.
+
+    Returns:
+        (B,) losses, detached (B,) rewards by label and δ as metric ``delta``.
+    """
+    logratios, labels = unpaired_logratios(stats, "bco")
+    rewards = cfg.beta * logratios
+    shifted = rewards - state.delta
+    losses = -F.logsigmoid(torch.where(labels, shifted, -shifted))
+    chosen, rejected = rewards_by_label(rewards, labels)
+    return LossOutput(losses, chosen, rejected, {"delta": torch.full_like(losses, state.delta).detach()})

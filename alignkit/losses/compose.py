@@ -20,9 +20,17 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from alignkit.losses.base import LOSSES, LossConfig, LossOutput, LossSpec, PreferenceStats, get_loss
+from alignkit.losses.base import (
+    LOSSES,
+    LossConfig,
+    LossOutput,
+    LossSpec,
+    LossState,
+    PreferenceStats,
+    get_loss,
+)
 
-__all__ = ["Location", "LossTerm", "Objective", "ObjectiveError", "build_objective"]
+__all__ = ["Location", "LossTerm", "Objective", "ObjectiveError", "ObjectiveState", "build_objective"]
 
 # Where a value sits in a recipe: keys and list indices from the top, e.g. ("loss", 1, "beta").
 Location = tuple[str | int, ...]
@@ -94,6 +102,11 @@ class LossTerm:
         """The registry entry of this term's loss."""
         return get_loss(self.name)
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether this term, with its config, reads reference log-probs."""
+        return self.spec.reads_reference(self.config)
+
     def to_dict(self) -> dict[str, Any]:
         """The term as a recipe entry, with every parameter spelled out (defaults included)."""
         assert self.config is not None
@@ -120,17 +133,32 @@ class Objective:
             raise ObjectiveError(f"terms read different model outputs ({detail}); they cannot be summed")
         # Metric prefixes: the loss name, made unique by position when a name repeats.
         names = [t.name for t in self.terms]
-        self._prefixes = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+        self.prefixes = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
 
     @property
     def needs_reference(self) -> bool:
         """Whether any term reads reference log-probs (the trainer then runs the reference model)."""
-        return any(t.spec.needs_reference for t in self.terms)
+        return any(t.needs_reference for t in self.terms)
 
     @property
     def inputs(self) -> str:
-        """What the model must produce: "logps", "scores" or "kway" (the same for every term)."""
+        """What the model must produce: "logps", "scores", "kway" or "unpaired" (the same for every term)."""
         return self.terms[0].spec.inputs
+
+    @property
+    def needs_mismatched(self) -> bool:
+        """Whether any term reads the log-probs of mismatched prompt–completion pairs (unpaired data)."""
+        return any(t.spec.needs_mismatched for t in self.terms)
+
+    def new_state(self) -> ObjectiveState | None:
+        """Fresh running values of the terms that keep some (see :class:`LossState`); None when none does."""
+        state = ObjectiveState(self)
+        return state if state.terms else None
+
+    def label_balance_warnings(self, n_desirable: int, n_undesirable: int) -> list[str]:
+        """Every term's warnings about its settings for unpaired data with these label counts."""
+        return [w for t in self.terms if t.config is not None
+                for w in t.config.label_balance_warnings(n_desirable, n_undesirable)]
 
     @property
     def name(self) -> str:
@@ -154,30 +182,75 @@ class Objective:
         entries = [t.to_dict() for t in self.terms]
         return entries[0] if len(entries) == 1 else entries
 
-    def __call__(self, stats: PreferenceStats) -> LossOutput:
+    def __call__(self, stats: PreferenceStats, state: ObjectiveState | None = None) -> LossOutput:
         """Per-example weighted sum of the terms' losses.
 
         Args:
             stats: the batch statistics (any dtype; each loss computes in fp32).
+            state: the running values of stateful terms (:meth:`new_state`); fresh ones when None.
 
         Returns:
             (B,) weighted losses; rewards of the first term; metrics of a single term as they are,
             of several terms prefixed ``<name>/`` and joined by each term's (B,) ``<name>/loss``.
         """
-        outputs = [t.spec(stats, t.config) for t in self.terms]
+        outputs = [t.spec(stats, t.config, state.of(i) if state is not None else None)
+                   for i, t in enumerate(self.terms)]
         losses = sum(t.weight * o.losses for t, o in zip(self.terms, outputs, strict=True))
         assert isinstance(losses, torch.Tensor)
         first = outputs[0]
         if len(outputs) == 1:
             return LossOutput(losses, first.chosen_rewards, first.rejected_rewards, dict(first.metrics))
         metrics: dict[str, torch.Tensor] = {}
-        for prefix, out in zip(self._prefixes, outputs, strict=True):
+        for prefix, out in zip(self.prefixes, outputs, strict=True):
             metrics[f"{prefix}/loss"] = out.losses.detach()
             metrics.update({f"{prefix}/{k}": v for k, v in out.metrics.items()})
         return LossOutput(losses, first.chosen_rewards, first.rejected_rewards, metrics)
 
     def __repr__(self) -> str:
         return f"Objective({self.name})"
+
+
+class ObjectiveState:
+    """The running values of an objective's stateful terms (:class:`LossState`), one per such term.
+
+    The trainer holds one for a run: it passes it with every batch, sums :meth:`totals` over a step's
+    training micro-batches (and processes), then calls :meth:`update`; a checkpoint keeps :meth:`to_json`.
+    """
+
+    def __init__(self, objective: Objective) -> None:
+        self._objective = objective
+        self.terms: dict[int, LossState] = {
+            i: t.spec.state() for i, t in enumerate(objective.terms) if t.spec.state is not None
+        }
+        self._sizes: list[int] = []
+
+    def of(self, index: int) -> LossState | None:
+        """The state of term ``index`` (None for a term without one)."""
+        return self.terms.get(index)
+
+    def totals(self, stats: PreferenceStats) -> torch.Tensor:
+        """(n,) detached sums of one training batch for every stateful term, concatenated."""
+        stats = stats.to_fp32()
+        parts = [state.totals(stats, self._objective.terms[i].config).detach().reshape(-1)
+                 for i, state in self.terms.items()]
+        self._sizes = [p.numel() for p in parts]
+        return torch.cat(parts)
+
+    def update(self, totals: torch.Tensor) -> None:
+        """Give each term its part of one optimizer step's summed :meth:`totals`."""
+        for state, part in zip(self.terms.values(), totals.detach().cpu().split(self._sizes), strict=True):
+            state.update(part)
+
+    def to_json(self) -> dict[str, dict[str, float]]:
+        """Every term's state by its metric prefix (the loss name, or name + position when repeated)."""
+        return {self._objective.prefixes[i]: state.to_json() for i, state in self.terms.items()}
+
+    def load_json(self, data: dict[str, dict[str, float]]) -> None:
+        """Restore :meth:`to_json`; a term missing from ``data`` keeps its fresh state."""
+        for i, state in self.terms.items():
+            saved = data.get(self._objective.prefixes[i])
+            if saved is not None:
+                state.load_json(saved)
 
 
 def _build_term(entry: Any, loc: Location) -> tuple[LossTerm | None, list[tuple[Location, str]]]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from alignkit.losses.base import LossSpec, list_losses
 from alignkit.schema_docs import ParameterDoc, field_docs, markdown_cell
 
-__all__ = ["ParameterDoc", "builtin_losses", "loss_parameters", "render_losses_markdown"]
+__all__ = ["ParameterDoc", "builtin_losses", "loss_parameters", "reference_cell", "render_losses_markdown"]
 
 REGENERATE = "python scripts/gen_docs.py"
 _BUILTIN_PREFIX = "alignkit.losses."
@@ -52,13 +52,25 @@ def _docstring_body(spec: LossSpec) -> str:
     return "\n".join(body).strip()
 
 
+def reference_cell(spec: LossSpec) -> str:
+    """"yes" / "no", marked with "*" where the loss's parameters decide (the value is the defaults')."""
+    return ("yes" if spec.needs_reference else "no") + ("*" if spec.reference_rule is not None else "")
+
+
+def _reference_line(spec: LossSpec) -> str:
+    answer = "yes" if spec.needs_reference else "no"
+    if spec.reference_rule is None:
+        return answer
+    return f"{answer} with the default parameters; its parameters decide (see below)"
+
+
 def _render_one(spec: LossSpec) -> list[str]:
     out = [
         f"## {spec.name}",
         "",
         spec.description,
         "",
-        f"- needs reference model: {'yes' if spec.needs_reference else 'no'}",
+        f"- needs reference model: {_reference_line(spec)}",
         f"- model inputs: `{spec.inputs}`",
         f"- config class: `{spec.config.__module__}.{spec.config.__qualname__}`",
         "",
@@ -105,10 +117,12 @@ def render_losses_markdown(specs: Iterable[LossSpec] | None = None) -> str:
         "|---|---|---|---|",
     ]
     out += [
-        f"| [`{s.name}`](#{s.name}) | {'yes' if s.needs_reference else 'no'} | "
+        f"| [`{s.name}`](#{s.name}) | {reference_cell(s)} | "
         f"`{s.inputs}` | {markdown_cell(s.description)} |"
         for s in specs
     ]
+    if any(s.reference_rule is not None for s in specs):
+        out += ["", "\\* with the default parameters; the loss's parameters decide (see its section)."]
     out.append("")
     for s in specs:
         out += _render_one(s)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
-from alignkit.losses.functional import logratios
+from alignkit.losses.functional import logratios, require
 
 __all__ = ["DPOConfig", "DPOPConfig", "dpo", "dpop"]
 
@@ -27,10 +27,15 @@ class DPOConfig(LossConfig):
         False,
         description="use the unbiased robust-DPO estimator instead of conservative DPO when ε > 0",
     )
+    reference_free: bool = Field(
+        False,
+        description="take the reference log-ratio as 0: h = log π(yw) − log π(yl), and no reference model is "
+        "loaded for training",
+    )
 
 
 @register_loss(
-    "dpo", config=DPOConfig, needs_reference=True,
+    "dpo", config=DPOConfig, needs_reference=lambda cfg: not cfg.reference_free,
     description="Direct Preference Optimization: −log σ(β·h); cDPO / robust DPO via label_smoothing",
 )
 def dpo(stats: PreferenceStats, cfg: DPOConfig) -> LossOutput:
@@ -44,21 +49,34 @@ def dpo(stats: PreferenceStats, cfg: DPOConfig) -> LossOutput:
         robust: loss = [−(1−ε)·log σ(β·h) + ε·log σ(−β·h)] / (1 − 2ε)     (robust = true)
         rewards: β·(log π(y) − log π_ref(y)) for y = yw, yl
 
+        reference_free = true:  log π_ref(y) is taken as 0, so
+        h = log π(yw) − log π(yl),   rewards: β·log π(y)
+
     Log-probs are summed over response tokens. cDPO is a cross-entropy against the soft label 1 − ε,
     so it is minimised at β·h = log((1 − ε)/ε); robust DPO keeps decreasing in h.
+
+    ``reference_free: true`` is the switch of the reference DPO implementation (eric-mitchell/
+    direct-preference-optimization, ``preference_loss(..., reference_free=True)``): it compares the
+    responses' likelihoods under the policy alone (an implicit uniform reference). The loss then needs
+    no reference model, so none is loaded for training and ``reference.mode: none`` is allowed; any
+    other ``reference.mode`` is not used for training (the run says so). Label smoothing and ``robust``
+    apply as above. Held-out KL is still measured against the reference model.
 
     References: Rafailov et al. 2023, "Direct Preference Optimization", arXiv:2305.18290;
     cDPO: Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO";
     robust DPO: Chowdhury et al. 2024, "Provably Robust DPO", arXiv:2403.00409.
 
     Args:
-        stats: policy and reference log-probs, each (B,).
-        cfg: β, ε and the smoothing variant.
+        stats: policy log-probs, and reference log-probs unless ``reference_free``, each (B,).
+        cfg: β, ε, the smoothing variant and the reference switch.
 
     Returns:
         (B,) losses and detached (B,) implicit rewards.
     """
-    chosen, rejected = logratios(stats, "dpo")
+    if cfg.reference_free:  # log π_ref = 0: any reference log-probs in stats are ignored
+        chosen, rejected = require(stats, "dpo", "policy_chosen_logps", "policy_rejected_logps")
+    else:
+        chosen, rejected = logratios(stats, "dpo")
     z = cfg.beta * (chosen - rejected)  # (B,)
     eps = cfg.label_smoothing
     if cfg.robust:

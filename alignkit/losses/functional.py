@@ -14,7 +14,9 @@ __all__ = [
     "average_logps",
     "log1mexp",
     "logratios",
+    "rewards_by_label",
     "require",
+    "unpaired_logratios",
 ]
 
 # log(1 - exp(x)) is -inf at x = 0 (a sequence of probability one). Capping x just below 0 caps the
@@ -89,3 +91,21 @@ def logratios(
         lc, lr = require(stats, loss, "chosen_lengths", "rejected_lengths")
         chosen, rejected = average_logps(chosen, lc), average_logps(rejected, lr)
     return chosen, rejected
+
+
+def unpaired_logratios(stats: PreferenceStats, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy-minus-reference log-ratio of each unpaired example's response, and its label.
+
+    Returns:
+        (logratios, labels), each (B,): log π(y|x) − log π_ref(y|x), and True where y is desirable.
+    """
+    policy, reference, labels = require(stats, loss, "policy_logps", "reference_logps", "labels")
+    return policy - reference, labels.bool()
+
+
+def rewards_by_label(rewards: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached (B,) rewards as :class:`~alignkit.losses.base.LossOutput` holds them for unpaired examples:
+    the desirable ones' in the first tensor, the undesirable ones' in the second, 0 elsewhere."""
+    rewards = rewards.detach()
+    zero = torch.zeros_like(rewards)
+    return torch.where(labels, rewards, zero), torch.where(labels, zero, rewards)

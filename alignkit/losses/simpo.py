@@ -1,6 +1,8 @@
-"""SimPO: a reference-free sigmoid loss on length-normalised log-probs with a target margin."""
+"""SimPO: a reference-free loss on length-normalised log-probs with a target margin (sigmoid or hinge)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -21,11 +23,23 @@ class SimPOConfig(LossConfig):
     gamma: float | None = Field(
         None, ge=0, description="γ, the target reward margin; overrides the default gamma_beta_ratio",
     )
+    loss_type: Literal["sigmoid", "hinge"] = Field(
+        "sigmoid",
+        description="sigmoid: −log σ(z), the paper's loss; hinge: max(0, 1 − z); z = β·(a(yw) − a(yl)) − γ",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="ε (sigmoid only), assumed probability that a preference label is flipped (0 = plain SimPO)",
+    )
 
     @model_validator(mode="after")
-    def _one_margin(self) -> SimPOConfig:
+    def _check(self) -> SimPOConfig:
         if self.gamma is not None and "gamma_beta_ratio" in self.model_fields_set:
             raise ValueError("give either gamma or gamma_beta_ratio, not both")
+        if self.loss_type == "hinge" and self.label_smoothing > 0:
+            # The SimPO repository ignores it under hinge; a setting that silently does nothing is an error here.
+            raise ValueError(f"label_smoothing ({self.label_smoothing}) applies to loss_type 'sigmoid' only; "
+                             "the hinge loss has no labels to smooth: remove label_smoothing or use sigmoid")
         return self
 
     @property
@@ -36,7 +50,7 @@ class SimPOConfig(LossConfig):
 
 @register_loss(
     "simpo", config=SimPOConfig, needs_reference=False,
-    description="SimPO: −log σ(β·(avg log π(yw) − avg log π(yl)) − γ); reference-free",
+    description="SimPO: −log σ(β·(avg log π(yw) − avg log π(yl)) − γ); reference-free; hinge and smoothed variants",
 )
 def simpo(stats: PreferenceStats, cfg: SimPOConfig) -> LossOutput:
     """Simple Preference Optimization: length-normalised rewards, a target margin, no reference.
@@ -44,15 +58,23 @@ def simpo(stats: PreferenceStats, cfg: SimPOConfig) -> LossOutput:
     Formula::
 
         a(y) = log π(y) / |y|            (per-token mean log-prob)
-        loss = −log σ(β·(a(yw) − a(yl)) − γ),   γ = gamma or β·gamma_beta_ratio
+        z = β·(a(yw) − a(yl)) − γ,       γ = gamma or β·gamma_beta_ratio
+        sigmoid:  loss = −(1−ε)·log σ(z) − ε·log σ(−z)      (ε = label_smoothing; 0 = the paper's loss)
+        hinge:    loss = max(0, 1 − z)
         rewards: β·a(y)
+
+    The variants are those of the SimPO repository's trainer (princeton-nlp/SimPO,
+    scripts/simpo_trainer.py, ``loss_type: sigmoid | hinge`` and ``label_smoothing``), which writes
+    z as β·((a(yw) − a(yl)) − γ/β). Sigmoid with ε > 0 is a cross-entropy against the soft label
+    1 − ε, minimised at z = log((1 − ε)/ε) (as cDPO); the hinge loss is zero once z >= 1. Label
+    smoothing with the hinge loss is an error (the repository ignores it).
 
     Reference: Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
     Reward", arXiv:2405.14734.
 
     Args:
         stats: policy log-probs and response lengths, each (B,).
-        cfg: β and the margin.
+        cfg: β, the margin, the loss type and ε.
 
     Returns:
         (B,) losses and detached (B,) rewards β·a(y).
@@ -62,5 +84,10 @@ def simpo(stats: PreferenceStats, cfg: SimPOConfig) -> LossOutput:
     )
     chosen = cfg.beta * average_logps(pc, lc)
     rejected = cfg.beta * average_logps(pr, lr)
-    losses = -F.logsigmoid(chosen - rejected - cfg.effective_gamma)
+    z = chosen - rejected - cfg.effective_gamma  # (B,)
+    if cfg.loss_type == "hinge":
+        losses = F.relu(1 - z)
+    else:
+        eps = cfg.label_smoothing
+        losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
     return LossOutput(losses, chosen.detach(), rejected.detach())

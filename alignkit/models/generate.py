@@ -17,8 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.reference import eval_mode
 from alignkit.models.sampling import Sampling
+from alignkit.timing import count_flops, timed
 
 __all__ = [
     "Completion",
@@ -122,6 +124,7 @@ def _split_completion(row: list[int], eos_ids: list[int]) -> tuple[list[int], bo
     return row, False
 
 
+@timed("generation")
 @torch.inference_mode()
 def generate_completions(
     model: nn.Module,
@@ -211,4 +214,8 @@ def generate_completions(
                 out.append(Completion(i, text, list(prompt_ids[i]), ids, finished))
             if progress is not None:
                 progress(len(out), len(rows))
+    # Each prompt token and each sampled token passes the model once (the KV cache holds the rest).
+    tokens = sum(len(c.prompt_ids) + c.num_tokens for c in out)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    count_flops(forward_flops(matmul_parameters(model), tokens), dtype)
     return out

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from alignkit.registry import Registry
+from alignkit.timing import phase
 
 __all__ = [
     "REWARDS",
@@ -91,7 +92,8 @@ def checked_reward(name: str, fn: RewardFn) -> RewardFn:
     """
 
     def checked(texts: list[str]) -> list[float]:
-        return _as_floats(name, fn(texts), len(texts))
+        with phase("scoring"):  # the run's time table (alignkit.timing)
+            return _as_floats(name, fn(texts), len(texts))
 
     checked.__name__ = getattr(fn, "__name__", name)
     checked.__doc__ = fn.__doc__

@@ -96,9 +96,9 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.online.warp is not None and isinstance(recipe.adapter, LoRAConfig):
         problems.append((("adapter", "kind"), "WARP merges trainable tensors one by one, which is not the merge "
                          "of LoRA's product B A; use adapter.kind bottleneck or none with online.warp"))
-    if recipe.eval is not None and recipe.eval.baseline == "chosen":
-        problems.append((("eval", "baseline"), "'chosen' judges the policy against the dataset's chosen responses, "
-                         "but online prompts have none; use baseline: reference"))
+    if recipe.eval is not None and "chosen" in recipe.eval.baselines:
+        problems.append((("eval", "baselines"), "'chosen' judges the policy against the dataset's chosen responses, "
+                         "but online prompts have none; use base or reference"))
     ppo = recipe.online.ppo
     rollout = recipe.train.prompts_per_step * recipe.online.samples_per_prompt
     if ppo is not None and ppo.minibatch_size is not None and (ppo.minibatch_size > rollout

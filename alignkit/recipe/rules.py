@@ -22,7 +22,8 @@ from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
 from alignkit.train.metrics import stage_metric_names
 
-__all__ = ["ADAPTERS_OFF_AFTER_SFT", "cross_section_problems", "environment_problems", "eval_rewards", "model_problems", "reward_problems"]
+__all__ = ["ADAPTERS_OFF_AFTER_SFT", "cross_section_problems", "environment_problems", "eval_rewards", "model_problems",
+           "reward_problems", "unused_reference_note"]
 
 # reference.mode adapters_off with an SFT stage: the base model would stand in for the SFT model.
 ADAPTERS_OFF_AFTER_SFT = (
@@ -146,13 +147,40 @@ def _data_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
     return problems
 
 
+def _unpaired_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
+    """Unpaired examples go to unpaired losses only; pairs reach them split (``data.unpaired``)."""
+    problems: list[Problem] = []
+    reads_unpaired = objective.inputs == "unpaired"
+    unpaired_losses = ", ".join(s.name for s in list_losses() if s.inputs == "unpaired") or "(none registered)"
+    for field in ("source", "test_source"):
+        source = getattr(recipe.data, field)
+        if source is None or source.kind not in SOURCES:
+            continue
+        if SOURCES.get(source.kind).inputs == "unpaired" and not reads_unpaired:
+            problems.append((("data", field, "kind"), f"{source.kind!r} gives unpaired examples (one labelled "
+                             f"response each), which only an unpaired loss reads ({unpaired_losses}); loss "
+                             f"{objective.name} reads {objective.inputs}"))
+    split = recipe.data.unpaired
+    if split is True and not reads_unpaired:
+        problems.append((("data", "unpaired"), f"true splits pairs into unpaired examples, which only an unpaired "
+                         f"loss reads ({unpaired_losses}); loss {objective.name} reads {objective.inputs}"))
+    if split is False and reads_unpaired and SOURCES.get(recipe.data.source.kind).inputs == "pairs":
+        problems.append((("data", "unpaired"), f"false, but loss {objective.name} reads unpaired examples and "
+                         f"data.source ({recipe.data.source.kind}) gives pairs; set it to true (or leave it unset) "
+                         "to split each pair into a desirable and an undesirable example"))
+    if reads_unpaired and recipe.sft.enabled:
+        problems.append((("sft", "enabled"), f"an SFT stage before the unpaired loss {objective.name} is not "
+                         "supported; set sft.enabled to false"))
+    return problems
+
+
 def cross_section_problems(recipe: Recipe) -> list[Problem]:
     """Rules between sections of a validated recipe, each at the location to change."""
     objective = recipe.objective()
-    problems = _data_problems(recipe, objective)
+    problems = _data_problems(recipe, objective) + _unpaired_problems(recipe, objective)
     mode = recipe.reference.mode
     if mode == "none" and objective.needs_reference:
-        needing = ", ".join(t.name for t in objective.terms if t.spec.needs_reference)
+        needing = ", ".join(t.name for t in objective.terms if t.needs_reference)
         problems.append((("reference", "mode"), f"'none', but loss {needing} needs a reference (its log-probs); use "
                          "copy, cached or (with an adapter) adapters_off"))
     if mode == "adapters_off" and recipe.adapter.kind == "none":
@@ -171,6 +199,20 @@ def cross_section_problems(recipe: Recipe) -> list[Problem]:
     problems += model_problems(recipe.model, reward_model=objective.inputs != "logps",
                                max_length=recipe.data.max_length)
     return problems
+
+
+def unused_reference_note(recipe: Recipe) -> str | None:
+    """A note when the recipe sets ``reference.mode`` but its objective reads no reference log-probs.
+
+    Not an error: one recipe often serves several objectives (``alignkit compare --losses dpo,simpo``), and
+    the mode is simply not used for training then.
+    """
+    objective, mode = recipe.objective(), recipe.reference.mode
+    if objective.needs_reference or mode == "none" or "mode" not in recipe.reference.model_fields_set:
+        return None
+    return (f"reference.mode '{mode}' is not used for training: loss {objective.describe()} reads no reference "
+            "log-probs, so no reference model is loaded for it (held-out KL, when evaluated, is still measured "
+            "against the reference model)")
 
 
 def eval_rewards(cfg: EvalConfig | None) -> dict[Location, str | None]:

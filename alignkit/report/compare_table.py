@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alignkit.report.format import format_interval, to_json
+from alignkit.report.judge import latest_win_rate_section
 
 __all__ = [
     "COLUMNS",
@@ -59,11 +60,12 @@ def _interval(entry: Any) -> dict[str, float] | None:
 
 
 def find_win_rate(report: dict[str, Any]) -> dict[str, float] | None:
-    """The win rate against the reference in a run report (``win_rate`` or ``judge.win_rate``), or None."""
+    """The win rate in a run report (``win_rate``, else the latest judged evaluation's against the reference,
+    else its first baseline's), or None."""
     found = _interval(report.get("win_rate"))
-    judge = report.get("judge")
-    if found is None and isinstance(judge, dict):
-        found = _interval(judge.get("win_rate")) or _interval(judge)
+    section = latest_win_rate_section(report)
+    if found is None and section is not None:
+        found = _interval(section.get("win_rate")) or _interval(section)
     return found
 
 
@@ -119,8 +121,8 @@ def comparison_row(
         row["reference_reward"] = _interval(rk["before"]["reward"])
         row["reference_kl"] = _interval(rk["before"].get("kl"))
     row["win_rate"] = find_win_rate(report)
-    judge = report.get("judge")
-    row["win_rate_baseline"] = judge.get("baseline") if isinstance(judge, dict) else None
+    section = latest_win_rate_section(report)
+    row["win_rate_baseline"] = section.get("baseline") if section is not None else None
     row["wall_seconds"] = report.get("wall_seconds")
     if report.get("peak_cuda_mib") is not None:
         row["peak_memory_mib"], row["memory_kind"] = report["peak_cuda_mib"], "cuda"

@@ -5,7 +5,7 @@ matplotlib runs with the Agg backend (no display needed); each function writes o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +40,34 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def plot_win_rate(judge: dict[str, Any], path: str | Path) -> Path:
-    """Horizontal bars of the win rate and the length-controlled win rate with their 95% intervals.
+def plot_win_rate(evaluations: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Horizontal bars of each baseline's win rate and length-controlled win rate with their 95% intervals.
 
     Args:
-        judge: the ``judge`` section of report.json (:func:`alignkit.eval.heldout.judge_run`).
+        evaluations: report.json's judged evaluations (:func:`alignkit.report.judge.judged_evaluations`).
         path: PNG file to write.
     """
     plt = pyplot()
-    rows = [("win rate", judge["win_rate"])]
-    if judge.get("length_controlled_win_rate"):
-        rows.append(("length-controlled", judge["length_controlled_win_rate"]))
-    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.6 * len(rows)))
+    rows = []
+    for evaluation in evaluations:
+        name = (evaluation.get("judge") or {}).get("name", "judge")
+        for section in evaluation.get("baselines") or []:
+            who = f"vs {section.get('baseline')} (#{evaluation.get('evaluation', 1)} {name}, n={section.get('n')})"
+            if section.get("win_rate"):
+                rows.append((who, section["win_rate"]))
+            if section.get("length_controlled_win_rate"):
+                rows.append(("  length-controlled", section["length_controlled_win_rate"]))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(rows), 1)))
     for y, (_label, ci) in enumerate(rows):
         est = ci["estimate"]
         ax.barh(y, est, color="tab:blue", alpha=0.6, height=0.5)
         ax.errorbar(est, y, xerr=interval_error(ci), fmt="o", color="black", capsize=4)
         ax.text(min((bound(ci, "high") or est) + 0.02, 0.86), y, format_interval(ci, 2), va="center", fontsize=8)
     ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()  # the first evaluation on top
     ax.set_xlim(0, 1)
-    name = judge.get("judge", {}).get("name", "judge")
-    ax.set_xlabel(f"policy vs {judge.get('baseline', 'baseline')} ({name} judge, n={judge.get('n')}, 95% CI)")
+    ax.set_xlabel("policy win rate (95% CI)")
     fig.tight_layout()
     return save_figure(fig, path)
 

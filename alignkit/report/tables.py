@@ -10,8 +10,9 @@ from rich.table import Table
 
 from alignkit.cache import write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
-from alignkit.report.judge import judge_markdown, judge_report_rows
+from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
+from alignkit.report.timing import TIME_HEADER, time_markdown, time_rows
 
 __all__ = ["render_report", "report_rows", "write_report"]
 
@@ -51,6 +52,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         table.add_row(*row)
     console.print(table)
     facts = [f"- wall time: {report.get('wall_seconds', 0):.1f} s",
+             *([f"- precision: {report['precision']['used']} ({report['precision']['reason']})"]
+               if report.get("precision") else []),
              f"- peak memory (RSS): {report.get('peak_rss_mib', 0):.0f} MiB",
 ]
     if report.get("train_pairs") is not None:
@@ -63,21 +66,32 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         facts.append(f"- {name}: {stage['steps']} steps in {stage['wall_seconds']:.1f} s"
                      + (f" ({sps:.3f} steps/s)" if sps else ""))
     console.print("\n".join(facts))
+    if report.get("time_breakdown"):
+        console.print(_time_table(report["time_breakdown"]))
     md = [f"# {report.get('recipe', 'run')}", "", f"Objective: `{report.get('objective', '')}`", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", *facts, ""]
+    md += ["", *facts, "", time_markdown(report.get("time_breakdown"))]
     text = "\n".join(md)
     if markdown_path is not None:
         markdown_path.write_text(text)
     return text
 
 
+def _time_table(section: dict[str, Any]) -> Table:
+    table = Table(title="where the time went")
+    for name in TIME_HEADER:
+        table.add_column(name, justify="left" if name == "phase" else "right")
+    for row in time_rows(section):
+        table.add_row(*row)
+    return table
+
+
 def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> None:
     """Write plots (win rate, reward vs KL), report.json and report.md into ``run_dir``; print the table."""
     plots = []
-    if report.get("judge"):
-        plots.append(plot_win_rate(report["judge"], run_dir / "plots" / "win_rate.png"))
+    if judged_evaluations(report):
+        plots.append(plot_win_rate(judged_evaluations(report), run_dir / "plots" / "win_rate.png"))
     if report.get("reward_kl"):
         plots.append(plot_reward_kl(report["reward_kl"], run_dir / "plots" / "reward_kl.png"))
     report["plots"] = [str(p.relative_to(run_dir)) for p in plots]

@@ -66,8 +66,10 @@ class TrainConfig(OptimizerConfig):
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; bf16: autocast on any "
-        "device (on CPU it pays only with AVX512-BF16 or AMX); fp32: no autocast."
+        "auto", description="auto: bf16 autocast where the hardware computes bf16 natively (a GPU with bf16 "
+        "units, a CPU with AMX-BF16 or AVX512-BF16), else fp32; bf16: autocast on any device (slower than fp32 on "
+        "a CPU without those); fp32: no autocast. Weights, optimizer states, losses and log-prob sums stay fp32; "
+        "the run prints and reports the choice and why."
     )
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     log_every: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")

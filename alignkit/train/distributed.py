@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 
 __all__ = [
     "DistEnv",
+    "all_gather_cat",
     "all_reduce_flags",
     "all_reduce_gradients",
     "all_reduce_sum",
@@ -60,6 +61,17 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def all_gather_cat(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """(world_size·n,) every process's (n,) ``values``, concatenated in rank order (detached); ``values`` in
+    one process. Every process must call it with the same n."""
+    if not env.enabled:
+        return values
+    local = values.detach().to(_collective_device())
+    parts = [torch.empty_like(local) for _ in range(env.world_size)]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(values.device)
 
 
 def _collective_device() -> torch.device:

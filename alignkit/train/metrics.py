@@ -37,8 +37,12 @@ def batch_metrics(out: LossOutput, stats: PreferenceStats) -> dict[str, torch.Te
 
     ``rewards/chosen`` always; the rest of ``rewards/*`` for paired batches (a rejected response or K
     candidates: an SFT batch has nothing to compare with); ``logps/*`` for the log-probs the batch has;
-    then the loss's own metrics.
+    then the loss's own metrics. An unpaired batch has no pairs to compare: ``rewards/chosen`` and
+    ``logps/chosen`` hold its desirable examples' values, ``*/rejected`` its undesirable ones' (so fewer
+    than B values each).
     """
+    if stats.labels is not None:
+        return _unpaired_metrics(out, stats, stats.labels.bool())
     metrics = {"rewards/chosen": out.chosen_rewards}
     if any(x is not None for x in (stats.policy_rejected_logps, stats.rejected_scores, stats.scores)):
         metrics["rewards/rejected"] = out.rejected_rewards
@@ -48,6 +52,15 @@ def batch_metrics(out: LossOutput, stats: PreferenceStats) -> dict[str, torch.Te
         metrics["logps/chosen"] = stats.policy_chosen_logps
     if stats.policy_rejected_logps is not None:
         metrics["logps/rejected"] = stats.policy_rejected_logps
+    metrics.update(out.metrics)
+    return metrics
+
+
+def _unpaired_metrics(out: LossOutput, stats: PreferenceStats, desirable: torch.Tensor) -> dict[str, torch.Tensor]:
+    metrics = {"rewards/chosen": out.chosen_rewards[desirable], "rewards/rejected": out.rejected_rewards[~desirable]}
+    if stats.policy_logps is not None:
+        metrics["logps/chosen"] = stats.policy_logps[desirable]
+        metrics["logps/rejected"] = stats.policy_logps[~desirable]
     metrics.update(out.metrics)
     return metrics
 
@@ -69,6 +82,14 @@ def _made_up_stats(objective: Objective, *, paired: bool) -> PreferenceStats:
         return PreferenceStats(scores=scores, best_index=torch.tensor([0, 1]))
     if objective.inputs == "scores":
         return PreferenceStats(chosen_scores=logps + 5.5, rejected_scores=logps + 6.0)
+    if objective.inputs == "unpaired":
+        stats = PreferenceStats(policy_logps=logps, lengths=lengths, labels=torch.tensor([True, False]))
+        if objective.needs_mismatched:
+            stats.policy_mismatched_logps = logps - 2.0
+        if objective.needs_reference:
+            stats.reference_logps = logps - 0.5
+            stats.reference_mismatched_logps = None if stats.policy_mismatched_logps is None else logps - 2.5
+        return stats
     if not paired:
         return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
     stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
@@ -138,8 +159,9 @@ class MetricSums:
         if env.enabled:
             packed = torch.tensor([[self._sums[n], self._counts[n]] for n in names], dtype=torch.float64)
             all_reduce_sum(packed, env)
-            return {n: float(s / c) if c else float("nan") for n, (s, c) in zip(names, packed.tolist(), strict=True)}
-        return {n: self._sums[n] / self._counts[n] if self._counts[n] else float("nan") for n in names}
+            return {n: float(s / c) for n, (s, c) in zip(names, packed.tolist(), strict=True) if c}
+        # A metric no example contributed to (an unpaired batch without undesirable examples) is left out.
+        return {n: self._sums[n] / self._counts[n] for n in names if self._counts[n]}
 
 
 def _step_of(line: str) -> int | None:

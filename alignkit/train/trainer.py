@@ -20,13 +20,22 @@ from rich.console import Console
 
 from alignkit.data.types import TokenizedPair
 from alignkit.losses import LossOutput, Objective, PreferenceStats
+from alignkit.models.flops import matmul_parameters, training_flops
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
+from alignkit.models.precision import resolve_precision
 from alignkit.models.reference import Reference
+from alignkit.timing import count_flops, phase, timed
 from alignkit.train.config import OptimizerConfig, SFTConfig, TrainConfig
-from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients, broadcast_parameters
+from alignkit.train.distributed import (
+    DistEnv,
+    all_reduce_flags,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_parameters,
+)
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.forward import objective_step
-from alignkit.train.loop import Evaluation, FitLoop, optimizer_step
+from alignkit.train.loop import Evaluation, FitLoop, LoopState, optimizer_step
 from alignkit.train.metrics import MetricSums, batch_metrics, step_metrics
 from alignkit.train.schedule import make_scheduler
 from alignkit.train.sharding import is_sharded, set_gradient_sync
@@ -178,17 +187,17 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, cfg)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=cfg.warmup_steps,
                                         total_steps=self.total_steps, schedule=cfg.schedule)
+        # Running values of stateful losses (BCO's δ): read by every batch, updated after each step's batches.
+        self.loss_state = objective.new_state()
         self.autocast_dtype = self._autocast_dtype()
+        self._flops_per_token = training_flops(matmul_parameters(model), sum(p.numel() for p in self.params), 1)
+        self._compute_dtype = str(self.autocast_dtype or self.params[0].dtype).removeprefix("torch.")
 
     # -----------------------------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
-        """bf16 autocast when asked for (CPU too: fast on CPUs with AVX512-BF16/AMX), or on a bf16 GPU when auto."""
-        precision = self.cfg.precision
-        if precision == "bf16":
-            return torch.bfloat16
-        if precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        """bf16 autocast when asked for, or when auto and the device computes bf16 natively (one rule for
+        every run: :func:`~alignkit.models.precision.choose_precision`)."""
+        return resolve_precision(self.cfg.precision, self.device).autocast_dtype
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -232,12 +241,16 @@ class Trainer:
         sums = MetricSums()
         tokens = non_finite = 0
         micro_batches = self._micro_batches(examples)
+        state_totals = []
         for i, micro in enumerate(micro_batches):
             set_gradient_sync(self.model, i == len(micro_batches) - 1)
             batch = _to_device(self.collate(micro), self.device)
             tokens += int(batch["attention_mask"].sum())
             with self._autocast():
-                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
+                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps,
+                                            state=self.loss_state, pool=self.env)
+            if self.loss_state is not None:
+                state_totals.append(self.loss_state.totals(stats))
             weights = batch["weights"].to(out.losses.dtype)
             loss = (out.losses * weights).sum() / total_weight
             if self.env.enabled:
@@ -246,6 +259,8 @@ class Trainer:
                 self.guard.check("loss", loss, step + 1, before="backward")
             loss.backward()
             self._accumulate(sums, out, stats, weights)
+        if self.loss_state is not None:  # summed over processes: every process keeps the same values
+            self.loss_state.update(all_reduce_sum(torch.stack(state_totals).sum(0).double(), self.env))
         return sums, tokens, non_finite
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -256,7 +271,9 @@ class Trainer:
                 the gradient norm is not finite; the weights stay as they were.
         """
         start = time.perf_counter()
-        sums, tokens, non_finite = self.accumulate_gradients(step)
+        with phase("forward/backward"):
+            sums, tokens, non_finite = self.accumulate_gradients(step)
+            count_flops(self._flops_per_token * tokens, self._compute_dtype)
         # One all-reduce carries the gradients and whether any process saw a non-finite loss; a sharded
         # model's gradients were reduce-scattered in the last backward already.
         flags = (float(non_finite > 0),)
@@ -264,8 +281,9 @@ class Trainer:
                                    else all_reduce_gradients(self.params, self.env, extra=flags))
         self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
                                    before="the optimizer step")
-        grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
-                                       max_grad_norm=self.cfg.max_grad_norm, guard=self.guard, step=step + 1)
+        with phase("optimizer"):
+            grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
+                                           max_grad_norm=self.cfg.max_grad_norm, guard=self.guard, step=step + 1)
         sums.add_total("tokens", float(tokens), 1.0)
         metrics = sums.means(self.env)
         elapsed = time.perf_counter() - start
@@ -274,6 +292,7 @@ class Trainer:
                                     step_seconds=elapsed))
         return metrics
 
+    @timed("held-out loss")
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Metrics over the held-out pairs, prefixed ``eval/``."""
@@ -290,13 +309,25 @@ class Trainer:
             part = local[i:i + size]
             batch = _to_device(self.collate(part or local[:size]), self.device)
             with self._autocast():
-                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps)
+                out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps,
+                                            state=self.loss_state)
             if part:
                 self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     # -----------------------------------------------------------------------------------------------------
+    def _fit_step(self, step: int, state: LoopState) -> dict[str, float]:
+        """One step of :meth:`fit`; the loss's running values go into the state each checkpoint keeps."""
+        metrics = self.train_step(step)
+        if self.loss_state is not None:
+            state.extra["loss_state"] = self.loss_state.to_json()
+        return metrics
+
+    def _resume_loss_state(self, folder: Path, state: LoopState) -> None:
+        if self.loss_state is not None and "loss_state" in state.extra:
+            self.loss_state.load_json(state.extra["loss_state"])
+
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train to ``total_steps`` (or an early stop), logging to ``run_dir`` (see :class:`FitLoop`).
 
@@ -311,8 +342,8 @@ class Trainer:
         loop = FitLoop(self.stage, self.run_dir, self.total_steps, self.model, self.optimizer, self.scheduler,
                        self.guard, log_every=cfg.log_every, save_every=cfg.save_every,
                        keep_checkpoints=cfg.keep_checkpoints, evaluation=evaluation, progress_keys=PROGRESS_KEYS,
-                       env=self.env, console=self.console)
-        out = loop.run(lambda step, state: self.train_step(step), resume=resume)
+                       on_resume=self._resume_loss_state, env=self.env, console=self.console)
+        out = loop.run(self._fit_step, resume=resume)
         state = out.state
         eval_metrics = state.eval_history[-1] if state.eval_history else {}
         return TrainResult(

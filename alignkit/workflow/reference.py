@@ -8,6 +8,10 @@
 
 The reference of a run with an SFT stage is the SFT model; with an adapter that is the policy after SFT with
 its adapters on (the SFT stage trained only the adapter), never the base model with adapters off.
+
+The untuned model (:func:`evaluation_base`, the ``base`` baseline of a judged evaluation) is the reference
+when that is the initial model, the policy with its adapters off when an adapter is all training changed,
+else the initial model loaded again (:func:`base_loader`).
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ from alignkit.models.reference_cache import Collate
 from alignkit.peft import adapters_disabled, apply_adapter, has_adapters
 from alignkit.recipe import Recipe, RecipeError
 from alignkit.recipe.rules import ADAPTERS_OFF_AFTER_SFT
+from alignkit.timing import phase
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.dropout import disable_dropout
 from alignkit.workflow.environment import seed_everything
 from alignkit.workflow.sharded_run import RunSharding
 
-__all__ = ["evaluation_reference", "reference_loader", "training_reference"]
+__all__ = ["base_loader", "evaluation_base", "evaluation_reference", "reference_loader", "training_reference"]
 
 
 def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Callable[[], nn.Module]:
@@ -100,14 +105,47 @@ def evaluation_reference(recipe: Recipe, policy: nn.Module, load_reference: Call
         return training.model_context
     if has_adapters(policy) and not recipe.reference.name_or_path and not recipe.sft.enabled:
         return AdaptersOffReference(policy, adapters_disabled).model_context
+    return _loaded_once(load_reference)
+
+
+def _loaded_once(load: Callable[[], nn.Module]) -> ReferenceFn:
+    """A model context that loads the model (frozen, eval mode) on first use, then keeps it."""
     loaded: list[nn.Module] = []
 
-    def reference() -> contextlib.AbstractContextManager[nn.Module]:
+    def model() -> contextlib.AbstractContextManager[nn.Module]:
         if not loaded:
-            loaded.append(load_reference().requires_grad_(False).eval())
+            loaded.append(load().requires_grad_(False).eval())
         return contextlib.nullcontext(loaded[0])
 
-    return reference
+    return model
+
+
+def base_loader(recipe: Recipe, device: torch.device) -> Callable[[], nn.Module]:
+    """A function that loads the untuned initial model again (re-seeded, as :func:`reference_loader`)."""
+
+    def load() -> nn.Module:
+        seed_everything(recipe.seed)
+        model = load_causal_lm(recipe.model, device)
+        if recipe.model.disable_dropout:
+            disable_dropout(model)
+        return model
+
+    return load
+
+
+def evaluation_base(recipe: Recipe, policy: nn.Module, reference: ReferenceFn,
+                    load_base: Callable[[], nn.Module]) -> ReferenceFn:
+    """A zero-argument callable yielding the untuned model, for the ``base`` baseline.
+
+    ``reference`` itself when the reference is the untuned model (no SFT stage, no named reference: the
+    very object is returned, so an evaluation samples it once); the policy with its adapters off when an
+    adapter was all that training changed (SFT included); else ``load_base()`` on first use.
+    """
+    if not recipe.sft.enabled and not recipe.reference.name_or_path:
+        return reference
+    if has_adapters(policy):
+        return AdaptersOffReference(policy, adapters_disabled).model_context
+    return _loaded_once(load_base)
 
 
 def training_reference(
@@ -156,7 +194,8 @@ def training_reference(
             extra["adapters"] = "off"  # same weights as the policy's: the key must tell them apart
         else:  # the policy as it is now: the initial model, or the SFT model (adapters on) after SFT
             model = policy
-        cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, logps=logps,
-                                          extra=extra)
+        with phase("reference log-probs"):
+            cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, logps=logps,
+                                              extra=extra)
     del separate
     return CachedReference(cache, model_factory=load_reference)

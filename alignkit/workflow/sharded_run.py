@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignkit.models.precision import resolve_precision
 from alignkit.recipe import RecipeError
 from alignkit.train.config import DistributedConfig, MixedPrecisionConfig, SFTConfig, TrainConfig
 from alignkit.train.distributed import DistEnv
@@ -66,7 +67,7 @@ def compute_precision(cfg: DistributedConfig, precision: str, device: torch.devi
     backward: the whole model in bf16 on every process, not sharded. FSDP's own mixed precision gathers the
     weights in bf16 instead (the stored shards stay fp32, gradients are reduced in fp32).
     """
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = resolve_precision(precision, device).autocast_dtype == torch.bfloat16
     if cfg.mixed_precision is not None or not bf16:
         return cfg
     policy = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32")

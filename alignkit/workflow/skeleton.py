@@ -24,9 +24,11 @@ from rich.console import Console
 from alignkit.cache import write_atomic
 from alignkit.eval.judges.keys import check_judge_environment
 from alignkit.models.load import check_vocabulary, load_causal_lm
+from alignkit.models.precision import resolve_precision
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
 from alignkit.report.tables import write_report
+from alignkit.timing import PhaseClock, phase, recording
 from alignkit.train.config import DistributedConfig
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.dropout import disable_dropout
@@ -47,6 +49,7 @@ from alignkit.workflow.sharded_run import (
     compute_precision,
     training_sections,
 )
+from alignkit.workflow.time_breakdown import time_breakdown
 
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
@@ -209,6 +212,35 @@ def _rebuild_policy(plan: RunPlan, ctx: RunContext) -> PreTrainedModel:
     return policy
 
 
+def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
+    """Load, prepare, [shard], train, save and evaluate, each step timed as a phase of the run."""
+    env, console = ctx.env, ctx.console
+    with phase("loading"):
+        ctx.tokenizer, ctx.policy = plan.load(ctx)
+    check_vocabulary(ctx.policy, ctx.tokenizer)  # an id past the embedding fails deep in a forward pass
+    with phase("data preparation"):
+        plan.prepare(ctx)
+    if plan.adapter.kind != "none":
+        apply_adapter(ctx.policy, plan.adapter)
+    trainable, total = count_parameters(ctx.policy)
+    console.print(format_parameter_table(parameter_table(ctx.policy)))
+    ctx.report["parameters"] = {"trainable": trainable, "total": total}
+    if env.enabled and plan.distributed.strategy == "fsdp":
+        cfg = compute_precision(plan.distributed, plan.precision, ctx.device)
+        ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
+        ctx.sharding.shard_policy(ctx.policy)
+    with phase("training"):
+        plan.train(ctx)
+    if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
+        ctx.policy = cast("PreTrainedModel", ctx.sharding.gathered(ctx.model))
+    ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
+    if env.is_main:
+        with phase("saving the model"):
+            save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model")
+        with phase("evaluation"):
+            ctx.report.update(plan.evaluate(ctx))
+
+
 def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
                 console: Console | None = None) -> RunSummary:
     """Run ``plan`` through the one skeleton; write the run folder; return what happened.
@@ -231,27 +263,17 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     seed_everything(plan.seed)
-    started = time.perf_counter()
-    ctx.tokenizer, ctx.policy = plan.load(ctx)
-    check_vocabulary(ctx.policy, ctx.tokenizer)  # an id past the embedding fails deep in a forward pass
-    plan.prepare(ctx)
-    if plan.adapter.kind != "none":
-        apply_adapter(ctx.policy, plan.adapter)
-    trainable, total = count_parameters(ctx.policy)
-    console.print(format_parameter_table(parameter_table(ctx.policy)))
-    ctx.report["parameters"] = {"trainable": trainable, "total": total}
-    if env.enabled and plan.distributed.strategy == "fsdp":
-        cfg = compute_precision(plan.distributed, plan.precision, ctx.device)
-        ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
-        ctx.sharding.shard_policy(ctx.policy)
-    plan.train(ctx)
-    if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
-        ctx.policy = cast("PreTrainedModel", ctx.sharding.gathered(ctx.model))
-    ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
+    precision = resolve_precision(plan.precision, ctx.device)  # the trainer and FSDP decide alike
     if env.is_main:
-        save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model")
-        ctx.report.update(plan.evaluate(ctx))
+        console.print(precision.line())
+    ctx.report["precision"] = precision.to_dict()
+    clock = PhaseClock()
+    started = time.perf_counter()
+    with recording(clock):
+        _run_phases(plan, ctx)
     ctx.report["wall_seconds"] = time.perf_counter() - started
+    if env.is_main:  # after the wall time: a first run on this machine measures its peak throughput here
+        ctx.report["time_breakdown"] = time_breakdown(clock, ctx.report["wall_seconds"], ctx.device)
     ctx.report["peak_rss_mib"] = peak_rss_mib()
     if ctx.device.type == "cuda":
         ctx.report["peak_cuda_mib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20

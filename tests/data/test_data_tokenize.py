@@ -73,21 +73,28 @@ def test_drops_are_counted_not_raised(gpt2_tokenizer) -> None:
     max_length=st.integers(2, 80),
     max_prompt_length=st.integers(1, 79),
     bos=st.sampled_from([None, 1]),
+    mode=st.sampled_from(["always", "when_needed"]),
 )
-def test_truncation_properties(prompt_len, chosen_len, rejected_len, max_length, max_prompt_length, bos) -> None:
+def test_truncation_properties(prompt_len, chosen_len, rejected_len, max_length, max_prompt_length, bos, mode) -> None:
     prompt = list(range(1000, 1000 + prompt_len))
     chosen = list(range(2000, 2000 + chosen_len))
     rejected = list(range(3000, 3000 + rejected_len))
-    out = truncate_pair(prompt, [chosen, rejected], max_length, max_prompt_length, EOS, bos)
+    out = truncate_pair(prompt, [chosen, rejected], max_length, max_prompt_length, EOS, bos, mode)
     head = [bos] if bos is not None else []
+    longest = max(chosen_len, rejected_len) + 1  # EOS appended
+    if mode == "when_needed" and len(head) + prompt_len + longest <= max_length:
+        assert out == (head + prompt, [chosen + [EOS], rejected + [EOS]], False, False)  # fits: nothing cut
+        return
     keep = min(prompt_len, max(max_prompt_length - len(head), 0))
     if len(head) + keep >= max_length:
         assert out is None
         return
     assert out is not None
-    p, (c, r) = out
+    p, (c, r) = out.prompt_ids, out.responses
     assert p == head + prompt[prompt_len - keep:]  # the prompt keeps its end, BOS stays in front
     assert len(p) <= max(max_prompt_length, len(head))
+    assert out.prompt_cut == (keep < prompt_len)
+    assert out.response_cut == (len(c) < chosen_len + 1 or len(r) < rejected_len + 1)
     for full, got in ((chosen + [EOS], c), (rejected + [EOS], r)):
         assert got == full[: len(got)]  # responses keep their start
         assert 1 <= len(got) and len(p) + len(got) <= max_length

@@ -28,14 +28,16 @@ def test_eval_command_adds_a_judged_win_rate_and_plots(tmp_path, hh_path):
              "eval.max_new_tokens=6", "eval.batch_size=4"]
     assert main(["eval", str(out), *judge]) == 0
     report = json.loads((out / "report.json").read_text())
-    section = report["judge"]
-    assert section["n"] == 4 and section["baseline"] == "reference"
+    (evaluation,) = report["judged"]
+    assert [s["baseline"] for s in evaluation["baselines"]] == ["chosen", "base"]  # the recipe's baselines
+    section = evaluation["baselines"][0]
+    assert section["n"] == 4
     assert 0 <= section["win_rate"]["low"] <= section["win_rate"]["estimate"] <= section["win_rate"]["high"] <= 1
     assert report["plots"] == ["plots/win_rate.png"] and (out / "plots" / "win_rate.png").is_file()
-    assert "## Judged win rate" in (out / "report.md").read_text()
-    assert len((out / "judged_pairs.jsonl").read_text().splitlines()) == 4
+    assert "## Judged win rate: policy vs chosen (evaluation 1)" in (out / "report.md").read_text()
+    assert len((out / "judged_pairs.jsonl").read_text().splitlines()) == 4 + 2 * 4  # agreement, then 2 baselines
 
-    assert main(["eval", str(out), *judge, "eval.baseline=chosen", "eval.reward=vader_sentiment"]) == 0
+    assert main(["eval", str(out), *judge, "eval.baselines=[reference]", "eval.reward=vader_sentiment"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["judge"]["baseline"] == "chosen" and "reward_kl" in report
-    assert (out / "plots" / "reward_kl.png").is_file()
+    assert [e["baselines"][0]["baseline"] for e in report["judged"]] == ["chosen", "reference"]
+    assert "reward_kl" in report and (out / "plots" / "reward_kl.png").is_file()

@@ -17,7 +17,7 @@ from alignkit.eval.config import OpenAIJudgeConfig
 from alignkit.eval.judges import InvalidVerdictsError, build_judge, judge_pairs, parse_verdict
 from alignkit.eval.judges.openai_compat import JudgeRequestError, OpenAIJudge
 from alignkit.eval.winrate import win_rate_report
-from alignkit.report.judge import judge_report_rows
+from alignkit.report.judge import judge_markdown, judge_report_rows
 from alignkit.workflow.model_io import load_run_model
 
 PROMPTS = ["How do I boil an egg?", "Name a colour."]
@@ -251,14 +251,14 @@ def tiny_policy(gpt2_tokenizer):
 
 def _judge_run(url, tiny_policy, **judge):
     from alignkit.eval.config import EvalConfig
-    from alignkit.eval.heldout import judge_run
+    from alignkit.eval.heldout import BaselineSources, judge_run
 
     model, tokenizer = tiny_policy
-    cfg = EvalConfig(num_prompts=2, max_new_tokens=3, batch_size=2, baseline="chosen", judge=OpenAIJudgeConfig(
+    cfg = EvalConfig(num_prompts=2, max_new_tokens=3, batch_size=2, baselines=["chosen"], judge=OpenAIJudgeConfig(
         kind="openai", base_url=url, model="m", api_key_env=None, cache=False, backoff_s=0.01,
         **{"max_retries": 1, "timeout_s": 5, **judge}))
     chosen = dict(zip(PROMPTS, BASELINE, strict=True))
-    return judge_run(cfg, model, None, tokenizer, PROMPTS, chosen)
+    return judge_run(cfg, model, tokenizer, PROMPTS, BaselineSources(chosen=chosen))["baselines"][0]
 
 
 @pytest.mark.parametrize(
@@ -296,8 +296,7 @@ def test_invalid_verdicts_within_the_limit_are_reported_beyond_it_fail(faulty, t
     section = _judge_run(faulty(*script).url, tiny_policy, max_concurrency=1, max_retries=0,
                          max_invalid_fraction=0.25)
     assert section["invalid_verdicts"] == 1 and section["n"] == 2
-    rows = judge_report_rows({"judge": section})
-    assert ["invalid verdicts (counted as ties)", "", "1 of 4"] in rows
+    assert "| invalid verdicts (counted as ties) | 1 of 4 |" in judge_markdown({"judge": section})
     # Past the limit after the second verdict, the last two are not asked.
     with pytest.raises(InvalidVerdictsError, match=r"3 of 4 judge verdicts are invalid \(2 of them not asked.*HTTP 500"):
         _judge_run(faulty(*script).url, tiny_policy, max_concurrency=1, max_retries=0, max_invalid_fraction=0.2)
@@ -317,6 +316,74 @@ def test_max_invalid_fraction_is_a_fraction(value):
 
     with pytest.raises(ValidationError, match="max_invalid_fraction"):
         OpenAIJudgeConfig(kind="openai", base_url="http://x/v1", model="m", max_invalid_fraction=value)
+
+
+def _always_a_gpt2(tokenizer):
+    """A tiny GPT-2 whose next token is "A" whatever it reads: ln_f outputs a constant that only A's
+    (output) embedding points along."""
+    import torch
+
+    model = make_tiny_gpt2()
+    (a_id,) = tokenizer.encode("A")
+    with torch.no_grad():
+        direction = torch.zeros(model.config.n_embd)
+        direction[0] = 1.0
+        model.transformer.wte.weight[a_id] = 10 * direction  # tied with lm_head: logit(A) = 10, the rest ~0.02
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(direction)
+    return model
+
+
+def test_a_served_judge_that_always_answers_a_is_flagged(tiny_policy, tmp_path):
+    from alignkit.eval.agreement import LabelledPair
+    from alignkit.eval.config import EvalConfig
+    from alignkit.eval.heldout import BaselineSources, judge_run
+    from alignkit.eval.kl import as_reference
+
+    model, tokenizer = tiny_policy
+    server = make_server(ChatModel(_always_a_gpt2(tokenizer), tokenizer, "always-a"), port=0)
+    try:
+        cfg = EvalConfig(num_prompts=2, max_new_tokens=3, batch_size=2, baselines=["chosen", "base"],
+                         judge=OpenAIJudgeConfig(kind="openai", base_url=_serve(server), model="always-a",
+                                                 api_key_env=None, max_tokens=1, cache=False))
+        labelled = [LabelledPair(p, good, bad) for p, good, bad in zip(PROMPTS, POLICY, BASELINE, strict=True)]
+        sources = BaselineSources(base=as_reference(make_tiny_gpt2(seed=2)),
+                                  chosen=dict(zip(PROMPTS, BASELINE, strict=True)))
+        evaluation = judge_run(cfg, model, tokenizer, PROMPTS, sources, labelled=labelled)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [s["baseline"] for s in evaluation["baselines"]] == ["chosen", "base"]
+    assert all(s["win_rate"]["estimate"] == 0.5 and s["ties"] == 2 for s in evaluation["baselines"])
+    assert evaluation["agreement"]["n"] == 2 and evaluation["agreement"]["agreement"]["estimate"] == 0.5
+    bias = evaluation["position_bias"]
+    assert (bias["pairs"], bias["flip_rate"], bias["first_position_rate"], bias["most_common"]) == (6, 1.0, 1.0, "A")
+    assert ["near-constant" in w or "position-biased" in w or "chance" in w for w in evaluation["warnings"]] == [True] * 3
+
+
+def test_a_judge_that_always_answers_a_is_flagged_and_agrees_at_chance(faulty, tiny_policy):
+    from alignkit.eval.agreement import LabelledPair
+    from alignkit.eval.config import EvalConfig
+    from alignkit.eval.heldout import BaselineSources, judge_run
+
+    model, tokenizer = tiny_policy
+    server = faulty(("ok", "Comparison: both are fine.\nMore helpful: A"))
+    cfg = EvalConfig(num_prompts=2, max_new_tokens=3, batch_size=2, baselines=["chosen"], judge=OpenAIJudgeConfig(
+        kind="openai", base_url=server.url, model="m", api_key_env=None, cache=False))
+    labelled = [LabelledPair(p, good, bad) for p, good, bad in zip(PROMPTS, POLICY, BASELINE, strict=True)]
+    evaluation = judge_run(cfg, model, tokenizer, PROMPTS, BaselineSources(chosen=dict(zip(PROMPTS, BASELINE, strict=True))),
+                           labelled=labelled)
+    assert evaluation["agreement"]["agreement"] == {"estimate": 0.5, "low": 0.5, "high": 0.5}
+    bias = evaluation["position_bias"]
+    assert (bias["flip_rate"], bias["first_position_rate"], bias["same_verdict_rate"], bias["pairs"]) == (1, 1, 1, 4)
+    warnings = evaluation["warnings"]
+    assert len(warnings) == 3
+    assert "near-constant" in warnings[0] and "position-biased" in warnings[1] and "chance" in warnings[2]
+    assert evaluation["baselines"][0]["win_rate"]["estimate"] == 0.5
+    assert "The judge prompt" not in server.requests[0]["body"]["messages"][1]["content"]
+    assert "which response is more helpful and harmless" in server.requests[0]["body"]["messages"][1]["content"]
+    markdown = judge_markdown({"judged": [evaluation]})
+    assert markdown.count("> **Warning:**") == 3
 
 
 def test_a_report_without_a_win_rate_shows_none():
@@ -432,10 +499,10 @@ def test_alignkit_eval_exits_2_and_writes_no_win_rate_when_the_judge_is_down(fau
     server = faulty(("status", 500))
     code = main(["eval", str(run), f"model.name_or_path={run / 'model'}", f"data.source.path={hh_path}",
                  f"data.test_source.path={hh_path}", "eval.num_prompts=2", "eval.max_new_tokens=3",
-                 "eval.baseline=chosen", "eval.judge.kind=openai",
+                 "eval.baselines=[chosen]", "eval.judge.kind=openai",
                  f"eval.judge.base_url={server.url}", "eval.judge.model=m", "eval.judge.api_key_env=null",
                  "eval.judge.cache=false", "eval.judge.max_retries=0", "--device", "cpu"])
     assert code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "4 of 4 judge verdicts are invalid" in err and "HTTP 500" in err
-    assert not (run / "report.json").exists() or "judge" not in json.loads((run / "report.json").read_text())
+    assert not (run / "report.json").exists() or "judged" not in json.loads((run / "report.json").read_text())

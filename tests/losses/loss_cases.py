@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from hypothesis import strategies as st
 
-from alignkit.losses import LossOutput, LossSpec, PreferenceStats, list_losses
+from alignkit.losses import LossConfig, LossOutput, LossSpec, PreferenceStats, list_losses
 from alignkit.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,9 +78,22 @@ def kway_stats(draw: st.DrawFn, max_batch: int = 4) -> PreferenceStats:
     return PreferenceStats(scores=torch.tensor(rows), best_index=torch.tensor(best))
 
 
+@st.composite
+def unpaired_stats(draw: st.DrawFn, max_batch: int = 4) -> PreferenceStats:
+    """Unpaired log-probs in [-1e4, 0] with labels (both kinds drawn), and B mismatched pairs' log-probs."""
+    b = draw(st.integers(1, max_batch))
+    col = lambda s: _t([float(v) for v in draw(st.lists(s, min_size=b, max_size=b))])  # noqa: E731
+    return PreferenceStats(
+        policy_logps=col(logps), reference_logps=col(logps), lengths=col(lengths),
+        labels=torch.tensor(draw(st.lists(st.booleans(), min_size=b, max_size=b))),
+        policy_mismatched_logps=col(logps), reference_mismatched_logps=col(logps),
+    )
+
+
 def stats_for(spec: LossSpec) -> st.SearchStrategy[PreferenceStats]:
     """The strategy producing the statistics a loss reads (by its declared ``inputs``)."""
-    return {"logps": logps_stats(), "scores": scores_stats(), "kway": kway_stats()}[spec.inputs]
+    strategies = {"logps": logps_stats(), "scores": scores_stats(), "kway": kway_stats(), "unpaired": unpaired_stats()}
+    return strategies[spec.inputs]
 
 
 def float_fields(stats: PreferenceStats) -> list[str]:
@@ -100,14 +113,14 @@ def grad_of(stats: PreferenceStats, name: str) -> torch.Tensor:
     return value.grad if value.grad is not None else torch.zeros_like(value)
 
 
-def check_output_contract(spec: LossSpec, stats: PreferenceStats) -> LossOutput:
-    """The contract every loss keeps, whatever its formula.
+def check_output_contract(spec: LossSpec, stats: PreferenceStats, cfg: LossConfig | None = None) -> LossOutput:
+    """The contract every loss keeps, whatever its formula (with ``cfg``; the defaults when None).
 
     (B,) fp32 finite losses; detached (B,) rewards and metrics; finite gradients for every input;
     no reduction over the batch (each example's loss equals the loss of that example alone).
     """
     stats = with_grad(stats)
-    out = spec(stats)
+    out = spec(stats, cfg)
     b = stats.batch_size
     assert out.losses.shape == (b,), f"{spec.name}: losses shape {tuple(out.losses.shape)}, want ({b},)"
     assert out.losses.dtype == torch.float32
@@ -121,12 +134,13 @@ def check_output_contract(spec: LossSpec, stats: PreferenceStats) -> LossOutput:
     for name in float_fields(stats):
         g = grad_of(stats, name)
         assert torch.isfinite(g).all(), f"{spec.name}: non-finite gradient for {name}: {g}"
-    # No batch reduction inside: example 0 alone gives the same loss.
+    # No batch reduction inside: example 0 alone gives the same loss (batch-level samples, such as KTO's
+    # mismatched pairs, are not examples and stay whole).
     first = PreferenceStats(**{
-        f.name: (None if getattr(stats, f.name) is None else getattr(stats, f.name).detach()[:1])
+        f.name: (None if getattr(stats, f.name) is None else getattr(stats, f.name).detach())
         for f in fields(stats)
-    })
-    torch.testing.assert_close(spec(first).losses, out.losses.detach()[:1])
+    }).examples(slice(0, 1))
+    torch.testing.assert_close(spec(first, cfg).losses, out.losses.detach()[:1])
     return out
 
 
@@ -161,4 +175,17 @@ def fixed_batch() -> PreferenceStats:
         policy_chosen_logps=_t([-12.0, -3.5, -40.0]), policy_rejected_logps=_t([-15.0, -2.0, -38.0]),
         chosen_lengths=_t([6.0, 2.0, 20.0]), rejected_lengths=_t([7.0, 1.0, 25.0]),
         reference_chosen_logps=_t([-13.0, -3.0, -41.0]), reference_rejected_logps=_t([-14.0, -2.5, -37.0]),
+    )
+
+
+def make_unpaired(
+    policy: list[float], reference: list[float], labels: list[bool],
+    mismatched: tuple[list[float], list[float]] = ([0.0], [0.0]),
+) -> PreferenceStats:
+    """Unpaired statistics for hand-worked values (lengths 1); ``mismatched`` = (policy, reference) log-probs
+    of the mismatched pairs (by default one pair of log-ratio 0, so KTO's z₀ = 0)."""
+    return PreferenceStats(
+        policy_logps=_t(policy), reference_logps=_t(reference), lengths=torch.ones(len(policy)),
+        labels=torch.tensor(labels), policy_mismatched_logps=_t(mismatched[0]),
+        reference_mismatched_logps=_t(mismatched[1]),
     )

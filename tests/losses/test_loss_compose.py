@@ -69,7 +69,8 @@ def test_needs_reference_and_inputs() -> None:
 def test_round_trip_through_to_section() -> None:
     obj = build_objective([{"name": "dpo", "beta": 0.3}, {"name": "sft", "weight": 0.1}])
     section = obj.to_section()
-    assert section[0] == {"name": "dpo", "weight": 1.0, "beta": 0.3, "label_smoothing": 0.0, "robust": False}
+    assert section[0] == {"name": "dpo", "weight": 1.0, "beta": 0.3, "label_smoothing": 0.0, "robust": False,
+                          "reference_free": False}
     again = build_objective(section)
     assert [t.config for t in again.terms] == [t.config for t in obj.terms]
     assert again.name == "dpo+0.1*sft"

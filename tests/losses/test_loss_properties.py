@@ -114,6 +114,18 @@ def test_swapping_chosen_and_rejected_flips_the_reward_margin(spec: LossSpec, da
     )
 
 
+@pytest.mark.parametrize("spec", [s for s in PROPERTY_LOSSES if s.inputs == "unpaired"], ids=lambda s: s.name)
+@FAST
+@given(data=st.data())
+def test_swapping_labels_swaps_the_rewards(spec: LossSpec, data: st.DataObject) -> None:
+    """An unpaired example's reward is its response's: relabelling it moves the reward to the other side."""
+    stats = data.draw(stats_for(spec))
+    out = spec(stats)
+    swapped = spec(PreferenceStats(**{**vars(stats), "labels": ~stats.labels}))
+    torch.testing.assert_close(swapped.chosen_rewards, out.rejected_rewards)
+    torch.testing.assert_close(swapped.rejected_rewards, out.chosen_rewards)
+
+
 @pytest.mark.parametrize(
     "spec", [s for s in PROPERTY_LOSSES if s.name not in NOT_PREFERENCE_MONOTONE], ids=lambda s: s.name
 )
@@ -121,10 +133,14 @@ def test_swapping_chosen_and_rejected_flips_the_reward_margin(spec: LossSpec, da
 @given(data=st.data())
 def test_gradient_prefers_the_chosen_response(spec: LossSpec, data: st.DataObject) -> None:
     """Gradient descent never lowers the chosen input nor raises the rejected one:
-    d loss/d chosen <= 0 <= d loss/d rejected (log-probs, scores, or the best of K scores)."""
+    d loss/d chosen <= 0 <= d loss/d rejected (log-probs, scores, the best of K scores, or an unpaired
+    response's log-prob by its label: desirable raised, undesirable lowered)."""
     stats = with_grad(data.draw(stats_for(spec)))
     spec(stats).losses.sum().backward()
-    if spec.inputs == "logps":
+    if spec.inputs == "unpaired":
+        g = grad_of(stats, "policy_logps")
+        chosen, rejected = g[stats.labels], g[~stats.labels]
+    elif spec.inputs == "logps":
         chosen, rejected = grad_of(stats, "policy_chosen_logps"), grad_of(stats, "policy_rejected_logps")
     elif spec.inputs == "scores":
         chosen, rejected = grad_of(stats, "chosen_scores"), grad_of(stats, "rejected_scores")

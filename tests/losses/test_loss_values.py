@@ -246,9 +246,50 @@ def test_discopop_hand_values() -> None:
     close(run("discopop", s, beta=1.0, tau=1.0).losses, 0.25 * math.log(4 / 3) + 0.25)
 
 
+
+def test_dpo_reference_free_hand_values() -> None:
+    """β = 1, log π(yw) = −2 + ln 3, log π(yl) = −2, reference log-probs equal to the policy's.
+
+    plain dpo: h = 0 → ln 2.
+    reference_free: log π_ref := 0, h = ln 3 − 0 = ln 3 → −log σ(ln 3) = ln(4/3), whatever the reference;
+    rewards β·log π = ln 3 − 2 and −2. cDPO (ε = 1/4) applies on top: 0.75·ln(4/3) + 0.25·ln 4.
+    """
+    s = make_stats(pc=-2 + LN3, pr=-2, rc=-2 + LN3, rr=-2)
+    close(run("dpo", s, beta=1.0).losses, LN2)
+    out = run("dpo", s, beta=1.0, reference_free=True)
+    close(out.losses, math.log(4 / 3))
+    close(out.chosen_rewards, LN3 - 2)
+    close(out.rejected_rewards, -2.0)
+    close(run("dpo", make_stats(pc=-2 + LN3, pr=-2), beta=1.0, reference_free=True).losses, math.log(4 / 3))
+    close(run("dpo", s, beta=1.0, reference_free=True, label_smoothing=0.25).losses,
+          0.75 * math.log(4 / 3) + 0.25 * LN4)
+
+
+def test_simpo_variant_hand_values() -> None:
+    """β = 2, a_w = −2/4 = −0.5, a_l = −3/2 = −1.5, so β·(a_w − a_l) = 2 and z = 2 − γ.
+
+    sigmoid, ε = 1/4, γ = 2 − ln 3: z = ln 3 → 0.75·(−log σ(ln 3)) + 0.25·(−log σ(−ln 3))
+                                             = 0.75·ln(4/3) + 0.25·ln 4
+    hinge, γ = 1.5: z = 0.5 → max(0, 1 − 0.5) = 0.5;  γ = 0.5: z = 1.5 → 0;  γ = 2: z = 0 → 1.
+    Rewards stay β·a = −1, −3 in every variant.
+    """
+    s = make_stats(pc=-2, pr=-3, lc=4, lr=2)
+    smoothed = run("simpo", s, beta=2.0, gamma=2 - LN3, label_smoothing=0.25)
+    close(smoothed.losses, 0.75 * math.log(4 / 3) + 0.25 * LN4)
+    close(run("simpo", s, beta=2.0, gamma=2 - LN3).losses, math.log(4 / 3))  # ε = 0: the paper's loss
+    hinge = run("simpo", s, beta=2.0, gamma=1.5, loss_type="hinge")
+    close(hinge.losses, 0.5)
+    close(hinge.chosen_rewards, -1.0)
+    close(hinge.rejected_rewards, -3.0)
+    close(run("simpo", s, beta=2.0, gamma=0.5, loss_type="hinge").losses, 0.0)
+    close(run("simpo", s, beta=2.0, gamma=2.0, loss_type="hinge").losses, 1.0)
+    # γ/β = 0.75 is γ = 1.5: the hinge reads the same margin however it is given.
+    close(run("simpo", s, beta=2.0, gamma_beta_ratio=0.75, loss_type="hinge").losses, 0.5)
+
 HAND_WORKED = {
     "apo_down", "apo_zero", "bco_pair", "cpo", "discopop", "dpo", "dpop", "exo_pair", "hinge", "ipo",
     "nca_pair", "orpo", "reward_bt", "reward_kway", "sft", "simpo", "slic_hf", "sppo_hard",
+    "bco", "kto",  # tests/losses/test_unpaired_losses.py
 }
 
 

@@ -68,7 +68,7 @@ def test_overrides_and_cross_field_checks(tmp_path):
 def test_a_chosen_baseline_is_refused_online_prompts_have_no_chosen_responses(tmp_path):
     path = _write(tmp_path, BASE)
     judge = "eval={judge: {kind: reward, reward: vader_sentiment}, baseline: chosen}"
-    with pytest.raises(RecipeError, match=r"eval\.baseline: 'chosen' .* but online prompts have none"):
+    with pytest.raises(RecipeError, match=r"eval\.baselines: 'chosen' .* but online prompts have none"):
         load_online_recipe(path, [judge])
     load_online_recipe(path, [judge.replace("chosen", "reference")])
 

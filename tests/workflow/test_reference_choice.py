@@ -18,7 +18,7 @@ from alignkit.recipe import Recipe, RecipeError, load_recipe
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.workflow.environment import seed_everything
 from alignkit.workflow.model_io import load_run_model
-from alignkit.workflow.reference import evaluation_reference, reference_loader
+from alignkit.workflow.reference import base_loader, evaluation_base, evaluation_reference, reference_loader
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -122,3 +122,27 @@ def test_alignkit_eval_of_an_adapter_sft_run_uses_the_sft_model_as_reference(ada
     assert main(["eval", str(run_dir), "eval={reward: vader_sentiment, num_prompts: 2}"]) == 0
     assert len(seen) == 1
     torch.testing.assert_close(seen[0], expected)
+
+
+def test_the_base_baseline_is_the_untuned_model_not_the_sft_reference(adapter_sft_runs, tmp_path):
+    run_dir = adapter_sft_runs["copy"]
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    policy, _ = load_run_model(run_dir)
+    seed_everything(recipe.seed)
+    untuned = _logits(load_causal_lm(recipe.model, torch.device("cpu")).eval())
+    reference = evaluation_reference(recipe, policy, reference_loader(recipe, torch.device("cpu"), run_dir))
+    base = evaluation_base(recipe, policy, reference, base_loader(recipe, torch.device("cpu")))
+    with base() as model:  # an adapter was all training changed: the policy with its adapter off
+        torch.testing.assert_close(_logits(model), untuned)
+    with reference() as model:
+        assert not torch.allclose(_logits(model), untuned, atol=1e-4)  # the SFT model
+    assert not torch.allclose(_logits(policy), untuned, atol=1e-4)  # the adapter is back on afterwards
+    # A fully fine-tuned policy (no adapter): the untuned model is loaded again, re-seeded.
+    tuned = load_causal_lm(recipe.model, torch.device("cpu"))
+    full = evaluation_base(recipe, tuned, reference, base_loader(recipe, torch.device("cpu")))
+    with full() as model:
+        assert model is not tuned
+        torch.testing.assert_close(_logits(model), untuned)
+    # Without SFT (and no named reference) the reference is the untuned model: the very same callable.
+    no_sft = recipe.model_copy(update={"sft": recipe.sft.model_copy(update={"enabled": False})})
+    assert evaluation_base(no_sft, policy, reference, base_loader(no_sft, torch.device("cpu"))) is reference

@@ -5,6 +5,11 @@ particular) favour a position, so every pair is judged twice, once in each order
 the pair is 1 when both verdicts prefer it, 0 when both prefer the baseline, and 0.5 otherwise
 (disagreement, an explicit tie, or a verdict that could not be read).
 
+A judge that gives a probability for each letter (a local model read off its next-token distribution) can
+instead be scored by ``pair_rule = "mean_probability"``: the policy's probability of being better is the
+mean over both orders, ``(P(A | policy first) + P(B | policy second)) / 2``, so a judge that leans towards
+one position by the same amount in both orders is left with what the responses themselves change.
+
 A judge that cannot answer (a server down, hanging or answering garbage) must not pass for a coin-flip:
 :func:`check_verdicts` fails the evaluation when more than ``max_invalid_fraction`` of the verdicts are
 invalid, or when none is valid, naming how many and the first error.
@@ -12,6 +17,7 @@ invalid, or when none is valid, naming how many and the first error.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +30,7 @@ __all__ = [
     "SKIPPED",
     "Judge",
     "JudgedPair",
+    "PairRule",
     "Verdict",
     "check_verdicts",
     "judge_pairs",
@@ -37,6 +44,8 @@ SKIPPED = "not asked:"
 
 # "A" / "B": that response is better; "tie": judged equal; None: no usable verdict.
 Choice = Literal["A", "B", "tie"] | None
+# How a pair's two verdicts make its score: both must agree, or the mean of the two orders' probabilities.
+PairRule = Literal["agree", "mean_probability"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ class Judge(ABC):
     """
 
     name: str = "judge"
+    # "mean_probability" only for judges whose margin is log P(A) - log P(B).
+    pair_rule: PairRule = "agree"
 
     @abstractmethod
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
@@ -116,24 +127,47 @@ def pair_score(policy_first: Verdict, policy_second: Verdict) -> float:
     return first if first == second else 0.5
 
 
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
 @dataclass
 class JudgedPair:
-    """One prompt's policy and baseline responses with both verdicts and the resulting score."""
+    """One prompt's policy and baseline responses with both verdicts and the resulting score.
+
+    Attributes:
+        rule: how the two verdicts make the score (see the module docstring).
+    """
 
     prompt: str
     policy: str
     baseline: str
     policy_first: Verdict
     policy_second: Verdict
+    rule: PairRule = "agree"
+
+    @property
+    def policy_probability(self) -> float | None:
+        """Under ``mean_probability``: (P(A | policy first) + P(B | policy second)) / 2, with P(A) the
+        probability of "A" among the two letters, sigmoid(log P(A) - log P(B)); else None."""
+        first, second = self.policy_first, self.policy_second
+        if self.rule != "mean_probability" or first.margin is None or second.margin is None:
+            return None
+        if not (first.valid and second.valid):
+            return None
+        return 0.5 * (_sigmoid(first.margin) + _sigmoid(-second.margin))
 
     @property
     def score(self) -> float:
+        if self.rule == "mean_probability":
+            p = self.policy_probability
+            return 0.5 if p is None or p == 0.5 else float(p > 0.5)
         return pair_score(self.policy_first, self.policy_second)
 
     @property
     def consistent(self) -> bool:
-        """Both verdicts valid and naming the same response."""
-        return self.score != 0.5 or (self.policy_first.choice == self.policy_second.choice == "tie")
+        """Both verdicts valid and naming the same response (or both a tie): the order changed nothing."""
+        return (self.policy_first.choice, self.policy_second.choice) in (("A", "B"), ("B", "A"), ("tie", "tie"))
 
     @property
     def invalid(self) -> int:
@@ -141,7 +175,7 @@ class JudgedPair:
         return int(not self.policy_first.valid) + int(not self.policy_second.valid)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "prompt": self.prompt,
             "policy": self.policy,
             "baseline": self.baseline,
@@ -149,6 +183,9 @@ class JudgedPair:
             "policy_first": asdict(self.policy_first),
             "policy_second": asdict(self.policy_second),
         }
+        if self.policy_probability is not None:
+            out["policy_probability"] = self.policy_probability
+        return out
 
 
 def check_verdicts(verdicts: Sequence[Verdict], max_invalid_fraction: float) -> None:
@@ -201,7 +238,7 @@ def judge_pairs(
             verdicts is invalid, or none is valid.
 
     Returns:
-        N judged pairs, in prompt order.
+        N judged pairs, in prompt order, scored by the judge's ``pair_rule``.
 
     Raises:
         InvalidVerdictsError: see ``max_invalid_fraction``.
@@ -220,5 +257,6 @@ def judge_pairs(
         check_verdicts(verdicts, max_invalid_fraction)
     n = len(prompts)
     return [
-        JudgedPair(prompts[i], policy[i], baseline[i], verdicts[i], verdicts[n + i]) for i in range(n)
+        JudgedPair(prompts[i], policy[i], baseline[i], verdicts[i], verdicts[n + i], rule=judge.pair_rule)
+        for i in range(n)
     ]

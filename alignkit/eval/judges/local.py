@@ -1,26 +1,33 @@
-"""A local causal LM as the pairwise judge, read off its next-token log-probabilities.
+"""A local causal LM as the pairwise judge: read off its next-token probabilities, or its written answer.
 
-The judge prompt (:func:`alignkit.eval.judges.prompt.judge_messages` with ``letter_only``) is rendered with
-the judge's chat template (plain "system/user/assistant" lines when it has none) and the verdict is A when
-log p("A") > log p("B") for the first answer token, B when smaller, a tie when equal. Each letter's
-probability sums its spellings ("A" and " A"), since tokenizers split a leading space differently. No text
-is generated, so the verdict is deterministic and always readable.
+``verdict="logprob"`` (the default): the judge prompt (:func:`alignkit.eval.judges.prompt.judge_messages`
+with ``letter_only``) is rendered with the judge's chat template (plain "system/user/assistant" lines when
+it has none); each order's verdict is A when log p("A") > log p("B") for the first answer token, and its
+margin is log p("A") - log p("B"). Each letter's probability sums its spellings ("A" and " A"), since
+tokenizers split a leading space differently. A pair is scored by the two orders' probabilities averaged
+(``pair_rule = "mean_probability"``, see :mod:`alignkit.eval.judges.base`): small models lean towards one
+letter whatever the responses, and averaging over both orders cancels that lean. No text is generated, so
+the verdict is deterministic and always readable.
+
+``verdict="generate"``: the judge writes its answer to the full prompt (a one-sentence comparison, then
+"More helpful: A|B") greedily, parsed by :func:`alignkit.eval.judges.prompt.parse_verdict` as an HTTP
+judge's answer is; the pair is scored by the both-orders rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from alignkit.eval.judges.base import Choice, Judge, Verdict
-from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages
+from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
 from alignkit.models.config import ModelConfig
-from alignkit.models.generate import eval_mode
+from alignkit.models.generate import SupportsGenerate, eos_token_ids, eval_mode
 from alignkit.models.load import load_causal_lm, load_tokenizer
 
 __all__ = ["LocalJudge", "build_local_judge", "letter_token_ids"]
@@ -55,12 +62,20 @@ class LocalJudge(Judge):
         batch_size: judge prompts per forward pass.
         max_prompt_tokens: longer judge prompts keep their last tokens (the question and answer slot).
         name: shown in the report.
+        verdict: ``logprob`` (next-token probabilities, averaged over both orders) or ``generate``.
+        max_new_tokens: tokens the judge may write with ``verdict="generate"``.
     """
 
     name = "local"
 
     def __init__(self, model: nn.Module, tokenizer, *, batch_size: int = 4, max_prompt_tokens: int = 1024,
-                 name: str | None = None) -> None:
+                 name: str | None = None, verdict: Literal["logprob", "generate"] = "logprob",
+                 max_new_tokens: int = 64) -> None:
+        if verdict not in ("logprob", "generate"):
+            raise ValueError(f"eval.judge.verdict must be 'logprob' or 'generate', got {verdict!r}")
+        self.verdict = verdict
+        self.max_new_tokens = max_new_tokens
+        self.pair_rule = "mean_probability" if verdict == "logprob" else "agree"
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -72,8 +87,9 @@ class LocalJudge(Judge):
         self.pad_id = 0 if pad is None else int(pad)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_name, "prompt_version": PROMPT_VERSION,
-                "verdict": "next-token log p(A) vs log p(B)"}
+        how = ("next-token P(A) vs P(B), averaged over both orders" if self.verdict == "logprob"
+               else f"generated answer (greedy, up to {self.max_new_tokens} tokens), parsed")
+        return {"name": self.name, "model": self.model_name, "prompt_version": PROMPT_VERSION, "verdict": how}
 
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
         return self.compare_many([(prompt, response_a, response_b)])[0]
@@ -103,9 +119,39 @@ class LocalJudge(Judge):
                 out.append(torch.stack([a, b], dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 2)
 
+    @torch.inference_mode()
+    def generate_answers(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
+        """The judge's greedy answers to the full judge prompt, for N (prompt, A, B) triples."""
+        model = self.model
+        if not isinstance(model, SupportsGenerate):
+            raise TypeError(f"verdict 'generate' needs a judge model with transformers' generate(); "
+                            f"{type(model).__name__} has none")
+        rows = [_render(self.tokenizer, judge_messages(p, a, b))[-self.max_prompt_tokens:] for p, a, b in items]
+        device = next(self.model.parameters()).device
+        eos = eos_token_ids(self.model, self.tokenizer)
+        answers: list[str] = []
+        with eval_mode(self.model):
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                width = max(len(r) for r in batch)
+                # Left padding: every row's answer starts at the same position.
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for i, r in enumerate(batch):
+                    ids[i, width - len(r) :] = torch.tensor(r)
+                    mask[i, width - len(r) :] = 1
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     max_new_tokens=self.max_new_tokens, do_sample=False,
+                                     pad_token_id=self.pad_id, eos_token_id=eos)
+                answers += self.tokenizer.batch_decode(out[:, width:].tolist(), skip_special_tokens=True)
+        return answers
+
     def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
         if not items:
             return []
+        if self.verdict == "generate":
+            parsed = [(raw, parse_verdict(raw)) for raw in self.generate_answers(items)]
+            return [Verdict(c, raw=raw, error=None if c else "unparseable verdict") for raw, c in parsed]
         verdicts = []
         for a, b in self.letter_logps(items).tolist():
             if not (math.isfinite(a) and math.isfinite(b)):  # NaN would compare as a tie, a valid verdict
@@ -123,4 +169,5 @@ def build_local_judge(cfg: Any, *, device: str = "cpu", **_: Any) -> LocalJudge:
     model_cfg = ModelConfig(name_or_path=cfg.model, tokenizer=cfg.tokenizer)
     model = load_causal_lm(model_cfg, device).requires_grad_(False).eval()
     return LocalJudge(model, load_tokenizer(model_cfg), batch_size=cfg.batch_size,
-                      max_prompt_tokens=cfg.max_prompt_tokens, name=cfg.model)
+                      max_prompt_tokens=cfg.max_prompt_tokens, name=cfg.model, verdict=cfg.verdict,
+                      max_new_tokens=cfg.max_new_tokens)

@@ -1,0 +1,145 @@
+"""Where a run's time goes: named phases that code opens around its work, and the model FLOPs done in them.
+
+A run records into one :class:`PhaseClock` (:func:`recording`); any code below it opens ``phase("generation")``
+without the clock being passed down (with no clock recording, a phase costs nothing). Phases nest: a phase
+opened inside another is kept under its path, so the same ``generate`` call counts as pair generation while
+the data is prepared and as evaluation generation afterwards. Only the thread that records is timed: a phase
+opened by a worker thread would interleave with the main thread's stack.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = ["PhaseClock", "PhaseTotal", "count_flops", "phase", "recording", "timed"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Path = tuple[str, ...]
+OTHER = "other (outside any phase)"
+
+
+@dataclass
+class PhaseTotal:
+    """What a phase (one path) added up to: seconds, times opened, model FLOPs by compute dtype."""
+
+    seconds: float = 0.0
+    calls: int = 0
+    flops: dict[str, float] = field(default_factory=dict)
+
+
+class PhaseClock:
+    """Totals of nested phases.
+
+    Args:
+        clock: seconds from any origin (``time.perf_counter``; tests pass a fake one).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.totals: dict[Path, PhaseTotal] = {}  # in the order phases were first opened
+        self._stack: list[str] = []
+        self._thread = threading.get_ident()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as ``name`` under the phases open now (a phase inside itself is one phase)."""
+        if threading.get_ident() != self._thread or (self._stack and self._stack[-1] == name):
+            yield
+            return
+        self._stack.append(name)
+        total = self.totals.setdefault(tuple(self._stack), PhaseTotal())
+        start = self.clock()
+        try:
+            yield
+        finally:
+            total.seconds += self.clock() - start
+            total.calls += 1
+            self._stack.pop()
+
+    def count_flops(self, flops: float, dtype: str) -> None:
+        """Add model FLOPs computed in ``dtype`` to the innermost open phase (dropped outside every phase)."""
+        if not self._stack or threading.get_ident() != self._thread:
+            return
+        by_dtype = self.totals[tuple(self._stack)].flops
+        by_dtype[dtype] = by_dtype.get(dtype, 0.0) + flops
+
+    def rows(self, wall_seconds: float, peaks: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+        """The time table: every phase (parents before their children), then the time outside all phases.
+
+        Args:
+            wall_seconds: the run's wall time; every share is of it, so the top-level rows and the "other"
+                row sum to 1.
+            peaks: measured peak FLOP/s by dtype; a phase with FLOPs in a dtype it lacks gets no fraction.
+
+        Returns:
+            Dicts with ``phase`` (its name), ``path``, ``depth``, ``seconds``, ``share``, ``calls``, ``flops``
+            (by dtype), ``flops_per_second`` and ``peak_fraction`` (None where no FLOPs were counted). The
+            fraction is the time the FLOPs would take at each dtype's peak over the time they took.
+        """
+        peaks = peaks or {}
+        wall = max(wall_seconds, 1e-12)
+        first = {path: i for i, path in enumerate(self.totals)}  # a parent is opened before its children
+        ordered = sorted(self.totals, key=lambda p: [first[p[:i + 1]] for i in range(len(p))])
+        out = [_row(path, self.totals[path], wall, peaks) for path in ordered]
+        outside = wall_seconds - sum(t.seconds for p, t in self.totals.items() if len(p) == 1)
+        out.append(_row((OTHER,), PhaseTotal(seconds=max(outside, 0.0)), wall, peaks))
+        return out
+
+
+def _row(path: Path, total: PhaseTotal, wall: float, peaks: Mapping[str, float]) -> dict[str, Any]:
+    flops = sum(total.flops.values())
+    rate = fraction = None
+    if flops and total.seconds > 0:
+        rate = flops / total.seconds
+        if all(peaks.get(d) for d in total.flops):
+            fraction = sum(f / peaks[d] for d, f in total.flops.items()) / total.seconds
+    return {"phase": path[-1], "path": list(path), "depth": len(path) - 1, "seconds": total.seconds,
+            "share": total.seconds / wall, "calls": total.calls, "flops": dict(total.flops),
+            "flops_per_second": rate, "peak_fraction": fraction}
+
+
+_active: PhaseClock | None = None
+
+
+@contextmanager
+def recording(clock: PhaseClock) -> Iterator[PhaseClock]:
+    """Make ``clock`` the one :func:`phase` and :func:`count_flops` record into, for the block."""
+    global _active
+    previous, _active = _active, clock
+    try:
+        yield clock
+    finally:
+        _active = previous
+
+
+def phase(name: str) -> AbstractContextManager[None]:
+    """Time the block as phase ``name`` of the recording clock (nothing when none records)."""
+    return _active.phase(name) if _active is not None else nullcontext()
+
+
+def count_flops(flops: float, dtype: str) -> None:
+    """Add model FLOPs (in compute ``dtype``, e.g. ``"float32"``) to the innermost open phase, if recording."""
+    if _active is not None:
+        _active.count_flops(flops, dtype)
+
+
+def timed(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function so that each call is timed as phase ``name`` (see :func:`phase`)."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            with phase(name):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap

@@ -1,0 +1,38 @@
+"""A tiny run's report says where its time went: phases with shares of the wall time, and throughput."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from workflow_recipes import tiny_jsonl_recipe
+
+from alignkit.commands.run import run_recipe_file
+
+
+def test_a_tiny_run_reports_where_the_time_went(tmp_path):
+    recipe = tiny_jsonl_recipe(tmp_path)
+    run_recipe_file(str(recipe), ["eval={reward: vader_sentiment, num_prompts: 2, samples_per_prompt: 1, "
+                                  "max_new_tokens: 4, batch_size: 2}"])
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    section = report["time_breakdown"]
+    assert section["wall_seconds"] == pytest.approx(report["wall_seconds"])
+    rows = {tuple(r["path"]): r for r in section["phases"]}
+    for path in [("loading",), ("data preparation",), ("training",), ("training", "forward/backward"),
+                 ("training", "optimizer"), ("saving the model",), ("evaluation",),
+                 ("evaluation", "generation"), ("evaluation", "scoring"), ("evaluation", "KL")]:
+        assert path in rows, path
+    top = [r for r in section["phases"] if r["depth"] == 0]
+    assert sum(r["share"] for r in top) == pytest.approx(1.0, abs=1e-6)
+    named = sum(r["share"] for r in top if not r["phase"].startswith("other"))
+    assert named > 0.7, section["phases"]  # the phases account for most of the run, not a remainder
+    for path, row in rows.items():  # a child's time is part of its parent's
+        if len(path) > 1:
+            assert row["seconds"] <= rows[path[:-1]]["seconds"] + 1e-9
+    for path in [("training", "forward/backward"), ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
+        assert rows[path]["flops_per_second"] > 0 and 0 < rows[path]["peak_fraction"] < 1, rows[path]
+    assert section["peak_flops"]["float32"]["flops_per_second"] > 0
+    assert report["precision"]["used"] in ("fp32", "bf16 autocast") and report["precision"]["reason"]
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "## Where the time went" in markdown and "| · forward/backward |" in markdown
+    assert f"- precision: {report['precision']['used']}" in markdown
