@@ -32,6 +32,7 @@ from alignkit.eval.position_bias import judge_warnings, position_bias
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
+from alignkit.timing import phase
 
 __all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]
 
@@ -260,6 +261,7 @@ def evaluate_heldout(
         out["reward_kl"] = evaluate_before_after(cfg, policy, reference, tokenizer, fitting, console=console)
     if cfg.judge.kind != "none":
         sources = BaselineSources(reference=reference, base=base, chosen=chosen_by_prompt or {})
-        out["judged"] = [judge_run(cfg, policy, tokenizer, prompts, sources, labelled=labelled, console=console,
-                                   device=device, pairs_path=run_dir / "judged_pairs.jsonl", evaluation=evaluation)]
+        with phase("judge"):
+            out["judged"] = [judge_run(cfg, policy, tokenizer, prompts, sources, labelled=labelled, console=console,
+                                       device=device, pairs_path=run_dir / "judged_pairs.jsonl", evaluation=evaluation)]
     return out

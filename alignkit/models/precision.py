@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Hardware", "PrecisionChoice", "choose_precision", "detect_hardware", "native_bf16", "resolve_precision"]
+__all__ = ["Hardware", "PrecisionChoice", "choose_precision", "detect_hardware", "native_bf16", "resolve_precision",
+           "stored_precision"]
 
 # /proc/cpuinfo flag -> the name a person knows it by
 NATIVE_BF16_CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
@@ -52,10 +53,13 @@ class PrecisionChoice:
     requested: str  # train.precision: auto, fp32 or bf16
     autocast_dtype: torch.dtype | None  # None: no autocast (fp32, or the stored dtype)
     reason: str
+    stored: str | None = None  # no autocast by design: the weights' dtype (e.g. "float32") is what runs
 
     @property
     def label(self) -> str:
-        return "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+        if self.autocast_dtype == torch.bfloat16:
+            return "bf16 autocast"
+        return self.stored or "fp32"
 
     @property
     def compute_dtype(self) -> str:
@@ -87,6 +91,12 @@ def _no_native_bf16(hw: Hardware) -> str:
     if hw.device_type == "cuda":
         return f"GPU {hw.name} has no native bf16"
     return f"no native bf16 known on {hw.device_type}"
+
+
+def stored_precision(dtype: str) -> PrecisionChoice:
+    """A run with no precision setting (online training): no autocast, it computes in ``model.dtype``."""
+    return PrecisionChoice("none", None, f"online training has no autocast; it computes in model.dtype {dtype}",
+                           stored=dtype)
 
 
 def choose_precision(requested: str, hw: Hardware) -> PrecisionChoice:

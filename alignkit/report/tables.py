@@ -51,11 +51,11 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    facts = [f"- wall time: {report.get('wall_seconds', 0):.1f} s",
+    # Only what was measured: a report without a figure (an older or partial one) gets no line for it.
+    facts = [*([f"- wall time: {report['wall_seconds']:.1f} s"] if "wall_seconds" in report else []),
              *([f"- precision: {report['precision']['used']} ({report['precision']['reason']})"]
                if report.get("precision") else []),
-             f"- peak memory (RSS): {report.get('peak_rss_mib', 0):.0f} MiB",
-]
+             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else [])]
     if report.get("train_pairs") is not None:
         facts.append(f"- pairs: {report['train_pairs']} train, {report.get('heldout_pairs')} held out")
     params = report.get("parameters")

@@ -24,7 +24,7 @@ from rich.console import Console
 from alignkit.cache import write_atomic
 from alignkit.eval.judges.keys import check_judge_environment
 from alignkit.models.load import check_vocabulary, load_causal_lm
-from alignkit.models.precision import resolve_precision
+from alignkit.models.precision import resolve_precision, stored_precision
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
 from alignkit.report.tables import write_report
@@ -107,7 +107,7 @@ class RunPlan(Protocol):
     run_dir: Path
     adapter: AdapterConfig
     distributed: DistributedConfig
-    precision: str  # train.precision: auto, fp32 or bf16
+    precision: str | None  # train.precision: auto, fp32 or bf16; None: online training (no autocast)
 
     def check_processes(self, world_size: int, device: torch.device) -> None:
         """Refuse, naming the field, a process layout the run cannot use (before anything is written)."""
@@ -152,7 +152,8 @@ class RecipeRun:
         self.run_dir: Path = recipe.run_dir()
         self.adapter: AdapterConfig = recipe.adapter
         self.distributed: DistributedConfig = recipe.distributed
-        self.precision: str = getattr(recipe.train, "precision", "fp32")  # online training has no autocast
+        self.precision: str | None = getattr(recipe.train, "precision", None)  # online training has no autocast
+        self.model_dtype: str = recipe.model.dtype
         self._schema, self._dump = schema, dump
 
     def check_processes(self, world_size: int, device: torch.device) -> None:
@@ -226,7 +227,7 @@ def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
     console.print(format_parameter_table(parameter_table(ctx.policy)))
     ctx.report["parameters"] = {"trainable": trainable, "total": total}
     if env.enabled and plan.distributed.strategy == "fsdp":
-        cfg = compute_precision(plan.distributed, plan.precision, ctx.device)
+        cfg = compute_precision(plan.distributed, plan.precision or "fp32", ctx.device)
         ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
         ctx.sharding.shard_policy(ctx.policy)
     with phase("training"):
@@ -263,7 +264,8 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     seed_everything(plan.seed)
-    precision = resolve_precision(plan.precision, ctx.device)  # the trainer and FSDP decide alike
+    precision = (stored_precision(plan.model_dtype) if plan.precision is None  # the trainer and FSDP decide alike
+                 else resolve_precision(plan.precision, ctx.device))
     if env.is_main:
         console.print(precision.line())
     ctx.report["precision"] = precision.to_dict()
