@@ -108,6 +108,7 @@ class RunPlan(Protocol):
     adapter: AdapterConfig
     distributed: DistributedConfig
     precision: str | None  # train.precision: auto, fp32 or bf16; None: online training (no autocast)
+    model_dtype: str  # model.dtype: what a run without autocast computes in
 
     def check_processes(self, world_size: int, device: torch.device) -> None:
         """Refuse, naming the field, a process layout the run cannot use (before anything is written)."""
