@@ -14,6 +14,7 @@ Accepted row shapes (column names are configurable):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from alignkit.data.config import HFDatasetSource, JsonlSource
@@ -29,7 +30,7 @@ from alignkit.data.types import (
     is_conversation,
 )
 
-__all__ = ["row_to_example"]
+__all__ = ["row_to_example", "row_weight"]
 
 
 def _is_empty(value: TextOrMessages) -> bool:
@@ -102,13 +103,9 @@ def row_to_example(
             malformed(f"field {name!r} must be text or a list of {{role, content}} messages")
             return None
 
-    weight = 1.0
-    if cols.weight_field is not None:
-        raw = row.get(cols.weight_field)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
-            malformed(f"field {cols.weight_field!r} must be a finite number >= 0, got {raw!r}")
-            return None
-        weight = float(raw)
+    weight = row_weight(row, cols.weight_field, malformed)
+    if weight is None:
+        return None
 
     conversational = is_conversation(chosen) or is_conversation(rejected) or is_conversation(prompt)
     if prompt is None:
@@ -135,3 +132,14 @@ def row_to_example(
         report.drop(IDENTICAL, where)
         return None
     return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, weight=weight)
+
+
+def row_weight(row: dict, field: str | None, malformed: Callable[[str], None]) -> float | None:
+    """The row's example weight (1.0 without a weight column), or None after reporting a bad value."""
+    if field is None:
+        return 1.0
+    raw = row.get(field)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+        malformed(f"field {field!r} must be a finite number >= 0, got {raw!r}")
+        return None
+    return float(raw)

@@ -15,10 +15,10 @@ Accepted rows (column names are configurable, see ``data.source`` of kind ``unpa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignkit.data.rows import row_weight
 from alignkit.data.types import (
     EMPTY_RESPONSE,
     MALFORMED,
@@ -110,13 +110,9 @@ def row_to_unpaired(row: dict[str, Any], cols: Any, where: str, report: DropRepo
         shown = "missing" if cols.label_field not in row else f"got {label!r}"
         malformed(f"field {cols.label_field!r} must be true or false ({shown})")
         return None
-    weight = 1.0
-    if cols.weight_field is not None:
-        raw = row.get(cols.weight_field)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
-            malformed(f"field {cols.weight_field!r} must be a finite number >= 0, got {raw!r}")
-            return None
-        weight = float(raw)
+    weight = row_weight(row, cols.weight_field, malformed)
+    if weight is None:
+        return None
 
     raw_prompt, raw_completion = row.get(cols.prompt_field), row.get(cols.completion_field)
     if raw_prompt is None and raw_completion is None:

@@ -45,6 +45,18 @@ def letter_token_ids(tokenizer, letter: str) -> list[int]:
     return ids
 
 
+def _padded(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token rows padded to the longest, on the left or the right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -104,13 +116,8 @@ class LocalJudge(Judge):
         with eval_mode(self.model):
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                width = max(len(r) for r in batch)
                 # Right padding: with causal attention the last real token's logits ignore the pads.
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, r in enumerate(batch):
-                    ids[i, : len(r)] = torch.tensor(r)
-                    mask[i, : len(r)] = 1
+                ids, mask = _padded(batch, self.pad_id, left=False)
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
                 last = torch.tensor([len(r) - 1 for r in batch], device=device)
                 logps = torch.log_softmax(logits[torch.arange(len(batch), device=device), last].float(), dim=-1)  # (B, V)
@@ -133,13 +140,9 @@ class LocalJudge(Judge):
         with eval_mode(self.model):
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                width = max(len(r) for r in batch)
                 # Left padding: every row's answer starts at the same position.
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, r in enumerate(batch):
-                    ids[i, width - len(r) :] = torch.tensor(r)
-                    mask[i, width - len(r) :] = 1
+                ids, mask = _padded(batch, self.pad_id, left=True)
+                width = ids.shape[1]
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=self.max_new_tokens, do_sample=False,
                                      pad_token_id=self.pad_id, eos_token_id=eos)
