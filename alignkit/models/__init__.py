@@ -1,6 +1,6 @@
 """Models: load policy, reference and reward models; sequence log-probs; reference policies."""
 
-from alignkit.models.config import ModelConfig, ReferenceConfig
+from alignkit.models.config import ModelConfig, QuantizationConfig, ReferenceConfig
 from alignkit.models.load import (
     ModelLoadError,
     fetch_model,
@@ -10,6 +10,7 @@ from alignkit.models.load import (
     resolve_model_path,
 )
 from alignkit.models.logps import concatenated_forward, reward_scores, sequence_logps
+from alignkit.models.quantization import QuantizationError, dequantized, quantization_of, quantize_base
 from alignkit.models.reference import (
     AdaptersOffReference,
     CachedReference,
@@ -26,16 +27,21 @@ __all__ = [
     "FrozenCopyReference",
     "ModelConfig",
     "ModelLoadError",
+    "QuantizationConfig",
+    "QuantizationError",
     "Reference",
     "ReferenceConfig",
     "ReferenceLogpsCache",
     "cache_key",
     "concatenated_forward",
+    "dequantized",
     "ensure_smollm2",
     "fetch_model",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
+    "quantization_of",
+    "quantize_base",
     "resolve_model_path",
     "reward_scores",
     "sequence_logps",

@@ -9,9 +9,42 @@ from pydantic import Field, model_validator
 from alignkit.config_base import StrictConfig
 from alignkit.models.logps import LogpsOptions
 
-__all__ = ["ModelConfig", "ReferenceConfig", "ReferenceMode"]
+__all__ = ["ModelConfig", "QuantizationConfig", "ReferenceConfig", "ReferenceMode"]
 
 ReferenceMode = Literal["copy", "adapters_off", "cached", "none"]
+
+
+class QuantizationConfig(StrictConfig):
+    """A weight-only quantized, frozen base under a trained adapter (QLoRA-style).
+
+    Only the ``nn.Linear`` layers of the transformer blocks are quantized: the adapters, embeddings, norms and
+    the output head keep the model's dtype (the head sees every token's logits, where int8/int4 error shows
+    most, and is tied to the embedding in many models).
+    """
+
+    bits: Literal[4, 8] = Field(description="Bits per base weight: 8 (int8) or 4 (int4, or NF4/FP4 under bitsandbytes).")
+    backend: Literal["torchao", "bitsandbytes"] = Field(
+        default="torchao",
+        description="torchao: weight-only int8 (per output row) or int4 (per group) on CPU and GPU "
+        "(`pip install 'alignkit[quant]'`); int4 weights are stored one per byte. bitsandbytes: 8-bit "
+        "(LLM.int8) or 4-bit (NF4/FP4) on CUDA only (`pip install 'alignkit[quant-cuda]'`), untested here.",
+    )
+    group_size: int = Field(
+        default=128,
+        ge=1,
+        description="torchao int4: weights sharing one scale along the input dimension; must divide every "
+        "quantized layer's input width. Ignored otherwise.",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        default="nf4", description="bitsandbytes 4-bit: the 4-bit data type (NF4 as in QLoRA). Ignored otherwise."
+    )
+
+    def describe(self) -> str:
+        """A short human label, e.g. 'int8 (torchao)' or 'nf4 (bitsandbytes)'."""
+        if self.backend == "bitsandbytes" and self.bits == 4:
+            return f"{self.quant_type} (bitsandbytes)"
+        group = f", group {self.group_size}" if self.backend == "torchao" and self.bits == 4 else ""
+        return f"int{self.bits} ({self.backend}{group})"
 
 
 class ModelConfig(StrictConfig):
@@ -53,6 +86,11 @@ class ModelConfig(StrictConfig):
         default=None,
         description="Build a randomly initialised model from a transformers config instead of loading "
         "weights, e.g. {model_type: gpt2, n_layer: 2, n_embd: 64, n_head: 2}. For tests and quick runs.",
+    )
+    quantization: QuantizationConfig | None = Field(
+        default=None,
+        description="Quantize the frozen base's linear layers, e.g. {bits: 8} or {bits: 4, backend: bitsandbytes}. "
+        "Needs an adapter (adapter.kind lora or bottleneck) and reference.mode adapters_off or cached.",
     )
     disable_dropout: bool = Field(
         default=True,

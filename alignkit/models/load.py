@@ -28,6 +28,7 @@ from transformers import (
 from alignkit.hub import go_offline_if_unreachable, hub_unavailable_reason
 from alignkit.models.config import ModelConfig
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
+from alignkit.models.quantization import QuantizationError, device_problem, quantize_base
 from alignkit.models.smollm2 import MODEL_ALIASES
 
 __all__ = [
@@ -256,6 +257,10 @@ def check_vocabulary(model: Any, tokenizer: Any, field: str | None = None) -> No
 
 
 def _finish(model: PreTrainedModel, cfg: ModelConfig, device: torch.device | str) -> PreTrainedModel:
+    if cfg.quantization is not None:
+        if (why := device_problem(cfg.quantization, device)) is not None:
+            raise QuantizationError(why)
+        quantize_base(model, cfg.quantization)  # on the CPU: the device never holds the full-precision weights
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen embeddings (adapters) and with our chunked lm-head.
         kwargs = {"use_reentrant": False}
@@ -284,10 +289,14 @@ def load_causal_lm(
     Args:
         tokenizer: when given, the model must be able to embed every one of its token ids.
 
+    With ``cfg.quantization`` the base's linear layers are quantized and every base parameter is frozen
+    (:func:`alignkit.models.quantization.quantize_base`): apply an adapter to train it.
+
     Raises:
         ModelLoadError: the weights are on the Hub and the Hub is off/unreachable, the folder is not a
             model or holds an unreadable weight file, ``from_config`` is not a valid config, or the
             tokenizer has more tokens than the model's embedding.
+        QuantizationError: ``cfg.quantization`` cannot work with this model or device.
     """
     if cfg.from_config is not None:
         config = _config_from_dict(cfg)

@@ -56,13 +56,15 @@ def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    grouped = rewards.detach().float().view(-1, group_size)  # (P, G)
+    # float64: near-equal rewards in a group (std ~1e-5 of their size) would leave float32 rounding of
+    # r - mean as large as the centred values themselves once divided by the std.
+    grouped = rewards.detach().double().view(-1, group_size)  # (P, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_by_std and group_size > 1:
         std = grouped.std(dim=1, keepdim=True)  # sample std (n - 1)
         denominator = std + eps
         centred = centred / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return centred.reshape(-1)
+    return centred.float().reshape(-1)
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from alignkit.peft.config import BottleneckConfig
-from alignkit.peft.modules import AdapterWrapper, matches_any, set_module
+from alignkit.peft.modules import AdapterWrapper, dense_weight, matches_any, set_module
 
 __all__ = ["Bottleneck", "BottleneckMLP", "MLPWeights", "describe_mlp", "inject_bottleneck"]
 
@@ -58,7 +58,10 @@ class MLPWeights:
 
 
 def describe_mlp(mlp: nn.Module) -> MLPWeights | None:
-    """The weights of a GPT-2 or Llama-style MLP (views, no copies), or None for anything else."""
+    """The weights of a GPT-2 or Llama-style MLP (views, no copies), or None for anything else.
+
+    Quantized weights (a quantized frozen base) are dequantized copies.
+    """
     c_fc, c_proj, act = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None), getattr(mlp, "act", None)
     if isinstance(c_fc, Conv1D) and isinstance(c_proj, Conv1D) and isinstance(act, nn.Module):
         return MLPWeights(c_fc.weight.T, c_fc.bias, None, None, c_proj.weight.T, c_proj.bias, act)
@@ -70,7 +73,8 @@ def describe_mlp(mlp: nn.Module) -> MLPWeights | None:
         and isinstance(down, nn.Linear)
         and isinstance(act_fn, nn.Module)
     ):
-        return MLPWeights(up.weight, up.bias, gate.weight, gate.bias, down.weight, down.bias, act_fn)
+        return MLPWeights(dense_weight(up.weight), up.bias, dense_weight(gate.weight), gate.bias,
+                          dense_weight(down.weight), down.bias, act_fn)
     return None
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from alignkit.peft.config import LoRAConfig
-from alignkit.peft.modules import AdapterWrapper, linear_shape, matches_any, set_module
+from alignkit.peft.modules import AdapterWrapper, dense_weight, linear_shape, matches_any, set_module
 
 __all__ = ["LoRALayer", "default_lora_targets", "inject_lora"]
 
@@ -48,12 +48,15 @@ class LoRALayer(AdapterWrapper):
         super().__init__(base_layer)
         n_in, n_out = linear_shape(base_layer)
         weight = self.base_layer.weight
+        # A quantized base stores integers (bitsandbytes) or reports its original dtype (torchao); LoRA
+        # trains in that dtype, or in the layer's compute dtype, never in an integer one.
+        dtype = weight.dtype if weight.is_floating_point() else getattr(base_layer, "compute_dtype", None)
         self.r = r
         self.alpha = alpha
         self.scaling = alpha / r
         self.lora_dropout = nn.Dropout(dropout)
-        self.lora_A = nn.Linear(n_in, r, bias=False, device=weight.device, dtype=weight.dtype)
-        self.lora_B = nn.Linear(r, n_out, bias=False, device=weight.device, dtype=weight.dtype)
+        self.lora_A = nn.Linear(n_in, r, bias=False, device=weight.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, n_out, bias=False, device=weight.device, dtype=dtype)
         # A as nn.Linear's default init, B zero: the update B A is exactly 0 at step 0.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
@@ -65,26 +68,30 @@ class LoRALayer(AdapterWrapper):
 
     def adapter_forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         """(..., in) -> (..., out). Extra arguments go to the base layer, as when the adapter is off."""
-        return self.base_layer(x, *args, **kwargs) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        out = self.base_layer(x, *args, **kwargs)
+        # The adapter's own dtype: on a quantized base it may differ from the activations' (a no-op otherwise).
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))) * self.scaling
+        return out + update.to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """The update ``scaling * B @ A`` in the base weight's own layout ((in, out) for Conv1D).
 
-        Computed in float32 and cast to the base dtype.
+        Computed in float32 and cast to the adapter's dtype (the base dtype, unless the base is quantized).
         """
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
         if self.fan_in_fan_out:
             delta = delta.T
-        return delta.to(self.base_layer.weight.dtype)
+        return delta.to(self.lora_A.weight.dtype)
 
     def merged_weight(self) -> nn.Parameter:
         """A new parameter holding ``W + scaling * B A`` (the base weight itself is not touched).
 
         A new tensor, not an in-place update: the base weight may be tied to another module (GPT-2's
-        ``lm_head`` shares the input embedding), which must keep its own values.
+        ``lm_head`` shares the input embedding), which must keep its own values. A quantized base weight is
+        dequantized first: the merged weight is full precision.
         """
         weight = self.base_layer.weight
-        return nn.Parameter(weight.detach() + self.delta_weight(), requires_grad=weight.requires_grad)
+        return nn.Parameter(dense_weight(weight.detach()) + self.delta_weight(), requires_grad=weight.requires_grad)
 
     @torch.no_grad()
     def merge(self) -> None:

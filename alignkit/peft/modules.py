@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 __all__ = [
     "AdapterWrapper",
     "adapter_wrappers",
+    "dense_weight",
     "linear_shape",
     "linear_weight_out_in",
     "matches_any",
@@ -87,6 +88,25 @@ def linear_weight_out_in(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, Conv1D):
         return layer.weight.T
     raise TypeError(f"expected nn.Linear or Conv1D, got {type(layer).__name__}")
+
+
+def dense_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The values of a layer's weight as a plain floating tensor (the weight itself unless it is quantized).
+
+    A quantized frozen base (``model.quantization``) holds tensor subclasses whose ``dequantize()`` gives the
+    values the layer multiplies by; integer storage without it (bitsandbytes) cannot be read back here.
+
+    Raises:
+        TypeError: a quantized weight that cannot be dequantized.
+    """
+    if type(weight) in (torch.Tensor, nn.Parameter) and weight.is_floating_point():
+        return weight
+    dequantize = getattr(weight, "dequantize", None)
+    if type(weight) not in (torch.Tensor, nn.Parameter) and callable(dequantize):
+        return dequantize()
+    raise TypeError(f"cannot read the values of a {type(weight).__name__} weight ({weight.dtype}): bottleneck "
+                    "adapters and LoRA merging need a full-precision or torchao-quantized base (on a bitsandbytes "
+                    "base, train LoRA and export the adapter alone)")
 
 
 def _pattern_matches(pattern: str, path: str) -> bool:

@@ -24,6 +24,7 @@ from alignkit.recipe.rules import (
     environment_problems,
     eval_rewards,
     model_problems,
+    quantization_problems,
     reward_problems,
 )
 from alignkit.recipe.schema import clean_loc, fields_of_kind
@@ -53,6 +54,7 @@ __all__ = [
     "load_recipe",
     "load_recipe_plugins",
     "model_problems",
+    "quantization_problems",
     "parse_yaml",
     "plugin_list",
     "raise_problems",

@@ -25,6 +25,7 @@ from alignkit.recipe import (
     model_problems,
     parse_yaml,
     plugin_list,
+    quantization_problems,
     raise_problems,
     read_recipe_file,
     read_text,
@@ -92,7 +93,8 @@ def is_online_recipe(path: str | Path) -> bool:
 
 
 def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
-    problems: list[Problem] = []
+    problems: list[Problem] = quantization_problems(recipe.model, recipe.adapter.kind, recipe.train.device,
+                                                    strategy=recipe.distributed.strategy)
     if recipe.online.warp is not None and isinstance(recipe.adapter, LoRAConfig):
         problems.append((("adapter", "kind"), "WARP merges trainable tensors one by one, which is not the merge "
                          "of LoRA's product B A; use adapter.kind bottleneck or none with online.warp"))

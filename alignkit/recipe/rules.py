@@ -16,6 +16,7 @@ from alignkit.eval.config import EvalConfig
 from alignkit.losses import Objective, build_objective, list_losses
 from alignkit.models.config import ModelConfig
 from alignkit.models.load import check_from_config
+from alignkit.models.quantization import device_problem
 from alignkit.models.rewards import REWARDS
 from alignkit.recipe.model import Recipe
 from alignkit.recipe.source import Location, Problem
@@ -23,7 +24,7 @@ from alignkit.train.config import TrainConfig
 from alignkit.train.metrics import stage_metric_names
 
 __all__ = ["ADAPTERS_OFF_AFTER_SFT", "cross_section_problems", "environment_problems", "eval_rewards", "model_problems",
-           "reward_problems", "unused_reference_note"]
+           "quantization_problems", "reward_problems", "unused_reference_note"]
 
 # reference.mode adapters_off with an SFT stage: the base model would stand in for the SFT model.
 ADAPTERS_OFF_AFTER_SFT = (
@@ -48,6 +49,35 @@ def model_problems(model: ModelConfig, *, reward_model: bool = False, max_length
     if max_length is not None and isinstance(positions, int) and max_length > positions:
         problems.append((("data", "max_length"), f"{max_length} is more than the model's {positions} positions "
                          "(model.from_config); lower it or give the model more positions"))
+    return problems
+
+
+def quantization_problems(model: ModelConfig, adapter_kind: str, device: str,
+                          reference_mode: str | None = None, strategy: str = "ddp") -> list[Problem]:
+    """A quantized base (``model.quantization``) is frozen: an adapter trains on it, its reference is itself.
+
+    Args:
+        device: ``train.device`` (``auto`` means cuda when this machine has one).
+        reference_mode: ``reference.mode`` of a preference recipe (None for an online recipe).
+        strategy: ``distributed.strategy``.
+    """
+    quant = model.quantization
+    if quant is None:
+        return []
+    loc: Location = ("model", "quantization")
+    problems: list[Problem] = []
+    if adapter_kind == "none":
+        problems.append((loc, f"{quant.describe()} freezes the base's linear layers as integers, so full fine-tuning "
+                         "cannot train them; set adapter.kind to lora or bottleneck, or remove model.quantization"))
+    if reference_mode == "copy":
+        problems.append((("reference", "mode"), "'copy' loads a second quantized base, but with model.quantization "
+                         "the policy with its adapters off is that base; use adapters_off (or cached)"))
+    if strategy == "fsdp":
+        problems.append((("distributed", "strategy"), "fsdp does not shard quantized weights; use ddp, or remove "
+                         "model.quantization"))
+    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if _device_problem(resolved) is None and (why := device_problem(quant, resolved)) is not None:
+        problems.append((("model", "quantization", "backend"), why.partition(": ")[2]))
     return problems
 
 
@@ -198,6 +228,9 @@ def cross_section_problems(recipe: Recipe) -> list[Problem]:
     problems += _early_stopping_problems(recipe, objective)
     problems += model_problems(recipe.model, reward_model=objective.inputs != "logps",
                                max_length=recipe.data.max_length)
+    problems += quantization_problems(recipe.model, recipe.adapter.kind, recipe.train.device,
+                                      reference_mode=mode if objective.needs_reference else None,
+                                      strategy=recipe.distributed.strategy)
     return problems
 
 

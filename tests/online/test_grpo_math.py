@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alignkit.online.grpo import group_advantages, grpo_token_loss, k3_kl
@@ -57,6 +57,7 @@ def test_group_advantages_validate():
 
 @FAST
 @given(st.lists(finite, min_size=6, max_size=6), st.sampled_from([2, 3, 6]))
+@example([0.0, 0.0, 0.0, 5.890625, 5.890625, 5.8906984], 3)  # near-equal rewards: float32 centring summed to 3e-3
 def test_group_advantages_sum_to_zero_in_each_group(rewards, group_size):
     adv = group_advantages(torch.tensor(rewards), group_size=group_size).view(-1, group_size)
     assert torch.allclose(adv.sum(dim=1), torch.zeros(adv.shape[0]), atol=1e-3)
