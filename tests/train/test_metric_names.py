@@ -96,3 +96,10 @@ def test_the_rule_accepts_exactly_the_names_a_real_stage_logs(tmp_path, gpt2_tok
     assert set(listed.train) == train
     assert set(listed.eval) == held_out
     assert _accepted_names(tmp_path, loss, overrides, section) == held_out
+
+
+def test_pair_accuracy_counts_margins_within_rounding_as_ties():
+    from alignkit.train.metrics import TIE_MARGIN, pair_accuracy
+
+    margins = torch.tensor([0.5, -0.5, 1e-7, -2.4e-7, 0.0, 2 * TIE_MARGIN, -2 * TIE_MARGIN])
+    assert pair_accuracy(margins).tolist() == [1.0, 0.0, 0.5, 0.5, 0.5, 1.0, 0.0]
