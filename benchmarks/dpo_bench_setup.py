@@ -36,7 +36,11 @@ HH_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 CASES: dict[str, dict] = {
     "tiny-gpt2": {"batch": 8, "max_length": 512, "max_prompt_length": 256, "steps": 10, "warmup": 2},
     "smollm2": {"batch": 4, "max_length": 256, "max_prompt_length": 128, "steps": 3, "warmup": 1},
+    # Synthetic pairs of exactly max_length tokens on a tiny Llama body: the scaling sweeps (scaling.py).
+    "tiny-llama": {"batch": 1, "max_length": 1024, "max_prompt_length": 512, "steps": 1, "warmup": 1},
 }
+
+SYNTHETIC_FIRST_ID = 3  # random pair tokens avoid the special ids of _id_tokenizer
 
 
 @dataclass
@@ -44,14 +48,18 @@ class BenchSpec:
     """One benchmark setting, identical for both frameworks.
 
     Attributes:
-        case: ``tiny-gpt2`` (GPT2Config with small dims, real 50,257-token vocabulary) or ``smollm2``
-            (SmolLM2-135M-Instruct from ``model_path``).
+        case: ``tiny-gpt2`` (GPT2Config with small dims, real 50,257-token vocabulary), ``smollm2``
+            (SmolLM2-135M-Instruct from ``model_path``) or ``tiny-llama`` (LlamaConfig with small dims and a
+            ``vocab``-token vocabulary, fed random pairs whose prompt is ``max_prompt_length`` tokens and whose
+            chosen and rejected responses fill the rest of ``max_length``: every sequence is exactly
+            ``max_length`` tokens, so the sweeps control the length, not the data).
         batch: pairs per optimizer step (2 x batch sequences per forward).
         max_length / max_prompt_length: token limits of prompt + response and of the prompt.
         steps: timed optimizer steps, after ``warmup`` untimed ones.
         reference: ``copy`` (a frozen reference model, one extra forward per step) or ``cached``
             (reference log-probs computed before training; no reference model while training).
-        hidden / layers / heads: tiny GPT-2 dims (ignored for smollm2).
+        hidden / layers / heads: tiny GPT-2 / tiny Llama dims (ignored for smollm2).
+        vocab: tiny Llama vocabulary size (tiny-llama only).
         lr: peak learning rate (linear decay to 0 over warmup + steps, no warm-up ramp).
         beta: DPO beta (sigmoid loss).
         seed: weights and data order.
@@ -77,6 +85,7 @@ class BenchSpec:
     hidden: int = 128
     layers: int = 4
     heads: int = 4
+    vocab: int = 32768
     lr: float = 1e-5
     beta: float = 0.1
     seed: int = 0
@@ -97,6 +106,8 @@ class BenchSpec:
             raise ValueError(f"need warmup >= 1 and steps >= 1, got warmup={self.warmup} steps={self.steps}")
         if self.device not in ("cpu", "cuda") or self.precision not in ("fp32", "bf16"):
             raise ValueError(f"device must be cpu/cuda and precision fp32/bf16, got {self.device}/{self.precision}")
+        if self.case == "tiny-llama" and self.vocab <= SYNTHETIC_FIRST_ID:
+            raise ValueError(f"vocab must be above {SYNTHETIC_FIRST_ID} (the special ids), got {self.vocab}")
         if self.case == "smollm2" and not self.model_path:
             raise ValueError("case smollm2 needs model_path (alignkit.models.smollm2.ensure_smollm2())")
 
@@ -111,7 +122,8 @@ class BenchSpec:
         extras += ["ckpt"] if self.gradient_checkpointing else []
         extras += [] if self.padding_free else ["padded"]
         tail = f" ({', '.join(extras)})" if extras else ""
-        return f"{self.case} B={self.batch} L={self.max_length} ref={self.reference}{tail}"
+        vocab = f" V={self.vocab}" if self.case == "tiny-llama" else ""
+        return f"{self.case} B={self.batch} L={self.max_length}{vocab} ref={self.reference}{tail}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +135,8 @@ def build_tokenizer(spec: BenchSpec):
         from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
 
         tok = offline_gpt2_tokenizer()
+    elif spec.case == "tiny-llama":
+        tok = _id_tokenizer()
     else:
         from transformers import AutoTokenizer
 
@@ -130,6 +144,18 @@ def build_tokenizer(spec: BenchSpec):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _id_tokenizer():
+    """A three-token tokenizer (pad 0, eos 1, unk 2) for pre-tokenized synthetic pairs: both trainers only
+    read its pad and eos ids, and building it needs no download."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(specials, unk_token="<unk>")),
+                                   pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 def build_model(spec: BenchSpec) -> nn.Module:
@@ -141,6 +167,15 @@ def build_model(spec: BenchSpec) -> nn.Module:
         cfg = GPT2Config(vocab_size=50257, n_positions=max(1024, spec.max_length), n_embd=spec.hidden,
                          n_layer=spec.layers, n_head=spec.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
         model = GPT2LMHeadModel(cfg)
+    elif spec.case == "tiny-llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=4 * spec.hidden,
+                          num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                          num_key_value_heads=spec.heads, max_position_embeddings=spec.max_length,
+                          tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+        cfg._attn_implementation = "sdpa"
+        model = LlamaForCausalLM(cfg)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -171,6 +206,9 @@ def ordered_pairs(spec: BenchSpec, tokenizer) -> tuple[list[TokenizedPair], list
     from alignkit.data.tokenize import tokenize_pairs
     from alignkit.train.trainer import step_order
 
+    if spec.case == "tiny-llama":
+        pairs = synthetic_pairs(spec)
+        return pairs, [pairs[i] for i in step_order(len(pairs), spec.seed, 0)]
     if not Path(spec.hh_path).exists():
         raise FileNotFoundError(f"HH-RLHF file not found: {spec.hh_path}")
     need = spec.batch * spec.total_steps
@@ -180,6 +218,21 @@ def ordered_pairs(spec: BenchSpec, tokenizer) -> tuple[list[TokenizedPair], list
         raise ValueError(f"only {len(pairs)} usable pairs, need {need} (batch {spec.batch} x {spec.total_steps} steps)")
     pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, p.rejected_ids, 1.0, i) for i, p in enumerate(pairs[:need])]
     return pairs, [pairs[i] for i in step_order(need, spec.seed, 0)]
+
+
+def synthetic_pairs(spec: BenchSpec) -> list[TokenizedPair]:
+    """``batch x total_steps`` random pairs: a ``max_prompt_length``-token prompt and two responses of
+    ``max_length - max_prompt_length`` tokens each (the same for every seed of the weights)."""
+    response = spec.max_length - spec.max_prompt_length
+    if response < 1:
+        raise ValueError(f"max_length {spec.max_length} leaves no response after a {spec.max_prompt_length}-token prompt")
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(SYNTHETIC_FIRST_ID, spec.vocab, (n,), generator=gen).tolist()
+
+    return [TokenizedPair(ids(spec.max_prompt_length), ids(response), ids(response), 1.0, i)
+            for i in range(spec.batch * spec.total_steps)]
 
 
 def step_tokens(pairs: list[TokenizedPair], batch: int, step: int) -> int:

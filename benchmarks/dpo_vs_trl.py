@@ -10,6 +10,7 @@ Warm-up steps are run first and not timed.
     python benchmarks/dpo_vs_trl.py --case tiny-gpt2                      # both reference modes
     python benchmarks/dpo_vs_trl.py --case smollm2 --reference copy --gradient-checkpointing
     python benchmarks/dpo_vs_trl.py --case smollm2 --device cuda --precision bf16 --max-length 1024
+    python benchmarks/dpo_vs_trl.py --case smollm2 --precision bf16     # bf16 autocast on CPU, both sides
     python benchmarks/dpo_vs_trl.py --case tiny-gpt2 --json out.json --max-load 1.3
 
 Reference modes: ``copy`` keeps a frozen reference model (alignkit FrozenCopyReference, TRL an explicit
@@ -45,7 +46,7 @@ from dpo_bench_setup import (  # noqa: E402
     wait_for_idle,
 )
 
-__all__ = ["compare", "run_alignkit", "run_framework_subprocess", "run_trl", "markdown_rows"]
+__all__ = ["MemoryCapExceeded", "compare", "run_alignkit", "run_framework_subprocess", "run_trl", "markdown_rows"]
 
 FRAMEWORKS = ("alignkit", "trl")
 
@@ -195,19 +196,61 @@ def run_trl(spec: BenchSpec) -> dict:
         trainer = PretokenizedDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                                          processing_class=tokenizer, callbacks=[StepClock()])
         trainer.bench_losses = []
+        # bf16=True must reach accelerate as bf16 autocast on CPU too, or the comparison is not like for like.
+        expected = "bf16" if spec.precision == "bf16" else "no"
+        if trainer.accelerator.mixed_precision != expected:
+            raise RuntimeError(f"TRL runs with mixed_precision={trainer.accelerator.mixed_precision!r}, "
+                               f"expected {expected!r} for precision {spec.precision}")
         trainer.train()
     if len(step_ends) != spec.total_steps:
         raise RuntimeError(f"TRL ran {len(step_ends)} optimizer steps, expected {spec.total_steps}")
     return _summarize(spec, pairs, step_ends, [float(x) for x in trainer.bench_losses], baseline, model)
 
 
-def run_framework_subprocess(framework: str, spec: BenchSpec, timeout: float | None = None) -> dict:
-    """Run one framework in a fresh interpreter (its own peak RSS) and return its JSON figures."""
+class MemoryCapExceeded(RuntimeError):
+    """The child's resident memory passed the cap it was given, so it was killed: no figures exist."""
+
+
+def _rss_mib_of(pid: int) -> float:
+    """Resident memory of process ``pid`` now, 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_framework_subprocess(framework: str, spec: BenchSpec, timeout: float | None = None,
+                             rss_cap_mib: float | None = None) -> dict:
+    """Run one framework in a fresh interpreter (its own peak RSS) and return its JSON figures.
+
+    With ``rss_cap_mib``, the child is polled and killed once its resident memory passes the cap (a point
+    that would swap a shared machine), raising :class:`MemoryCapExceeded`.
+    """
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", framework, "--spec", json.dumps(spec.to_dict())]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        start, seen = time.monotonic(), 0.0
+        while proc.poll() is None:
+            seen = max(seen, _rss_mib_of(proc.pid))
+            if rss_cap_mib is not None and seen > rss_cap_mib:
+                proc.kill()
+                proc.wait()
+                raise MemoryCapExceeded(f"{framework}: resident memory passed the {rss_cap_mib:.0f} MiB cap "
+                                        f"after {time.monotonic() - start:.0f} s; killed")
+            if timeout is not None and time.monotonic() - start > timeout:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{framework} benchmark failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{framework} benchmark failed (exit {proc.returncode}):\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _ratio(ours: float, theirs: float) -> float:
