@@ -15,21 +15,28 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from alignkit.hub import go_offline_if_unreachable, hub_unavailable_reason
 from alignkit.models.config import ModelConfig
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
-from alignkit.models.quantization import QuantizationError, device_problem, quantize_base
+from alignkit.models.quantization import (
+    QuantizationError,
+    device_problem,
+    quantize_base,
+    quiet_torchao_import,
+)
 from alignkit.models.smollm2 import MODEL_ALIASES
+
+with quiet_torchao_import():  # transformers' model classes import torchao when it is installed
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
 __all__ = [
     "ModelLoadError",

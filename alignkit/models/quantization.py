@@ -36,6 +36,7 @@ __all__ = [
     "quantization_of",
     "quantize_base",
     "quantized_layers",
+    "quiet_torchao_import",
 ]
 
 _CONFIG_ATTR = "_alignkit_quantization"
@@ -131,18 +132,29 @@ class FrozenQuantizedLinear(nn.Linear):
         return out
 
 
-def _import_torchao() -> Any:
-    # torchao logs a warning for each optional CUDA kernel library it cannot load on a CPU-only build.
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+@contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Silence what importing torchao logs: a warning for each optional CUDA kernel library a CPU-only build
+    cannot load, and torch's notes on its enums. transformers imports torchao inside every
+    ``from_pretrained`` once it is installed, so without this each model load prints them."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        import torchao.quantization as torchao_quantization
-    except ImportError as err:
-        raise QuantizationError("model.quantization.backend: torchao is not installed; "
-                                "pip install 'alignkit[quant]'") from err
+        yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _import_torchao() -> Any:
+    with quiet_torchao_import():
+        try:
+            import torchao.quantization as torchao_quantization
+        except ImportError as err:
+            raise QuantizationError("model.quantization.backend: torchao is not installed; "
+                                    "pip install 'alignkit[quant]'") from err
     return torchao_quantization
 
 
