@@ -19,7 +19,7 @@ from alignkit.data.tokenize import tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData, TokenizedPair
 from alignkit.data.unpaired import TokenizedUnpaired, UnpairedExample, row_to_unpaired
 
-__all__ = ["assign_mismatched_prompts", "load_unpaired", "split_pairs", "tokenize_unpaired"]
+__all__ = ["assign_mismatched_prompts", "load_unpaired", "split_pair_items", "split_pairs", "tokenize_unpaired"]
 
 UnpairedSource = UnpairedJsonlSource | UnpairedHFDatasetSource
 
@@ -84,7 +84,7 @@ def assign_mismatched_prompts(items: list[TokenizedUnpaired], max_length: int, s
     return items
 
 
-def _split_pair_items(pairs: Sequence[TokenizedPair]) -> list[TokenizedUnpaired]:
+def split_pair_items(pairs: Sequence[TokenizedPair]) -> list[TokenizedUnpaired]:
     """Pair ``i`` -> items ``2i`` (prompt, chosen, desirable) and ``2i + 1`` (prompt, rejected, undesirable)."""
     out = []
     for p in pairs:
@@ -106,8 +106,8 @@ def split_pairs(data: PreparedData, cfg: DataConfig) -> PreparedData:
     """
     if data.train and not isinstance(data.train[0], TokenizedPair):
         raise DataError(f"data.unpaired: data.source ({cfg.source.kind}) does not give preference pairs to split")
-    train = assign_mismatched_prompts(_split_pair_items(data.train), cfg.max_length, cfg.seed)
-    test = assign_mismatched_prompts(_split_pair_items(data.test), cfg.max_length, cfg.seed + 1)
+    train = assign_mismatched_prompts(split_pair_items(data.train), cfg.max_length, cfg.seed)
+    test = assign_mismatched_prompts(split_pair_items(data.test), cfg.max_length, cfg.seed + 1)
     return PreparedData(train, test, _split_pair_examples(data.train_examples),
                         _split_pair_examples(data.test_examples), data.load_report, data.train_report,
                         data.test_report)

@@ -300,17 +300,18 @@ class Trainer:
             return {}
         self.model.eval()
         size = self.cfg.eval_batch_size or max(1, self.cfg.batch_size // self.cfg.grad_accum)
-        local = self.eval_pairs[self.env.rank::self.env.world_size]
-        # Sharded, every process must run as many forwards as the others (each gathers parameters with
-        # all of them): one with a share shorter by a batch repeats a batch and discards it.
-        most = math.ceil(len(self.eval_pairs) / self.env.world_size) if self.sharded else len(local)
+        # Like a training step: each batch of `size` examples is split over the processes, and a loss's
+        # batch-level samples (KTO's mismatched pairs) are pooled, so its statistic (z0) is the whole batch's
+        # on any number of processes. Every process runs one forward per batch (sharded weights are gathered
+        # by all, and pooling is a collective); one whose share of a batch is empty runs a copy and discards it.
         sums = MetricSums()
-        for i in range(0, most, size):
-            part = local[i:i + size]
-            batch = _to_device(self.collate(part or local[:size]), self.device)
+        for start in range(0, len(self.eval_pairs), size):
+            whole = self.eval_pairs[start:start + size]
+            part = whole[self.env.rank::self.env.world_size]
+            batch = _to_device(self.collate(part or whole[:1]), self.device)
             with self._autocast():
                 out, stats = objective_step(self.model, batch, self.objective, self.reference, logps=self.logps,
-                                            state=self.loss_state)
+                                            state=self.loss_state, pool=self.env)
             if part:
                 self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
         metrics = sums.means(self.env)

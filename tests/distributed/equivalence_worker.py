@@ -48,8 +48,9 @@ from safetensors.torch import save_file  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from train_data import tiny_pairs  # noqa: E402
 
-from alignkit.data import collate_preference, collate_sft  # noqa: E402
+from alignkit.data import collate_preference, collate_sft, collate_unpaired  # noqa: E402
 from alignkit.data.kway import KWayExample, collate_kway, tokenize_kway  # noqa: E402
+from alignkit.data.unpaired_sources import assign_mismatched_prompts, split_pair_items  # noqa: E402
 from alignkit.losses import build_objective  # noqa: E402
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer  # noqa: E402
 from alignkit.models.logps import LogpsOptions  # noqa: E402
@@ -76,6 +77,10 @@ def _reward_model() -> torch.nn.Module:
     cfg = GPT2Config(n_positions=256, n_embd=32, n_layer=2, n_head=2, num_labels=1, pad_token_id=50256,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return GPT2ForSequenceClassification(cfg).eval()
+
+
+def _unpaired(pairs: list[Any], seed: int) -> list[Any]:
+    return assign_mismatched_prompts(split_pair_items(pairs), max_length=64, seed=seed)
 
 
 def _kway_items(tokenizer: Any, n: int) -> list[Any]:
@@ -173,6 +178,10 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
     pad = tokenizer.pad_token_id
     if objective.inputs == "kway":
         pairs, collate = _kway_items(tokenizer, 16), partial(collate_kway, pad_token_id=pad)
+    elif objective.inputs == "unpaired":  # each pair -> a desirable and an undesirable example, as a run splits them
+        tiny = tiny_pairs(tokenizer, 16)
+        pairs = [*_unpaired(tiny[:12], seed=0), *_unpaired(tiny[12:], seed=1)]
+        collate = partial(collate_unpaired, pad_token_id=pad)
     else:
         pairs = tiny_pairs(tokenizer, 16)
         collate = partial(collate_sft if case["loss"].get("name") == "sft" else collate_preference,
@@ -197,7 +206,8 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
                         # step checkpoints only where a run is stopped or resumed (the last step saves anyway)
                         save_every=1 if case.get("stop_after") is not None or case.get("resume") else None)
     run_dir = Path(case.get("run_dir") or folder / "run")
-    trainer = Trainer(model, objective, train, train_pairs=pairs[:12], eval_pairs=pairs[12:], collate=collate,
+    n_train = 24 if objective.inputs == "unpaired" else 12  # the first 12 pairs train, split or not
+    trainer = Trainer(model, objective, train, train_pairs=pairs[:n_train], eval_pairs=pairs[n_train:], collate=collate,
                       run_dir=run_dir, reference=reference, env=env, stage="equivalence",
                       logps=LogpsOptions(padding_free=case.get("padding_free", True)))
     _watch_sharding(trainer, info)
