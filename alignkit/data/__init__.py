@@ -16,7 +16,6 @@ from alignkit.data.config import (
 )
 from alignkit.data.pipeline import (
     PreparedData,
-    evaluation_prompts,
     heldout_prompts,
     prepare_data,
     prepare_pairs,
@@ -57,7 +56,6 @@ __all__ = [
     "collate_sft",
     "collate_unpaired",
     "load_examples",
-    "evaluation_prompts",
     "heldout_prompts",
     "label_counts",
     "prepare_data",

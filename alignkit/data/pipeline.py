@@ -16,7 +16,7 @@ from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 from alignkit.data.unpaired_sources import split_pairs
 
-__all__ = ["PreparedData", "evaluation_prompts", "heldout_prompts", "prepare_data", "prepare_pairs"]
+__all__ = ["PreparedData", "heldout_prompts", "prepare_data", "prepare_pairs"]
 
 
 def _capped(
@@ -110,15 +110,3 @@ def heldout_prompts(examples: Sequence[Any]) -> tuple[list[str], dict[str, str]]
             response = "".join(m["content"] for m in response if m.get("role") == "assistant")
         chosen.setdefault(prompt, response.strip())
     return list(prompts), chosen
-
-
-def evaluation_prompts(cfg: DataConfig, tokenizer: Any) -> tuple[list[str], dict[str, str]]:
-    """Held-out prompts of a data section, and chosen responses by prompt, for evaluating a finished run.
-
-    A kind that knows its held-out prompts without the model (``sentiment``) gives them directly; any other
-    kind is prepared again (loading is cached by ``datasets``; tokenizing is quick) and its test split read.
-    """
-    spec = SOURCES.get(cfg.source.kind)
-    if spec.heldout is not None:
-        return spec.heldout(cfg)
-    return heldout_prompts(prepare_data(cfg, tokenizer).test_examples)
