@@ -109,6 +109,7 @@ def run_alignkit(spec: BenchSpec) -> dict:
     from alignkit.data.collate import collate_preference
     from alignkit.losses import build_objective
     from alignkit.models.logps import LogpsOptions
+    from alignkit.models.precision import resolve_precision
     from alignkit.models.reference import CachedReference, FrozenCopyReference
     from alignkit.models.reference_cache import ReferenceLogpsCache
     from alignkit.train.config import TrainConfig
@@ -125,8 +126,10 @@ def run_alignkit(spec: BenchSpec) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ALIGNKIT_CACHE"] = tmp  # a fresh reference cache: nothing reused from earlier runs
         if spec.reference == "cached":
+            # Under the training forward's autocast, as TRL computes its reference.
+            autocast_dtype = resolve_precision(spec.precision, spec.device).autocast_dtype
             cache = ReferenceLogpsCache.build(model, pairs, collate, spec.batch, "bench", logps=logps,
-                                              progress=False)
+                                              autocast_dtype=autocast_dtype, progress=False)
             reference = CachedReference(cache)
         else:
             reference = FrozenCopyReference(model, logps=logps)

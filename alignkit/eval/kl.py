@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.generate import Completion, eval_mode
 from alignkit.models.logps import DEFAULT_LOGPS, IGNORE_INDEX, LogpsOptions, sequence_logps
-from alignkit.timing import count_flops, timed
+from alignkit.timing import count_flops, phase, timed
 
 __all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]
 
@@ -72,11 +72,10 @@ def completion_batch(completions: Sequence[Completion], pad_token_id: int, devic
     }
 
 
-@timed("log-probs")  # its own phase: the KL of an evaluation, and the log-probs of an online step
 @torch.inference_mode()
 def completion_logps(
     model: nn.Module, completions: Sequence[Completion], *, batch_size: int, pad_token_id: int,
-    logps: LogpsOptions = DEFAULT_LOGPS,
+    logps: LogpsOptions = DEFAULT_LOGPS, phase_name: str = "log-probs",
 ) -> Tensor:
     """Summed log-probs of each completion's tokens given its prompt.
 
@@ -86,6 +85,9 @@ def completion_logps(
         batch_size: sequences per forward pass.
         pad_token_id: id used for right padding (masked out, so any valid id works).
         logps: chunk size and packing of the forwards.
+        phase_name: the phase of the run's time table the forwards and their FLOPs count in (the KL of an
+            evaluation and an online step's policy: ``log-probs``; an online step's anchor:
+            ``reference log-probs``).
 
     Returns:
         (N,) fp32 on CPU: sum_t log p(y_t | x, y_<t) over completion tokens (EOS included when sampled).
@@ -95,7 +97,7 @@ def completion_logps(
     device = next(model.parameters()).device
     n, dtype = matmul_parameters(model), str(next(model.parameters()).dtype).removeprefix("torch.")
     out = []
-    with eval_mode(model):
+    with phase(phase_name), eval_mode(model):
         for start in range(0, len(completions), batch_size):
             batch = completion_batch(completions[start : start + batch_size], pad_token_id, device)
             sums, _ = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)

@@ -13,19 +13,30 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["forward_flops", "matmul_parameters", "training_flops", "trainable_parameters"]
+__all__ = ["forward_flops", "matmul_parameters", "matmul_weight_bytes", "training_flops", "trainable_parameters"]
 
 
-def matmul_parameters(model: nn.Module) -> int:
-    """N: every parameter but the input embedding tables; a tied output head counts once."""
+def _matmul_weights(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter but the input embedding tables; a tied output head once."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    n = sum(p.numel() for p in model.parameters() if id(p) not in tables)
+    weights = [p for p in model.parameters() if id(p) not in tables]
     get_output = getattr(model, "get_output_embeddings", None)
     head = get_output() if callable(get_output) else None
     weight = getattr(head, "weight", None)
     if isinstance(weight, nn.Parameter) and id(weight) in tables:
-        n += weight.numel()
-    return n
+        weights.append(weight)
+    return weights
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """N: every parameter but the input embedding tables; a tied output head counts once."""
+    return sum(p.numel() for p in _matmul_weights(model))
+
+
+def matmul_weight_bytes(model: nn.Module) -> int:
+    """Bytes a forward pass reads from the weights of N (an embedding lookup reads only the rows it needs):
+    the memory traffic that bounds a decoding step from below."""
+    return sum(p.numel() * p.element_size() for p in _matmul_weights(model))
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -16,11 +16,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
-from alignkit.models.flops import forward_flops, matmul_parameters
+from alignkit.models.decode import DecodeStats, decode, row_uniforms
+from alignkit.models.flops import forward_flops, matmul_parameters, matmul_weight_bytes
 from alignkit.models.reference import eval_mode
 from alignkit.models.sampling import Sampling
-from alignkit.timing import count_flops, timed
+from alignkit.timing import count_flops, count_weight_reads, timed
 
 __all__ = [
     "Completion",
@@ -116,14 +118,6 @@ def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
     return ids
 
 
-def _split_completion(row: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
-    """Cut a generated row after its first EOS (padding follows it). Returns (ids, finished)."""
-    for pos, token in enumerate(row):
-        if token in eos_ids:
-            return row[: pos + 1], True
-    return row, False
-
-
 @timed("generation")
 @torch.inference_mode()
 def generate_completions(
@@ -133,89 +127,65 @@ def generate_completions(
     sampling: Sampling | None = None,
     *,
     progress: ProgressFn | None = None,
-    generation_kwargs: dict[str, Any] | None = None,
+    uniforms: torch.Tensor | None = None,
     **changes: Any,
 ) -> list[Completion]:
     """Sample ``sampling.samples_per_prompt`` completions for every prompt.
 
-    Prompts are left-padded (here, by hand: the tokenizer's ``padding_side`` is never changed) so that
-    all rows of a batch end at the same position and generation starts together. Sampling is plain ancestral
-    sampling with ``temperature`` and ``top_p`` only (no top-k, no repetition penalty, whatever the model's
-    generation config says), so with ``temperature=1, top_p=1`` the samples follow the model's own
-    distribution, as the sample-based KL estimate requires. ``temperature=0`` is greedy decoding.
+    Sampling is plain ancestral sampling with ``temperature`` and ``top_p`` only (no top-k, no repetition
+    penalty, whatever the model's generation config says), so with ``temperature=1, top_p=1`` the samples
+    follow the model's own distribution, as the sample-based KL estimate requires. ``temperature=0`` is greedy.
+    The loop is :func:`alignkit.models.decode.decode`: rows sorted by prompt length, finished rows dropped,
+    a preallocated key/value cache.
 
-    Reproducibility: the global torch RNG is seeded with ``seed + batch_number`` inside a forked RNG
-    state, so the same seed, prompts and batch size give the same completions (on the same device) and
-    the caller's RNG stream is left untouched.
+    Reproducibility: completion r (prompt-major: prompt r // K, sample r % K) draws its tokens from its own
+    stream, seeded by (``seed``, r). The same seed and prompts give the same completions whatever the batch
+    size (up to float rounding of a different batch shape, see the decode module), and the caller's RNG is
+    never touched.
 
     Args:
-        model: a causal LM (``generate`` API).
+        model: a transformers causal LM.
         tokenizer: its tokenizer; needs a pad or an EOS token.
         prompts: P user requests.
         sampling: the sampling settings (default :class:`Sampling`()).
         progress: optional ``fn(done, total)`` called after each batch.
-        generation_kwargs: extra ``generate`` options (e.g. ``{"cache_implementation": "static"}``);
-            they cannot override the sampling settings.
+        uniforms: (P * K, max_new_tokens) draws to use instead of the per-row streams (online rollouts give
+            each prompt group its own stream).
         **changes: settings of ``sampling`` to change for this call (``max_new_tokens=8``...).
 
     Returns:
         P * K completions, prompt-major: the K completions of prompt 0, then of prompt 1, ...
 
     Raises:
-        TypeError: ``model`` has no ``generate`` method.
+        TypeError: ``model`` is not a transformers model (it has no ``config``).
     """
-    if not isinstance(model, SupportsGenerate):
-        raise TypeError(f"{type(model).__name__} has no generate(): sampling needs a causal LM with transformers' "
-                        "generate API")
+    if not isinstance(getattr(model, "config", None), PretrainedConfig):
+        raise TypeError(f"{type(model).__name__} is not a transformers causal LM (no config): sampling needs one")
     sampling = (sampling or Sampling()).but(**changes)
-    max_new_tokens, temperature, top_p = sampling.max_new_tokens, sampling.temperature, sampling.top_p
-    batch_size, seed, use_chat_template = sampling.batch_size, sampling.seed, sampling.use_chat_template
+    max_new_tokens = sampling.max_new_tokens
 
-    chat = uses_chat_template(tokenizer, use_chat_template)
+    chat = uses_chat_template(tokenizer, sampling.use_chat_template)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     prompt_ids = [format_prompt(tokenizer, p, chat) for p in prompts]
-    # One row per completion: prompt i repeated K times, so a batch is any run of rows.
+    # One row per completion: prompt i repeated K times.
     rows = [i for i in range(len(prompts)) for _ in range(sampling.samples_per_prompt)]
-    device = next(model.parameters()).device
-
-    sample_kwargs: dict[str, bool | float] = {"do_sample": False}
-    if temperature > 0:
-        sample_kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-
+    if uniforms is None:
+        uniforms = torch.stack([row_uniforms(sampling.seed, r, max_new_tokens) for r in range(len(rows))]) \
+            if rows else torch.zeros((0, max_new_tokens), dtype=torch.float64)
+    stats = DecodeStats()
+    with eval_mode(model):
+        decoded = decode(model, [prompt_ids[i] for i in rows], uniforms, max_new_tokens=max_new_tokens,
+                         temperature=sampling.temperature, top_p=sampling.top_p, eos_ids=eos_ids, pad_id=pad_id,
+                         batch_size=sampling.batch_size, stats=stats,
+                         on_batch=None if progress is None else lambda done: progress(done, len(rows)))
     out: list[Completion] = []
-    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for batch_number, start in enumerate(range(0, len(rows), batch_size)):
-            batch_rows = rows[start : start + batch_size]
-            width = max(len(prompt_ids[i]) for i in batch_rows)
-            # Left padding: (B, width) ids and mask; real tokens are flush right.
-            input_ids = torch.full((len(batch_rows), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch_rows), width), dtype=torch.long)
-            for r, i in enumerate(batch_rows):
-                ids = prompt_ids[i]
-                input_ids[r, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[r, width - len(ids) :] = 1
-            torch.manual_seed(seed + batch_number)
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=eos_ids,
-                repetition_penalty=1.0,
-                no_repeat_ngram_size=0,
-                **{**(generation_kwargs or {}), **sample_kwargs},
-            )
-            new_tokens = generated[:, width:].tolist()  # (B, <= max_new_tokens)
-            for r, i in enumerate(batch_rows):
-                ids, finished = _split_completion(new_tokens[r], eos_ids)
-                text_ids = ids[:-1] if finished else ids
-                text = tokenizer.decode(text_ids, skip_special_tokens=False)
-                out.append(Completion(i, text, list(prompt_ids[i]), ids, finished))
-            if progress is not None:
-                progress(len(out), len(rows))
-    # Each prompt token and each sampled token passes the model once (the KV cache holds the rest).
-    tokens = sum(len(c.prompt_ids) + c.num_tokens for c in out)
+    for i, (ids, finished) in zip(rows, decoded, strict=True):
+        text = tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
+        out.append(Completion(i, text, list(prompt_ids[i]), ids, finished))
+    # Each prompt token and each sampled token passes the model once (the KV cache holds the rest); each
+    # forward reads every weight once.
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    count_flops(forward_flops(matmul_parameters(model), tokens), dtype)
+    count_flops(forward_flops(matmul_parameters(model), stats.prompt_tokens + stats.new_tokens), dtype)
+    count_weight_reads(stats.forwards * matmul_weight_bytes(model), stats.new_tokens)
     return out

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Hardware", "PrecisionChoice", "choose_precision", "detect_hardware", "native_bf16", "resolve_precision",
-           "stored_precision"]
+__all__ = ["Hardware", "PrecisionChoice", "autocast_context", "choose_precision", "detect_hardware", "native_bf16",
+           "resolve_precision", "stored_precision"]
 
 # /proc/cpuinfo flag -> the name a person knows it by
 NATIVE_BF16_CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
@@ -161,6 +161,16 @@ def detect_hardware(device: torch.device | str) -> Hardware:
     """The facts of ``device`` that decide its precision (read once per device and process)."""
     device = torch.device(device)
     return _detect(device.type, device.index)
+
+
+def autocast_context(device_type: str, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device_type``; with None, autocast switched off (an enclosing one does not
+    leak in). Every forward whose result is compared with the policy's (the training forward, the reference's,
+    cached or live) runs under the same one, so that a policy equal to its reference has log-ratios of exactly 0.
+    """
+    if dtype is None:
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def resolve_precision(requested: str, device: torch.device | str) -> PrecisionChoice:

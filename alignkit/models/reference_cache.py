@@ -3,8 +3,10 @@
 A reference-based loss (DPO, IPO, ...) only ever needs the reference model's log-probs of each pair's
 chosen and rejected response, and the reference never changes. Computing them all once before training
 frees the reference model's memory and its forward pass from every step; the file is keyed by a hash of
-the model's identity (name, config, every parameter's bytes) and of the tokenized pairs, so any later
-run with the same reference and data reuses it, and a change to either computes a fresh one.
+the model's identity (name, config, every parameter's bytes), of the tokenized pairs and of the autocast
+dtype they are computed under (the training forward's: bf16 values are never reused by an fp32 run nor the
+other way round), so any later run with the same reference, data and precision reuses it, and a change to
+any of them computes a fresh one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.distributed.tensor import DTensor
 
 from alignkit.cache import cache_dir
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
+from alignkit.models.precision import autocast_context
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
 
@@ -69,7 +72,8 @@ def _hash_data(value: Any, digest: Any) -> None:
 
 
 def cache_key(
-    model_id: str, model: nn.Module, pairs: Sequence[Any], extra: Mapping[str, Any] | None = None
+    model_id: str, model: nn.Module, pairs: Sequence[Any], extra: Mapping[str, Any] | None = None,
+    *, autocast_dtype: torch.dtype | None = None,
 ) -> str:
     """The cache key of a reference model's log-probs over tokenized ``pairs``.
 
@@ -78,12 +82,15 @@ def cache_key(
         model: the reference model; its config and parameters are fingerprinted.
         pairs: the tokenized examples, in dataset order (their token ids determine the log-probs).
         extra: anything else that changes the result, e.g. ``{"max_length": 512}``.
+        autocast_dtype: the autocast the values are computed under (None: none, the weights' dtype).
 
     Returns:
         A sha256 hex digest.
     """
     digest = hashlib.sha256()
     digest.update(f"model_id={model_id};fingerprint={model_fingerprint(model)};".encode())
+    if autocast_dtype is not None:  # absent without autocast: keys of values computed before this was keyed stay
+        digest.update(f"autocast={autocast_dtype};".encode())
     digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str).encode())
     digest.update(f"n={len(pairs)};".encode())
     for pair in pairs:
@@ -135,6 +142,7 @@ class ReferenceLogpsCache:
         *,
         logps: LogpsOptions = DEFAULT_LOGPS,
         extra: Mapping[str, Any] | None = None,
+        autocast_dtype: torch.dtype | None = None,
         progress: bool = True,
     ) -> ReferenceLogpsCache:
         """Load the cached log-probs for (model, pairs), computing and storing them first if needed.
@@ -150,13 +158,16 @@ class ReferenceLogpsCache:
             logps: chunk size and packing (:class:`~alignkit.models.logps.LogpsOptions`; they change
                 rounding only, so they are not part of the key).
             extra: other settings that change the values (e.g. max lengths), part of the key.
+            autocast_dtype: compute under this autocast (None: autocast off), part of the key; the training
+                forward's (:func:`~alignkit.models.precision.resolve_precision` of ``train.precision``), so
+                that at the first step a policy equal to its reference has log-ratios of exactly 0.
             progress: show a progress bar while computing.
         """
-        key = cache_key(model_id, model, pairs, extra)
+        key = cache_key(model_id, model, pairs, extra, autocast_dtype=autocast_dtype)
         cached = cls.load(key)
         if cached is not None and len(cached) == _size(pairs):
             return cached
-        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, logps, progress)
+        chosen, rejected = _compute(model, pairs, collate_fn, batch_size, logps, autocast_dtype, progress)
         path = cls.path_for(key)
         if _rank() == 0:  # every process holds the values; one writes them
             _atomic_save({"chosen": chosen, "rejected": rejected}, path,
@@ -193,7 +204,7 @@ def _world_size() -> int:
 
 def _compute(
     model: nn.Module, pairs: Sequence[Any], collate_fn: Collate, batch_size: int, logps: LogpsOptions,
-    progress: bool,
+    autocast_dtype: torch.dtype | None, progress: bool,
 ) -> tuple[Tensor, Tensor]:
     """Reference log-probs of every pair: (P,) chosen and (P,) rejected, fp32 on CPU.
 
@@ -222,7 +233,8 @@ def _compute(
                 if index is None:
                     index = torch.arange(start, min(start + batch_size, len(pairs)))
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-                out = concatenated_forward(model, inputs, logps=logps)
+                with autocast_context(device.type, autocast_dtype):
+                    out = concatenated_forward(model, inputs, logps=logps)
                 if i < len(mine):  # past its share a process only keeps pace with the others
                     chosen[index.cpu()] = out["chosen_logps"].float().cpu()
                     rejected[index.cpu()] = out["rejected_logps"].float().cpu()

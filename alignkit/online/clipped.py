@@ -46,6 +46,7 @@ from alignkit.models.generate import Completion, eval_mode
 from alignkit.models.logps import LogpsOptions
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
+from alignkit.online.flops import UpdateFlops
 from alignkit.online.grpo import group_advantages, grpo_token_loss
 from alignkit.online.kl_control import KLController
 from alignkit.online.parallel import gather_sequences
@@ -60,6 +61,7 @@ from alignkit.online.ppo import (
 from alignkit.online.rloo import penalised_rewards, sequence_kl_estimate
 from alignkit.online.rollout import BatchSums, Rollout
 from alignkit.online.tokens import TokenOutputs, ValueHead, ValueModel, pad_rows, token_forward, value_forward
+from alignkit.timing import phase
 from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.loop import optimizer_step
@@ -85,6 +87,7 @@ class TrainerParts(Protocol):
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    flops: UpdateFlops
 
     def batch_sums(self, roll: Rollout, policy_logps: Tensor, kl_anchor: Tensor, kl_initial: Tensor,
                    penalised: Tensor) -> BatchSums: ...
@@ -239,9 +242,11 @@ class ClippedUpdater:
         old: list[Tensor] = [torch.empty(0)] * n
         values: list[Tensor] | None = [torch.empty(0)] * n if self.value is not None else None
         entropy = 0.0
-        with eval_mode(t.policy), eval_mode(self.value if self.value is not None else nn.Identity()):
+        value = self.value if self.value is not None else nn.Identity()
+        with phase("log-probs"), eval_mode(t.policy), eval_mode(value):
             for mb in microbatches:
                 out = self._forward([comps[i] for i in mb], entropy=True)
+                t.flops.count_forward([comps[i] for i in mb], value=self.value is not None)
                 assert out.entropy is not None
                 entropy += float(out.entropy[out.mask].double().sum())
                 for row, i in enumerate(mb):
@@ -257,9 +262,10 @@ class ClippedUpdater:
     def _reference_logps(self, context, comps: list[Completion], microbatches: list[list[int]]) -> list[Tensor]:
         t = self.trainer
         out: list[Tensor] = [torch.empty(0)] * len(comps)
-        with context() as model, eval_mode(model):
+        with phase("reference log-probs"), context() as model, eval_mode(model):
             for mb in microbatches:
                 logps = token_forward(model, [comps[i] for i in mb], t.pad_id, chunk_size=t.logps.chunk_size).logps
+                t.flops.count_forward([comps[i] for i in mb])
                 for row, i in enumerate(mb):
                     out[i] = logps[row, :comps[i].num_tokens]
         return out
@@ -302,15 +308,18 @@ class ClippedUpdater:
         """Every optimizer step of the plan; the means of their statistics (over every process)."""
         t = self.trainer
         offset, micro = t.env.rank * len(comps), t.cfg.update_batch_size
+        value = self.value if self.value is not None else nn.Identity()
         local_records, grad_norms, rates = [], [], []
         for indices in plan:
             tokens = float(sum(lengths[g] for g in indices))
             record = dict.fromkeys(RECORD_KEYS, 0.0)
             non_finite = 0
-            with eval_mode(t.policy), eval_mode(self.value if self.value is not None else nn.Identity()):
+            # The offline trainer's phases (alignkit.timing): where each optimizer step's time goes.
+            with phase("forward/backward"), eval_mode(t.policy), eval_mode(value):
                 for mb in local_microbatches(indices, offset, len(comps), micro):
                     loss = self._microbatch_loss([comps[i] for i in mb], mb, data, advantages, returns, kl_coef,
                                                  tokens=tokens, sequences=len(indices), record=record)
+                    t.flops.count_training([comps[i] for i in mb])
                     if t.env.enabled:
                         non_finite += not math.isfinite(float(loss.detach()))
                     else:
@@ -324,8 +333,9 @@ class ClippedUpdater:
             (processes_non_finite,) = all_reduce_gradients(t.params, t.env, extra=(float(non_finite > 0),))
             t.guard.check_processes("loss", processes_non_finite, t.env.world_size, step + 1,
                                     before="the optimizer step")
-            grad_norm, lr = optimizer_step(t.params, t.optimizer, t.scheduler,
-                                           max_grad_norm=t.train_cfg.max_grad_norm, guard=t.guard, step=step + 1)
+            with phase("optimizer"):
+                grad_norm, lr = optimizer_step(t.params, t.optimizer, t.scheduler,
+                                               max_grad_norm=t.train_cfg.max_grad_norm, guard=t.guard, step=step + 1)
             grad_norms.append(grad_norm)
             rates.append(lr)
             local_records.append([record[k] for k in RECORD_KEYS])

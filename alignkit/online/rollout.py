@@ -1,33 +1,30 @@
 """Rollout sampling whose randomness belongs to each prompt group, not to the batch it is generated in.
 
-:func:`~alignkit.models.generate.generate_completions` seeds the torch RNG once per ``generate`` call, so the
-completion a row gets depends on the other rows of its batch. Under data parallelism each process samples
+:func:`~alignkit.models.generate.generate_completions` seeds each row by its index in the call, so the
+completion a row gets depends on where its prompt falls among the call's prompts. Under data parallelism each process samples
 its own share of the step's prompts, in other batches than one process would; for 1 and N processes to
 train on the same samples, every prompt group (the k completions of one prompt) draws from its own stream,
 seeded from (run seed, step, the prompt's index in the step). Batches still hold many groups, so a GPU
 generates as wide as before.
 
-The draw is made in a logits processor: each row takes the next uniform of its stream and picks its token by
-inverse CDF from the distribution sampling would use (temperature, then top-p, with transformers' own
-warpers); ``generate`` is then handed a distribution with all its mass on that token, which its own
-sampling can only pick.
+Each row takes the next uniform of its group's stream and picks its token by inverse CDF from the
+distribution sampling uses (temperature, then top-p): the decoding loop of
+:mod:`alignkit.models.decode`, handed the groups' uniforms.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import cast
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from alignkit.models.generate import Completion, generate_completions
 from alignkit.models.sampling import Sampling
 
-__all__ = ["BatchSums", "GroupSampler", "Rollout", "group_seed", "sample_groups"]
+__all__ = ["BatchSums", "Rollout", "group_seed", "group_uniforms", "sample_groups"]
 
 
 @dataclass
@@ -72,39 +69,6 @@ def group_uniforms(seed: int, rows: int, max_new_tokens: int) -> Tensor:
     return torch.rand((rows, max_new_tokens), generator=generator, dtype=torch.float64)
 
 
-class GroupSampler(LogitsProcessor):
-    """Picks every row's next token with that row's own uniform (inverse CDF); one ``generate`` call only.
-
-    Args:
-        uniforms: (rows, max_new_tokens) from :func:`group_uniforms`, in the rows' order in the batch.
-        temperature: > 0.
-        top_p: nucleus mass in (0, 1].
-    """
-
-    def __init__(self, uniforms: Tensor, temperature: float, top_p: float) -> None:
-        if temperature <= 0:
-            raise ValueError(f"per-group sampling needs temperature > 0, got {temperature}")
-        self.uniforms, self.position = uniforms, 0
-        warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)] if temperature != 1 else []
-        if top_p < 1:
-            warpers.append(TopPLogitsWarper(top_p))
-        self.warpers = LogitsProcessorList(warpers)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows, steps = self.uniforms.shape
-        if scores.shape[0] != rows or self.position >= steps:  # a second batch or call would reuse the draws
-            raise RuntimeError(f"GroupSampler holds {rows} rows x {steps} tokens, asked for row count "
-                               f"{scores.shape[0]} at token {self.position}")
-        u = self.uniforms[:, self.position].to(scores.device)
-        self.position += 1
-        probs = torch.softmax(self.warpers(input_ids, scores).double(), dim=-1)  # (B, V)
-        cdf = probs.cumsum(dim=-1)
-        # right=True never lands on a zero-probability token (its cdf equals its predecessor's).
-        tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp(max=probs.shape[1] - 1)
-        picked = torch.full_like(scores, float("-inf"))
-        return cast(torch.FloatTensor, picked.scatter_(1, tokens, 0.0))  # generate's own annotation
-
-
 def sample_groups(model: nn.Module, tokenizer, prompts: Sequence[str], indices: Sequence[int], sampling: Sampling,
                   *, seed: int, step: int) -> list[Completion]:
     """``sampling.samples_per_prompt`` completions of every prompt, each group from its own stream.
@@ -112,8 +76,7 @@ def sample_groups(model: nn.Module, tokenizer, prompts: Sequence[str], indices: 
     Args:
         prompts: this process's prompts of the step.
         indices: their positions among all of the step's prompts (what seeds each group).
-        sampling: temperature, top-p, lengths; ``batch_size`` rows per ``generate`` call, rounded to whole
-            groups (at least one group).
+        sampling: temperature, top-p, lengths; ``batch_size`` rows decoded together.
         seed, step: the run's seed and the update, the rest of each group's seed.
 
     Returns:
@@ -122,16 +85,6 @@ def sample_groups(model: nn.Module, tokenizer, prompts: Sequence[str], indices: 
     if len(prompts) != len(indices):
         raise ValueError(f"{len(prompts)} prompts but {len(indices)} indices")
     k, width = sampling.samples_per_prompt, sampling.max_new_tokens
-    groups_per_call = max(1, sampling.batch_size // k)
-    out: list[Completion] = []
-    for lo in range(0, len(prompts), groups_per_call):
-        chunk = list(prompts[lo:lo + groups_per_call])
-        uniforms = torch.cat([group_uniforms(group_seed(seed, step, i), k, width)
-                              for i in indices[lo:lo + groups_per_call]])
-        sampler = GroupSampler(uniforms, sampling.temperature, sampling.top_p)
-        # temperature 1, top-p 1: generate's own warpers leave the sampler's one-token distribution as it is.
-        call = sampling.but(batch_size=len(chunk) * k, temperature=1.0, top_p=1.0)
-        completions = generate_completions(model, tokenizer, chunk, call,
-                                           generation_kwargs={"logits_processor": LogitsProcessorList([sampler])})
-        out += [replace(c, prompt_index=c.prompt_index + lo) for c in completions]
-    return out
+    uniforms = torch.cat([group_uniforms(group_seed(seed, step, i), k, width) for i in indices]) if indices \
+        else torch.zeros((0, width), dtype=torch.float64)
+    return generate_completions(model, tokenizer, list(prompts), sampling, uniforms=uniforms)

@@ -34,6 +34,7 @@ from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.clipped import ClippedUpdater
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
+from alignkit.online.flops import UpdateFlops
 from alignkit.online.kl_control import KLController
 from alignkit.online.parallel import check_world_size, gather_sequences, local_share
 from alignkit.online.rloo import (
@@ -51,6 +52,7 @@ from alignkit.online.tokens import (
     value_model_from_policy,
     value_model_from_reward_model,
 )
+from alignkit.timing import phase
 from alignkit.train.checkpoint import CheckpointError
 from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
 from alignkit.train.divergence import DivergenceGuard
@@ -160,6 +162,7 @@ class OnlineTrainer:
         self.value = self._value_model(policy, tokenizer, cfg)
         if self.value is not None:
             self.params += [p for p in self.value.parameters() if p.requires_grad]
+        self.flops = UpdateFlops.of(policy, self.value)  # the update's FLOPs, for the run's time table
         self.clipped = ClippedUpdater(self, self.value) if cfg.algorithm in ("ppo", "grpo") else None
         # The schedule counts optimizer steps; max_steps and warmup_steps count loop steps (batches of rollouts).
         updates = self.clipped.updates if self.clipped is not None else 1
@@ -204,9 +207,10 @@ class OnlineTrainer:
             true_rewards = torch.tensor(measured, dtype=torch.float32)
         return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards)
 
-    def _logps(self, model: nn.Module, completions: list[Completion]) -> torch.Tensor:
+    def _logps(self, model: nn.Module, completions: list[Completion], phase_name: str = "log-probs") -> torch.Tensor:
         size = self.cfg.update_batch_size or len(completions)
-        return completion_logps(model, completions, batch_size=size, pad_token_id=self.pad_id, logps=self.logps)
+        return completion_logps(model, completions, batch_size=size, pad_token_id=self.pad_id, logps=self.logps,
+                                phase_name=phase_name)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
@@ -265,11 +269,12 @@ class OnlineTrainer:
     def _kl(self, comps: list[Completion], policy_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) KL estimates to the anchor and to the initial model (the same tensor when they coincide)."""
         with self.anchor.model_context() as anchored:
-            kl_anchor = sequence_kl_estimate(policy_logps, self._logps(anchored, comps))
+            kl_anchor = sequence_kl_estimate(policy_logps, self._logps(anchored, comps, "reference log-probs"))
         if self.initial is None:
             return kl_anchor, kl_anchor
         with self.initial() as initial_model:
-            return kl_anchor, sequence_kl_estimate(policy_logps, self._logps(initial_model, comps))
+            initial_logps = self._logps(initial_model, comps, "reference log-probs")
+            return kl_anchor, sequence_kl_estimate(policy_logps, initial_logps)
 
     def batch_sums(self, roll: Rollout, policy_logps: torch.Tensor, kl_anchor: torch.Tensor,
                    kl_initial: torch.Tensor, penalised: torch.Tensor) -> BatchSums:
@@ -299,13 +304,17 @@ class OnlineTrainer:
         Raises:
             TrainingDivergedError: on every process alike, when any process's loss is not finite.
         """
-        local_loss, non_finite = self._accumulate_policy_gradient(comps, advantages, num_samples, step)
+        with phase("forward/backward"):  # the offline trainer's phases: where an update's time goes
+            local_loss, non_finite = self._accumulate_policy_gradient(comps, advantages, num_samples, step)
+            self.flops.count_training(comps)
         # One all-reduce carries the gradients and whether any process saw a non-finite loss.
         (processes_non_finite,) = all_reduce_gradients(self.params, self.env, extra=(float(non_finite > 0),))
         self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
                                    before="the optimizer step")
-        grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
-                                       max_grad_norm=self.train_cfg.max_grad_norm, guard=self.guard, step=step + 1)
+        with phase("optimizer"):
+            grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
+                                           max_grad_norm=self.train_cfg.max_grad_norm, guard=self.guard,
+                                           step=step + 1)
         (loss,) = all_reduce_flags([local_loss], self.env)
         return loss, grad_norm, lr
 

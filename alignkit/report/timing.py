@@ -6,7 +6,7 @@ from typing import Any
 
 __all__ = ["TIME_HEADER", "time_markdown", "time_rows"]
 
-TIME_HEADER = ["phase", "seconds", "share", "model GFLOP/s", "of peak"]
+TIME_HEADER = ["phase", "seconds", "share", "model GFLOP/s", "of peak", "tokens/s", "of bandwidth bound"]
 
 
 def _gflops(value: float | None) -> str:
@@ -22,12 +22,17 @@ def _fraction(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2g}%"
 
 
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
 def time_rows(section: dict[str, Any]) -> list[list[str]]:
     """One row per phase (children indented under their parent), then the total wall time."""
     rows = [["· " * row["depth"] + row["phase"], f"{row['seconds']:.2f}", _percent(row["share"]),
-             _gflops(row.get("flops_per_second")), _fraction(row.get("peak_fraction"))]
+             _gflops(row.get("flops_per_second")), _fraction(row.get("peak_fraction")),
+             _rate(row.get("tokens_per_second")), _fraction(row.get("bandwidth_fraction"))]
             for row in section["phases"]]
-    rows.append(["wall time", f"{section['wall_seconds']:.2f}", _percent(1.0), "", ""])
+    rows.append(["wall time", f"{section['wall_seconds']:.2f}", _percent(1.0), "", "", "", ""])
     return rows
 
 
@@ -43,5 +48,10 @@ def time_markdown(section: dict[str, Any] | None) -> str:
     lines += ["", "Shares are of the wall time; a child's time is part of its parent's."]
     if peaks:
         lines.append(f"Peak matmul throughput measured here: {peaks}.")
+    bandwidth = section.get("read_bandwidth")
+    if bandwidth:
+        threads = f" ({bandwidth['threads']} threads)" if "threads" in bandwidth else ""
+        lines.append(f"Memory read bandwidth measured here: {bandwidth['bytes_per_second'] / 1e9:.3g} GB/s on "
+                     f"{bandwidth['device']}{threads}.")
     lines += [f"Convention: {section['convention']}.", ""]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from alignkit.data.types import TokenizedPair
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.models.flops import matmul_parameters, training_flops
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
-from alignkit.models.precision import resolve_precision
+from alignkit.models.precision import autocast_context, resolve_precision
 from alignkit.models.reference import Reference
 from alignkit.timing import count_flops, phase, timed
 from alignkit.train.config import OptimizerConfig, SFTConfig, TrainConfig
@@ -199,10 +199,8 @@ class Trainer:
         every run: :func:`~alignkit.models.precision.choose_precision`)."""
         return resolve_precision(self.cfg.precision, self.device).autocast_dtype
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    def _autocast(self) -> torch.autocast:
+        return autocast_context(self.device.type, self.autocast_dtype)
 
     def _step_examples(self, step: int) -> list[TokenizedPair]:
         epoch, position = divmod(step, self.steps_per_epoch)

@@ -27,6 +27,7 @@ from torch import nn
 from alignkit.eval.kl import ReferenceFn
 from alignkit.losses import Objective
 from alignkit.models.load import load_causal_lm
+from alignkit.models.precision import resolve_precision
 from alignkit.models.reference import (
     AdaptersOffReference,
     CachedReference,
@@ -194,8 +195,10 @@ def training_reference(
             extra["adapters"] = "off"  # same weights as the policy's: the key must tell them apart
         else:  # the policy as it is now: the initial model, or the SFT model (adapters on) after SFT
             model = policy
+        # Under the training forward's autocast: at the first step the policy's log-probs are the reference's.
+        autocast_dtype = resolve_precision(recipe.train.precision, next(model.parameters()).device).autocast_dtype
         with phase("reference log-probs"):
             cache = ReferenceLogpsCache.build(model, list(pairs), collate, batch_size, model_id, logps=logps,
-                                              extra=extra)
+                                              extra=extra, autocast_dtype=autocast_dtype)
     del separate
     return CachedReference(cache, model_factory=load_reference)

@@ -235,8 +235,8 @@ def test_all_tied_rewards_still_pair_two_different_samples(tiny_gpt2, gpt2_token
 def test_prepare_sentiment_data_from_a_recipe_section(tiny_gpt2, gpt2_tokenizer):
     from alignkit.data.config import DataConfig
 
-    source = {"kind": "sentiment", "num_prompts": 5, "num_eval_prompts": 3, "completions_per_prompt": 2,
-              "max_new_tokens": 3, "batch_size": 8}
+    source = {"kind": "sentiment", "num_prompts": 5, "num_eval_prompts": 3, "completions_per_prompt": 4,
+              "max_new_tokens": 8, "batch_size": 8}
     cfg = DataConfig(source=source, max_length=64, max_prompt_length=32, max_examples=4, seed=1)
     data = prepare_sentiment_data(cfg, gpt2_tokenizer, tiny_gpt2, seed=0)
     train_prompts = [ex.prompt for ex in data.train_examples]

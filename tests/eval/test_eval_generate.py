@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from alignkit.models.generate import Completion, _split_completion, format_prompt, generate_completions
+from alignkit.models.generate import Completion, format_prompt, generate_completions
 
 PROMPTS = [
     "Hello there, how are you doing on this fine and sunny day?",
@@ -72,12 +72,6 @@ def test_eos_is_kept_in_ids_and_left_out_of_text(tiny_gpt2, gpt2_tokenizer):
     assert done.text == gpt2_tokenizer.decode(free.completion_ids[:2])
 
 
-def test_split_completion_cuts_after_first_eos():
-    assert _split_completion([5, 6, 0, 0, 0], [0]) == ([5, 6, 0], True)
-    assert _split_completion([5, 6, 7], [0]) == ([5, 6, 7], False)
-    assert _split_completion([9, 5], [0, 9]) == ([9], True)
-
-
 def test_chat_template_is_applied_with_generation_prompt(tiny_gpt2, gpt2_tokenizer):
     tok = copy.deepcopy(gpt2_tokenizer)
     tok.chat_template = (
@@ -115,6 +109,6 @@ def test_training_flag_is_restored(tiny_gpt2, gpt2_tokenizer):
     assert tiny_gpt2.training
 
 
-def test_a_model_without_generate_is_refused(gpt2_tokenizer):
-    with pytest.raises(TypeError, match="no generate"):
+def test_a_model_that_is_not_a_causal_lm_is_refused(gpt2_tokenizer):
+    with pytest.raises(TypeError, match="not a transformers causal LM"):
         generate_completions(torch.nn.Linear(2, 2), gpt2_tokenizer, PROMPTS[:1], max_new_tokens=2)

@@ -113,3 +113,34 @@ def test_pairs_whose_indices_have_gaps_are_cached_by_index():
         out = concatenated_forward(model, batch)
     torch.testing.assert_close(chosen, out["chosen_logps"], atol=1e-5, rtol=0)
     torch.testing.assert_close(rejected, out["rejected_logps"], atol=1e-5, rtol=0)
+
+
+def test_key_tells_the_compute_precision_apart():
+    """Values computed under bf16 autocast are never reused by an fp32 run, nor the other way round."""
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(4, vocab_size=VOCAB)
+    fp32 = cache_key("tiny", model, pairs)
+    bf16 = cache_key("tiny", model, pairs, autocast_dtype=torch.bfloat16)
+    assert bf16 != fp32
+    assert bf16 == cache_key("tiny", model, pairs, autocast_dtype=torch.bfloat16), "deterministic"
+
+
+def test_build_computes_under_the_autocast_it_is_given_and_keys_it():
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(4, vocab_size=VOCAB, seed=3)
+    calls = count_forwards(model)
+    fp32 = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny", progress=False)
+    bf16 = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny",
+                                     autocast_dtype=torch.bfloat16, progress=False)
+    assert len(calls) == 2, "the bf16 build must not reuse the fp32 values"
+    assert bf16.path != fp32.path and bf16.chosen.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = concatenated_forward(model, collate_fn(pairs))
+    # Bit for bit the policy's forward under the same autocast: log-ratios of exactly 0 at the first step.
+    assert torch.equal(bf16.chosen, out["chosen_logps"].float())
+    assert torch.equal(bf16.rejected, out["rejected_logps"].float())
+    assert not torch.equal(bf16.chosen, fp32.chosen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an enclosing autocast does not leak into an fp32 build
+        again = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny-again",
+                                          progress=False)
+    assert torch.equal(again.chosen, fp32.chosen)

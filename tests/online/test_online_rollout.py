@@ -9,7 +9,7 @@ from conftest import make_tiny_gpt2
 
 from alignkit.models.sampling import Sampling
 from alignkit.online.parallel import local_share
-from alignkit.online.rollout import GroupSampler, group_seed, sample_groups
+from alignkit.online.rollout import group_seed, sample_groups
 from alignkit.train.distributed import DistEnv
 
 PROMPTS = ["The weather today", "A cat", "In the morning of a long day", "Yes"]
@@ -57,17 +57,6 @@ def test_samples_follow_the_policy(gpt2_tokenizer, temperature, top_p):
     for p, token in zip(*probs.topk(3), strict=True):
         frequency = float((first == token).double().mean())
         assert abs(frequency - float(p)) < 4 * (float(p) * (1 - float(p)) / n) ** 0.5 + 1e-3, (int(token), p)
-
-
-def test_a_sampler_serves_one_batch_only():
-    sampler = GroupSampler(torch.rand(2, 1, dtype=torch.float64), temperature=1.0, top_p=1.0)
-    scores = torch.zeros(2, 5)
-    out = sampler(torch.zeros(2, 1, dtype=torch.long), scores)
-    assert out.isfinite().sum(dim=1).tolist() == [1, 1]  # all the mass on the drawn token
-    with pytest.raises(RuntimeError, match="2 rows x 1 tokens"):
-        sampler(torch.zeros(2, 2, dtype=torch.long), scores)  # a second token: no draws left
-    with pytest.raises(ValueError, match="temperature"):
-        GroupSampler(torch.rand(1, 1, dtype=torch.float64), temperature=0.0, top_p=1.0)
 
 
 def test_group_seeds_and_shares():
