@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from alignkit.timing import OTHER, PhaseClock, count_flops, phase, recording, timed
+from alignkit.timing import OTHER, PhaseClock, count_flops, count_weight_reads, phase, recording, timed
 
 
 class FakeClock:
@@ -53,6 +53,20 @@ def test_nested_phases_add_up_by_hand():
     assert fb["peak_fraction"] == pytest.approx(0.15)  # of 10 GFLOP/s
     assert rows[("evaluation", "generation")]["peak_fraction"] == pytest.approx(1e9 / 4e9 / 3)
     assert rows[("loading",)]["flops_per_second"] is None  # no FLOPs counted: no rate
+
+
+def test_decoding_reports_tokens_per_second_and_the_weight_bandwidth_bound_by_hand():
+    fake = FakeClock()
+    clock = PhaseClock(fake)
+    with recording(clock), phase("generation"):
+        fake.now += 4
+        count_weight_reads(10 * 2e8, 320)  # 10 forwards over 200 MB of weights, 320 tokens
+        count_weight_reads(2e8, 0)  # a prefill reads the weights and samples nothing yet
+    (row, _) = clock.rows(4.0, {}, bandwidth=1e9)
+    assert row["tokens_per_second"] == 80.0
+    assert row["weight_bytes"] == 2.2e9
+    assert row["bandwidth_fraction"] == pytest.approx(2.2 / 4)  # 2.2 s of reads at 1 GB/s in 4 s
+    assert clock.rows(4.0, {})[0]["bandwidth_fraction"] is None  # no bandwidth measured: no fraction
 
 
 def test_a_dtype_without_a_measured_peak_gets_no_fraction():

@@ -112,9 +112,11 @@ class SentimentSource(_Strict):
         0.0, ge=0.0, description="Keep a prompt only when its best - worst reward is above this."
     )
     use_cache: bool = Field(True, description="Reuse cached completions of the same model and settings.")
-    generation_dtype: Literal["float32", "bfloat16"] | None = Field(
-        None, description="Sample from a temporary copy of the model in this dtype (bfloat16 is about twice "
-        "as fast on CPU); None samples with the model as loaded."
+    generation_dtype: Literal["auto", "float32", "bfloat16"] | None = Field(
+        None, description="Sample from a temporary copy of the model in this dtype. auto: bfloat16 where the "
+        "hardware computes it natively (a GPU with bf16 units, a CPU with AMX-BF16 or AVX512-BF16: half the "
+        "weight bytes per decoding step), else the model as loaded (on a CPU without them bf16 is several "
+        "times slower than fp32); None samples with the model as loaded."
     )
 
 

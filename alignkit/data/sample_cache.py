@@ -77,8 +77,9 @@ def sampling_settings(sampling: Sampling, *, chat: bool, generation_dtype: torch
         "max_new_tokens": sampling.max_new_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
-        # The batch split decides which RNG draws each row gets.
-        "batch_size": sampling.batch_size,
+        # Each completion draws from its own stream (alignkit.models.decode): the batch size does not matter,
+        # the sampler does (caches written by the earlier batch-seeded sampler are not reused).
+        "sampler": "row streams",
         "seed": sampling.seed,
         "chat": chat,
         "dtype": str(generation_dtype),

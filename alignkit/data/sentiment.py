@@ -45,6 +45,7 @@ from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.tokenize import tokenize_pairs
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 from alignkit.models.generate import ProgressFn, Sampling, generate_completions, uses_chat_template
+from alignkit.models.precision import detect_hardware, native_bf16
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = [
@@ -225,6 +226,14 @@ def _pairs_with_progress(model: nn.Module, tokenizer, prompts_and_gaps: dict[str
     return results
 
 
+def _generation_dtype(requested: str, model: nn.Module) -> torch.dtype | None:
+    """``data.source.generation_dtype`` on the model's device: auto is bf16 where it is native, else None."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    native = native_bf16(detect_hardware(next(model.parameters()).device))
+    return torch.bfloat16 if native else None
+
+
 def prepare_sentiment_data(
     cfg: DataConfig,
     tokenizer,
@@ -252,10 +261,10 @@ def prepare_sentiment_data(
     src = cfg.source
     if not isinstance(src, SentimentSource):
         raise DataError(f"data.source.kind must be 'sentiment' here, got {src.kind!r}")
-    if generation_dtype is None and src.generation_dtype:
-        generation_dtype = getattr(torch, src.generation_dtype)
     if model is None:
         raise DataError("data.source.kind 'sentiment' needs the model to sample completions from")
+    if generation_dtype is None and src.generation_dtype:
+        generation_dtype = _generation_dtype(src.generation_dtype, model)
     train_prompts, eval_prompts = _pair_prompts(cfg, src)
     sampling = Sampling(samples_per_prompt=src.completions_per_prompt, max_new_tokens=src.max_new_tokens,
                         temperature=src.temperature, top_p=src.top_p, batch_size=src.batch_size, seed=seed,

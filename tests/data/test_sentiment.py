@@ -268,3 +268,19 @@ def test_pair_cache_survives_unicode_line_separators(tmp_path):
     rows = [{"meta": {}}] + [{"prompt": p, "completions": t} for p, t in zip(["p1", "p2"], texts, strict=True)]
     write_jsonl_atomic(path, rows)
     assert read_cache(path, ["p1", "p2"], k=2) == texts
+
+
+def test_generation_dtype_auto_is_bf16_only_where_native(tiny_gpt2, monkeypatch):
+    import torch
+
+    from alignkit.data import sentiment
+    from alignkit.models.precision import Hardware
+
+    def on(flags):
+        monkeypatch.setattr(sentiment, "detect_hardware", lambda device: Hardware("cpu", "cpu", frozenset(flags)))
+        return sentiment._generation_dtype("auto", tiny_gpt2)
+
+    assert on({"avx512f", "amx_bf16"}) == torch.bfloat16
+    assert on({"avx512f", "avx512_bf16"}) == torch.bfloat16
+    assert on({"avx512f", "avx2"}) is None  # emulated bf16 is slower than fp32: sample as loaded
+    assert sentiment._generation_dtype("bfloat16", tiny_gpt2) == torch.bfloat16  # asked for, whatever the CPU

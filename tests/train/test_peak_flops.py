@@ -1,4 +1,5 @@
-"""The peak matmul throughput: measured once per machine and dtype, then read back from the JSON cache."""
+"""The peak matmul throughput and the read bandwidth: measured once per machine (and dtype), then read back from
+the JSON cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import pickle
 import pytest
 import torch
 
-from alignkit.train.peak_flops import measure_matmul_flops, peak_flops, peak_key
+from alignkit.train.peak_flops import (
+    measure_matmul_flops,
+    measure_read_bandwidth,
+    peak_bandwidth,
+    peak_flops,
+    peak_key,
+)
 
 CPU = torch.device("cpu")
 
@@ -42,3 +49,16 @@ def test_a_corrupt_or_foreign_cache_file_is_measured_again(content):
 def test_the_benchmark_takes_the_size_it_is_given():
     flops, size = measure_matmul_flops(CPU, "float32", size=64, seconds=0.01)
     assert size == 64 and flops > 0
+
+
+def test_the_read_bandwidth_is_measured_once_and_kept_apart_from_the_flops():
+    first = peak_bandwidth(CPU, seconds=0.05)
+    assert not first["cached"] and first["bytes_per_second"] > 0
+    second = peak_bandwidth(CPU, seconds=0.05)
+    assert second["cached"] and second["bytes_per_second"] == first["bytes_per_second"]
+    assert first["file"] != peak_flops(CPU, "float32", seconds=0.05)["file"]
+    with open(first["file"], "w") as f:
+        f.write('{"bytes_per_second": "fast"}')
+    assert not peak_bandwidth(CPU, seconds=0.05)["cached"]
+    rate, size = measure_read_bandwidth(CPU, megabytes=4, seconds=0.01)
+    assert size == 4 * 2**20 and rate > 0

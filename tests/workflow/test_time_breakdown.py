@@ -32,7 +32,13 @@ def test_a_tiny_run_reports_where_the_time_went(tmp_path):
     for path in [("training", "forward/backward"), ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
         assert rows[path]["flops_per_second"] > 0 and 0 < rows[path]["peak_fraction"] < 1, rows[path]
     assert section["peak_flops"]["float32"]["flops_per_second"] > 0
+    generation = rows[("evaluation", "generation")]
+    assert generation["tokens"] > 0 and generation["tokens_per_second"] > 0
+    assert generation["weight_bytes"] > 0 and 0 < generation["bandwidth_fraction"] < 1
+    assert section["read_bandwidth"]["bytes_per_second"] > 0
+    assert rows[("training", "forward/backward")]["bandwidth_fraction"] is None  # decoding phases only
     assert report["precision"]["used"] in ("fp32", "bf16 autocast") and report["precision"]["reason"]
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert "## Where the time went" in markdown and "| · forward/backward |" in markdown
+    assert "| tokens/s | of bandwidth bound |" in markdown and "Memory read bandwidth measured here" in markdown
     assert f"- precision: {report['precision']['used']}" in markdown
