@@ -10,6 +10,8 @@ them). ALIGNKIT_TEST_SHARED_DIR moves that folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,3 +127,15 @@ def smollm2_folder(_isolated_cache) -> Path:
         pytest.skip("SmolLM2 is not in the cache: run `alignkit fetch smollm2-135m-instruct` and set "
                     "ALIGNKIT_TEST_USE_USER_CACHE=1 (`make test-slow` does both)")
     return folder
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread: tiny tensors and tiny models, where on a busy machine the thread pool's
+    hand-offs cost more than the arithmetic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

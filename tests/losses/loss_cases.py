@@ -6,12 +6,11 @@ loaded here so that parametrizing over ``list_losses()`` picks it up like any bu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
+from conftest import single_thread  # noqa: F401  (the loss suites import it from here)
 from hypothesis import strategies as st
 
 from alignkit.losses import LossConfig, LossOutput, LossSpec, PreferenceStats, list_losses
@@ -33,16 +32,6 @@ lengths = st.integers(1, MAX_LEN)
 scores = st.floats(-1e4, 1e4, width=32)
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread: these tensors hold a handful of numbers, and on a busy machine the
-    thread pool's hand-offs cost ~40x the arithmetic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _t(values: list[float]) -> torch.Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import single_thread
 from pydantic import ValidationError
 
 from alignkit.models import ModelConfig, QuantizationError, load_causal_lm
@@ -36,10 +37,8 @@ BLOCK_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with single_thread():
+        yield
 
 
 def _load(quant: dict | None, **update) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import single_thread
 
 from alignkit.commands.online import run_online_recipe
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer
@@ -80,10 +81,8 @@ eval:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 def _recipe(tmp_path, *overrides):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import make_tiny_gpt2
+from conftest import make_tiny_gpt2, single_thread
 from tiny_online import _recipe
 from transformers import AutoModelForCausalLM
 
@@ -35,10 +34,8 @@ ROWS = ("log-probs", "reference log-probs", "forward/backward", "optimizer")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 @pytest.mark.parametrize("case", list(CASES))
