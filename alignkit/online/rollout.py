@@ -1,11 +1,11 @@
 """Rollout sampling whose randomness belongs to each prompt group, not to the batch it is generated in.
 
 :func:`~alignkit.models.generate.generate_completions` seeds each row by its index in the call, so the
-completion a row gets depends on where its prompt falls among the call's prompts. Under data parallelism each process samples
-its own share of the step's prompts, in other batches than one process would; for 1 and N processes to
-train on the same samples, every prompt group (the k completions of one prompt) draws from its own stream,
-seeded from (run seed, step, the prompt's index in the step). Batches still hold many groups, so a GPU
-generates as wide as before.
+completion a row gets depends on where its prompt falls among the call's prompts. Under data parallelism
+each process samples its own share of the step's prompts; for 1 and N processes to train on the same
+samples, every prompt group (the k completions of one prompt) draws from its own stream, seeded from
+(run seed, step, the prompt's index in the step). Batches still hold many groups, so a GPU generates as
+wide as before.
 
 Each row takes the next uniform of its group's stream and picks its token by inverse CDF from the
 distribution sampling uses (temperature, then top-p): the decoding loop of
