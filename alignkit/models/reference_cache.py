@@ -26,8 +26,10 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from alignkit.cache import cache_dir
+from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
+from alignkit.timing import count_flops
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
 
@@ -221,6 +223,8 @@ def _compute(
     rounds = -(-len(starts) // world) if hasattr(model, ROOT_CALL) else len(mine)
     chosen, rejected, seen = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     device = next(model.parameters()).device
+    n_matmul = matmul_parameters(model)  # for the run's time table: 2·N per non-padding token
+    dtype = str(autocast_dtype or next(model.parameters()).dtype).removeprefix("torch.")
     was_training = model.training
     model.eval()
     try:
@@ -236,6 +240,7 @@ def _compute(
                 with autocast_context(device.type, autocast_dtype):
                     out = concatenated_forward(model, inputs, logps=logps)
                 if i < len(mine):  # past its share a process only keeps pace with the others
+                    count_flops(forward_flops(n_matmul, int(inputs["attention_mask"].sum())), dtype)
                     chosen[index.cpu()] = out["chosen_logps"].float().cpu()
                     rejected[index.cpu()] = out["rejected_logps"].float().cpu()
                     seen[index.cpu()] = 1.0

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from alignkit.data.types import TokenizedPair
 from alignkit.losses import LossOutput, Objective, PreferenceStats
-from alignkit.models.flops import matmul_parameters, training_flops
+from alignkit.models.flops import forward_flops, matmul_parameters, training_flops
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.models.precision import autocast_context, resolve_precision
 from alignkit.models.reference import Reference
@@ -190,7 +190,8 @@ class Trainer:
         # Running values of stateful losses (BCO's δ): read by every batch, updated after each step's batches.
         self.loss_state = objective.new_state()
         self.autocast_dtype = self._autocast_dtype()
-        self._flops_per_token = training_flops(matmul_parameters(model), sum(p.numel() for p in self.params), 1)
+        self._matmul_parameters = matmul_parameters(model)
+        self._flops_per_token = training_flops(self._matmul_parameters, sum(p.numel() for p in self.params), 1)
         self._compute_dtype = str(self.autocast_dtype or self.params[0].dtype).removeprefix("torch.")
 
     # -----------------------------------------------------------------------------------------------------
@@ -312,6 +313,9 @@ class Trainer:
                                             state=self.loss_state, pool=self.env)
             if part:
                 self._accumulate(sums, out, stats, batch["weights"].to(out.losses.dtype))
+                # The policy's forward; a live reference's is left out, as in training (a floor).
+                count_flops(forward_flops(self._matmul_parameters, int(batch["attention_mask"].sum())),
+                            self._compute_dtype)
         metrics = sums.means(self.env)
         return {f"eval/{k}": v for k, v in metrics.items()}
 

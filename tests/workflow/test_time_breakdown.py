@@ -13,7 +13,7 @@ from alignkit.commands.run import run_recipe_file
 def test_a_tiny_run_reports_where_the_time_went(tmp_path):
     recipe = tiny_jsonl_recipe(tmp_path)
     run_recipe_file(str(recipe), ["eval={reward: vader_sentiment, num_prompts: 2, samples_per_prompt: 1, "
-                                  "max_new_tokens: 4, batch_size: 2}"])
+                                  "max_new_tokens: 4, batch_size: 2}", "reference.mode=cached"])
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     section = report["time_breakdown"]
     assert section["wall_seconds"] == pytest.approx(report["wall_seconds"])
@@ -29,7 +29,8 @@ def test_a_tiny_run_reports_where_the_time_went(tmp_path):
     for path, row in rows.items():  # a child's time is part of its parent's
         if len(path) > 1:
             assert row["seconds"] <= rows[path[:-1]]["seconds"] + 1e-9
-    for path in [("training", "forward/backward"), ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
+    for path in [("training", "forward/backward"), ("training", "reference log-probs"), ("training", "held-out loss"),
+                 ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
         assert rows[path]["flops_per_second"] > 0 and 0 < rows[path]["peak_fraction"] < 1, rows[path]
     assert section["peak_flops"]["float32"]["flops_per_second"] > 0
     generation = rows[("evaluation", "generation")]
