@@ -10,6 +10,7 @@ them). ALIGNKIT_TEST_SHARED_DIR moves that folder.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +140,18 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def import_benchmark(name: str):
+    """A module of benchmarks/ (``dpo_vs_trl``, ``scaling``, ``dpo_bench_setup``), imported with that folder on
+    sys.path only for the import (the scripts import each other by bare name)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH_DIR))

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        yield importlib.import_module("dpo_vs_trl")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    return import_benchmark("dpo_vs_trl")
 
 
 @pytest.fixture

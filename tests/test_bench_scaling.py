@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import BENCH_DIR, import_benchmark
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 SMALLEST = ["--seq-lens", "256", "--vocabs", "32768", "--seq-sweep-vocab", "32768", "--vocab-sweep-len", "256"]
 
 
 @pytest.fixture(scope="module")
 def scaling():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        yield importlib.import_module("scaling")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    return import_benchmark("scaling")
 
 
 def test_smallest_point_gives_finite_rows_tables_and_plots(tmp_path):
@@ -63,17 +57,13 @@ def test_a_point_over_the_memory_cap_is_skipped_with_its_reason(scaling, tmp_pat
 
 
 def test_synthetic_pairs_fill_the_sequence_and_avoid_special_ids():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        from dpo_bench_setup import BenchSpec, build_tokenizer, ordered_pairs, step_tokens
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    spec = BenchSpec(case="tiny-llama", batch=2, max_length=48, max_prompt_length=16, steps=1, warmup=1, vocab=50)
-    pairs, visited = ordered_pairs(spec, build_tokenizer(spec))
+    setup = import_benchmark("dpo_bench_setup")
+    spec = setup.BenchSpec(case="tiny-llama", batch=2, max_length=48, max_prompt_length=16, steps=1, warmup=1, vocab=50)
+    pairs, visited = setup.ordered_pairs(spec, setup.build_tokenizer(spec))
     assert len(pairs) == 4 and sorted(p.index for p in visited) == [0, 1, 2, 3]
     for pair in pairs:
         assert (len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)) == (16, 32, 32)
         assert min(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids) >= 3  # pad/eos/unk never drawn
         assert max(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids) < spec.vocab
-    assert step_tokens(visited, spec.batch, 0) == 2 * 2 * 48
-    assert build_tokenizer(spec).pad_token_id == 0
+    assert setup.step_tokens(visited, spec.batch, 0) == 2 * 2 * 48
+    assert setup.build_tokenizer(spec).pad_token_id == 0
