@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "alignkit"
 
 LAYERS: list[set[str]] = [
-    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing"},
+    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing", "lazy"},
     {"losses", "models", "peft"},
     {"data"},
     {"eval", "train", "report"},
@@ -141,5 +141,5 @@ def test_the_command_line_loads_no_torch_until_a_command_needs_it():
 
     code = ("import sys, alignkit, alignkit.cli; alignkit.cli.build_parser(); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "from alignkit import register_loss, LossOutput; assert 'torch' in sys.modules")
+            "from alignkit import register_loss, LossOutput; assert callable(register_loss)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from alignkit.data.types import TokenizedPair
 from alignkit.data.unpaired import TokenizedUnpaired
+from alignkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["IGNORE_INDEX", "collate_preference", "collate_sft", "collate_unpaired"]
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from alignkit.data.collate import _pad_rows
 from alignkit.data.config import DataConfig, KWayJsonlSource
@@ -29,6 +27,12 @@ from alignkit.data.types import (
     DropReport,
     PreparedData,
 )
+from alignkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["KWayExample", "KWayJsonlSource", "TokenizedKWay", "collate_kway", "prepare_kway_data"]
 

@@ -32,7 +32,6 @@ from alignkit.data.jsonl import read_jsonl, require_file
 from alignkit.data.render import hh_text_to_messages, render_prompt
 from alignkit.data.split import held_out_count
 from alignkit.data.types import MALFORMED, DataError, DropReport, Message, TextOrMessages, is_conversation
-from alignkit.models.generate import format_prompt, uses_chat_template
 
 __all__ = [
     "DUPLICATE",
@@ -176,6 +175,8 @@ def finish_prompts(prompts: Iterable[Located], tokenizer: Any, report: DropRepor
         dedupe: keep the first of identical prompt strings.
         exclude: prompt strings to leave out (the held-out prompts, when training prompts come from another file).
     """
+    from alignkit.models.generate import format_prompt, uses_chat_template  # the sampler's module: torch
+
     chat = tokenizer is not None and uses_chat_template(tokenizer)
     if max_prompt_tokens is not None and tokenizer is None:
         raise ValueError("max_prompt_tokens needs the tokenizer")

@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from alignkit.data.types import DropReport, PreferenceExample
+from alignkit.lazy import lazy_module
 from alignkit.models.rewards import RewardFn
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")
 
 __all__ = ["SMALL_GAP", "PickedPairs", "RewardPairs", "best_versus_worst", "score_completions"]
 

@@ -15,13 +15,18 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from alignkit.cache import cache_dir as default_cache_dir
-from alignkit.models.generate import Sampling
+from alignkit.lazy import lazy_module
+from alignkit.models.sampling import Sampling
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 __all__ = [
     "cache_file",

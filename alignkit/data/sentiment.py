@@ -18,12 +18,10 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from torch import nn
 
 from alignkit.data.config import DataConfig, SentimentSource
 from alignkit.data.reward_pairs import SMALL_GAP, RewardPairs, best_versus_worst, score_completions
@@ -44,9 +42,19 @@ from alignkit.data.sentiment_prompts import (
 from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.tokenize import tokenize_pairs
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
-from alignkit.models.generate import ProgressFn, Sampling, generate_completions, uses_chat_template
+from alignkit.lazy import lazy_module
 from alignkit.models.precision import detect_hardware, native_bf16
 from alignkit.models.rewards import RewardFn, resolve_reward
+from alignkit.models.sampling import Sampling
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from alignkit.models.generate import ProgressFn
+else:
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 __all__ = [
     "SENTIMENT_PROMPTS",
@@ -82,6 +90,8 @@ def _sample(model: nn.Module, tokenizer, prompts: Sequence[str], sampling: Sampl
     sampler = model
     if generation_dtype is not None and generation_dtype != next(model.parameters()).dtype:
         sampler = copy.deepcopy(model).to(generation_dtype)
+    from alignkit.models.generate import generate_completions  # imports torch and transformers
+
     completions = generate_completions(sampler, tokenizer, prompts, sampling, progress=progress)
     k = sampling.samples_per_prompt
     return [[c.text for c in completions[i * k : (i + 1) * k]] for i in range(len(prompts))]
@@ -146,6 +156,8 @@ def build_reward_pairs(
         raise ValueError("no prompts to make pairs from")
     start = time.perf_counter()
     reward_name, reward_fn = resolve_reward(reward)
+    from alignkit.models.generate import uses_chat_template
+
     chat = uses_chat_template(tokenizer, sampling.use_chat_template)
     texts, from_cache, path = _cached_or_sampled(
         model, tokenizer, prompts, sampling.but(use_chat_template=chat), use_cache=use_cache, cache_dir=cache_dir,

@@ -6,11 +6,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
 from alignkit.losses.functional import logratios
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["APODownConfig", "APOZeroConfig", "apo_down", "apo_zero"]
 

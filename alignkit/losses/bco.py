@@ -6,12 +6,20 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, LossState, PreferenceStats, register_loss
 from alignkit.losses.functional import logratios, rewards_by_label, unpaired_logratios
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 __all__ = ["BCOConfig", "BCOPairConfig", "RewardShift", "bco", "bco_pair"]
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import ValidationError
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import (
     LOSSES,
     LossConfig,
@@ -29,6 +29,11 @@ from alignkit.losses.base import (
     PreferenceStats,
     get_loss,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["Location", "LossTerm", "Objective", "ObjectiveError", "ObjectiveState", "build_objective"]
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
 from alignkit.losses.functional import logratios
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 __all__ = ["EXOPairConfig", "exo_pair"]
 

@@ -5,9 +5,15 @@ Every helper takes and returns (B,) tensors. Nothing here reduces over the batch
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import PreferenceStats
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = [
     "LOG1MEXP_MAX",

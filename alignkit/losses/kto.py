@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
 from alignkit.losses.functional import require, rewards_by_label, unpaired_logratios
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["KTOConfig", "KTO_BALANCE", "kto", "kto_reference_point"]
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
 from alignkit.losses.functional import average_logps, log1mexp, require
+
+if TYPE_CHECKING:
+    import torch.nn.functional as F
+else:
+    F = lazy_module("torch.nn.functional")
 
 __all__ = ["ORPOConfig", "orpo"]
 

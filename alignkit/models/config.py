@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from alignkit.config_base import StrictConfig
-from alignkit.models.logps import LogpsOptions
+
+if TYPE_CHECKING:
+    from alignkit.models.logps import LogpsOptions
 
 __all__ = ["ModelConfig", "QuantizationConfig", "ReferenceConfig", "ReferenceMode"]
 
@@ -102,6 +104,8 @@ class ModelConfig(StrictConfig):
     @property
     def logps(self) -> LogpsOptions:
         """How sequence log-probs are computed (``logps_chunk_size``, ``padding_free``)."""
+        from alignkit.models.logps import LogpsOptions  # the computation imports torch; the schema does not
+
         return LogpsOptions(chunk_size=self.logps_chunk_size, padding_free=self.padding_free)
 
     @model_validator(mode="after")

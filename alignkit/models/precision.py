@@ -16,9 +16,15 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from alignkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
+
 
 __all__ = ["Hardware", "PrecisionChoice", "autocast_context", "choose_precision", "detect_hardware", "native_bf16",
            "resolve_precision", "stored_precision"]

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from alignkit.data import SOURCES
 from alignkit.eval.config import EvalConfig
+from alignkit.lazy import lazy_module
 from alignkit.losses import Objective, build_objective, list_losses
 from alignkit.models.config import ModelConfig
-from alignkit.models.load import check_from_config
-from alignkit.models.quantization import device_problem
 from alignkit.models.rewards import REWARDS
 from alignkit.recipe.model import Recipe
 from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
-from alignkit.train.metrics import stage_metric_names
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["ADAPTERS_OFF_AFTER_SFT", "cross_section_problems", "environment_problems", "eval_rewards", "model_problems",
            "quantization_problems", "reward_problems", "unused_reference_note"]
@@ -43,6 +45,8 @@ def model_problems(model: ModelConfig, *, reward_model: bool = False, max_length
     """``model.from_config``: keys its transformers config knows, a model that can be built, long enough."""
     if model.from_config is None:
         return []
+    from alignkit.models.load import check_from_config  # builds a transformers config: imports transformers
+
     config, found = check_from_config(model.from_config, reward_model=reward_model)
     problems: list[Problem] = [(("model", "from_config", *loc), msg) for loc, msg in found]
     positions = getattr(config, "max_position_embeddings", None) if config is not None else None
@@ -75,6 +79,8 @@ def quantization_problems(model: ModelConfig, adapter_kind: str, device: str,
     if strategy == "fsdp":
         problems.append((("distributed", "strategy"), "fsdp does not shard quantized weights; use ddp, or remove "
                          "model.quantization"))
+    from alignkit.models.quantization import device_problem  # quantized recipes only: imports torch
+
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if _device_problem(resolved) is None and (why := device_problem(quant, resolved)) is not None:
         problems.append((("model", "quantization", "backend"), why.partition(": ")[2]))
@@ -82,7 +88,7 @@ def quantization_problems(model: ModelConfig, adapter_kind: str, device: str,
 
 
 def _device_problem(name: str) -> str | None:
-    if name == "auto":
+    if name in ("auto", "cpu"):  # always there: no need to import torch to know
         return None
     try:
         device = torch.device(name)
@@ -146,6 +152,8 @@ def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Probl
             problems.append(((section, "early_stopping"), "needs held-out pairs, but data.test_size is 0 and there "
                              "is no data.test_source"))
             continue
+        from alignkit.train.metrics import stage_metric_names  # runs the objective on a made-up batch: torch
+
         logged = stage_metric_names(stage_objective, paired=paired)
         names = logged.eval
         if es.metric in names or (not logged.complete and es.metric.startswith("eval/")):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import alignkit.data.sentiment as sentiment
+import alignkit.models.generate as generate
 from alignkit.data.sentiment import (
     SENTIMENT_PROMPTS,
     SENTIMENT_SUBJECTS,
@@ -49,7 +50,7 @@ def generation_calls(monkeypatch):
         calls.append(1)
         return generate_completions(*args, **kwargs)
 
-    monkeypatch.setattr(sentiment, "generate_completions", counting)
+    monkeypatch.setattr(generate, "generate_completions", counting)  # read at each call
     return calls
 
 
@@ -273,7 +274,6 @@ def test_pair_cache_survives_unicode_line_separators(tmp_path):
 def test_generation_dtype_auto_is_bf16_only_where_native(tiny_gpt2, monkeypatch):
     import torch
 
-    from alignkit.data import sentiment
     from alignkit.models.precision import Hardware
 
     def on(flags):

@@ -12,23 +12,30 @@ each judge module registers its builder.
 
 from __future__ import annotations
 
-# The built-in judges register themselves on import.
-from alignkit.eval.judges import local as _local  # noqa: E402,F401,I001
-from alignkit.eval.judges import openai_compat as _openai_compat  # noqa: E402,F401
-from alignkit.eval.judges import reward as _reward  # noqa: E402,F401
-from alignkit.eval.judges.base import (
-    DEFAULT_MAX_INVALID_FRACTION,
-    InvalidVerdictsError,
-    Judge,
-    JudgedPair,
-    Verdict,
-    check_verdicts,
-    judge_pairs,
-    pair_score,
-)
-from alignkit.eval.judges.prompt import judge_messages, parse_verdict
-from alignkit.eval.judges.registry import JUDGES, build_judge, register_judge
+from typing import TYPE_CHECKING
+
+from alignkit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from alignkit.eval.judges.base import (
+        DEFAULT_MAX_INVALID_FRACTION,
+        InvalidVerdictsError,
+        Judge,
+        JudgedPair,
+        Verdict,
+        check_verdicts,
+        judge_pairs,
+        pair_score,
+    )
+    from alignkit.eval.judges.prompt import judge_messages, parse_verdict
+    from alignkit.eval.judges.registry import JUDGES, build_judge, register_judge
 
 __all__ = ["DEFAULT_MAX_INVALID_FRACTION", "JUDGES", "InvalidVerdictsError", "Judge", "JudgedPair", "Verdict",
            "build_judge", "check_verdicts", "judge_messages", "judge_pairs", "pair_score", "parse_verdict",
            "register_judge"]
+
+__getattr__ = lazy_exports(__name__, {
+    "base": ("DEFAULT_MAX_INVALID_FRACTION", "InvalidVerdictsError", "Judge", "JudgedPair", "Verdict", "check_verdicts", "judge_pairs", "pair_score"),
+    "prompt": ("judge_messages", "parse_verdict"),
+    "registry": ("JUDGES", "build_judge", "register_judge"),
+}, on_first_use=("local", "openai_compat", "reward",))
