@@ -1,22 +1,60 @@
 """alignkit: align language models from preference data.
 
-The public names below are loaded on first use (they bring in torch), so ``alignkit --help`` and the
-recipe checks that need no model stay quick.
+The extension points a user's code needs are importable from here (docs/extending.md shows each one):
+``register_loss`` (objectives), ``register_source`` and ``register_prepared_source`` (data sources),
+``register_reward`` (reward functions) and ``register_judge`` (pairwise judges), with the types they
+receive and return. The names are loaded on first use, so ``import alignkit`` stays light (no torch).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from alignkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from alignkit.losses import LossOutput, PreferenceStats, get_loss, list_losses, register_loss
+    from alignkit.data import (
+        DropReport,
+        PreferenceExample,
+        PrepareContext,
+        PreparedData,
+        load_examples,
+        register_prepared_source,
+        register_source,
+    )
+    from alignkit.eval.judges import Judge, Verdict, build_judge, register_judge
+    from alignkit.losses import LossConfig, LossOutput, PreferenceStats, get_loss, list_losses, register_loss
+    from alignkit.models.rewards import get_reward, list_rewards, register_reward
 
-__all__ = ["LossOutput", "PreferenceStats", "get_loss", "list_losses", "register_loss"]
+__all__ = [
+    "DropReport",
+    "Judge",
+    "LossConfig",
+    "LossOutput",
+    "PreferenceExample",
+    "PreferenceStats",
+    "PrepareContext",
+    "PreparedData",
+    "Verdict",
+    "build_judge",
+    "get_loss",
+    "get_reward",
+    "list_losses",
+    "list_rewards",
+    "load_examples",
+    "register_judge",
+    "register_loss",
+    "register_prepared_source",
+    "register_reward",
+    "register_source",
+]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("alignkit.losses"), name)
-    raise AttributeError(f"module 'alignkit' has no attribute {name!r}")
+# Each name is read from its package, whose import registers the built-ins (losses, sources, judges).
+__getattr__ = lazy_exports(__name__, {
+    "data": ("DropReport", "PrepareContext", "PreferenceExample", "PreparedData", "load_examples",
+             "register_prepared_source", "register_source"),
+    "eval.judges": ("Judge", "Verdict", "build_judge", "register_judge"),
+    "losses": ("LossConfig", "LossOutput", "PreferenceStats", "get_loss", "list_losses", "register_loss"),
+    "models.rewards": ("get_reward", "list_rewards", "register_reward"),
+})
