@@ -72,6 +72,21 @@ def upward_imports(root: Path = ROOT) -> list[str]:
     return problems
 
 
+# Packages a package may not import although the layers would allow it: training (offline and online)
+# does not reach into held-out evaluation; what both need (KL, log-probs of completions, padding) is models'.
+FORBIDDEN = {("train", "eval"), ("online", "eval")}
+
+
+def forbidden_imports(root: Path = ROOT) -> list[str]:
+    """Every import of a package that ``FORBIDDEN`` keeps its importer from."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        here = _package(_module_name(path, root))
+        problems += [f"{path.relative_to(root.parent)}:{line}: {here} imports {target}"
+                     for target, line in imports_of(path) if (here, _package(target)) in FORBIDDEN]
+    return problems
+
+
 def import_cycles(root: Path = ROOT) -> list[list[str]]:
     """Strongly connected groups of modules (any import, also inside functions) of more than one module."""
     modules = {_module_name(p, root): p for p in root.rglob("*.py")}
@@ -110,6 +125,10 @@ def test_every_import_points_down_a_layer():
     assert upward_imports() == []
 
 
+def test_training_does_not_import_evaluation():
+    assert forbidden_imports() == []
+
+
 def test_no_import_cycles():
     assert import_cycles() == []
 
@@ -122,10 +141,12 @@ def test_the_checks_catch_a_planted_upward_import_and_cycle(tmp_path):
         "losses/b.py": "def f():\n    from alignkit.losses.a import y\n",
         "data/__init__.py": "",
         "data/c.py": "from alignkit.commands.run import run_recipe\n",
+        "online/d.py": "def f():\n    from alignkit.eval.kl import sequence_kl\n",
     }.items():
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text)
     assert upward_imports(pkg) == ["alignkit/data/c.py:1: data (layer 2) imports commands (layer 7)"]
+    assert forbidden_imports(pkg) == ["alignkit/online/d.py:2: online imports alignkit.eval.kl"]
     assert import_cycles(pkg) == [["alignkit.losses.a", "alignkit.losses.b"]]
 
 

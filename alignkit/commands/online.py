@@ -23,8 +23,8 @@ from torch import nn
 from alignkit.data.sentiment import sentiment_prompts
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.reward import reward_model_scorer
-from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
+from alignkit.models.kl import ReferenceFn
 from alignkit.models.load import load_tokenizer
 from alignkit.models.rewards import checked_reward, resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from alignkit.data.types import TokenizedPair
 from alignkit.data.unpaired import TokenizedUnpaired
 from alignkit.lazy import lazy_module
+from alignkit.models.padding import IGNORE_INDEX, labelled_batch
 
 if TYPE_CHECKING:
     import torch
@@ -15,31 +16,6 @@ else:
     torch = lazy_module("torch")
 
 __all__ = ["IGNORE_INDEX", "collate_preference", "collate_sft", "collate_unpaired"]
-
-IGNORE_INDEX = -100  # label of tokens that are not scored (prompt and padding), as in torch's CE loss
-
-
-def _pad_rows(
-    rows: Sequence[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int | None
-) -> dict[str, torch.Tensor]:
-    """input_ids, attention_mask, labels for ``(prompt_ids, response_ids)`` rows, right-padded.
-
-    Labels come from the lengths, not from comparing ids with ``pad_token_id``: GPT-2 pads with its EOS,
-    and the EOS that ends a response must keep its label.
-    """
-    width = max(len(p) + len(r) for p, r in rows)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, (prompt, response) in enumerate(rows):
-        p, t = len(prompt), len(prompt) + len(response)
-        input_ids[i, :t] = torch.tensor(prompt + response, dtype=torch.long)
-        attention_mask[i, :t] = 1
-        labels[i, p:t] = input_ids[i, p:t]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _meta(pairs: Sequence[TokenizedPair] | Sequence[TokenizedUnpaired]) -> dict[str, torch.Tensor]:
@@ -70,7 +46,7 @@ def collate_preference(
     if not pairs:
         raise ValueError("collate_preference needs at least one pair")
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    return {**_pad_rows(rows, pad_token_id, pad_to_multiple_of), **_meta(pairs)}
+    return {**labelled_batch(rows, pad_token_id, pad_to_multiple_of=pad_to_multiple_of), **_meta(pairs)}
 
 
 def collate_sft(
@@ -85,7 +61,7 @@ def collate_sft(
     if not pairs:
         raise ValueError("collate_sft needs at least one pair")
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
-    return {**_pad_rows(rows, pad_token_id, pad_to_multiple_of), **_meta(pairs)}
+    return {**labelled_batch(rows, pad_token_id, pad_to_multiple_of=pad_to_multiple_of), **_meta(pairs)}
 
 
 def collate_unpaired(
@@ -107,7 +83,7 @@ def collate_unpaired(
     rows = [(i.prompt_ids, i.completion_ids) for i in items]
     rows += [(i.mismatched_prompt_ids or i.prompt_ids, i.completion_ids) for i in items]
     return {
-        **_pad_rows(rows, pad_token_id, pad_to_multiple_of),
+        **labelled_batch(rows, pad_token_id, pad_to_multiple_of=pad_to_multiple_of),
         "desirable": torch.tensor([i.label for i in items], dtype=torch.bool),
         **_meta(items),
     }

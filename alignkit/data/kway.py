@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from alignkit.data.collate import _pad_rows
 from alignkit.data.config import DataConfig, KWayJsonlSource
 from alignkit.data.jsonl import read_jsonl, require_file
 from alignkit.data.sources import PrepareContext, register_prepared_source
@@ -28,6 +27,7 @@ from alignkit.data.types import (
     PreparedData,
 )
 from alignkit.lazy import lazy_module
+from alignkit.models.padding import labelled_batch
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,7 @@ def collate_kway(
     k = len(items[0].response_ids)
     rows = [(item.prompt_ids, response) for item in items for response in item.response_ids]
     return {
-        **_pad_rows(rows, pad_token_id, pad_to_multiple_of),
+        **labelled_batch(rows, pad_token_id, pad_to_multiple_of=pad_to_multiple_of),
         "best_index": torch.tensor([item.best for item in items], dtype=torch.long),
         "num_candidates": k,
         "weights": torch.tensor([item.weight for item in items], dtype=torch.float32),

@@ -1,6 +1,5 @@
 """Held-out evaluation of a trained policy: KL to the reference, reward versus KL, judged win rates.
 
-- :mod:`alignkit.eval.kl`: sample-based KL(policy || reference) per completion.
 - :mod:`alignkit.eval.reward_kl`: mean reward and KL of a model's samples, with intervals.
 - :mod:`alignkit.eval.before_after`: the reference (before) and the policy (after) on the same prompts.
 - :mod:`alignkit.eval.heldout`: the ``eval:`` section of a run: reward/KL and the judged win rate.
@@ -9,7 +8,7 @@
 - :mod:`alignkit.eval.stats`: bootstrap and normal confidence intervals, subsample spread.
 - :mod:`alignkit.eval.config`: the recipe's ``eval:`` section.
 
-Sampling (:mod:`alignkit.models.generate`) and the reward registry (:mod:`alignkit.models.rewards`) are
+The KL estimate (:mod:`alignkit.models.kl`), sampling (:mod:`alignkit.models.generate`) and the reward registry (:mod:`alignkit.models.rewards`) are
 model-level services one layer down, shared with data generation and online training.
 """
 

@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from alignkit.eval.config import EvalConfig
-from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_model_reward, evaluate_reward_kl, reward_gain
+from alignkit.models.kl import ReferenceFn
 
 __all__ = ["evaluate_before_after"]
 

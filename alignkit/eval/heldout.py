@@ -27,11 +27,11 @@ from alignkit.eval.agreement import LabelledPair, judge_agreement
 from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
-from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.position_bias import judge_warnings, position_bias
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
+from alignkit.models.kl import ReferenceFn
 from alignkit.timing import phase
 
 __all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]
@@ -42,7 +42,7 @@ class BaselineSources:
     """Where each baseline's responses come from.
 
     Attributes:
-        reference: context-yielding callable of the reference model (see :mod:`alignkit.eval.kl`).
+        reference: context-yielding callable of the reference model (see :mod:`alignkit.models.kl`).
         base: the same for the untuned model; may be the very object ``reference`` is when they are the
             same model (then its samples are drawn once).
         chosen: prompt -> the dataset's chosen response.

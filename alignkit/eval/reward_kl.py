@@ -1,7 +1,7 @@
 """Mean reward and KL to the reference on held-out prompts: the reward-versus-KL report.
 
 Both figures come from the same samples of the evaluated model: the reward of each completion, and the
-sample-based estimate of KL(policy || reference) (see :mod:`alignkit.eval.kl`). Intervals are bootstrap
+sample-based estimate of KL(policy || reference) (see :mod:`alignkit.models.kl`). Intervals are bootstrap
 95% intervals over *prompts* (each prompt's samples are averaged first, since samples of one prompt are
 not independent); the subsample spread is the WARP-style standard deviation over random halves.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from alignkit.eval.kl import ReferenceFn, sequence_kl
 from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
 from alignkit.models.generate import Completion, ProgressFn, Sampling, eos_token_ids, generate_completions
+from alignkit.models.kl import ReferenceFn, sequence_kl
 from alignkit.models.rewards import RewardFn, resolve_reward
 from alignkit.timing import phase
 
@@ -185,7 +185,7 @@ def evaluate_reward_kl(
 
     Args:
         policy: the tuned model.
-        reference: the reference model, or a callable yielding it (see :mod:`alignkit.eval.kl`).
+        reference: the reference model, or a callable yielding it (see :mod:`alignkit.models.kl`).
         tokenizer: shared by both models.
         prompts: P held-out prompts.
         reward_fn: a registered reward name or a ``texts -> rewards`` callable.

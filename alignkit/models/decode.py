@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
+from alignkit.models.padding import pad_token_rows
+
 __all__ = ["DecodeStats", "PreallocatedLayer", "decode", "pick_tokens", "row_uniforms"]
 
 
@@ -185,13 +187,8 @@ def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tens
                   eos: Tensor, max_new_tokens: int, temperature: float, top_p: float, pad_id: int,
                   stats: DecodeStats) -> list[tuple[list[int], bool]]:
     """One batch: a prefill of the left-padded prompts, then one forward per new token for the rows still open."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[r, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pad_token_rows(prompts, pad_id, left=True)
+    ids, mask, width = ids.to(device), mask.to(device), ids.shape[1]
     position = (mask.cumsum(dim=1) - 1).clamp(min=0)
     cache = new_cache(model, width + max_new_tokens)
     # Full-length mask buffer: a step only extends the view, as the cache does.

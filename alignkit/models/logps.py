@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.models.packing import is_right_padded, pack_rows, supports_packing
+from alignkit.models.padding import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_LOGPS",
@@ -46,7 +47,6 @@ __all__ = [
     "supports_chunked_logps",
 ]
 
-IGNORE_INDEX = -100
 
 # A sharded model (FSDP2, :mod:`alignkit.train.sharding`) gathers the parameters its root owns (embeddings,
 # final norm, lm-head) only inside a call its hooks see. The chunked path calls the decoder and the lm-head

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from alignkit.models.padding import IGNORE_INDEX
+
 __all__ = ["PACKABLE_MODEL_TYPES", "PackedRows", "is_right_padded", "pack_rows", "supports_packing"]
 
-IGNORE_INDEX = -100
 
 # model_type values whose decoder passes position_ids to transformers' mask construction, so that
 # position ids restarting at 0 inside a row separate the sequences (tests/test_models_packing.py).

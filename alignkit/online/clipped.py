@@ -41,8 +41,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from alignkit.eval.kl import ReferenceFn
 from alignkit.models.generate import Completion, eval_mode
+from alignkit.models.kl import ReferenceFn
 from alignkit.models.logps import LogpsOptions
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig

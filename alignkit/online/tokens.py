@@ -1,8 +1,8 @@
 """Per-token forwards of sampled completions: log-probs, entropies and values, for PPO and GRPO.
 
-RLOO needs one log-prob per completion (:func:`alignkit.eval.kl.completion_logps`); PPO and GRPO need one per
+RLOO needs one log-prob per completion (:func:`alignkit.models.kl.completion_logps`); PPO and GRPO need one per
 completion *token*, and PPO a value at every token. A micro-batch of completions is laid out as
-:func:`~alignkit.eval.kl.completion_batch` lays it out (prompt then completion, right-padded); the outputs are
+:func:`~alignkit.models.kl.completion_batch` lays it out (prompt then completion, right-padded); the outputs are
 (b, T) over the completion tokens only, T the longest completion of the micro-batch, right-padded with a mask,
 the convention of :mod:`alignkit.online.ppo`. Completion token j of row r is predicted by the hidden state at
 position ``len(prompt_r) + j - 1``; the value V_j is read from that same hidden state (the state before the
@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from alignkit.eval.kl import completion_batch
 from alignkit.models.generate import Completion
+from alignkit.models.kl import completion_batch
 from alignkit.models.logps import LMHeadParts, lm_head_parts
 
 __all__ = [

@@ -7,7 +7,7 @@ weights). The step is this module's; resume, logging, checkpoints (the anchor in
 the fit loop the preference trainer runs too (:class:`~alignkit.train.loop.FitLoop`). Data order reuses
 the preference trainer's :func:`~alignkit.train.trainer.step_order` (a permutation of the prompts fixed by
 (seed, epoch)), the schedule its :func:`~alignkit.train.schedule.make_scheduler`; KL and log-probs use
-:mod:`alignkit.eval.kl`, so the KL logged during training is the estimator the evaluation reports.
+:mod:`alignkit.models.kl`, so the KL logged during training is the estimator the evaluation reports.
 
 Under ``torchrun`` every process holds the whole model and samples its share of the step's prompts
 (:mod:`alignkit.online.parallel`); each prompt group's sampling is seeded from (seed, step, prompt index)
@@ -28,8 +28,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
 
-from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
 from alignkit.models.generate import Completion, eos_token_ids, eval_mode
+from alignkit.models.kl import ReferenceFn, completion_batch, completion_logps
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.clipped import ClippedUpdater

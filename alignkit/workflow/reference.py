@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from alignkit.eval.kl import ReferenceFn
 from alignkit.losses import Objective
+from alignkit.models.kl import ReferenceFn
 from alignkit.models.load import load_causal_lm
 from alignkit.models.precision import resolve_precision
 from alignkit.models.reference import (
@@ -88,7 +88,7 @@ def reference_loader(recipe: Recipe, device: torch.device, run_dir: Path) -> Cal
 
 def evaluation_reference(recipe: Recipe, policy: nn.Module, load_reference: Callable[[], nn.Module],
                          training: Reference | None = None) -> ReferenceFn:
-    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.eval.kl).
+    """A zero-argument callable yielding the reference model for sampling and KL (see alignkit.models.kl).
 
     The same model training used: the frozen copy ``training`` when it is one; the policy with its adapters
     off when the reference is the base model under the adapter (no ``reference.name_or_path``, no SFT stage);

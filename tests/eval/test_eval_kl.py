@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from alignkit.eval.kl import as_reference, completion_logps, sequence_kl
 from alignkit.models.generate import Completion, generate_completions
+from alignkit.models.kl import as_reference, completion_logps, sequence_kl
 
 PROMPTS = ["The weather today is", "My favourite", "Tell me a story about a small robot who"]
 

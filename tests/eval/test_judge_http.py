@@ -338,7 +338,7 @@ def test_a_served_judge_that_always_answers_a_is_flagged(tiny_policy, tmp_path):
     from alignkit.eval.agreement import LabelledPair
     from alignkit.eval.config import EvalConfig
     from alignkit.eval.heldout import BaselineSources, judge_run
-    from alignkit.eval.kl import as_reference
+    from alignkit.models.kl import as_reference
 
     model, tokenizer = tiny_policy
     server = make_server(ChatModel(_always_a_gpt2(tokenizer), tokenizer, "always-a"), port=0)

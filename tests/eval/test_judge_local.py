@@ -16,8 +16,8 @@ from alignkit.eval.heldout import BaselineSources, judge_run
 from alignkit.eval.judges import judge_pairs, parse_verdict
 from alignkit.eval.judges.local import LocalJudge, letter_token_ids
 from alignkit.eval.judges.reward import RewardJudge
-from alignkit.eval.kl import as_reference
 from alignkit.eval.position_bias import judge_warnings, position_bias
+from alignkit.models.kl import as_reference
 from alignkit.report.judge import judge_markdown, judge_report_rows
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 

@@ -136,8 +136,8 @@ def test_warp_merges_runs_and_evaluates_front(tmp_path):
 
 
 def test_initial_anchor_of_fresh_lora_is_the_base_model(tiny_gpt2):
-    from alignkit.eval.kl import completion_logps
     from alignkit.models.generate import Completion
+    from alignkit.models.kl import completion_logps
     from alignkit.online.anchor import FrozenAnchor
     from alignkit.peft import adapters_disabled, apply_adapter
 

@@ -54,8 +54,8 @@ def test_kl_estimate_one_token_hand_case():
 
 
 def test_kl_estimate_matches_model_log_ratio_on_one_token(tiny_gpt2, gpt2_tokenizer):
-    from alignkit.eval.kl import completion_logps
     from alignkit.models.generate import Completion
+    from alignkit.models.kl import completion_logps
 
     comp = [Completion(0, "x", [464, 3290], [318])]
     other = type(tiny_gpt2)(tiny_gpt2.config)

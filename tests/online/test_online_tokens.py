@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import alignkit.online.tokens as tokens_module
-from alignkit.eval.kl import completion_logps
 from alignkit.models.generate import Completion
+from alignkit.models.kl import completion_logps
 from alignkit.online.ppo import entropy_from_logits
 from alignkit.online.tokens import ValueHead, pad_rows, token_forward, value_forward, value_model_from_policy
 

@@ -29,6 +29,7 @@ from alignkit.eval.judges.registry import register_judge
 from alignkit.models.config import ModelConfig
 from alignkit.models.generate import SupportsGenerate, eos_token_ids, eval_mode
 from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.padding import pad_token_rows
 
 __all__ = ["LocalJudge", "build_local_judge", "letter_token_ids"]
 
@@ -43,18 +44,6 @@ def letter_token_ids(tokenizer, letter: str) -> list[int]:
     if not ids:
         raise ValueError(f"the judge's tokenizer has no single token for {letter!r}")
     return ids
-
-
-def _padded(rows: Sequence[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of token rows padded to the longest, on the left or the right."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        cols = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, cols] = torch.tensor(r, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids, mask
 
 
 def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -117,7 +106,7 @@ class LocalJudge(Judge):
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
                 # Right padding: with causal attention the last real token's logits ignore the pads.
-                ids, mask = _padded(batch, self.pad_id, left=False)
+                ids, mask = pad_token_rows(batch, self.pad_id)
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
                 last = torch.tensor([len(r) - 1 for r in batch], device=device)
                 logps = torch.log_softmax(logits[torch.arange(len(batch), device=device), last].float(), dim=-1)  # (B, V)
@@ -141,7 +130,7 @@ class LocalJudge(Judge):
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
                 # Left padding: every row's answer starts at the same position.
-                ids, mask = _padded(batch, self.pad_id, left=True)
+                ids, mask = pad_token_rows(batch, self.pad_id, left=True)
                 width = ids.shape[1]
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=self.max_new_tokens, do_sample=False,

@@ -21,6 +21,7 @@ from alignkit.data.types import PreferenceExample
 from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.registry import register_judge
 from alignkit.models.logps import reward_scores
+from alignkit.models.padding import pad_token_rows
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = ["RewardJudge", "build_reward_judge", "reward_model_scorer"]
@@ -56,12 +57,7 @@ def reward_model_scorer(folder: str | Path, *, batch_size: int = 8, device: str 
         out: list[float] = []
         for start in range(0, len(texts), batch_size):
             rows = [tokenizer(t, add_special_tokens=not use_template)["input_ids"] for t in texts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
+            ids, mask = pad_token_rows(rows, int(pad))
             out += reward_scores(model, ids.to(device), mask.to(device)).tolist()
         return out
 

@@ -1,4 +1,4 @@
-"""KL(policy || reference) estimated from the policy's own samples.
+"""KL(policy || reference): its estimators, and its estimate from the policy's own samples.
 
 For a completion y sampled from the policy given prompt x,
 
@@ -7,7 +7,9 @@ For a completion y sampled from the policy given prompt x,
 so the per-sample sequence sum of log-ratios is an unbiased estimate (in nats) of the sequence-level
 KL; its mean over samples and prompts is the KL reported next to the reward, as in the DPO and WARP
 papers. Individual samples can be negative; only the mean estimates a KL. The estimate is unbiased only
-when the samples come from the policy itself (temperature 1, top_p 1).
+when the samples come from the policy itself (temperature 1, top_p 1). :func:`kl_estimate` holds the
+estimators of one log-ratio (Schulman 2020): ``k1`` (the log-ratio itself, what the report uses), ``k2``
+(half its square) and ``k3`` (``exp(-d) + d - 1``, never negative).
 
 The reference is passed as ``reference: Callable[[], AbstractContextManager[nn.Module]]``: a
 zero-argument callable whose context yields the reference model. That covers a separate frozen model
@@ -19,19 +21,47 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.generate import Completion, eval_mode
-from alignkit.models.logps import DEFAULT_LOGPS, IGNORE_INDEX, LogpsOptions, sequence_logps
+from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
+from alignkit.models.padding import labelled_batch
 from alignkit.timing import count_flops, phase, timed
 
-__all__ = ["ReferenceFn", "as_reference", "completion_batch", "completion_logps", "sequence_kl"]
+__all__ = ["KLEstimator", "ReferenceFn", "as_reference", "completion_batch", "completion_logps", "kl_estimate",
+           "sequence_kl"]
 
 ReferenceFn = Callable[[], AbstractContextManager[nn.Module]]
+KLEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: KLEstimator = "k1") -> Tensor:
+    """One sample's estimate of KL(pi || pi_ref) from the log-probs of what pi sampled.
+
+    With d = logps - ref_logps: ``k1`` = d (unbiased, can be negative), ``k2`` = d²/2 (biased, low
+    variance), ``k3`` = exp(-d) + d - 1 (unbiased and never negative). Gradient flows through ``logps``;
+    ``ref_logps`` is detached.
+
+    Shape:
+        logps, ref_logps: any shape, the same for both (per token or per sequence) -> the same, float32.
+    """
+    if logps.shape != ref_logps.shape:
+        raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} must have the same "
+                         "shape")
+    delta = logps.float() - ref_logps.detach().float()
+    if estimator == "k1":
+        return delta
+    if estimator == "k2":
+        return 0.5 * delta.square()
+    if estimator == "k3":
+        # expm1(-d) + d, not exp(-d) + d - 1: the latter cancels to small negative numbers for |d| < ~1e-3
+        # in float32; the clamp keeps the last rounding error from making it negative.
+        return (torch.expm1(-delta) + delta).clamp(min=0.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}; use k1, k2 or k3")
 
 
 def as_reference(reference: nn.Module | ReferenceFn | Any) -> ReferenceFn:
@@ -56,20 +86,8 @@ def as_reference(reference: nn.Module | ReferenceFn | Any) -> ReferenceFn:
 
 def completion_batch(completions: Sequence[Completion], pad_token_id: int, device: torch.device) -> dict[str, Tensor]:
     """Right-padded (B, T) input_ids / attention_mask / labels with only completion tokens labelled."""
-    width = max(len(c.prompt_ids) + len(c.completion_ids) for c in completions)
-    input_ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for r, c in enumerate(completions):
-        p, n = len(c.prompt_ids), len(c.completion_ids)
-        input_ids[r, : p + n] = torch.tensor(c.prompt_ids + c.completion_ids)
-        attention_mask[r, : p + n] = 1
-        labels[r, p : p + n] = torch.tensor(c.completion_ids)
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "labels": labels.to(device),
-    }
+    batch = labelled_batch([(c.prompt_ids, c.completion_ids) for c in completions], pad_token_id)
+    return {name: value.to(device) for name, value in batch.items()}
 
 
 @torch.inference_mode()
@@ -134,4 +152,4 @@ def sequence_kl(
         reference_logps = completion_logps(
             ref_model, completions, batch_size=batch_size, pad_token_id=pad_token_id
         )
-    return policy_logps - reference_logps
+    return kl_estimate(policy_logps, reference_logps)
