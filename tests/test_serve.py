@@ -309,3 +309,36 @@ def test_a_client_that_leaves_the_queue_frees_its_place(gpt2_tokenizer):
         first.join(30)
         waiting.join(30)
     assert second[0][0] == 200
+
+
+def test_serve_samples_with_the_decoding_loop_every_completion_uses(gpt2_tokenizer):
+    """A seeded request's tokens are the ones models.decode draws from that seed's stream of uniforms; an
+    unseeded request draws its own seed, so two of them need not agree."""
+    from alignkit.models.decode import decode, row_uniforms
+
+    model = make_tiny_gpt2().eval()
+    chat = ChatModel(model, gpt2_tokenizer, "t")
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    ids = chat.prompt_ids(messages)
+    answer = chat.chat(messages, max_tokens=12, temperature=1.0, top_p=0.9, seed=11)
+    [(expected, _)] = decode(model, [ids], row_uniforms(11, 0, 12).unsqueeze(0), max_new_tokens=12,
+                             temperature=1.0, top_p=0.9, eos_ids=chat.eos_ids, pad_id=0, batch_size=1)
+    assert answer["completion_tokens"] == len([t for t in expected if t not in chat.eos_ids][:12]) > 0
+    assert answer["text"] == gpt2_tokenizer.decode(expected[: answer["completion_tokens"]], skip_special_tokens=True)
+    unseeded = {chat.chat(messages, max_tokens=12, temperature=1.0)["text"] for _ in range(3)}
+    assert len(unseeded) > 1
+
+
+def test_the_decoding_loop_stops_when_asked(gpt2_tokenizer):
+    from alignkit.models.decode import decode, row_uniforms
+
+    model = make_tiny_gpt2().eval()
+    polls: list[int] = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 3  # the check before the batch, then one after each of the first 3 tokens
+
+    [(tokens, ended)] = decode(model, [[1, 2, 3]], row_uniforms(0, 0, 50).unsqueeze(0), max_new_tokens=50,
+                               temperature=1.0, top_p=1.0, eos_ids=[], pad_id=0, batch_size=1, stop=stop)
+    assert len(tokens) == 3 and not ended

@@ -1,12 +1,14 @@
 """The model behind `alignkit serve`: a causal LM answering one chat request at a time.
 
 :class:`ChatModel` renders the conversation (the tokenizer's chat template, else "role: content" lines),
-keeps the prompt within the model's context, samples with the request's settings (its seed leaves the
-global RNG state alone), and stops early when the client is gone (:class:`GenerationCancelled`).
+keeps the prompt within the model's context, samples with the request's settings through the project's one
+decoding loop (:func:`alignkit.models.decode.decode`: a seed fixes the request's own stream of uniforms, so
+the global RNG is never touched), and stops early when the client is gone (:class:`GenerationCancelled`).
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from alignkit.commands.serve_requests import DEFAULT_MAX_TOKENS, RequestError
+from alignkit.models.decode import decode, row_uniforms
 from alignkit.models.generate import SupportsGenerate, eos_token_ids
 
 __all__ = ["ChatModel", "GenerationCancelled"]
@@ -32,21 +34,6 @@ class GenerationCancelled(Exception):
 
 def _plain_chat(messages: list[dict[str, str]]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
-
-
-class _StopWhen(StoppingCriteria):
-    """A ``generate`` stopping criterion: stop every row as soon as ``cancelled()`` says so."""
-
-    def __init__(self, cancelled: Callable[[], bool], prompt_length: int) -> None:
-        self.cancelled = cancelled
-        self.prompt_length = prompt_length
-        self.generated: int | None = None  # tokens generated when it fired
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        stop = bool(self.cancelled())
-        if stop:
-            self.generated = input_ids.shape[1] - self.prompt_length
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class ChatModel:
@@ -117,14 +104,17 @@ class ChatModel:
             GenerationCancelled: ``cancelled()`` turned True.
         """
         ids = self._prompt_in_context(messages, max_tokens)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        watch = _StopWhen(cancelled, len(ids)) if cancelled is not None else None
+        gone = False
+
+        def stop_when_gone() -> bool:  # polled by the decoding loop after each new token
+            nonlocal gone
+            gone = gone or bool(cancelled is not None and cancelled())
+            return gone
+
         with self._turn(cancelled):
-            new = self._generate(ids, max_tokens, seed, sampling, watch)
-        if watch is not None and watch.generated is not None:
-            raise GenerationCancelled(watch.generated)
+            new = self._generate(ids, max_tokens, seed, temperature, top_p, stop_when_gone)
+        if gone:
+            raise GenerationCancelled(len(new))
         return self._answer(new, stop, prompt_tokens=len(ids))
 
     def _prompt_in_context(self, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
@@ -152,21 +142,18 @@ class ChatModel:
         finally:
             self._lock.release()
 
-    def _generate(self, ids: list[int], max_tokens: int, seed: int | None, sampling: dict[str, Any],
-                  watch: _StopWhen | None) -> list[int]:
-        """The new token ids after the prompt ``ids`` (the global RNG state is left as it was)."""
-        device = next(self.model.parameters()).device
-        stopping = {"stopping_criteria": StoppingCriteriaList([watch])} if watch is not None else {}
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
-                **sampling, **stopping,
-            )
-        return out[0, len(ids):].tolist()
+    def _generate(self, ids: list[int], max_tokens: int, seed: int | None, temperature: float, top_p: float,
+                  stop: Callable[[], bool]) -> list[int]:
+        """The new token ids after the prompt ``ids``, sampled by the decoding loop every completion uses.
+
+        Without a seed the request draws a fresh one, so two unseeded requests sample independently.
+        """
+        seed = secrets.randbits(63) if seed is None else seed
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0  # one row: no pads
+        [(new, _)] = decode(self.model, [ids], row_uniforms(seed, 0, max_tokens).unsqueeze(0), max_new_tokens=max_tokens,
+                            temperature=temperature, top_p=top_p, eos_ids=self.eos_ids, pad_id=pad_id, batch_size=1,
+                            stop=stop)
+        return new
 
     def _answer(self, new: list[int], stop: list[str] | None, *, prompt_tokens: int) -> dict[str, Any]:
         """The reply text, cut at the first end-of-sequence token and at the first stop string."""

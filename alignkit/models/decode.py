@@ -146,7 +146,8 @@ BatchDone = Callable[[int], None]
 @torch.inference_mode()
 def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor, *, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, batch_size: int,
-           on_batch: BatchDone | None = None, stats: DecodeStats | None = None) -> list[tuple[list[int], bool]]:
+           on_batch: BatchDone | None = None, stats: DecodeStats | None = None,
+           stop: Callable[[], bool] | None = None) -> list[tuple[list[int], bool]]:
     """Sample a completion for every prompt row.
 
     Args:
@@ -159,6 +160,8 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor,
         batch_size: rows decoded together.
         on_batch: called after each batch with the rows done.
         stats: filled with the forwards and tokens this call computed.
+        stop: polled after each new token; True ends the batch there (a server whose client left), and the
+            rows not decoded yet are returned empty.
 
     Returns:
         For each row, in the order given: (new token ids, whether it ended with an EOS).
@@ -173,8 +176,10 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor,
     done = 0
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
+        if stop is not None and stop():
+            break
         for row, result in zip(rows, _decode_batch(model, [prompts[r] for r in rows], uniforms[rows], device, eos,
-                                                   max_new_tokens, temperature, top_p, pad_id, stats),
+                                                   max_new_tokens, temperature, top_p, pad_id, stats, stop),
                                strict=True):
             results[row] = result
         done += len(rows)
@@ -185,7 +190,7 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor,
 
 def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tensor, device: torch.device,
                   eos: Tensor, max_new_tokens: int, temperature: float, top_p: float, pad_id: int,
-                  stats: DecodeStats) -> list[tuple[list[int], bool]]:
+                  stats: DecodeStats, stop: Callable[[], bool] | None = None) -> list[tuple[list[int], bool]]:
     """One batch: a prefill of the left-padded prompts, then one forward per new token for the rows still open."""
     ids, mask = pad_token_rows(prompts, pad_id, left=True)
     ids, mask, width = ids.to(device), mask.to(device), ids.shape[1]
@@ -214,7 +219,7 @@ def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tens
         for r, token, end in zip(open_rows.tolist(), picked.tolist(), ended.tolist(), strict=True):
             tokens[r].append(token)
             finished[r] = end
-        if step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or (stop is not None and stop()):
             break
         keep = (~ended).nonzero().squeeze(1)
         if len(keep) == 0:
