@@ -243,3 +243,25 @@ def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
     plugin = Path(__file__).resolve().parents[1] / "examples" / "my_losses.py"
     assert main(["validate", str(_write(tmp_path, BASE)), "--plugin", str(plugin)]) == 0
     assert f"importedplugins:{plugin}" in re.sub(r"\s+", "", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_run_parses_the_recipe_file_once(tmp_path, monkeypatch, online):
+    """`alignkit run` tells an online recipe from an offline one and loads it from one parse of the YAML."""
+    import alignkit.recipe
+    import alignkit.recipe.online
+    import alignkit.recipe.source
+    from alignkit.commands.run import run_recipe_file
+
+    parses = []
+    real = alignkit.recipe.source.parse_yaml
+    for module in (alignkit.recipe.source, alignkit.recipe, alignkit.recipe.online):  # wherever it is imported
+        if hasattr(module, "parse_yaml"):
+            monkeypatch.setattr(module, "parse_yaml", lambda text, what: parses.append(what) or real(text, what))
+    text = ("name: t\nmodel: {name_or_path: gpt2}\nonline: {reward: length}\n"
+            "prompts: {kind: inline, train: [a], eval: [b]}\n") if online else BASE
+    # A device this machine lacks stops the run at validation, after the file was read.
+    with pytest.raises(RecipeError, match="'banana' is not a device"):
+        run_recipe_file(str(_write(tmp_path, text)), ["train.device=banana"])
+    path = str(tmp_path / "r.yaml")
+    assert [what for what in parses if not what.startswith("override")] == [path]

@@ -61,3 +61,28 @@ def test_to_json_never_writes_a_non_finite_number(value):
 
     text = to_json({"a": [value, 1.5, (value,)], "b": np.float32(value), "c": np.float32(2.0)})
     assert json.loads(text) == {"a": [None, 1.5, [None]], "b": None, "c": 2.0}
+
+
+def _ci(estimate: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
+
+
+def test_online_sections_are_written_by_the_report_writer_once(tmp_path):
+    """report.md of an online run (proxy vs true reward, WARP front and its plot) comes from write_report,
+    in one write; no command formats Markdown or appends to report.md."""
+    report = {"recipe": "r", "objective": "rloo", "stages": {}, "method": "warp", "online": {"beta": 0.05},
+              "reward_kl": {"reward": "vader", "before": {"reward": _ci(0.1), "kl": _ci(0.0)},
+                            "after": {"reward": _ci(0.5), "kl": _ci(2.0)}, "reward_gain": _ci(0.4)},
+              "proxy_vs_true": {"true_reward_name": "vader", **{
+                  key: {"label": key, "proxy_reward": _ci(0.2), "true_reward": _ci(0.3), "kl": _ci(1.0)}
+                  for key in ("before", "after")}},
+              "warp_front": [{"eta": e, "reward": _ci(e), "kl": _ci(2 * e), "mean_length": 9.0,
+                              "reward_name": "vader"} for e in (0.0, 1.0)]}
+    write_report(report, tmp_path, console=Console(file=None, quiet=True))
+    text = (tmp_path / "report.md").read_text()
+    assert text.count("## Proxy vs true reward (vader measured") == 1 and text.count("## WARP front") == 1
+    assert "![warp front](plots/warp_front.png)" in text and (tmp_path / "plots" / "warp_front.png").is_file()
+    assert text.index("Proxy vs true") < text.index("WARP front")
+    commands = Path(__file__).resolve().parents[1] / "alignkit" / "commands"
+    assert not [m.name for m in commands.glob("*.py") if '"report.md"' in m.read_text()]
+    assert 'open("a")' not in (commands / "online.py").read_text()

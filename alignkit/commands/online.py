@@ -35,8 +35,7 @@ from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
-from alignkit.report.format import format_interval
-from alignkit.report.frontier import front_markdown, plot_online_frontier, plot_proxy_vs_true
+from alignkit.report.frontier import plot_proxy_vs_true
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult
@@ -51,7 +50,6 @@ __all__ = [
     "describe_objective",
     "load_tensors",
     "online_prompts",
-    "proxy_true_markdown",
     "run_online_recipe",
 ]
 
@@ -93,20 +91,6 @@ def build_true_score(cfg: OnlineConfig) -> ScoreFn | None:
     name, fn = resolve_reward(cfg.true_reward)
     checked = checked_reward(name, fn)
     return lambda prompts, texts: checked(texts)
-
-
-def proxy_true_markdown(section: dict[str, Any], plot: str | None) -> str:
-    """The report.md section of ``proxy_vs_true``: proxy and true reward before and after, with the plot."""
-    lines = ["", f"## Proxy vs true reward ({section['true_reward_name']} measured, not trained on)", "",
-             "| model | proxy reward (95% CI) | true reward (95% CI) | KL to the initial model, nats (95% CI) |",
-             "|---|---|---|---|"]
-    for key in ("before", "after"):
-        row = section[key]
-        lines.append(f"| {row['label']} | {format_interval(row['proxy_reward'])} | "
-                     f"{format_interval(row['true_reward'])} | {format_interval(row['kl'], 2)} |")
-    if plot:
-        lines += ["", f"![proxy vs true reward against KL]({plot})"]
-    return "\n".join(lines) + "\n"
 
 
 def describe_objective(cfg: OnlineConfig) -> str:
@@ -306,14 +290,4 @@ def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: 
     With ``resume``, every run continues from its latest checkpoint (finished WARP runs are reloaded, not
     retrained), so an interrupted recipe picks up where it stopped.
     """
-    summary = execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)
-    if summary.report.get("proxy_vs_true") and summary.results:  # the main process of a run that trained
-        with (summary.run_dir / "report.md").open("a") as f:
-            f.write(proxy_true_markdown(summary.report["proxy_vs_true"], summary.report.get("proxy_vs_true_plot")))
-    if summary.report.get("warp_front") and summary.results:
-        run_dir = summary.run_dir
-        plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
-                                    title=f"{recipe.name}: WARP front")
-        with (run_dir / "report.md").open("a") as f:
-            f.write(front_markdown(summary.report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else ""))
-    return summary
+    return execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)

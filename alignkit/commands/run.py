@@ -31,7 +31,7 @@ from alignkit.eval.heldout import evaluate_heldout
 from alignkit.losses import build_objective
 from alignkit.models.load import load_reward_model, load_tokenizer
 from alignkit.models.reference import Reference
-from alignkit.recipe import Recipe, load_recipe, recipe_to_yaml
+from alignkit.recipe import Recipe, RecipeFile, load_recipe, recipe_to_yaml
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
 from alignkit.recipe.rules import unused_reference_note
 from alignkit.train.dropout import disable_dropout
@@ -178,8 +178,9 @@ def run_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[
     A recipe with an ``online:`` section runs the online loop (:mod:`alignkit.commands.online`), any other
     preference training; ``online_only`` refuses the latter (with the online schema's error).
     """
-    if online_only or is_online_recipe(path):
-        online = load_online_recipe(path, list(overrides), list(plugins))
+    parsed = RecipeFile.read(path)  # once: telling online from offline and loading read the same parse
+    if online_only or is_online_recipe(parsed):
+        online = load_online_recipe(parsed, list(overrides), list(plugins))
         return run_online_recipe(online, resume=resume, overwrite=overwrite, console=console)
-    recipe = load_recipe(path, list(overrides), list(plugins))
+    recipe = load_recipe(parsed, list(overrides), list(plugins))
     return run_recipe(recipe, resume=resume, overwrite=overwrite, console=console)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignkit.recipe import load_recipe
+from alignkit.recipe import RecipeFile, load_recipe
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
 from alignkit.recipe.rules import unused_reference_note
 
@@ -28,10 +28,11 @@ def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequ
     Raises:
         RecipeError: every problem, with its file, line and path.
     """
-    if is_online_recipe(path):
-        online = load_online_recipe(path, list(overrides), list(plugins))
+    parsed = RecipeFile.read(path)
+    if is_online_recipe(parsed):
+        online = load_online_recipe(parsed, list(overrides), list(plugins))
         return f"online, run folder {online.run_dir()}{_plugins_note(online.plugin_files)}"
-    recipe = load_recipe(path, list(overrides), list(plugins))
+    recipe = load_recipe(parsed, list(overrides), list(plugins))
     note = unused_reference_note(recipe)
     return (f"objective {recipe.objective().describe()}, run folder {recipe.run_dir()}"
             f"{_plugins_note(recipe.plugin_files)}{f'; note: {note}' if note else ''}")

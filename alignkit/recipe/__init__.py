@@ -9,6 +9,7 @@ device, run folder), so ``alignkit validate`` catches them before any model is l
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from alignkit.recipe.source import (
     Location,
     Problem,
     RecipeError,
+    RecipeFile,
     describe,
     line_map,
     line_of,
@@ -45,6 +47,7 @@ __all__ = [
     "Problem",
     "Recipe",
     "RecipeError",
+    "RecipeFile",
     "apply_overrides",
     "comparable_recipes",
     "read_saved_recipe",
@@ -156,12 +159,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Bas
 # Loading
 
 def read_recipe_file(
-    path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] | None = None
+    path: str | Path | RecipeFile, overrides: list[str] | None = None, schema: type[BaseModel] | None = None
 ) -> tuple[dict[str, Any], dict]:
     """Read a recipe YAML file and apply dotted overrides.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or the file already parsed.
         overrides: ``key=value`` strings (see :func:`apply_overrides`).
         schema: the recipe model the overrides address (default :class:`Recipe`).
 
@@ -172,8 +175,8 @@ def read_recipe_file(
         RecipeError: missing or unreadable file, invalid or unsafe YAML (see :func:`parse_yaml`), not a
             mapping, or a malformed override.
     """
-    path = Path(path)
-    data, node = parse_yaml(read_text(path), str(path))
+    parsed = RecipeFile.read(path)
+    path, data, node = parsed.path, copy.deepcopy(parsed.data), parsed.node
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else type(data).__name__
         raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {kind}")
@@ -223,7 +226,7 @@ def raise_problems(problems: list[str], source: str) -> None:
 
 
 def load_recipe(
-    path: str | Path,
+    path: str | Path | RecipeFile,
     overrides: list[str] | None = None,
     extra_plugins: list[str] | None = None,
     *,
@@ -241,8 +244,9 @@ def load_recipe(
     Raises:
         RecipeError: with every problem listed as ``file:line: path: message``.
     """
-    data, lines = read_recipe_file(path, overrides)
-    return validate_recipe(data, lines=lines, source=str(path), base_dir=Path(path).parent,
+    parsed = RecipeFile.read(path)
+    data, lines = read_recipe_file(parsed, overrides)
+    return validate_recipe(data, lines=lines, source=str(parsed.path), base_dir=parsed.path.parent,
                            extra_plugins=extra_plugins, check_environment=check_environment)
 
 

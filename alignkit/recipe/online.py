@@ -19,16 +19,15 @@ from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
 from alignkit.recipe import (
     Problem,
     RecipeError,
+    RecipeFile,
     environment_problems,
     eval_rewards,
     load_recipe_plugins,
     model_problems,
-    parse_yaml,
     plugin_list,
     quantization_problems,
     raise_problems,
     read_recipe_file,
-    read_text,
     reward_problems,
     validation_problems,
 )
@@ -83,10 +82,10 @@ class OnlineRecipe(StrictConfig):
         return Path(self.output_dir or f"runs/{self.name}")
 
 
-def is_online_recipe(path: str | Path) -> bool:
-    """Whether the YAML file at ``path`` is a mapping with a top-level ``online:`` key."""
+def is_online_recipe(path: str | Path | RecipeFile) -> bool:
+    """Whether the YAML file at ``path`` (or already parsed) is a mapping with a top-level ``online:`` key."""
     try:
-        data = parse_yaml(read_text(Path(path)), str(path))[0]
+        data = RecipeFile.read(path).data
     except RecipeError:
         return False  # loading it as a preference recipe reports the problem
     return isinstance(data, dict) and "online" in data
@@ -117,7 +116,7 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
 
 
 def load_online_recipe(
-    path: str | Path, overrides: list[str] | None = None, extra_plugins: list[str] | None = None,
+    path: str | Path | RecipeFile, overrides: list[str] | None = None, extra_plugins: list[str] | None = None,
     *, check_environment: bool = True,
 ) -> OnlineRecipe:
     """Read, override and validate an online recipe; load its plugins first (they may register rewards).
@@ -128,9 +127,10 @@ def load_online_recipe(
     Raises:
         RecipeError: every problem as ``file:line: path: message``.
     """
-    data, lines = read_recipe_file(path, overrides, OnlineRecipe)
-    source = str(path)
-    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source)
+    parsed = RecipeFile.read(path)
+    data, lines = read_recipe_file(parsed, overrides, OnlineRecipe)
+    source = str(parsed.path)
+    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=parsed.path.parent, lines=lines, source=source)
     try:
         recipe = OnlineRecipe.model_validate(data)
     except ValidationError as err:

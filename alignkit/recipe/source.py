@@ -9,6 +9,7 @@ exhaust the stack, arbitrary tags, and text that is not UTF-8.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "Location",
     "Problem",
     "RecipeError",
+    "RecipeFile",
     "describe",
     "line_map",
     "line_of",
@@ -192,3 +194,30 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not a UTF-8 text file (byte 0x{raw[err.start]:02x} at offset {err.start}); "
                           "a recipe is YAML text saved as UTF-8") from None
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """A recipe file read and parsed once: every step that needs its YAML (is it online? load it) reads this.
+
+    Attributes:
+        path: the file.
+        data: the parsed YAML (not yet overridden or validated).
+        node: its node graph, for line numbers.
+    """
+
+    path: Path
+    data: Any
+    node: yaml.Node | None
+
+    @classmethod
+    def read(cls, path: str | Path | RecipeFile) -> RecipeFile:
+        """Parse the file at ``path`` (a RecipeFile is returned as it is).
+
+        Raises:
+            RecipeError: missing or unreadable file, invalid or unsafe YAML (see :func:`parse_yaml`).
+        """
+        if isinstance(path, RecipeFile):
+            return path
+        path = Path(path)
+        return cls(path, *parse_yaml(read_text(path), str(path)))

@@ -22,6 +22,7 @@ __all__ = [
     "online_frontier_rows",
     "plot_online_frontier",
     "plot_proxy_vs_true",
+    "proxy_true_markdown",
     "proxy_true_series",
     "running_mean",
     "rows_from_comparison",
@@ -81,6 +82,20 @@ def front_markdown(report: dict[str, Any]) -> str:
     for p in report.get("warp_front", []):
         r, k = p["reward"], p["kl"]
         lines.append(f"| {p['eta']:g} | {format_interval(r)} | {format_interval(k, 2)} | {p['mean_length']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def proxy_true_markdown(section: dict[str, Any], plot: str | None) -> str:
+    """The report.md section of ``proxy_vs_true``: proxy and true reward before and after, with the plot."""
+    lines = ["", f"## Proxy vs true reward ({section['true_reward_name']} measured, not trained on)", "",
+             "| model | proxy reward (95% CI) | true reward (95% CI) | KL to the initial model, nats (95% CI) |",
+             "|---|---|---|---|"]
+    for key in ("before", "after"):
+        row = section[key]
+        lines.append(f"| {row['label']} | {format_interval(row['proxy_reward'])} | "
+                     f"{format_interval(row['true_reward'])} | {format_interval(row['kl'], 2)} |")
+    if plot:
+        lines += ["", f"![proxy vs true reward against KL]({plot})"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from alignkit.cache import write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
+from alignkit.report.frontier import front_markdown, plot_online_frontier, proxy_true_markdown
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 from alignkit.report.timing import TIME_HEADER, time_markdown, time_rows
@@ -88,7 +89,8 @@ def _time_table(section: dict[str, Any]) -> Table:
 
 
 def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> None:
-    """Write plots (win rate, reward vs KL), report.json and report.md into ``run_dir``; print the table."""
+    """Write plots (win rate, reward vs KL, an online run's WARP front), report.json and report.md into
+    ``run_dir``, each once; print the table."""
     plots = []
     if judged_evaluations(report):
         plots.append(plot_win_rate(judged_evaluations(report), run_dir / "plots" / "win_rate.png"))
@@ -97,4 +99,18 @@ def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> 
     report["plots"] = [str(p.relative_to(run_dir)) for p in plots]
     write_atomic(run_dir / "report.json", to_json(report))
     markdown = render_report(report, console=console)
-    write_atomic(run_dir / "report.md", markdown + "\n" + judge_markdown(report, report["plots"]))
+    write_atomic(run_dir / "report.md", markdown + "\n" + judge_markdown(report, report["plots"])
+                 + _online_markdown(report, run_dir))
+
+
+def _online_markdown(report: dict[str, Any], run_dir: Path) -> str:
+    """The sections only online runs have: proxy versus true reward, and WARP's front (plotted here from the
+    report.json just written)."""
+    text = ""
+    if report.get("proxy_vs_true"):
+        text += proxy_true_markdown(report["proxy_vs_true"], report.get("proxy_vs_true_plot"))
+    if report.get("warp_front"):
+        plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
+                                    title=f"{report.get('recipe', 'run')}: WARP front")
+        text += front_markdown(report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else "")
+    return text
