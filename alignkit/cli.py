@@ -105,7 +105,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from alignkit.eval.judges.openai_compat import JudgeRequestError
 
     try:
-        evaluate_run(args.run_dir, args.overrides, console=_err, device=args.device, redo_reward_kl=args.redo_reward_kl)
+        evaluate_run(args.run_dir, args.overrides, plugins=args.plugin, console=_err, device=args.device,
+                     redo_reward_kl=args.redo_reward_kl)
     except (ValueError, JudgeRequestError) as err:  # settings that cannot work: a message, not a traceback
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="run folder written by `alignkit run`")
     evaluate.add_argument("overrides", nargs="*",
                           help="dotted recipe overrides, e.g. eval.judge.kind=reward eval.judge.reward=vader_sentiment")
+    evaluate.add_argument("--plugin", action="append", default=[],
+                          help="file or module to import (repeatable): the run folder's own plugins are never "
+                          "imported, name the ones the run used here")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     evaluate.add_argument("--redo-reward-kl", action="store_true", help="recompute reward/KL even if the report has it")
     evaluate.set_defaults(func=_cmd_eval)

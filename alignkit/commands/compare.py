@@ -183,8 +183,8 @@ def run_comparison(
 
     base = next((p.recipe for p in plans if p.recipe is not None), None)
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
-    sweeps, overrides = planning.get("sweeps", ()), planning.get("overrides", ())
-    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, time.perf_counter() - started)
+    sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
     render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
@@ -233,10 +233,10 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
-                    overrides: Sequence[str], seconds: float) -> list[str]:
+                    overrides: Sequence[str], plugins: Sequence[str], seconds: float) -> list[str]:
     """Bullet lines stating what every run shared."""
     command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
-                        *(f"--sweep {s}" for s in sweeps), *overrides])
+                        *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps), *overrides])
     facts = [f"- command: `{command}`"]
     if base is not None:
         t = base.train
