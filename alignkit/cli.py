@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
     processes(run)
     run.set_defaults(func=_cmd_run)
-    recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
+    recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
+                   "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
     online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
@@ -235,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` starts again in each process
+    if os.environ.get("ALIGNKIT_LAUNCHER_PID"):  # a process started by `--nproc`: stop when its launcher dies
+        from alignkit.commands.launch import watch_launcher
+
+        watch_launcher()
     try:
         return args.func(args)
     except _user_errors() as err:

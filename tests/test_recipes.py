@@ -243,3 +243,18 @@ def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
     plugin = Path(__file__).resolve().parents[1] / "examples" / "my_losses.py"
     assert main(["validate", str(_write(tmp_path, BASE)), "--plugin", str(plugin)]) == 0
     assert f"importedplugins:{plugin}" in re.sub(r"\s+", "", capsys.readouterr().out)
+
+
+def test_validate_says_it_imports_plugins_and_does(tmp_path, capsys):
+    """`validate` runs a recipe's plugins (that is how their losses exist); its help and the README say so."""
+    marker = tmp_path / "ran"
+    (tmp_path / "noisy.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    recipe = _write(tmp_path, BASE + "plugins: [noisy.py]\n")
+    assert main(["validate", str(recipe)]) == 0
+    assert marker.exists() and "noisy.py" in re.sub(r"\s+", "", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    assert "imports the recipe's plugins" in " ".join(capsys.readouterr().out.split())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("alignkit validate"))
+    assert "imports its plugins" in line and "without running it" not in line

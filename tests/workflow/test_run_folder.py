@@ -137,3 +137,21 @@ def test_inspecting_a_run_folder_runs_none_of_its_code(finished, tmp_path):
     assert inspect_run_folder(folder, current, Recipe, recipe_to_yaml).state == "different"
     assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
     assert not marker.exists()
+
+
+def test_resume_under_the_other_strategy_continues_the_run(tmp_path):
+    """distributed.strategy places the work, it is not the recipe: an fsdp run resumes under ddp, exactly."""
+    recipe = _recipe(tmp_path)
+    assert main(["run", str(recipe), "distributed.strategy=fsdp"]) == 0
+    run = tmp_path / "run"
+    whole = _snapshot(run / "model")
+    checkpoints = run / "preference" / "checkpoints"
+    # As if stopped after step 1: its checkpoint is the latest, nothing after it was written.
+    shutil.rmtree(checkpoints / "step-0000002")
+    (checkpoints / "latest").write_text("step-0000001")
+    shutil.rmtree(run / "model")
+    (run / "report.json").unlink()
+    assert main(["run", str(recipe), "--resume", "distributed.strategy=ddp"]) == 0
+    assert _snapshot(run / "model") == whole
+    metrics = [json.loads(line) for line in (run / "preference" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
