@@ -27,6 +27,7 @@ from alignkit.recipe.source import parse_yaml, read_text
 from alignkit.report.judge import judged_evaluations
 from alignkit.report.tables import write_report
 from alignkit.workflow.environment import resolve_device
+from alignkit.workflow.folder_lock import run_folder_lock
 from alignkit.workflow.model_io import load_run_model
 from alignkit.workflow.reference import base_loader, evaluation_base, evaluation_reference, reference_loader
 
@@ -103,7 +104,12 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
-    recipe = load_run_recipe(run_dir, overrides, plugins)
+    with run_folder_lock(run_dir, console):  # not while a run (or another eval) writes the folder
+        return _evaluate(run_dir, load_run_recipe(run_dir, overrides, plugins), console, device, redo_reward_kl)
+
+
+def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str, redo_reward_kl: bool) -> dict[str, Any]:
+    """:func:`evaluate_run` once the folder is held."""
     cfg = recipe.eval or EvalConfig()
     if cfg.judge.kind == "none" and cfg.reward is None:
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
