@@ -34,6 +34,7 @@ from alignkit.commands.run import run_recipe
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
+from alignkit.safe_files import open_for_write
 from alignkit.workflow.run_folder import inspect_run_folder
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def run_comparison(
     if online_entries:
         section = online_markdown(online_entries, base)
         console.print(section, markup=False, highlight=False)
-        with files["markdown"].open("a") as f:
+        with open_for_write(files["markdown"], "a") as f:
             f.write(section)
     files.update(_plots([*rows, *online_rows], curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
@@ -227,7 +228,7 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
     if training is not None:
         files["training_curves"] = training
     if files:
-        with (out_dir / "comparison.md").open("a") as f:
+        with open_for_write(out_dir / "comparison.md", "a") as f:
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
     return files
 

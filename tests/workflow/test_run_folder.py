@@ -187,3 +187,26 @@ def test_overwrite_checks_what_the_run_reads_before_deleting_anything(finished, 
         assert main(["run", str(recipe), f"output_dir={folder}", "--overwrite", bad]) == 2
         assert field in _err(capsys)
         assert _snapshot(folder) == before
+
+
+def test_planted_links_in_a_run_folder_are_refused_and_their_targets_untouched(finished, tmp_path, capsys):
+    recipe, _ = finished
+    folder = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "run", folder)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    # eval appends its judged pairs: not through a link.
+    (folder / "judged_pairs.jsonl").symlink_to(notes)
+    assert main(["eval", str(folder), "eval.judge.kind=reward", "eval.judge.reward=vader_sentiment",
+                 "eval.num_prompts=2", "eval.max_new_tokens=3", "eval.baselines=[chosen]"]) == 2
+    assert "judged_pairs.jsonl:itisasymboliclink" in _err(capsys).replace(" ", "")
+    # --resume rewrites metrics.jsonl up to its checkpoint: not through a link.
+    checkpoints = folder / "preference" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-0000002")
+    (checkpoints / "latest").write_text("step-0000001")
+    (folder / "report.json").unlink()
+    (folder / "preference" / "metrics.jsonl").unlink()
+    (folder / "preference" / "metrics.jsonl").symlink_to(notes)
+    assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
+    assert "metrics.jsonl:itisasymboliclink" in _err(capsys).replace(" ", "")
+    assert notes.read_text() == "my notes\n"
