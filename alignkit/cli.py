@@ -249,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
     except RuntimeError as err:
+        from alignkit.train.distributed import describe_timeout
+
+        if (timed_out := describe_timeout(err)) is not None:
+            _err.print(f"[bold red]error:[/] {escape(timed_out)}", highlight=False)
+            return 1
         if not _peer_failed(err):
             raise
         # Under torchrun another process failed first and printed its own error; this one only lost it.

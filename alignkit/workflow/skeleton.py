@@ -266,7 +266,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
             this machine lacks what the run needs later (e.g. the judge's API key variable is not set).
     """
     console = console or Console(stderr=True)
-    env = init_distributed(resolve_device(plan.device))
+    env = init_distributed(resolve_device(plan.device), timeout_s=plan.distributed.timeout_s)
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
     plan.check_processes(env.world_size, ctx.device)
