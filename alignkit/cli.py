@@ -16,6 +16,15 @@ __all__ = ["main"]
 _err = Console(stderr=True)
 _out = Console()
 
+PLUGIN_HELP = ("Python file or module to import first (repeatable); its import registers what it defines: losses, "
+               "reward functions, data sources, judges")
+
+
+def _progress_console() -> Console:
+    """Where a run's progress goes: stderr, from the main process only (under --nproc N or torchrun the others
+    train silently; their errors still print)."""
+    return Console(stderr=True, quiet=int(os.environ.get("RANK", "0")) > 0)
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (recipe, data, model names): shown as a message, not a traceback."""
@@ -48,9 +57,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return launch_processes(args.nproc, args.argv, args.recipe, args.overrides, args.plugin, _err)
     from alignkit.commands.run import run_recipe_file
 
+    progress = _progress_console()
     summary = run_recipe_file(args.recipe, args.overrides, args.plugin, resume=args.resume,
-                              overwrite=args.overwrite, online_only=args.command == "online", console=_err)
-    _err.print(f"[green]done[/]: {summary.run_dir}")
+                              overwrite=args.overwrite, online_only=args.command == "online", console=progress)
+    progress.print(f"[green]done[/]: {summary.run_dir}")
     return 0
 
 
@@ -152,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("recipe", help="recipe YAML file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.beta=0.2 train.max_steps=50")
-        p.add_argument("--plugin", action="append", default=[], help="file or module registering losses (repeatable)")
+        p.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
         return p
 
     def processes(p: argparse.ArgumentParser) -> None:
@@ -166,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
+    online = recipe_command("online", "Train and evaluate an online recipe (RLOO, PPO, GRPO, optionally with WARP; "
+                            "see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
@@ -192,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_cmd_compare)
 
     losses = sub.add_parser("losses", help="List registered objectives with their parameters.")
-    losses.add_argument("--plugin", action="append", default=[], help="file or module registering losses")
+    losses.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
     losses.add_argument("--markdown", action="store_true", help="print the Markdown reference (docs/losses.md)")
     losses.set_defaults(func=_cmd_losses)
 

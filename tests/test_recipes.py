@@ -258,3 +258,20 @@ def test_validate_says_it_imports_plugins_and_does(tmp_path, capsys):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = next(x for x in readme.splitlines() if x.startswith("alignkit validate"))
     assert "imports its plugins" in line and "without running it" not in line
+
+
+def test_online_help_names_every_algorithm_and_what_a_plugin_registers(capsys):
+    with pytest.raises(SystemExit):
+        main(["online", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RLOO, PPO, GRPO, optionally with WARP" in text and "RLOO or WARP" not in text
+    assert "losses, reward functions, data sources, judges" in text
+
+
+def test_only_the_main_process_prints_progress(monkeypatch):
+    from alignkit.cli import _progress_console
+
+    monkeypatch.setenv("RANK", "1")
+    assert _progress_console().quiet
+    monkeypatch.setenv("RANK", "0")
+    assert not _progress_console().quiet

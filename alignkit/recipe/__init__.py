@@ -80,8 +80,8 @@ def _parse_key(key: str) -> list[str | int]:
 
 
 def _switch_kind(node: dict[str, Any], parts: list[str | int], value: Any, schema: type[BaseModel]) -> dict[str, Any]:
-    """``node`` with ``kind: value``, keeping only the settings the new kind has (like ``loss.name=``)."""
-    keep = fields_of_kind(schema, parts[:-1], value)
+    """``node`` with ``kind: value``, keeping only the settings the two kinds share (like ``loss.name=``)."""
+    keep = fields_of_kind(schema, parts[:-1], value, node.get("kind"))
     if keep is None or node.get("kind") == value:
         return {**node, "kind": value}
     return {"kind": value, **{k: v for k, v in node.items() if k in keep and k != "kind"}}
@@ -92,8 +92,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Bas
 
     ``loss.beta=0.2`` sets a key of a mapping; ``loss[1].weight=0.1`` or ``loss.1.weight`` indexes a list.
     ``loss.name=simpo`` replaces the objective (``loss[1].name=sft`` one term, keeping its weight), dropping
-    the old loss's parameters. Likewise ``eval.judge.kind=local`` switches a section with a ``kind`` and
-    keeps only the settings the new kind has.
+    the old loss's parameters. Likewise ``eval.judge.kind=reward`` switches a section with a ``kind`` and
+    keeps only the settings both kinds share (a local judge's ``model`` is dropped: a reward judge's
+    ``model`` is another setting of the same name); set the new kind's own after it
+    (``eval.judge.kind=reward eval.judge.reward=vader_sentiment``).
 
     Args:
         data: the recipe as read from YAML.

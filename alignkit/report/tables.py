@@ -56,7 +56,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     facts = [*([f"- wall time: {report['wall_seconds']:.1f} s"] if "wall_seconds" in report else []),
              *([f"- precision: {report['precision']['used']} ({report['precision']['reason']})"]
                if report.get("precision") else []),
-             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else [])]
+             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else []),
+             *([f"- processes: {report['world_size']}"] if report.get("world_size", 1) > 1 else [])]
     if report.get("train_pairs") is not None:
         facts.append(f"- pairs: {report['train_pairs']} train, {report.get('heldout_pairs')} held out")
     params = report.get("parameters")

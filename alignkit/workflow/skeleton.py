@@ -287,6 +287,7 @@ def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -
     if env.is_main:
         console.print(precision.line())
     ctx.report["precision"] = precision.to_dict()
+    ctx.report["world_size"] = env.world_size  # processes that trained it (--nproc / torchrun)
     clock = PhaseClock()
     started = time.perf_counter()
     with recording(clock):

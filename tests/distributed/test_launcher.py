@@ -85,6 +85,7 @@ def test_the_processes_stop_with_their_launcher(tmp_path, sig):
                 os.kill(pid, signal.SIGKILL)
         log.close()
     out = (tmp_path / "launcher.log").read_text()
+    assert out.count("| parameters |") == 1, out[-3000:]  # progress from the main process only
     if sig != signal.SIGKILL:
         assert code == 128 + sig, out[-3000:]
         assert f"stopped: {sig.name} received" in " ".join(out.split())

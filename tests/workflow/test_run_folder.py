@@ -156,6 +156,7 @@ def test_resume_under_the_other_strategy_continues_the_run(tmp_path):
     assert _snapshot(run / "model") == whole
     metrics = [json.loads(line) for line in (run / "preference" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert json.loads((run / "report.json").read_text())["world_size"] == 1
 
 
 def test_a_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
