@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from alignkit.config_base import SEED_MAX, StrictConfig
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "DistributedConfig",
     "EarlyStoppingConfig",
     "MeshConfig",
@@ -114,6 +115,10 @@ class MeshConfig(_Strict):
     shard: int = Field(ge=1, description="Processes each parameter is sharded over.")
 
 
+# How long a collective waits for the other processes by default (torch's own is 30 minutes on CPU).
+DEFAULT_TIMEOUT_S = 600.0
+
+
 class DistributedConfig(_Strict):
     """How several processes (torchrun, or `alignkit run --nproc N`) share the training of every stage.
 
@@ -138,6 +143,11 @@ class DistributedConfig(_Strict):
     )
     mesh: MeshConfig | None = Field(None, description="fsdp: a 2-D (replicate x shard) mesh (HSDP); null: "
                                     "one dimension, sharded over every process.")
+    timeout_s: float = Field(
+        DEFAULT_TIMEOUT_S, gt=0, le=86400, description="How long a process waits at a collective for the others before the run "
+        "stops with an error naming the process that stopped answering (frozen, stopped or killed). Raise it when "
+        "one process legitimately works alone for longer (saving a large checkpoint)."
+    )
 
     @model_validator(mode="after")
     def _fsdp_only(self) -> DistributedConfig:
