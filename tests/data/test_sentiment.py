@@ -270,17 +270,16 @@ def test_pair_cache_survives_unicode_line_separators(tmp_path):
     assert read_cache(path, ["p1", "p2"], k=2) == texts
 
 
-def test_generation_dtype_auto_is_bf16_only_where_native(tiny_gpt2, monkeypatch):
+def test_generation_dtype_auto_is_the_decoding_phase_s_choice(tiny_gpt2, monkeypatch):
     import torch
 
     from alignkit.data import sentiment
-    from alignkit.models.precision import Hardware
+    from alignkit.models.hardware import HARDWARE_ENV
 
-    def on(flags):
-        monkeypatch.setattr(sentiment, "detect_hardware", lambda device: Hardware("cpu", "cpu", frozenset(flags)))
+    def on(stated):
+        monkeypatch.setenv(HARDWARE_ENV, stated)
         return sentiment._generation_dtype("auto", tiny_gpt2)
 
-    assert on({"avx512f", "amx_bf16"}) == torch.bfloat16
-    assert on({"avx512f", "avx512_bf16"}) == torch.bfloat16
-    assert on({"avx512f", "avx2"}) is None  # emulated bf16 is slower than fp32: sample as loaded
+    assert on("native-bf16") == torch.bfloat16
+    assert on("no-bf16") is None  # emulated bf16 is slower than fp32: sample as loaded
     assert sentiment._generation_dtype("bfloat16", tiny_gpt2) == torch.bfloat16  # asked for, whatever the CPU
