@@ -109,11 +109,10 @@ def _cached_reference(case: dict[str, Any], model: torch.nn.Module, pairs: list[
     if not os.environ.get("ALIGNKIT_CACHE"):
         raise SystemExit("reference: cached needs $ALIGNKIT_CACHE (tests never write into the user's cache)")
     model_id = f"tiny-{case['loss']['name']}"
-    key = cache_key(model_id, model, pairs,
-                    autocast_dtype=torch.bfloat16 if case.get("precision", "fp32") == "bf16" else None)
+    autocast = torch.bfloat16 if case.get("precision", "fp32") == "bf16" else None  # the training forward's
+    key = cache_key(model_id, model, pairs, autocast_dtype=autocast)
     path = ReferenceLogpsCache.path_for(key)
     info["cache_existed"] = path.exists()  # a fresh folder: False, this process computes its own values
-    autocast = torch.bfloat16 if case.get("precision", "fp32") == "bf16" else None
     cache = ReferenceLogpsCache.build(model, pairs, collate, 4, model_id, progress=False, autocast_dtype=autocast)
     info["cache_file"] = str(cache.path)
     return CachedReference(cache)
@@ -216,6 +215,7 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
                       run_dir=run_dir, reference=reference, env=env, stage="equivalence",
                       logps=LogpsOptions(padding_free=case.get("padding_free", True)))
     _watch_sharding(trainer, info)
+    info["autocast"] = str(trainer.autocast_dtype)
     stop_after = case.get("stop_after")
     if stop_after is not None:
         # The trainer knows the run's full length (the LR schedule depends on it); it dies at step stop_after.

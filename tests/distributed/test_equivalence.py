@@ -353,6 +353,7 @@ def test_equivalent(matrix: Matrix, comparison: Comparison) -> None:
     ranks = matrix.ranks(comparison.launch, comparison.case)
     expected = 2 if comparison.launch in ("ddp", "fsdp") else 1
     assert [r["world_size"] for r in ranks] == [expected] * expected
+    assert all(r["autocast"] == "None" for r in ranks)  # fp32 pinned, whatever the machine's auto
 
 
 @pytest.mark.slow
@@ -413,7 +414,34 @@ def matrix_bf16(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     return build_matrix(tmp_path_factory.mktemp("equivalence-bf16"), "bf16")
 
 
-BF16 = FP32  # placeholder, derived below once measured
+# bf16 autocast: every matmul output is rounded to bf16, relative error <= u = 2^-8 = 3.9e-3 per rounding (8
+# significant bits; fp32's u is 2^-24). Weights, AdamW states, losses and log-prob reductions stay fp32. Where the
+# layouts round differently (tests/train/test_precision_parity.py shows it on the real trainer):
+# - the forward: not at all. The same rows give the same bf16 logits whatever the batch split (measured: step 1's
+#   loss is bit-identical in every layout, for DPO and the reward model).
+# - a weight's gradient is a bf16 matmul output (grad_out^T @ input over the tokens): each process's or micro-
+#   batch's share is rounded to bf16 before the fp32 sum over shares, where one process rounds the whole step
+#   once. So an element differs by <= u * (|share 1| + |share 2|) + u * |sum| <= 2u * sum of |shares|, and the
+#   pre-clip gradient norm (a root-sum-square, dominated by elements whose shares do not cancel) by <= 2u:
+#   grad_norm_rtol = 2u = 7.8e-3. Measured (tiny GPT-2, 2-core AMD EPYC): <= 1.8e-3 (reward_bt), 2.9e-4 (DPO).
+#   A wrong factor (accumulation scale, processes, shards) moves it by >= 2x.
+# - weights after 3 AdamW steps: an element's update lr * m / sqrt(v) moves by at most 2e for a relative error
+#   e of its gradient (e in m, e/2 in sqrt(v), rounded up), e <= 2u a step (above), and 3 steps add: the weights
+#   differ by at most 3 * 2 * 2u = 12u = 4.7e-2 of the update's norm (update_rtol; measured <= 2.4e-2 reward_bt,
+#   1.9e-3 DPO); the update is under 1/10 of the weights here, so <= 12u / 10 = 4.7e-3 of the weights' norm
+#   (weight_rtol; measured <= 2.2e-4). An element whose shares cancel (a gradient that is rounding noise) may
+#   change sign: Adam then moves it lr the other way, 2 lr apart a step, so no element may be more than
+#   3 * 2 * lr = 6 lr apart (max_abs, null_max_abs; measured <= 2 lr): the global bounds carry the test.
+# - losses (train, eval) at steps 2 and 3: fp32 functions of the same forward on weights <= 12u/10 apart
+#   (relative), so the loss moves by far less than one bf16 rounding of itself: loss_rtol = u. Measured:
+#   <= 1.8e-4 = u/21.
+U_BF16 = 2.0**-8
+BF16 = Tolerances(loss_rtol=U_BF16, loss_atol=1e-9, grad_norm_rtol=2 * U_BF16, weight_rtol=12 * U_BF16 / 10,
+                  update_rtol=12 * U_BF16, max_abs=6 * LR, null_max_abs=6 * LR)
+# What bf16 must still give exactly: a run stopped on 1 process and resumed on 1 process (the same ops as the
+# uninterrupted run, replayed from an fp32 checkpoint) and the first step of DPO with a copy/adapters-off reference
+# (or, in one process, a cached one).
+EXACT_FIRST_STEP = {"dpo", "dpo@ga2", "dpo@padded", "dpo@lora", "dpo@bottleneck"}
 
 
 @pytest.mark.slow
@@ -421,6 +449,25 @@ BF16 = FP32  # placeholder, derived below once measured
 def test_equivalent_in_bf16(matrix_bf16: Matrix, comparison: Comparison) -> None:
     assert_same_training(matrix_bf16, comparison, BF16)
     base = matrix_bf16.losses(*comparison.baseline)
+    # policy = reference at step 1: the same ops, log-ratio exactly 0; a cached reference is computed by the
+    # training forward's ops (4 rows, under the same autocast) in one process, so it too, there
+    if comparison.case in EXACT_FIRST_STEP or comparison.id == "dpo:cached:one":
+        ln2 = float(torch.tensor(math.log(2)))  # -log sigmoid(0) in fp32
+        assert matrix_bf16.losses(comparison.launch, comparison.case)["train"][0] == base["train"][0] == ln2
     assert base["train"][-1] != base["train"][0] or base["eval"][-1] != base["eval"][0]
     expected = 2 if comparison.launch in ("ddp", "fsdp") else 1
-    assert [r["world_size"] for r in matrix_bf16.ranks(comparison.launch, comparison.case)] == [expected] * expected
+    ranks = matrix_bf16.ranks(comparison.launch, comparison.case)
+    assert [r["world_size"] for r in ranks] == [expected] * expected
+    assert all(r["autocast"] == "torch.bfloat16" for r in ranks)  # the tier runs in bf16, whatever the machine
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_the_same_layout_is_bit_identical_in_bf16(matrix_bf16: Matrix) -> None:
+    """Stopped after step 2 on one process and resumed on one process: the same operations as the uninterrupted
+    run, from an fp32 checkpoint, so bf16 rounds every value alike: equal, not close."""
+    got, want = matrix_bf16.losses("one-resume", "dpo@resume-same"), matrix_bf16.losses("one", "dpo")
+    assert got["resumed_at"] == STOP_AFTER
+    for key in ("train", "eval", "grad_norm", "learning_rate"):
+        assert got[key] == want[key], key
+    a, b = matrix_bf16.weights("one", "dpo"), matrix_bf16.weights("one-resume", "dpo@resume-same")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
