@@ -3,7 +3,6 @@ the first iteration, resume, adapters, WARP over GRPO runs, and bad settings ref
 
 from __future__ import annotations
 
-
 import pytest
 from tiny_online import _recipe, direct_trainer, resumed_like_uninterrupted
 
