@@ -39,10 +39,17 @@ def run_case(tmp: Path, tokenizer, online: dict[str, Any]) -> list[dict[str, flo
     return without_timing(trainer.fit().history)
 
 
-def _same(expected: float, got: float) -> bool:
+# Every metric must come out bit for bit, but one: RLOO and REINFORCE used to log -sum_i A_i (sum_t log pi_i,t) / N
+# and now log the aggregation of the per-token terms -A_i log pi_i,t; the float32 sum of terms of about 2 that
+# cancel to ~0.005 differs in its last bit (1.8e-7 measured). Weights, gradients and every other metric agree exactly.
+SUMMATION_ORDER = {("rloo", "loss"): 1e-6, ("reinforce", "loss"): 1e-6}
+
+
+def _same(case: str, key: str, expected: float, got: float) -> bool:
     if math.isnan(expected):
         return math.isnan(got)
-    return math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-7)
+    tolerance = SUMMATION_ORDER.get((case, key))
+    return got == expected if tolerance is None else abs(got - expected) <= tolerance
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -53,7 +60,7 @@ def test_today_recipes_give_the_pinned_numbers(name, tmp_path, gpt2_tokenizer):
     for step, (want, got) in enumerate(zip(pinned, history, strict=True)):
         for key, value in want.items():  # every metric recorded then; new metrics may be logged beside them
             assert key in got, (name, step, key)
-            assert _same(value, got[key]), (name, step, key, value, got[key])
+            assert _same(name, key, value, got[key]), (name, step, key, value, got[key])
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
