@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -208,7 +208,9 @@ def _register(registry: Registry[PartSpec], kind: str, name: str, config: type[P
 
 
 def register_advantage(name: str, *, config: type[PartConfig] = PartConfig, needs_values: bool = False,
-                       min_group_size: int = 1, description: str | None = None) -> Callable[[F], F]:
+                       min_group_size: int = 1, centred: Literal["group", "batch"] | None = None,
+                       baseline_excludes_self: bool = False,
+                       description: str | None = None) -> Callable[[F], F]:
     """Register ``fn(inputs: AdvantageInputs, cfg) -> AdvantageOutput`` under ``name``.
 
     Example (a plugin file named in ``plugins:`` or passed with ``--plugin``)::
@@ -219,10 +221,14 @@ def register_advantage(name: str, *, config: type[PartConfig] = PartConfig, need
             a = (grouped - grouped.median(dim=1, keepdim=True).values).reshape(-1)
             return AdvantageOutput(broadcast(a, inputs.mask))
 
-    ``min_group_size``: the samples per prompt it needs (a recipe with fewer is refused).
+    What it promises, which the property suite checks on random inputs: ``min_group_size``, the samples per
+    prompt it needs (a recipe with fewer is refused); ``centred``, its advantages sum to 0 over each group
+    ("group") or over the batch ("batch"); ``baseline_excludes_self``, a sample's baseline (score minus
+    advantage) does not move with the sample's own score.
     """
     return _register(ADVANTAGES, "advantage", name, config, description, needs_values=needs_values,
-                     extra={"min_group_size": min_group_size})
+                     extra={"min_group_size": min_group_size, "centred": centred,
+                            "baseline_excludes_self": baseline_excludes_self})
 
 
 def register_policy_loss(name: str, *, config: type[PartConfig] = PartConfig,

@@ -14,7 +14,7 @@ from alignkit.online.parts.base import (
 __all__ = ["dr_grpo"]
 
 
-@register_advantage("dr_grpo", min_group_size=2, config=PartConfig)
+@register_advantage("dr_grpo", min_group_size=2, centred="group", config=PartConfig)
 def dr_grpo(inputs: AdvantageInputs, cfg: PartConfig) -> AdvantageOutput:
     """Group-mean baseline without the std (Dr. GRPO).
 

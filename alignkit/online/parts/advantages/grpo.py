@@ -22,7 +22,7 @@ class GroupNormConfig(PartConfig):
     eps: float = Field(1e-4, ge=0, description="Added to the group's std (a constant group gets advantage 0).")
 
 
-@register_advantage("grpo", min_group_size=2, config=GroupNormConfig)
+@register_advantage("grpo", min_group_size=2, centred="group", config=GroupNormConfig)
 def grpo(inputs: AdvantageInputs, cfg: GroupNormConfig) -> AdvantageOutput:
     """Group-relative advantage, normalised by the group's std (GRPO).
 

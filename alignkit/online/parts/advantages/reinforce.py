@@ -13,7 +13,7 @@ from alignkit.online.parts.base import (
 __all__ = ["reinforce"]
 
 
-@register_advantage("reinforce", config=PartConfig)
+@register_advantage("reinforce", config=PartConfig, centred="batch")
 def reinforce(inputs: AdvantageInputs, cfg: PartConfig) -> AdvantageOutput:
     """Score minus the mean score of the whole batch (REINFORCE with a batch baseline).
 

@@ -16,7 +16,7 @@ from alignkit.online.rloo import leave_one_out_advantages
 __all__ = ["rloo"]
 
 
-@register_advantage("rloo", config=PartConfig)
+@register_advantage("rloo", config=PartConfig, centred="group", baseline_excludes_self=True)
 def rloo(inputs: AdvantageInputs, cfg: PartConfig) -> AdvantageOutput:
     """Leave-one-out baseline (RLOO); with one sample per prompt, the batch mean.
 
