@@ -260,11 +260,12 @@ class Updater:
         return extra
 
     # -----------------------------------------------------------------------------------------------------
-    def _forward(self, comps: Sequence[Completion], *, entropy: bool = False) -> TokenOutputs:
+    def _forward(self, comps: Sequence[Completion], *, entropy: bool = False,
+                 entropy_grad: bool = False) -> TokenOutputs:
         t = self.trainer
         head = self.value if isinstance(self.value, ValueHead) else None
         out = token_forward(t.policy, comps, t.pad_id, chunk_size=t.logps.chunk_size, value_head=head,
-                            entropy=entropy)
+                            entropy=entropy, entropy_grad=entropy_grad)
         if isinstance(self.value, ValueModel):
             out.values = value_forward(self.value, comps, t.pad_id)
         return out
@@ -390,7 +391,7 @@ class Updater:
                          record: dict[str, float]) -> Tensor:
         """The micro-batch's share of its minibatch's loss (the aggregation divides by the minibatch's counts)."""
         obj = self.objective
-        out = self._forward(comps, entropy=obj.entropy_coef > 0)
+        out = self._forward(comps, entropy_grad=obj.entropy_coef > 0)
         mask, width = out.mask, out.logps.shape[1]
         old = pad_rows([data.old_logps[i] for i in mb], width)
         adv = pad_rows([advantages[i] for i in mb], width)
@@ -408,7 +409,7 @@ class Updater:
             per_token = per_token + kl_in_loss * kl
         if obj.entropy_coef > 0:
             assert out.entropy is not None
-            per_token = per_token - obj.entropy_coef * out.entropy
+            per_token = per_token - obj.entropy_coef * torch.where(mask, out.entropy, zeros)
         loss = obj.aggregation.spec.fn(per_token, mask, sizes, obj.aggregation.cfg)
         record["policy_loss"] += float(loss.detach())
         if returns is not None:

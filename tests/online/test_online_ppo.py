@@ -18,9 +18,9 @@ from tiny_online import (
 )
 
 from alignkit.commands.online import run_online_recipe
-from alignkit.online.updater import local_microbatches, update_plan, updates_per_step
 from alignkit.online.config import OnlineConfig
 from alignkit.online.tokens import ValueHead, ValueModel
+from alignkit.online.updater import local_microbatches, update_plan, updates_per_step
 from alignkit.recipe import RecipeError
 
 PPO_METRICS = ("approx_kl", "clip_fraction", "ratio_mean", "value_loss", "value_clip_fraction", "explained_variance",
