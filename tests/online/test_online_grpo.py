@@ -53,7 +53,7 @@ def test_the_first_iteration_of_every_rollout_has_ratio_one(tmp_path, gpt2_token
     trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": "grpo", "grpo": {"iterations": 3}},
                              max_steps=2, save_every=None)
     trainer.fit()
-    records = trainer.clipped.records
+    records = trainer.updater.records
     assert [(r["step"], r["update"]) for r in records] == [(s, u) for s in (1, 2) for u in (1, 2, 3)]
     for r in records:
         if r["update"] == 1:
