@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alignkit.safe_files import check_inside, open_for_write
+
 __all__ = ["atomic_folder", "build_once", "cache_dir", "write_atomic"]
 
 
@@ -45,7 +47,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     existing ``folder`` is renamed to a hidden sibling first and deleted only once the new one is in
     place, so no reader ever sees a half-written folder under the name.
     """
-    target = Path(folder)
+    target = check_inside(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
@@ -64,7 +66,11 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace the file ``path`` with ``text`` in one rename (readers see the old or the new file)."""
+    """Replace the file ``path`` with ``text`` in one rename (readers see the old or the new file); a link at
+    ``path`` (or above it in its run folder) is refused (:func:`~alignkit.safe_files.check_inside`)."""
+    check_inside(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)  # a leftover (or a planted link) is removed, never written through
+    with open_for_write(tmp) as f:
+        f.write(text)
     os.replace(tmp, path)

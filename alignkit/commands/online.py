@@ -38,6 +38,7 @@ from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
 from alignkit.report.format import format_interval
 from alignkit.report.frontier import front_markdown, plot_online_frontier, plot_proxy_vs_true
+from alignkit.safe_files import open_for_write
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult
@@ -313,12 +314,12 @@ def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: 
     """
     summary = execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)
     if summary.report.get("proxy_vs_true") and summary.results:  # the main process of a run that trained
-        with (summary.run_dir / "report.md").open("a") as f:
+        with open_for_write(summary.run_dir / "report.md", "a") as f:
             f.write(proxy_true_markdown(summary.report["proxy_vs_true"], summary.report.get("proxy_vs_true_plot")))
     if summary.report.get("warp_front") and summary.results:
         run_dir = summary.run_dir
         plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
                                     title=f"{recipe.name}: WARP front")
-        with (run_dir / "report.md").open("a") as f:
+        with open_for_write(run_dir / "report.md", "a") as f:
             f.write(front_markdown(summary.report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else ""))
     return summary

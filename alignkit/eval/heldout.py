@@ -32,6 +32,7 @@ from alignkit.eval.position_bias import judge_warnings, position_bias
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
+from alignkit.safe_files import open_for_write
 from alignkit.timing import phase
 
 __all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]
@@ -139,7 +140,7 @@ def judge_run(
     for warning in warnings:
         console.print(f"[bold red]JUDGE WARNING: {warning}[/]")
     if pairs_path is not None:
-        with Path(pairs_path).open("a") as f:
+        with open_for_write(pairs_path, "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
     return {
         "evaluation": evaluation,

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from alignkit.report.format import format_interval, to_json
 from alignkit.report.judge import latest_win_rate_section
+from alignkit.safe_files import open_for_write
 
 __all__ = [
     "COLUMNS",
@@ -193,8 +194,10 @@ def render_comparison(
         console.print(line, markup=False, highlight=False)
     text = rows_to_markdown(rows, title=title, facts=facts)
     if markdown_path is not None:
-        markdown_path.write_text(text)
+        with open_for_write(markdown_path) as f:
+            f.write(text)
     if json_path is not None:
         payload = {**(extra_json or {}), "rows": list(rows)}
-        json_path.write_text(to_json(payload))
+        with open_for_write(json_path) as f:
+            f.write(to_json(payload))
     return text

@@ -64,18 +64,23 @@ def test_a_model_without_known_blocks_cannot_be_sharded():
         shard_model(model, DistributedConfig(strategy="fsdp"), DistEnv(), torch.device("cpu"))
 
 
-def test_sharded_bf16_training_gathers_weights_in_bf16_unless_told_otherwise():
+def test_sharded_bf16_training_gathers_weights_in_bf16_unless_told_otherwise(monkeypatch):
     """bf16 autocast over sharded fp32 weights would keep a whole bf16 copy of the model per process; FSDP's
-    own mixed precision replaces it, unless the recipe chose one."""
+    own mixed precision replaces it, unless the recipe chose one. ``auto`` follows the hardware facts, stated
+    here both ways (whatever this machine is)."""
+    from alignkit.models.hardware import HARDWARE_ENV
     from alignkit.train.config import MixedPrecisionConfig
     from alignkit.workflow.sharded_run import compute_precision
 
     cpu = torch.device("cpu")
     fsdp = DistributedConfig(strategy="fsdp")
-    assert compute_precision(fsdp, "bf16", cpu).mixed_precision == MixedPrecisionConfig(
-        param_dtype="bfloat16", reduce_dtype="float32")
+    bf16 = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32")
+    assert compute_precision(fsdp, "bf16", cpu).mixed_precision == bf16
     assert compute_precision(fsdp, "fp32", cpu).mixed_precision is None
-    assert compute_precision(fsdp, "auto", cpu).mixed_precision is None  # auto is fp32 on a CPU
+    monkeypatch.setenv(HARDWARE_ENV, "no-bf16")
+    assert compute_precision(fsdp, "auto", cpu).mixed_precision is None
+    monkeypatch.setenv(HARDWARE_ENV, "native-bf16")
+    assert compute_precision(fsdp, "auto", cpu).mixed_precision == bf16
     chosen = DistributedConfig(strategy="fsdp", mixed_precision=MixedPrecisionConfig(param_dtype="float16"))
     assert compute_precision(chosen, "bf16", cpu) == chosen
 

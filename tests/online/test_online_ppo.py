@@ -4,7 +4,6 @@ is the uninterrupted one, the value model stays out of model/, adapters work, an
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -28,7 +27,6 @@ PPO_METRICS = ("approx_kl", "clip_fraction", "ratio_mean", "value_loss", "value_
 
 
 def test_ppo_reward_rises_and_the_value_head_stays_out_of_model(tmp_path):
-    started = time.perf_counter()
     summary = run_online_recipe(_recipe(tmp_path, "eval=null", "train.max_steps=8", "online.algorithm=ppo",
                                         "online.ppo={epochs: 2, minibatch_size: 4}"))
     history = summary.results["online"].history
@@ -49,7 +47,6 @@ def test_ppo_reward_rises_and_the_value_head_stays_out_of_model(tmp_path):
     assert sorted(value) == ["linear.bias", "linear.weight"] and float(value["linear.weight"].abs().sum()) > 0
     lines = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, 9))  # one loop step per rollout
-    assert time.perf_counter() - started < 60
 
 
 def test_the_first_minibatch_of_every_rollout_has_ratio_one(tmp_path, gpt2_tokenizer):
