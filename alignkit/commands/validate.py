@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alignkit.recipe import RecipeFile, load_recipe
-from alignkit.recipe.online import is_online_recipe, load_online_recipe
 from alignkit.recipe.rules import unused_reference_note
 
 __all__ = ["validate_recipe_file"]
 
 
-def _plugins_note(files: Sequence[str]) -> str:
-    return f", imported plugins: {', '.join(files)}" if files else ""
+def _plugins_note(records: Sequence[dict[str, str] | str]) -> str:
+    names = [r["path"] if isinstance(r, dict) else r for r in records]
+    return f", imported plugins: {', '.join(names)}" if names else ""
 
 
 def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> str:
@@ -29,7 +29,9 @@ def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequ
         RecipeError: every problem, with its file, line and path.
     """
     parsed = RecipeFile.read(path)
-    if is_online_recipe(parsed):
+    if parsed.is_online:
+        from alignkit.recipe.online import load_online_recipe  # the online schema names its parts: torch
+
         online = load_online_recipe(parsed, list(overrides), list(plugins))
         return f"online, run folder {online.run_dir()}{_plugins_note(online.plugin_files)}"
     recipe = load_recipe(parsed, list(overrides), list(plugins))

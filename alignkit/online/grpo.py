@@ -25,11 +25,16 @@ tokens only; padding positions are ignored whatever they hold).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from alignkit.lazy import lazy_module
 from alignkit.online.ppo import masked_mean
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_module("torch")
 
 __all__ = ["GRPOLossStats", "group_advantages", "grpo_token_loss", "k3_kl"]
 

@@ -15,8 +15,10 @@ Everything here is a pure function of tensors; the loop that samples and steps l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "distinct_n",

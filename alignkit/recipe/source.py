@@ -221,3 +221,8 @@ class RecipeFile:
             return path
         path = Path(path)
         return cls(path, *parse_yaml(read_text(path), str(path)))
+
+    @property
+    def is_online(self) -> bool:
+        """Whether the file is a mapping with a top-level ``online:`` key (an online recipe)."""
+        return isinstance(self.data, dict) and "online" in self.data
