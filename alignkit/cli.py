@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     processes(run)
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
+    online = recipe_command("online", "Train and evaluate an online recipe (RLOO, PPO, GRPO or WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
