@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from alignkit.progress import quiet_library_bars
+
+    quiet_library_bars()  # a log (`make demo > log 2>&1`) gets no model-loading bars redrawn line by line
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`compare r.yaml --losses dpo train.max_steps=4`); argparse stops at them.

@@ -38,8 +38,8 @@ def test_switching_off_an_unreachable_hub_keeps_the_real_reason(monkeypatch):
     import huggingface_hub.constants
 
     from alignkit import hub
-    from alignkit.models.load import ModelLoadError, load_causal_lm
     from alignkit.models.config import ModelConfig
+    from alignkit.models.load import ModelLoadError, load_causal_lm
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
