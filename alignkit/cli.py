@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -222,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _continue_hint(args: argparse.Namespace) -> str:
+    """How to continue what Ctrl-C stopped: the command that does it, where there is one."""
+    again = [arg for arg in args.argv if arg not in ("--overwrite", "--resume")]
+    if args.command in ("run", "online"):
+        return ("continue from the last checkpoint with: "
+                + shlex.join(["alignkit", *again, "--resume"]))
+    if args.command == "compare":
+        return ("continue with the same command (finished runs are reused, an interrupted one resumes from its "
+                "last checkpoint): " + shlex.join(["alignkit", *again]))
+    return "stopped; nothing to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from alignkit.progress import quiet_library_bars
 
@@ -249,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print(f"[yellow]stopped[/]: another process of this run failed ({escape(str(err).splitlines()[0])})")
         return 1
     except KeyboardInterrupt:
-        _err.print("[yellow]interrupted[/]: rerun with --resume to continue from the last checkpoint")
+        # soft_wrap: the command stays on one line, to be copied as printed
+        _err.print(f"[yellow]interrupted[/]: {escape(_continue_hint(args))}", highlight=False, soft_wrap=True)
         return 130
 
 
