@@ -32,7 +32,7 @@ def _trained_lora(base: Path, kind: str = "lora") -> torch.nn.Module:
     apply_adapter(policy, cfg)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in policy.named_parameters():
+        for param in policy.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.2)
     return policy.eval()
