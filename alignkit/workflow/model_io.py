@@ -161,7 +161,7 @@ def _is_model_folder(folder: Path) -> bool:
 
 def _check_base(folder: Path, base: dict[str, Any]) -> None:
     """The base an adapter-only folder refers to is there, with the weights it was trained on."""
-    name, expected = base.get("name_or_path"), base.get("weights_sha256")
+    name, expected = str(base.get("name_or_path")), base.get("weights_sha256")
     if expected is None:  # a quantized base named by a Hub id: nothing to check here
         return
     hint = (f"put the base model back at {name}, or edit base_model.name_or_path in {folder / MANIFEST_FILE} "
