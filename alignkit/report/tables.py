@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.cache import write_atomic
+from alignkit.cache import open_for_write, write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
@@ -62,7 +62,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
                if report.get("precision") else []),
              *([f"- precision by phase: {by_phase}"]
                if (by_phase := phase_precisions(report.get("time_breakdown"))) else []),
-             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else [])]
+             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else []),
+             *([f"- processes: {report['world_size']}"] if report.get("world_size", 1) > 1 else [])]
     if report.get("train_pairs") is not None:
         facts.append(f"- pairs: {report['train_pairs']} train, {report.get('heldout_pairs')} held out")
     params = report.get("parameters")
@@ -83,7 +84,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         md += [time_markdown(report["eval_time_breakdown"], _TIME_TITLES["eval_time_breakdown"].capitalize())]
     text = "\n".join(md)
     if markdown_path is not None:
-        markdown_path.write_text(text)
+        with open_for_write(markdown_path) as f:
+            f.write(text)
     return text
 
 

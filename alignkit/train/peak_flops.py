@@ -1,77 +1,27 @@
 """This machine's limits: peak matmul throughput in a dtype, and memory read bandwidth; measured once, kept as
 JSON in the alignkit cache.
 
-Each measure is the best of repetitions (at least :data:`MIN_REPEATS`, over a few seconds; the best,
-because other processes on a shared machine only ever slow a repetition down): square matmuls for FLOP/s, a
-sum over a buffer far larger than any cache for bytes/s. They are kept per CPU model or GPU name, torch
-version, dtype and, on CPUs, torch's thread count, in ``<cache>/peak_flops/``, with the time they were
-measured. A busy moment can still halve a measure; a run that itself reaches more than the cached figure
-proves it, so :func:`peak_flops` measures again when given such a figure (``at_least``) and keeps the best
-measure ever taken. A cache file that does not read back as the expected JSON is measured again and
-replaced; it is only ever parsed as JSON.
+Each measure is the best of at least 5 repetitions over a few seconds: square matmuls for FLOP/s, a sum over a
+buffer far larger than any cache for bytes/s. They are kept per CPU model or GPU name, torch version, dtype and,
+on CPUs, torch's thread count, in ``<cache>/peak_flops/`` (:mod:`alignkit.models.measured`), and measured again
+when a run reaches more than the cached figure (``at_least``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
-from alignkit.cache import cache_dir, write_atomic
-from alignkit.models.precision import detect_hardware
+from alignkit.models.measured import best_seconds, cached_measure, machine_key, measure_matmul_flops
 
-__all__ = ["MIN_REPEATS", "measure_matmul_flops", "measure_read_bandwidth", "peak_bandwidth", "peak_flops", "peak_key"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MIN_REPEATS = 5  # timed repetitions however long each takes: one slow moment is never the whole measure
+__all__ = ["measure_matmul_flops", "measure_read_bandwidth", "peak_bandwidth", "peak_flops", "peak_key"]
 
 
 def peak_key(device: torch.device, dtype: str) -> dict[str, Any]:
     """What the peak depends on: the processor, torch, the dtype (and on CPUs the threads torch uses)."""
-    key: dict[str, Any] = {"device": detect_hardware(device).name or device.type, "device_type": device.type,
-                           "torch": torch.__version__, "dtype": dtype}
-    if device.type == "cpu":
-        key["threads"] = torch.get_num_threads()
-    return key
-
-
-def _best_seconds(device: torch.device, work: Callable[[], object], seconds: float, *,
-                  min_repeats: int = MIN_REPEATS, clock: Callable[[], float] = time.perf_counter) -> float:
-    """The fastest of repeated ``work()`` calls: at least ``min_repeats`` of them, and more until about
-    ``seconds`` have passed (after one warm-up call). ``clock`` is injectable for tests."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    work()  # warm-up: kernel selection and first-touch allocation
-    sync()
-    best = float("inf")
-    deadline = clock() + seconds
-    repeats = 0
-    while True:
-        start = clock()
-        work()
-        sync()
-        best = min(best, clock() - start)
-        repeats += 1
-        if repeats >= min_repeats and clock() >= deadline:
-            return best
-
-
-def measure_matmul_flops(device: torch.device, dtype: str, *, size: int | None = None,
-                         seconds: float = 2.0) -> tuple[float, int]:
-    """(best FLOP/s of a ``size``² matmul in ``dtype`` over about ``seconds``, size)."""
-    size = size or (4096 if device.type == "cuda" else 1024)
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, DTYPES[dtype])
-    b = torch.randn(size, size, generator=generator).to(device, DTYPES[dtype])
-    return 2.0 * size**3 / _best_seconds(device, lambda: torch.matmul(a, b), seconds), size
+    return machine_key(device, dtype)
 
 
 def measure_read_bandwidth(device: torch.device, *, megabytes: int | None = None,
@@ -79,54 +29,7 @@ def measure_read_bandwidth(device: torch.device, *, megabytes: int | None = None
     """(best bytes/s of summing a ``megabytes`` fp32 buffer, far beyond the caches, size in bytes)."""
     size = (megabytes or (2048 if device.type == "cuda" else 256)) * 2**20
     buffer = torch.ones(size // 4, device=device)
-    return size / _best_seconds(device, buffer.sum, seconds), size
-
-
-def _read(path: Path, key: dict[str, Any], field: str) -> dict[str, Any] | None:
-    """The cached record for ``key`` (its ``field`` a positive number), or None when the file is missing,
-    unreadable or of another key."""
-    try:
-        data = json.loads(path.read_text())
-        value = data[field]
-        if data.get("key") == key and isinstance(value, (int, float)) and value > 0:
-            return cast(dict[str, Any], data)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _cached(name: str, key: dict[str, Any], field: str, size_field: str,
-            measure: Callable[[], tuple[float, int]], seconds: float, at_least: float = 0.0) -> dict[str, Any]:
-    """The cached measure ``field`` for ``key`` in ``<cache>/peak_flops/<name>-<digest>.json``, or measured now.
-
-    A cached figure below ``at_least`` (what a run reached, which the peak cannot be below) is measured again,
-    once per such figure: the record keeps the highest figure it was checked against, and the best of the old
-    and new measures (a busy machine only ever lowers one).
-    """
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir("peak_flops") / f"{name}-{digest}.json"
-    record = _read(path, key, field)
-    cached = record is not None
-    checked = float(record.get("checked_against", 0.0)) if record else 0.0
-    remeasured = None
-    if record is not None and at_least > max(float(record[field]), checked):
-        remeasured = f"a run reached {at_least / 1e9:.4g}G/s, above the cached {float(record[field]) / 1e9:.4g}G/s"
-    if record is None or remeasured is not None:
-        cached = False
-        value, size = measure()
-        if record is not None and float(record[field]) >= value:
-            record = {**record, "checked_against": max(at_least, checked), "last_measure": value,
-                      "last_measured": _now()}
-        else:
-            record = {"key": key, field: value, size_field: size, "seconds": seconds, "measured": _now(),
-                      "checked_against": max(at_least, checked)}
-        write_atomic(path, json.dumps(record, indent=2) + "\n")
-    return {field: float(record[field]), "key": key, "cached": cached, "file": str(path),
-            "measured": record.get("measured"), "remeasured": remeasured}
+    return size / best_seconds(device, buffer.sum, seconds), size
 
 
 def peak_flops(device: torch.device, dtype: str, *, seconds: float = 2.0, at_least: float = 0.0,
@@ -138,12 +41,12 @@ def peak_flops(device: torch.device, dtype: str, *, seconds: float = 2.0, at_lea
         measure: ``() -> (FLOP/s, matrix size)``; :func:`measure_matmul_flops` by default (tests inject one).
 
     Returns:
-        ``{"flops_per_second", "key", "cached", "file", "measured", "remeasured"}``: ``cached`` tells whether
-        it was read back, ``measured`` when (UTC) the figure kept was measured, ``remeasured`` why it was
-        measured again in this call (None if it was not).
+        ``{"flops_per_second", "key", "cached", "file", "measured", "remeasured"}``
+        (:func:`~alignkit.models.measured.cached_measure`).
     """
-    return _cached(dtype, peak_key(device, dtype), "flops_per_second", "matrix_size",
-                   measure or (lambda: measure_matmul_flops(device, dtype, seconds=seconds)), seconds, at_least)
+    return cached_measure(dtype, peak_key(device, dtype), "flops_per_second", "matrix_size",
+                          measure or (lambda: measure_matmul_flops(device, dtype, seconds=seconds)), seconds,
+                          at_least)
 
 
 def peak_bandwidth(device: torch.device, *, seconds: float = 2.0, at_least: float = 0.0) -> dict[str, Any]:
@@ -155,5 +58,5 @@ def peak_bandwidth(device: torch.device, *, seconds: float = 2.0, at_least: floa
     Returns:
         ``{"bytes_per_second", "key", "cached", "file", "measured", "remeasured"}`` (as :func:`peak_flops`).
     """
-    return _cached("read_bandwidth", peak_key(device, "read_bandwidth"), "bytes_per_second", "buffer_bytes",
-                   lambda: measure_read_bandwidth(device, seconds=seconds), seconds, at_least)
+    return cached_measure("read_bandwidth", peak_key(device, "read_bandwidth"), "bytes_per_second", "buffer_bytes",
+                          lambda: measure_read_bandwidth(device, seconds=seconds), seconds, at_least)

@@ -67,7 +67,7 @@ def test_the_read_bandwidth_is_measured_once_and_kept_apart_from_the_flops():
 def test_the_best_of_at_least_min_repeats_is_kept_with_injected_timings():
     """A measure is the fastest of its repetitions, and one slow repetition (the machine busy) never is the
     measure: at least MIN_REPEATS run even when the first already overran the time allowed."""
-    from alignkit.train.peak_flops import MIN_REPEATS, _best_seconds
+    from alignkit.models.measured import MIN_REPEATS, best_seconds
 
     durations = iter([5.0, 0.9, 0.5, 0.7, 0.6, 0.8, 0.4])  # the warm-up is untimed; 5.0 s overruns alone
     now = [0.0]
@@ -79,7 +79,7 @@ def test_the_best_of_at_least_min_repeats_is_kept_with_injected_timings():
         now[0] += next(durations, 0.0) if calls.append(1) or len(calls) > 1 else 0.0
 
     calls: list[int] = []
-    best = _best_seconds(CPU, work, 1.0, clock=clock)
+    best = best_seconds(CPU, work, 1.0, clock=clock)
     assert len(calls) - 1 == MIN_REPEATS  # 5 timed repetitions although 1 s had passed after the first
     assert best == 0.5  # the fastest of 5.0, 0.9, 0.5, 0.7, 0.6
 
