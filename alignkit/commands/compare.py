@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from rich.console import Console
 
+from alignkit.cache import open_for_write
 from alignkit.commands.compare_online import (
     OnlineEntry,
     online_markdown,
@@ -34,7 +35,6 @@ from alignkit.commands.run import run_recipe
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
-from alignkit.safe_files import open_for_write
 from alignkit.workflow.run_folder import inspect_run_folder
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from alignkit.cache import open_for_write
 from alignkit.data.sentiment import sentiment_prompts
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.reward import reward_model_scorer
@@ -38,7 +39,6 @@ from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
 from alignkit.report.format import format_interval
 from alignkit.report.frontier import front_markdown, plot_online_frontier, plot_proxy_vs_true
-from alignkit.safe_files import open_for_write
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.skeleton import StageResult

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from torch import nn
 
+from alignkit.cache import open_for_write
 from alignkit.eval.agreement import LabelledPair, judge_agreement
 from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
@@ -32,7 +33,6 @@ from alignkit.eval.position_bias import judge_warnings, position_bias
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
-from alignkit.safe_files import open_for_write
 from alignkit.timing import phase
 
 __all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]

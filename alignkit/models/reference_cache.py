@@ -25,11 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from alignkit.cache import cache_dir
+from alignkit.cache import cache_dir, check_inside
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
-from alignkit.safe_files import check_inside
 from alignkit.timing import count_flops
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]

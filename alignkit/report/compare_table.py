@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from alignkit.cache import open_for_write
 from alignkit.report.format import format_interval, to_json
 from alignkit.report.judge import latest_win_rate_section
-from alignkit.safe_files import open_for_write
 
 __all__ = [
     "COLUMNS",

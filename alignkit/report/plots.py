@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.cache import open_for_write
 from alignkit.report.format import bound, format_interval
-from alignkit.safe_files import open_for_write
 
 __all__ = ["interval_error", "plot_reward_kl", "plot_win_rate", "pyplot", "save_figure"]
 

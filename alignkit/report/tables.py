@@ -8,12 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.cache import write_atomic
+from alignkit.cache import open_for_write, write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
 from alignkit.report.timing import TIME_HEADER, time_markdown, time_rows
-from alignkit.safe_files import open_for_write
 
 __all__ = ["render_report", "report_rows", "write_report"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from alignkit.cache import check_inside, open_for_write
 from alignkit.losses import LossOutput, Objective, PreferenceStats
-from alignkit.safe_files import check_inside, open_for_write
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 
 __all__ = [

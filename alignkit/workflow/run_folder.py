@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from alignkit.cache import RUN_MARKER  # written first into every folder a run claims
 from alignkit.recipe import RecipeError, comparable_recipes
-from alignkit.safe_files import RUN_MARKER  # written first into every folder a run claims
 from alignkit.workflow.folder_lock import LOCK_FILE
 
 __all__ = ["RUN_MARKER", "Action", "FolderState", "claim_run_folder", "clear_run_folder", "inspect_run_folder", "recipe_differences"]

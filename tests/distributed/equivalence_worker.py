@@ -13,7 +13,9 @@ argv: an output folder, then a JSON list of cases. A case is a dict:
         begins (tests/conftest.py interrupt_fit), as a killed run (its step-``stop_after`` checkpoint stays);
     resume: continue from the run folder's latest checkpoint (``Trainer.fit(resume=True)``);
     precision: "fp32" (default, pinned: never the machine's ``auto``) or "bf16" (autocast; the cached
-        reference is computed under it too, as a run computes it).
+        reference is computed under it too, as a run computes it);
+    mixed_precision: with fsdp, FSDP's own mixed precision as a bf16 run uses it (weights gathered in bf16,
+        gradients reduced in fp32), beside the autocast.
 
 Every case writes <out>/<name>/rank<r>.json on each process (is the model sharded, which fraction of the
 trainable elements this process holds after training and after each step and evaluation, the reference-cache
@@ -60,7 +62,7 @@ from alignkit.models.reference import AdaptersOffReference, CachedReference, Fro
 from alignkit.models.reference_cache import ReferenceLogpsCache, cache_key  # noqa: E402
 from alignkit.peft import adapters_disabled, apply_adapter  # noqa: E402
 from alignkit.peft.config import parse_adapter_config  # noqa: E402
-from alignkit.train.config import DistributedConfig, TrainConfig  # noqa: E402
+from alignkit.train.config import DistributedConfig, MixedPrecisionConfig, TrainConfig  # noqa: E402
 from alignkit.train.distributed import DistEnv, init_distributed  # noqa: E402
 from alignkit.train.sharding import gather_trainable_state, is_sharded, shard_model  # noqa: E402
 from alignkit.train.trainer import Trainer  # noqa: E402
@@ -197,7 +199,9 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
         initial = {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(initial, str(folder / "initial.safetensors"))
     strategy = case.get("strategy", "ddp")
-    cfg = DistributedConfig(strategy="fsdp") if strategy == "fsdp" and env.enabled else None
+    # mixed_precision: FSDP's own (weights gathered in bf16, gradients reduced in fp32), as a bf16 run sets it
+    mixed = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32") if case.get("mixed_precision") else None
+    cfg = DistributedConfig(strategy="fsdp", mixed_precision=mixed) if strategy == "fsdp" and env.enabled else None
     preference_collate = partial(collate_preference, pad_token_id=pad)
     reference = _reference(case, objective, model, pairs, preference_collate, cfg, env, info)
     _diverge(model, env)

@@ -56,6 +56,24 @@ def test_a_layout_the_processes_cannot_share_is_refused_before_they_start(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # measures the machine: a few seconds, more where bf16 is emulated
+def test_the_launcher_measures_precision_once_before_the_processes_start(tmp_path, monkeypatch):
+    """With ``precision: auto`` on a machine read (not stated), the launcher measures each phase's speed into the
+    cache before starting the processes, so that they all read one measurement and choose alike."""
+    from alignkit.commands.launch import _check
+    from alignkit.models.hardware import HARDWARE_ENV
+
+    monkeypatch.delenv(HARDWARE_ENV)
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "fp32"))
+    _check(tiny_recipe(tmp_path), ["train.device=cpu", "train.precision=fp32"], [], 2)
+    assert not list((tmp_path / "fp32").rglob("phase-training-*.json"))  # fp32 asked for: nothing to measure
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "auto"))
+    _check(tiny_recipe(tmp_path), ["train.device=cpu"], [], 2)
+    for phase in ("training", "decoding"):
+        for dtype in ("float32", "bfloat16"):
+            assert list((tmp_path / "auto").rglob(f"phase-{phase}-{dtype}-*.json")), (phase, dtype)
+
+
 def test_a_model_without_known_blocks_cannot_be_sharded():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ShardingError, match="_no_split_modules"):

@@ -15,6 +15,7 @@ from alignkit import plugins
 from alignkit.cli import main
 from alignkit.losses import LOSSES
 from alignkit.recipe import RecipeError, load_recipe
+from alignkit.workflow.model_io import load_run_model
 
 JUDGE = ["eval.judge.kind=reward", "eval.judge.reward=vader_sentiment", "eval.num_prompts=2", "eval.max_new_tokens=3",
          "eval.batch_size=2", "eval.baselines=[chosen]"]
@@ -88,5 +89,6 @@ def test_eval_never_imports_the_plugins_a_run_folder_lists(tmp_path, capsys):
     for listed in ("- helpers.py", f"- {{path: {planted}, sha256: {digest}}}"):
         saved.write_text(text.replace("plugins: []", f"plugins:\n{listed}"))
         assert main(["eval", str(tmp_path / "run"), *JUDGE]) == 0
+        load_run_model(tmp_path / "run")  # what `serve RUN` loads: the model alone, no recipe, no plugin
         assert not marker.exists()
     shutil.rmtree(tmp_path / "run")

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from alignkit.safe_files import open_for_write
+from alignkit.cache import open_for_write
 
 __all__ = ["VerdictCache", "verdict_key"]
 

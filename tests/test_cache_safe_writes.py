@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.cache import atomic_folder, write_atomic
-from alignkit.safe_files import RUN_MARKER, UnsafePathError, check_inside, open_for_write
+from alignkit.cache import (
+    RUN_MARKER,
+    UnsafePathError,
+    atomic_folder,
+    check_inside,
+    open_for_write,
+    write_atomic,
+)
 
 
 @pytest.fixture
