@@ -314,3 +314,13 @@ def test_a_folder_written_before_a_new_setting_existed_is_not_stale(hh_path, tmp
     saved["model"]["padding_free"] = False  # a real difference still counts
     (plan.recipe.run_dir() / "recipe.yaml").write_text(yaml.safe_dump(saved))
     assert _folder_state(plan.recipe)[0] == "stale"
+
+
+def test_the_recorded_command_names_its_plugins():
+    """comparison.md's command reruns the comparison: the --plugin files that define its losses are in it."""
+    from alignkit.commands.compare import _protocol_facts
+
+    facts = _protocol_facts("r.yaml", ["dpo", "sigmoid_hinge"], None, ["loss.beta=0.1,0.2"], ["train.max_steps=4"],
+                            ["my_losses.py"], 3.0)
+    assert facts[0] == ("- command: `alignkit compare r.yaml --losses dpo,sigmoid_hinge --plugin my_losses.py "
+                        "--sweep loss.beta=0.1,0.2 train.max_steps=4`")
