@@ -171,7 +171,7 @@ def run_comparison(
     """
     console = console or Console(stderr=True)
     out_dir, plans = plan_comparison(recipe_path, losses, **planning)
-    online_plans = plan_online_runs(online)
+    online_plans = plan_online_runs(online, planning.get("plugins", ()))
     _clear_stale_folders(plans, overwrite=overwrite, console=console)
     out_dir.mkdir(parents=True, exist_ok=True)
     runnable = [p for p in plans if p.recipe is not None]

@@ -28,9 +28,11 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run
 
+from alignkit.models.precision import resolve_phases
 from alignkit.online.parallel import check_world_size
 from alignkit.recipe import RecipeError, load_recipe
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.workflow.environment import resolve_device
 from alignkit.workflow.sharded_run import check_process_layout, training_sections
 
 __all__ = ["LAUNCHER_PID_VARIABLE", "launch_processes", "strip_nproc", "watch_launcher", "worker_command"]
@@ -106,6 +108,10 @@ def _check(recipe_path: str, overrides: Sequence[str], plugins: Sequence[str], n
     check_process_layout(recipe.distributed, training_sections(recipe), nproc)
     if online:
         check_world_size(recipe.train.prompts_per_step, nproc)
+    else:
+        # precision auto measures the machine once and caches it: here, before the processes start, so that
+        # every process reads the same measurement (measured apart, a close call could split them bf16/fp32)
+        resolve_phases(recipe.train.precision, resolve_device(recipe.train.device))
 
 
 def launch_processes(nproc: int, argv: Sequence[str], recipe_path: str, overrides: Sequence[str],

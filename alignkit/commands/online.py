@@ -1,5 +1,5 @@
-"""Run an online recipe end to end: one run (RLOO, REINFORCE, PPO or GRPO) or WARP (merged runs of any of
-them), then evaluate and report.
+"""Run an online recipe end to end: one run of its objective (a preset such as rloo, ppo or grpo expanded to
+registered parts, see :mod:`alignkit.online.presets`) or WARP (merged runs of it), then evaluate and report.
 
 Writes into the run folder: ``recipe.yaml``, per-run ``metrics.jsonl`` (under ``online/`` or
 ``warp/iterI_runM/``), ``model/`` (the final policy), ``report.json`` and ``report.md`` (reward and KL to
@@ -31,6 +31,7 @@ from alignkit.models.rewards import checked_reward, resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
+from alignkit.online.objective import Objective
 from alignkit.online.parallel import check_world_size
 from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
@@ -229,10 +230,14 @@ class OnlineRun(RecipeRun):
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
                           f"reward {reward_name}{true}")
+        parts = Objective.of(recipe.online).describe()
+        ctx.console.print(f"objective ({recipe.online.algorithm} preset, explicit parts override it):\n  "
+                          + "\n  ".join(parts), markup=False, highlight=False)
         ctx.report.update({
             "recipe": recipe.name,
             "method": "warp" if recipe.online.warp else recipe.online.algorithm,
             "objective": describe_objective(recipe.online),
+            "objective_parts": Objective.of(recipe.online).describe(),
             "online": recipe.online.model_dump(mode="json"),
             "train_prompts": len(self.train_prompts),
             "heldout_prompts": len(self.eval_prompts),

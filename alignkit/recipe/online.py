@@ -104,14 +104,19 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.eval is not None and "chosen" in recipe.eval.baselines:
         problems.append((("eval", "baselines"), "'chosen' judges the policy against the dataset's chosen responses, "
                          "but online prompts have none; use base or reference"))
-    ppo = recipe.online.ppo
-    rollout = recipe.train.prompts_per_step * recipe.online.samples_per_prompt
-    if ppo is not None and ppo.minibatch_size is not None and (ppo.minibatch_size > rollout
-                                                               or rollout % ppo.minibatch_size):
-        problems.append((("online", "ppo", "minibatch_size"), f"{ppo.minibatch_size} must divide the {rollout} "
+    online, ppo = recipe.online, recipe.online.ppo
+    # Where a legacy online.ppo section set a value, its problem is reported there.
+    section = ("online", "ppo") if ppo is not None else ("online",)
+    rollout = recipe.train.prompts_per_step * online.samples_per_prompt
+    size = online.minibatch_size
+    if size is not None and (size > rollout or rollout % size):
+        where = section if ppo is not None and ppo.minibatch_size == size else ("online",)
+        problems.append(((*where, "minibatch_size"), f"{size} must divide the {rollout} "
                          "completions of a step (train.prompts_per_step x online.samples_per_prompt)"))
-    if ppo is not None and ppo.value_init != "policy" and not (Path(ppo.value_init) / "config.json").is_file():
-        problems.append((("online", "ppo", "value_init"), f"{ppo.value_init} is not a reward-model folder (no "
+    value = online.value
+    if value is not None and value.value_init != "policy" and not (Path(value.value_init) / "config.json").is_file():
+        where = (*section, "value_init") if ppo is not None else ("online", "value", "value_init")
+        problems.append((where, f"{value.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
     problems += reward_problems({("online", "reward"): recipe.online.reward,
                                  ("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)})

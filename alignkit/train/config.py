@@ -67,9 +67,10 @@ class TrainConfig(OptimizerConfig):
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast where the hardware computes bf16 natively (a GPU with bf16 "
-        "units, a CPU with AMX-BF16 or AVX512-BF16), else fp32; bf16: autocast on any device (slower than fp32 on "
-        "a CPU without those); fp32: no autocast. Weights, optimizer states, losses and log-prob sums stay fp32; "
+        "auto", description="auto: bf16 autocast where a bf16 matmul measured faster than fp32 on this machine "
+        "(measured once and cached; a GPU with bf16 units, a CPU with AMX-BF16 or AVX512-BF16; ALIGNKIT_HARDWARE="
+        "native-bf16|no-bf16 states the facts instead), else fp32; bf16: autocast on any device (slower than fp32 "
+        "on a CPU without those); fp32: no autocast. Weights, optimizer states, losses and log-prob sums stay fp32; "
         "the run prints and reports the choice and why."
     )
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
