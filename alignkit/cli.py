@@ -18,7 +18,7 @@ _err = Console(stderr=True)
 _out = Console()
 
 PLUGIN_HELP = ("Python file or module to import first (repeatable); its import registers what it defines: losses, "
-               "reward functions, data sources, judges")
+               "reward functions, data sources, judges, online parts (advantages, policy losses, ...)")
 
 
 def _progress_console() -> Console:
@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (RLOO, PPO, GRPO, optionally with WARP; "
-                            "see docs/online.md).")
+    online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
+                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo or cispo, or parts of your own; optionally "
+                            "with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")

@@ -361,3 +361,13 @@ def test_after_ctrl_c_compare_prints_a_command_that_continues_it(hh_path, tmp_pa
     rows = _rows(out)
     assert rows["dpo"]["status"] == "reused" and rows["dpo_ctrl_c"]["status"] == "resumed"
     assert "resumed from" in capsys.readouterr().err
+
+
+def test_the_recorded_command_names_its_plugins():
+    """comparison.md's command reruns the comparison: the --plugin files that define its losses are in it."""
+    from alignkit.commands.compare import _protocol_facts
+
+    facts = _protocol_facts("r.yaml", ["dpo", "sigmoid_hinge"], None, ["loss.beta=0.1,0.2"], ["train.max_steps=4"],
+                            ["my_losses.py"], 3.0)
+    assert facts[0] == ("- command: `alignkit compare r.yaml --losses dpo,sigmoid_hinge --plugin my_losses.py "
+                        "--sweep loss.beta=0.1,0.2 train.max_steps=4`")

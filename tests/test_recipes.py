@@ -289,8 +289,13 @@ def test_online_help_names_every_algorithm_and_what_a_plugin_registers(capsys):
     with pytest.raises(SystemExit):
         main(["online", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "RLOO, PPO, GRPO, optionally with WARP" in text and "RLOO or WARP" not in text
-    assert "losses, reward functions, data sources, judges" in text
+    from typing import get_args
+
+    from alignkit.online.presets import PresetName
+
+    assert all(f" {name}," in text or f" {name} or" in text for name in get_args(PresetName)), text
+    assert "RLOO or WARP" not in text
+    assert "losses, reward functions, data sources, judges, online parts" in text
 
 
 def test_only_the_main_process_prints_progress(monkeypatch):
