@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from alignkit.data.config import DataConfig, SentimentSource
 from alignkit.data.reward_pairs import SMALL_GAP, RewardPairs, best_versus_worst, score_completions
@@ -45,6 +44,7 @@ from alignkit.data.types import DataError, DropReport, PreferenceExample, Prepar
 from alignkit.lazy import lazy_module
 from alignkit.models.rewards import RewardFn, resolve_reward
 from alignkit.models.sampling import Sampling
+from alignkit.progress import StepProgress
 
 if TYPE_CHECKING:
     import torch
@@ -216,22 +216,15 @@ def _pairs_with_progress(model: nn.Module, tokenizer, prompts_and_gaps: dict[str
                          console: Console) -> dict[str, RewardPairs]:
     """:func:`build_reward_pairs` of each named prompt list with its ``min_reward_gap``, under a progress bar."""
     results = {}
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        for name, (prompts, gap) in prompts_and_gaps.items():
-            task = progress.add_task(f"sentiment pairs ({name}): sampling", total=len(prompts) * src.completions_per_prompt)
-
-            def advance(done: int, total: int, task: TaskID = task) -> None:
-                progress.update(task, completed=done, total=total)
-
+    for name, (prompts, gap) in prompts_and_gaps.items():
+        total = len(prompts) * src.completions_per_prompt
+        with StepProgress(console, f"sentiment pairs ({name}): sampling", total) as progress:
             results[name] = build_reward_pairs(
                 model, tokenizer, prompts, sampling, reward=src.reward, min_reward_gap=gap, use_cache=src.use_cache,
                 generation_dtype=generation_dtype,
-                progress=advance,
+                progress=progress.update,
             )
-            progress.update(task, completed=len(prompts) * src.completions_per_prompt)
+            progress.update(total)
     for name, result in results.items():
         console.print(f"sentiment {name}: {result.summary()}")
     return results
