@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from alignkit.eval.kl import completion_batch  # noqa: E402
 from dpo_bench_setup import machine_summary  # noqa: E402
 
 import alignkit.models.logps as logps_module  # noqa: E402
@@ -41,6 +40,7 @@ from alignkit.data.sentiment_prompts import sentiment_prompts  # noqa: E402
 from alignkit.models.config import ModelConfig  # noqa: E402
 from alignkit.models.decode import decode, row_uniforms  # noqa: E402
 from alignkit.models.generate import Completion, eos_token_ids, format_prompt  # noqa: E402
+from alignkit.models.kl import completion_batch  # noqa: E402
 from alignkit.models.load import load_causal_lm, load_tokenizer  # noqa: E402
 from alignkit.models.logps import sequence_logps  # noqa: E402
 from alignkit.models.precision import autocast_context  # noqa: E402
