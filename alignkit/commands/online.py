@@ -26,7 +26,7 @@ from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
 from alignkit.models.load import load_tokenizer
-from alignkit.models.rewards import checked_reward, resolve_reward
+from alignkit.models.rewards import resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
@@ -78,8 +78,8 @@ def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
 def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
     """The reward as ``score(prompts, texts)``: a registered function (texts only) or a reward-model folder."""
     if cfg.reward is not None:
-        name, fn = resolve_reward(cfg.reward)
-        checked = checked_reward(name, fn)  # one number per text, or an error naming the reward
+        # One number per text within the time limit, or an error naming the reward.
+        name, checked = resolve_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
         return name, lambda prompts, texts: checked(texts)
     assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
@@ -90,8 +90,7 @@ def build_true_score(cfg: OnlineConfig) -> ScoreFn | None:
     """``online.true_reward`` as ``score(prompts, texts)`` (measured on every rollout, never trained on), or None."""
     if cfg.true_reward is None:
         return None
-    name, fn = resolve_reward(cfg.true_reward)
-    checked = checked_reward(name, fn)
+    _, checked = resolve_reward(cfg.true_reward, timeout_s=cfg.reward_timeout_s)
     return lambda prompts, texts: checked(texts)
 
 

@@ -24,7 +24,6 @@ the request validation and limits live in :mod:`alignkit.commands.serve_requests
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 
 from alignkit.commands.serve_model import ChatModel, GenerationCancelled
 from alignkit.commands.serve_requests import RequestError, ServerLimits, parse_request
+from alignkit.jsonio import to_json
 
 __all__ = ["ChatModel", "GenerationCancelled", "RequestError", "ServerLimits", "make_server", "parse_request"]
 
@@ -100,7 +100,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict[str, Any], *, close: bool = False,
               headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        data = to_json(payload, indent=None).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

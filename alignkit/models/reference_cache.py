@@ -70,7 +70,7 @@ def _hash_data(value: Any, digest: Any) -> None:
             digest.update(b",")
         digest.update(b"]")
     else:
-        digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(value, sort_keys=True, default=str, allow_nan=False).encode())
 
 
 def cache_key(
@@ -93,7 +93,7 @@ def cache_key(
     digest.update(f"model_id={model_id};fingerprint={model_fingerprint(model)};".encode())
     if autocast_dtype is not None:  # absent without autocast: keys of values computed before this was keyed stay
         digest.update(f"autocast={autocast_dtype};".encode())
-    digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str, allow_nan=False).encode())
     digest.update(f"n={len(pairs)};".encode())
     for pair in pairs:
         _hash_data(pair, digest)

@@ -291,8 +291,11 @@ class ClippedUpdater:
             advantages = whiten(advantages, mask, moments=(a_sum, a_sq, count))
         var_g = g_sq / count - (g_sum / count) ** 2
         var_r = r_sq / count - (r_sum / count) ** 2
+        # Undefined when the returns do not vary beyond float32 rounding (a constant reward with lam = 1): NaN
+        # here, null in metrics.jsonl (alignkit.jsonio), rather than a ratio of rounding noise.
+        varies = var_g > (1e-6 * max(1.0, abs(g_sum / count))) ** 2
         extra = {
-            "explained_variance": 1.0 - var_r / var_g if var_g > 0 else math.nan,
+            "explained_variance": 1.0 - var_r / var_g if varies else math.nan,
             "token_entropy": entropy / max(count, 1.0),
             "value_mean": g_sum / count - r_sum / count,  # mean rollout value: mean(G) - mean(G - V)
             "return_mean": g_sum / count,

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from alignkit.jsonio import to_json
 from alignkit.peft.bottleneck import inject_bottleneck
 from alignkit.peft.config import BottleneckConfig, LoRAConfig, NoAdapter, parse_adapter_config
 from alignkit.peft.files import (
@@ -252,7 +253,7 @@ def write_adapter_files(model: nn.Module, folder: Path) -> None:
         "targets": adapter_targets(model),
         "base_model": _describe_base(model),
     }
-    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / ADAPTER_CONFIG_FILE).write_text(to_json(meta) + "\n")
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     save_file(tensors, str(folder / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
 

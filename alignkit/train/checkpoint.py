@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignkit.cache import atomic_folder, write_atomic
+from alignkit.jsonio import to_json
 from alignkit.train.divergence import non_finite_tensors
 from alignkit.train.sharding import is_sharded, load_sharded_state
 from alignkit.train.tensor_tree import load_tree, save_tree
@@ -116,7 +117,7 @@ def save_checkpoint(
             "rng": _rng_state(),
         }
         save_tree(resume, tmp / RESUME_JSON, tmp / RESUME_TENSORS)
-        (tmp / STATE).write_text(json.dumps(state, indent=2))
+        (tmp / STATE).write_text(to_json(state))
     if pointer:
         write_atomic(folder.parent / pointer, folder.name)
     return folder

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from alignkit.jsonio import to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 
@@ -217,7 +218,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record, indent=None) + "\n")
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():

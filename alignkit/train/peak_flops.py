@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from alignkit.cache import cache_dir, write_atomic
+from alignkit.jsonio import to_json
 from alignkit.models.precision import detect_hardware
 
 __all__ = ["measure_matmul_flops", "measure_read_bandwidth", "peak_bandwidth", "peak_flops", "peak_key"]
@@ -89,7 +90,7 @@ def _read(path: Path, key: dict[str, Any], field: str) -> float | None:
 def _cached(name: str, key: dict[str, Any], field: str, size_field: str,
             measure: Callable[[], tuple[float, int]], seconds: float) -> dict[str, Any]:
     """The cached measure ``field`` for ``key`` in ``<cache>/peak_flops/<name>-<digest>.json``, or measured now."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
     path = cache_dir("peak_flops") / f"{name}-{digest}.json"
     value = _read(path, key, field)
     cached = value is not None
@@ -97,7 +98,7 @@ def _cached(name: str, key: dict[str, Any], field: str, size_field: str,
         value, size = measure()
         record = {"key": key, field: value, size_field: size, "seconds": seconds,
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_atomic(path, json.dumps(record, indent=2) + "\n")
+        write_atomic(path, to_json(record) + "\n")
     return {field: value, "key": key, "cached": cached, "file": str(path)}
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from alignkit.cache import atomic_folder
+from alignkit.jsonio import to_json
 from alignkit.models.config import ModelConfig, QuantizationConfig
 from alignkit.models.load import load_causal_lm, resolve_model_path
 from alignkit.models.quantization import dequantized, quantization_of
@@ -98,7 +99,7 @@ def save_model(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fold
             with dequantized(policy):
                 export_with_adapters(policy, None, tmp)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / MANIFEST_FILE).write_text(json.dumps(_manifest(policy, contents), indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(to_json(_manifest(policy, contents)) + "\n")
     return contents
 
 

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from alignkit.jsonio import to_json
+
 __all__ = ["VerdictCache", "verdict_key"]
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def verdict_key(**parts: Any) -> str:
     """A stable hex key of ``parts`` (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, allow_nan=False).encode()).hexdigest()
 
 
 class VerdictCache:
@@ -57,4 +59,4 @@ class VerdictCache:
             self._answers[key] = raw
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write(json.dumps({"key": key, "raw": raw}, ensure_ascii=False) + "\n")
+                f.write(to_json({"key": key, "raw": raw}, indent=None, ensure_ascii=False) + "\n")

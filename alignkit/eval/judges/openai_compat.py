@@ -43,6 +43,7 @@ from alignkit.eval.judges.http_deadline import (
 from alignkit.eval.judges.keys import check_api_key_env, unset_api_key
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
+from alignkit.jsonio import to_json
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_RETRY_AFTER_S", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
 
@@ -212,12 +213,12 @@ class OpenAIJudge(Judge):
             JudgeRedirectError: the server redirected the request.
             urllib.error.HTTPError: a status that retrying cannot fix (a 4xx other than 429).
         """
-        body = json.dumps({
+        body = to_json({
             "model": self.model,
             "messages": judge_messages(prompt, response_a, response_b),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
-        }).encode("utf-8")
+        }, indent=None).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
                 answer = self._post(body)
@@ -308,7 +309,7 @@ def _content(url: str, answer: Any) -> str:
     if content is None:
         return ""
     if not isinstance(content, str):
-        shown = json.dumps(answer)[:200] if isinstance(answer, (dict, list)) else repr(answer)[:200]
+        shown = to_json(answer, indent=None)[:200] if isinstance(answer, (dict, list)) else repr(answer)[:200]
         raise JudgeRequestError(f"{url}: answer is not a chat completion (no choices[0].message.content "
                                 f"string): {shown}")
     return content
