@@ -21,7 +21,8 @@ from rich.console import Console
 from torch import nn
 
 from alignkit.data.sentiment import sentiment_prompts
-from alignkit.eval.heldout import evaluate_heldout
+from alignkit.data.types import DataError
+from alignkit.eval.heldout import evaluate_heldout, fitting_prompts
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
@@ -49,6 +50,7 @@ __all__ = [
     "build_score",
     "build_true_score",
     "describe_objective",
+    "fitting_train_prompts",
     "load_tensors",
     "online_prompts",
     "proxy_true_markdown",
@@ -73,6 +75,28 @@ def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
     split = load_prompts(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
     (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False, highlight=False)
     return split.train, split.eval
+
+
+def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], cfg: OnlineConfig,
+                          console: Console) -> tuple[list[str], int]:
+    """The training prompts whose tokens plus ``online.max_new_tokens`` fit the model's context, and how many
+    did not (printed); checked once here, not found out by an index error while sampling.
+
+    Raises:
+        DataError: no prompt fits.
+    """
+    kept, dropped = fitting_prompts(model, tokenizer, prompts, cfg.max_new_tokens)
+    if dropped:
+        config = getattr(model, "config", None)
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        why = (f"longer than the model's context ({context} tokens) minus online.max_new_tokens "
+               f"({cfg.max_new_tokens})")
+        if not kept:
+            raise DataError(f"prompts: all {dropped} training prompts are {why}: use shorter prompts, a model with "
+                            "a longer context, or a lower online.max_new_tokens")
+        console.print(f"training prompts: dropped {dropped} of {len(prompts)}, {why}", markup=False,
+                      highlight=False)
+    return kept, dropped
 
 
 def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
@@ -222,7 +246,9 @@ class OnlineRun(RecipeRun):
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
-        self.train_prompts, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        train, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        self.train_prompts, too_long = fitting_train_prompts(ctx.model, ctx.tokenizer, train, recipe.online,
+                                                             ctx.console)
         reward_name, self.score = build_score(recipe.online, ctx.device)
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
@@ -233,6 +259,7 @@ class OnlineRun(RecipeRun):
             "objective": describe_objective(recipe.online),
             "online": recipe.online.model_dump(mode="json"),
             "train_prompts": len(self.train_prompts),
+            "train_prompts_too_long": too_long,
             "heldout_prompts": len(self.eval_prompts),
         })
 
