@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["finite_or_none", "to_json"]
+__all__ = ["RunFileError", "finite_or_none", "read_json", "to_json"]
+
+
+class RunFileError(ValueError):
+    """A file alignkit reads back (a checkpoint, a manifest, a report) that it cannot have written: the message
+    names the file and says what is wrong, on one line."""
 
 
 def finite_or_none(value: Any) -> Any:
@@ -41,3 +47,31 @@ def to_json(value: Any, *, indent: int | None = 2, ensure_ascii: bool = True) ->
     """
     return json.dumps(finite_or_none(value), indent=indent, default=_number, allow_nan=False,
                       ensure_ascii=ensure_ascii)
+
+
+def read_json(path: str | Path, *, expect: type = dict, what: str = "JSON") -> Any:
+    """The parsed contents of the JSON file ``path``, checked to be an ``expect`` at the top.
+
+    Every way a crafted or damaged file fails (unreadable, not UTF-8, not JSON, an integer over Python's
+    digit limit, nesting too deep for the parser, NaN, the wrong type at the top) is a :class:`RunFileError`
+    naming the file.
+
+    Args:
+        path: the file.
+        expect: the type the top-level value must have (dict, list, ...).
+        what: what the file is, for the message (``"a checkpoint state"``).
+    """
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"{path}: cannot read {what}: {type(err).__name__}: {err}") from None
+    except RecursionError:
+        raise RunFileError(f"{path}: not {what}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, the integer digit limit, NaN/Infinity
+        raise RunFileError(f"{path}: not {what}: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(value, expect):
+        raise RunFileError(f"{path}: not {what}: a JSON {type(value).__name__} where a {expect.__name__} belongs")
+    return value

@@ -6,7 +6,6 @@ earlier evaluations, another judge's or another baseline's, are kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from alignkit.eval.agreement import LabelledPair, labelled_pairs
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.keys import check_judge_environment
+from alignkit.jsonio import RunFileError, read_json
 from alignkit.recipe import Recipe, load_recipe
 from alignkit.report.judge import judged_evaluations
 from alignkit.report.tables import write_report
@@ -77,14 +77,16 @@ def evaluate_run(
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
                          "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
     check_judge_environment(cfg.judge)  # an unset API-key variable fails now, not after the reward/KL pass
+    report_path = run_dir / "report.json"  # read (and checked) before any model is loaded
+    report: dict[str, Any] = read_json(report_path, what="a run's report") if report_path.exists() else {
+        "recipe": recipe.name, "objective": recipe.objective().describe()}
+    if not isinstance(report.get("judged", []), list):
+        raise RunFileError(f"{report_path}: 'judged' must be a list of evaluations")
     dev = resolve_device(device)
     policy, tokenizer = load_run_model(run_dir, device=str(dev))
     reference = evaluation_reference(recipe, policy, reference_loader(recipe, dev, run_dir))
     base = evaluation_base(recipe, policy, reference, base_loader(recipe, dev))
     prompts, chosen, labelled = _heldout(recipe, tokenizer)
-    report_path = run_dir / "report.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
-        "recipe": recipe.name, "objective": recipe.objective().describe()}
     evaluation = len(judged_evaluations(report)) + 1
     sections = evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
                                 console=console, device=str(dev), base=base, labelled=labelled,

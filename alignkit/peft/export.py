@@ -140,7 +140,8 @@ def load_exported(folder: str | Path, **from_pretrained_kwargs: Any) -> PreTrain
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, **from_pretrained_kwargs)
+    # safetensors only: a pickled pytorch_model.bin is never unpickled (it can run code).
+    model = AutoModelForCausalLM.from_pretrained(folder, **{"use_safetensors": True, **from_pretrained_kwargs})
     if (Path(folder) / ADAPTER_CONFIG_FILE).exists():
         load_adapter(model, folder)
     return model

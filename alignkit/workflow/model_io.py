@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -23,9 +22,9 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from alignkit.cache import atomic_folder
-from alignkit.jsonio import to_json
+from alignkit.jsonio import RunFileError, read_json, to_json
 from alignkit.models.config import ModelConfig, QuantizationConfig
-from alignkit.models.load import load_causal_lm, resolve_model_path
+from alignkit.models.load import load_causal_lm, resolve_model_path, unreadable_weight_files
 from alignkit.models.quantization import dequantized, quantization_of
 from alignkit.peft import adapter_config_of, export_with_adapters, has_adapters, load_adapter, load_exported
 from alignkit.peft.api import write_adapter_files
@@ -33,7 +32,7 @@ from alignkit.peft.api import write_adapter_files
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["MANIFEST_FILE", "Contents", "load_run_model", "read_manifest", "save_model"]
+__all__ = ["MANIFEST_FILE", "Contents", "load_run_model", "read_manifest", "refuse_pickled_weights", "save_model"]
 
 MANIFEST_FILE = "alignkit_model.json"
 MANIFEST_FORMAT = "alignkit-model"
@@ -108,10 +107,29 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, what="a model folder's manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        raise RunFileError(f"{path}: format {str(manifest.get('format'))[:100]!r}, expected {MANIFEST_FORMAT!r}")
+    contents, base, quant = manifest.get("contents"), manifest.get("base_model"), manifest.get("quantization")
+    if not isinstance(contents, str):
+        raise RunFileError(f"{path}: 'contents' must be a string")
+    if contents == "adapter_only" and not (
+            isinstance(base, dict) and isinstance(base.get("name_or_path"), str)
+            and isinstance(base.get("dtype"), (str, type(None))) and isinstance(quant, dict)):
+        raise RunFileError(f"{path}: an adapter_only manifest needs base_model {{name_or_path, dtype}} and "
+                           "quantization objects")
     return cast(dict[str, Any], manifest)
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """A folder whose weights are pickles only (``pytorch_model.bin``, ``*.pt``) is refused: unpickling can run
+    code, so alignkit loads safetensors only (``use_safetensors=True``)."""
+    if (folder / "config.json").is_file() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")))
+        if pickles:
+            raise RunFileError(f"{folder}: its weights are pickle files ({', '.join(pickles[:3])}), which alignkit "
+                               "never loads because unpickling can run code; save the model as safetensors "
+                               "(save_pretrained(folder, safe_serialization=True))")
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -144,10 +162,17 @@ def load_run_model(
     if not _is_model_folder(folder):
         raise FileNotFoundError(f"{path}: not a model folder, a run folder with model/, or a built-in alias")
     manifest = read_manifest(folder)
-    if manifest is not None and manifest["contents"] == "adapter_only":
-        model = _load_adapter_only(folder, manifest, device)
-    else:
-        model = load_exported(folder)
+    refuse_pickled_weights(folder)
+    try:
+        if manifest is not None and manifest["contents"] == "adapter_only":
+            model = _load_adapter_only(folder, manifest, device)
+        else:
+            model = load_exported(folder)
+    except Exception:
+        # A truncated or crafted weight file surfaces as the reader's own error, which names no file.
+        if bad := unreadable_weight_files(folder):
+            raise RunFileError(bad[0]) from None
+        raise
     # PreTrainedModel.to is decorated with functools.wraps, which typeshed types as a `_Wrapped` object that
     # mypy does not bind as a method; it moves the model in place, so call it through nn.Module's signature.
     cast(nn.Module, model).to(device)
