@@ -99,13 +99,18 @@ def save_checkpoint(
 
     Raises:
         CheckpointError: a trainable tensor holds a NaN or an infinity (nothing is written).
+        DiskFullError: the device ran out of space (the previous checkpoint of that name is kept).
     """
     folder = Path(folder)
     weights = trainable_state(model) if weights is None else weights
     bad = non_finite_tensors(weights.items())
     if bad:
         raise CheckpointError(f"refusing to write checkpoint {folder}: non-finite values in {bad[:3]}")
-    with atomic_folder(folder) as tmp:
+    # About what the folder takes (Adam-like optimizers keep two moments per weight), for a full disk's message.
+    weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    extra_bytes = sum(t.numel() * t.element_size() for tensors in (files or {}).values() for t in tensors.values())
+    needed = weight_bytes * (3 if optimizer is not None or optimizer_state is not None else 1) + extra_bytes
+    with atomic_folder(folder, needed_bytes=needed) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         for name, tensors in (files or {}).items():
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / name))

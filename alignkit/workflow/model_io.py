@@ -85,9 +85,15 @@ def _manifest(policy: nn.Module, contents: Contents) -> dict[str, Any]:
 
 
 def save_model(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Contents:
-    """Write the trained model into ``folder`` (atomically) with its manifest; return what it holds."""
+    """Write the trained model into ``folder`` (atomically) with its manifest; return what it holds.
+
+    Raises:
+        DiskFullError: the device ran out of space (a previous ``folder`` is kept as it was).
+    """
     contents = _contents(policy)
-    with atomic_folder(folder) as tmp:
+    params = policy.parameters() if contents != "adapter_only" else (p for p in policy.parameters() if p.requires_grad)
+    needed = sum(p.numel() * p.element_size() for p in params)
+    with atomic_folder(folder, needed_bytes=needed) as tmp:
         if contents == "full_model":
             policy.save_pretrained(str(tmp))
         elif contents == "base_and_adapter":
