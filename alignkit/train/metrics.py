@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from alignkit.cache import disk_full_error
+from alignkit.cache import check_inside, disk_full_error, open_for_write
 from alignkit.jsonio import to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
@@ -201,18 +201,20 @@ class MetricsWriter:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_inside(path)
         if resume_from_step is not None and path.exists():
             # Drop what was logged after the checkpoint we resume from (the resumed run logs it again), and
             # any line a kill tore in half.
             kept = [line for line in path.read_text(errors="replace").splitlines()
                     if (step := _step_of(line)) is not None and step <= resume_from_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            with open_for_write(path) as f:
+                f.write("".join(line + "\n" for line in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+            self._tb = SummaryWriter(str(check_inside(path.parent / "tensorboard")))
         except Exception:  # noqa: BLE001 - TensorBoard is optional
             self._tb = None
 
@@ -221,7 +223,7 @@ class MetricsWriter:
             return
         line = to_json(record, indent=None) + "\n"
         try:
-            with self.path.open("a") as f:
+            with open_for_write(self.path, "a") as f:
                 f.write(line)
         except OSError as err:
             if err.errno == errno.ENOSPC:
