@@ -192,10 +192,10 @@ class OpenAIJudge(Judge):
                 raise  # a whole answer with an error status
             except Exception as err:
                 if deadline.expired:
-                    raise TimeoutError(f"no complete answer within timeout_s={self.timeout_s:g} s") from err
+                    raise TimeoutError(f"timed out: no complete answer within timeout_s={self.timeout_s:g} s") from err
                 raise
             if deadline.expired:  # the socket was shut down mid-body: what was read is cut short
-                raise TimeoutError(f"no complete answer within timeout_s={self.timeout_s:g} s")
+                raise TimeoutError(f"timed out: no complete answer within timeout_s={self.timeout_s:g} s")
         if len(data) > MAX_ANSWER_BYTES:
             raise JudgeRequestError(f"{self.url}: answer is not a chat completion (over {MAX_ANSWER_BYTES} bytes)")
         try:
