@@ -90,7 +90,7 @@ CASES: dict[str, tuple[Path, Callable[[Path], None], Callable[[Path], None], str
     "adapter_only manifest of wrong types": (
         MODEL / MANIFEST_FILE,
         lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "contents": "adapter_only", "base_model": 5})),
-        _model, "an adapter_only manifest needs base_model"),
+        _model, "an adapter_only manifest needs a base_model object"),
     "truncated model weights": (MODEL / "model.safetensors", _truncate, _model, "model.safetensors is unreadable"),
     "pickle weights only": (MODEL, _pickle_only, _model, "pytorch_model.bin), which alignkit never loads"),
     "trainer state nested too deeply": (CKPT / "trainer_state.json", lambda p: p.write_text(DEEP), _checkpoint,
