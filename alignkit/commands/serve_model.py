@@ -18,6 +18,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from alignkit.commands.serve_requests import DEFAULT_MAX_TOKENS, RequestError
 from alignkit.models.generate import SupportsGenerate, eos_token_ids
+from alignkit.models.sampling import GREEDY_BELOW_TEMPERATURE
 
 __all__ = ["ChatModel", "GenerationCancelled"]
 
@@ -106,7 +107,8 @@ class ChatModel:
         Args:
             messages: ``{"role", "content"}`` dicts.
             max_tokens: the most tokens generated, at most :attr:`max_tokens`.
-            temperature: 0 for greedy decoding.
+            temperature: 0 (or below :data:`~alignkit.models.sampling.GREEDY_BELOW_TEMPERATURE`) for greedy
+                decoding.
             top_p: nucleus mass.
             seed: sampling seed (the global RNG state is restored afterwards).
             stop: strings that end the answer (cut from the text).
@@ -118,7 +120,7 @@ class ChatModel:
         """
         ids = self._prompt_in_context(messages, max_tokens)
         sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
+        if temperature >= GREEDY_BELOW_TEMPERATURE:  # a tiny one would overflow logits / T into NaN
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         watch = _StopWhen(cancelled, len(ids)) if cancelled is not None else None
         with self._turn(cancelled):
