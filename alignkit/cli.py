@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from alignkit.cache import DiskFullError
+
 __all__ = ["main"]
 
 _err = Console(stderr=True)
@@ -276,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
+    except DiskFullError as err:  # not the input's fault (exit 1), but nothing a traceback would explain
+        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        return 1
     except RuntimeError as err:
         from alignkit.train.distributed import describe_timeout
 

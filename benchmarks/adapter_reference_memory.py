@@ -34,6 +34,8 @@ import torch  # noqa: E402
 from dpo_bench_setup import machine_summary  # noqa: E402  (benchmarks/ is on sys.path when run)
 from torch import nn  # noqa: E402
 
+from alignkit.jsonio import to_json
+
 # The adapter configs compared, by the name shown in the tables (each with its defaults).
 ADAPTERS: dict[str, dict] = {
     "lora (r=8, alpha=16, default targets)": {"kind": "lora"},
@@ -186,7 +188,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="also write the results as markdown to this file")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant)))
+        print(to_json(run_variant(args.variant), indent=None))
         return
 
     results = [measure_in_subprocess(name) for name in VARIANTS]

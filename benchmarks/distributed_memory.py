@@ -52,6 +52,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from alignkit.jsonio import to_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -395,7 +397,7 @@ def run_worker(args: argparse.Namespace) -> None:
         "steps_per_s": args.steps / timed, "tokens_per_s": sum(tokens[args.warmup:]) / timed,
         "losses": losses,
     }
-    (out_dir / f"rank{env.rank}.json").write_text(json.dumps(record, indent=1))
+    (out_dir / f"rank{env.rank}.json").write_text(to_json(record, indent=1))
     if env.enabled:
         torch.distributed.destroy_process_group()
 
@@ -550,7 +552,7 @@ def run_all(args: argparse.Namespace) -> dict:
 def write_results(results: dict, table: str, out_root: Path) -> dict:
     """Write ``results`` (with its markdown ``table``) as results.json and results.md under ``out_root``."""
     results["markdown"] = table
-    (out_root / "results.json").write_text(json.dumps(results, indent=1))
+    (out_root / "results.json").write_text(to_json(results, indent=1))
     (out_root / "results.md").write_text(table + "\n")
     results["out_dir"] = str(out_root)
     return results

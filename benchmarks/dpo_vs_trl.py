@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from alignkit.jsonio import to_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -232,7 +234,7 @@ def run_framework_subprocess(framework: str, spec: BenchSpec, timeout: float | N
     With ``rss_cap_mib``, the child is polled and killed once its resident memory passes the cap (a point
     that would swap a shared machine), raising :class:`MemoryCapExceeded`.
     """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", framework, "--spec", json.dumps(spec.to_dict())]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", framework, "--spec", to_json(spec.to_dict(), indent=None)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         start, seen = time.monotonic(), 0.0
@@ -361,7 +363,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = BenchSpec(**json.loads(args.spec))
-        print(json.dumps((run_alignkit if args.child == "alignkit" else run_trl)(spec)))
+        print(to_json((run_alignkit if args.child == "alignkit" else run_trl)(spec), indent=None))
         return
 
     defaults = dict(CASES[args.case])
@@ -384,7 +386,7 @@ def main() -> None:
         print("\n".join(markdown_rows(run)), flush=True)
         if args.json:
             with args.json.open("a") as fh:
-                fh.write(json.dumps(run) + "\n")
+                fh.write(to_json(run, indent=None) + "\n")
 
 
 if __name__ == "__main__":

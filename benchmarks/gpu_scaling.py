@@ -42,6 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from alignkit.jsonio import to_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -175,7 +177,7 @@ def run_worker(args: argparse.Namespace) -> None:
                       "optimizer": local_bytes(optimizer_tensors(trainer.optimizer)) / GIB},
         "gpu": torch.cuda.get_device_name(device),
     })
-    (out_dir / f"rank{env.rank}.json").write_text(json.dumps(record, indent=1))
+    (out_dir / f"rank{env.rank}.json").write_text(to_json(record, indent=1))
     if env.enabled:
         torch.distributed.destroy_process_group()
 

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from alignkit.jsonio import to_json
+
 
 def _maxrss_mb() -> float:
     # Linux reports kilobytes.
@@ -66,7 +68,7 @@ def main() -> None:
     shape = dict(batch=args.batch, seq=args.seq, vocab=args.vocab, hidden=args.hidden, layers=args.layers)
     chunk_sizes = [int(c) for c in args.chunk_sizes.split(",")]
     if args.child:
-        print(json.dumps(measure(args.child, **shape, chunk_size=chunk_sizes[0])))
+        print(to_json(measure(args.child, **shape, chunk_size=chunk_sizes[0]), indent=None))
         return
 
     full_logits_mb = args.batch * args.seq * args.vocab * 4 / 2**20

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alignkit.jsonio import to_json
+
 if TYPE_CHECKING:  # torch is imported in the measuring process only
     from torch import nn
 
@@ -120,7 +122,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="also write the markdown results to this file")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(measure(args.variant)))
+        print(to_json(measure(args.variant), indent=None))
         return
     results = {}
     for variant in VARIANTS:

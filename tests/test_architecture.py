@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "alignkit"
 
 LAYERS: list[set[str]] = [
-    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing", "lazy", "progress"},
+    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing", "lazy", "progress",
+     "jsonio"},
     {"losses", "models", "peft"},
     {"data"},
     {"eval", "train", "report"},

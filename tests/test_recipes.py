@@ -246,10 +246,10 @@ def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["loss.beta=-1"], "override loss.beta=-1: loss.beta: Input should be greater than 0"),
-    (["train.nosuch=1"], "override train.nosuch=1: train.nosuch: Extra inputs are not permitted"),
-    (["adapter.kind=lora", "adapter.r=-2"], "override adapter.r=-2: adapter.r: Input should be greater than 0"),
-    (["loss.name=ipo", "loss.tau=-1"], "override loss.tau=-1: loss.tau:"),
+    (["loss.beta=-1"], "override loss.beta: loss.beta: Input should be greater than 0"),
+    (["train.nosuch=1"], "override train.nosuch: train.nosuch: Extra inputs are not permitted"),
+    (["adapter.kind=lora", "adapter.r=-2"], "override adapter.r: adapter.r: Input should be greater than 0"),
+    (["loss.name=ipo", "loss.tau=-1"], "override loss.tau: loss.tau:"),
 ])
 def test_an_error_an_override_causes_names_the_override_not_a_line_of_the_file(overrides, expected, capsys):
     """The file's own line of loss.beta (or of the section) holds nothing wrong: the message names the
@@ -267,7 +267,7 @@ def test_a_file_error_keeps_its_line_next_to_an_override(tmp_path, capsys):
     line = text.splitlines().index("  lr: -5.0e-4") + 1
     assert main(["validate", str(recipe), "loss.beta=-1"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"r.yaml:{line}: train.lr:" in err and "override loss.beta=-1: loss.beta:" in err
+    assert f"r.yaml:{line}: train.lr:" in err and "override loss.beta: loss.beta:" in err
 
 
 def test_validate_says_it_imports_plugins_and_does(tmp_path, capsys):

@@ -63,6 +63,54 @@ def test_to_json_never_writes_a_non_finite_number(value):
     assert json.loads(text) == {"a": [None, 1.5, [None]], "b": None, "c": 2.0}
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _unchecked_json_writes(source: str) -> list[int]:
+    """Lines of ``json.dump``/``json.dumps`` calls that do not pass ``allow_nan=False``."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("dump", "dumps")
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "json"):
+            strict = any(k.arg == "allow_nan" and isinstance(k.value, ast.Constant) and k.value.value is False
+                         for k in node.keywords)
+            if not strict:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_json_the_project_writes_goes_through_the_strict_writer():
+    """JSON is written by ``alignkit.jsonio.to_json`` (non-finite numbers become null); the few direct
+    ``json.dumps`` calls left (hash keys) refuse NaN rather than write it."""
+    assert _unchecked_json_writes("import json\njson.dumps({'a': 1.0})\n") == [2]  # the check itself can fail
+    assert _unchecked_json_writes("import json\njson.dumps({'a': 1.0}, allow_nan=False)\n") == []
+    found = []
+    for folder in ("alignkit", "benchmarks", "scripts", "examples"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.name != "jsonio.py":
+                found += [f"{path.relative_to(ROOT)}:{line}" for line in _unchecked_json_writes(path.read_text())]
+    assert found == []
+
+
+def test_ppo_writes_a_null_explained_variance_when_the_returns_do_not_vary(tmp_path, gpt2_tokenizer):
+    """A constant reward on the first rollout (policy = anchor: no KL) with gamma = lam = 1 gives every token the
+    same return: the explained variance is undefined, and metrics.jsonl stays strict JSON with ``null`` there."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "online"))
+    from tiny_online import direct_trainer
+
+    trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": "ppo", "ppo": {"epochs": 1, "minibatch_size": 4, "lam": 1.0}},
+                             max_steps=1, save_every=None, ema=False)
+    trainer.score = lambda prompts, texts: [1.0] * len(texts)
+    trainer.fit()
+    (record,) = [json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}"))
+                 for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["explained_variance"] is None
+
+
 def _ci(estimate: float) -> dict[str, float]:
     return {"estimate": estimate, "low": estimate - 0.1, "high": estimate + 0.1}
 

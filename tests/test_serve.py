@@ -315,6 +315,92 @@ def test_a_client_that_leaves_the_queue_frees_its_place(gpt2_tokenizer):
     assert second[0][0] == 200
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-6, 5e-324])
+def test_a_tiny_temperature_decodes_greedily(server_url, temperature):
+    greedy = _call(server_url + "/v1/chat/completions", _chat(max_tokens=4, temperature=0))
+    status, answer = _call(server_url + "/v1/chat/completions", _chat(max_tokens=4, temperature=temperature))
+    assert status == 200, answer
+    assert answer["choices"] == greedy[1]["choices"]
+
+
+@pytest.mark.parametrize("where", ["content", "stop", "model"])
+def test_a_lone_surrogate_is_a_400(server_url, where):
+    request = json.dumps(_chat(max_tokens=2))
+    fields = {"content": ('"content": "', '"content": "\\ud800'),
+              "stop": ('{"messages"', '{"stop": "\\udfff", "messages"'),
+              "model": ('{"messages"', '{"model": "a\\ud83d", "messages"')}
+    old, new = fields[where]
+    body = request.replace(old, new, 1).encode()
+    status, answer = _call(server_url + "/v1/chat/completions", body)
+    assert status == 400 and "lone UTF-16 surrogate" in answer["error"]["message"], answer
+
+
+def test_a_client_that_disconnects_early_leaves_no_traceback(gpt2_tokenizer, capfd):
+    import socket
+    import struct
+
+    reset = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+    lines = []
+    with _running(ChatModel(make_tiny_gpt2(), gpt2_tokenizer, "t"), log=lines.append) as url:
+        body = json.dumps(_chat(max_tokens=2, temperature=0)).encode()
+        for cut in (5, len(_post_head([f"Content-Length: {len(body)}"])) + 3):  # mid-headers, mid-body
+            with socket.create_connection(("127.0.0.1", _port(url))) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+                sock.sendall((_post_head([f"Content-Length: {len(body)}"]) + body)[:cut])
+        for _ in range(5):  # the whole request, then a reset before the answer is read
+            with socket.create_connection(("127.0.0.1", _port(url))) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+                sock.sendall(_post_head([f"Content-Length: {len(body)}"]) + body)
+        time.sleep(1.0)
+        assert _call(url + "/health")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+
+
+def test_idle_slow_connections_do_not_starve_health(gpt2_tokenizer):
+    """300 sockets that connect and send nothing (or one header byte) hold at most max_connections threads, and
+    /health (a new connection) is answered at once; a connection that trickles its headers is closed after
+    header_timeout_s in all."""
+    import socket
+
+    from alignkit.commands.serve import ServerLimits
+
+    limits = ServerLimits(max_connections=32, header_timeout_s=1.5)
+    running = _running(ChatModel(make_tiny_gpt2(), gpt2_tokenizer, "t"), limits=limits)
+    with running as url:
+        port = _port(url)
+        idle = []
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port))
+            if i % 2:
+                sock.sendall(b"G")
+            idle.append(sock)
+        threads_before = threading.active_count()
+        started = time.perf_counter()
+        status, answer = _call(url + "/health")
+        assert status == 200 and answer == {"status": "ok"}
+        assert time.perf_counter() - started < 2
+        assert threading.active_count() < threads_before + 5 and len(running.server.connections) <= 32
+
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        closed_after = None
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.25)
+        if closed_after is None:  # the server closed its side: reading says so
+            trickle.settimeout(5)
+            assert trickle.recv(1024) == b""
+            closed_after = time.monotonic() - started
+        assert 1.0 < closed_after < 4.0
+        for sock in [*idle, trickle]:
+            sock.close()
+
+
 def test_serve_samples_with_the_decoding_loop_every_completion_uses(gpt2_tokenizer):
     """A seeded request's tokens are the ones models.decode draws from that seed's stream of uniforms; an
     unseeded request draws its own seed, so two of them need not agree."""

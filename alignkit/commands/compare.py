@@ -32,6 +32,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
+from alignkit.jsonio import read_json
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
@@ -130,7 +131,7 @@ def _run_one(plan: PlannedRun, *, console: Console) -> RunOutcome:
     run_dir = plan.recipe.run_dir()
     state, _ = _folder_state(plan.recipe)
     if state == "complete":
-        report = json.loads((run_dir / "report.json").read_text())
+        report = read_json(run_dir / "report.json", what="a run's report")
         console.print(f"[cyan]{plan.label}: complete in {run_dir}, reused[/]")
         return RunOutcome(plan, "reused", report)
     console.rule(f"[bold]{plan.label}[/] ({'resuming' if state == 'partial' else 'training'})")

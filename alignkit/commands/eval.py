@@ -9,7 +9,6 @@ with ``--plugin`` are; a recipe that needs one that was not named fails with the
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from alignkit.eval.agreement import LabelledPair, labelled_pairs
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.keys import check_judge_environment
+from alignkit.jsonio import RunFileError, read_json
 from alignkit.recipe import Recipe, RecipeError, load_recipe
 from alignkit.recipe.source import parse_yaml, read_text
 from alignkit.report.judge import judged_evaluations
@@ -127,6 +127,11 @@ def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str,
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
                          "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
     check_judge_environment(cfg.judge)  # an unset API-key variable fails now, not after the reward/KL pass
+    report_path = run_dir / "report.json"  # read (and checked) before any model is loaded
+    report: dict[str, Any] = read_json(report_path, what="a run's report") if report_path.exists() else {
+        "recipe": recipe.name, "objective": recipe.objective().describe()}
+    if not isinstance(report.get("judged", []), list):
+        raise RunFileError(f"{report_path}: 'judged' must be a list of evaluations")
     dev = resolve_device(device)
     with phase("loading"):
         policy, tokenizer = load_run_model(run_dir, device=str(dev))
@@ -134,9 +139,6 @@ def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str,
         base = evaluation_base(recipe, policy, reference, base_loader(recipe, dev))
     with phase("data preparation"):
         prompts, chosen, labelled = _heldout(recipe, tokenizer)
-    report_path = run_dir / "report.json"
-    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
-        "recipe": recipe.name, "objective": recipe.objective().describe()}
     evaluation = len(judged_evaluations(report)) + 1
     with phase("evaluation"):
         sections = evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,

@@ -21,12 +21,13 @@ from rich.console import Console
 from torch import nn
 
 from alignkit.data.sentiment import sentiment_prompts
-from alignkit.eval.heldout import evaluate_heldout
+from alignkit.data.types import DataError
+from alignkit.eval.heldout import evaluate_heldout, fitting_prompts
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
 from alignkit.models.kl import ReferenceFn
 from alignkit.models.load import load_tokenizer
-from alignkit.models.rewards import checked_reward, resolve_reward
+from alignkit.models.rewards import resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
@@ -49,6 +50,7 @@ __all__ = [
     "build_score",
     "build_true_score",
     "describe_objective",
+    "fitting_train_prompts",
     "load_tensors",
     "online_prompts",
     "run_online_recipe",
@@ -74,11 +76,33 @@ def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
     return split.train, split.eval
 
 
+def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], cfg: OnlineConfig,
+                          console: Console) -> tuple[list[str], int]:
+    """The training prompts whose tokens plus ``online.max_new_tokens`` fit the model's context, and how many
+    did not (printed); checked once here, not found out by an index error while sampling.
+
+    Raises:
+        DataError: no prompt fits.
+    """
+    kept, dropped = fitting_prompts(model, tokenizer, prompts, cfg.max_new_tokens)
+    if dropped:
+        config = getattr(model, "config", None)
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        why = (f"longer than the model's context ({context} tokens) minus online.max_new_tokens "
+               f"({cfg.max_new_tokens})")
+        if not kept:
+            raise DataError(f"prompts: all {dropped} training prompts are {why}: use shorter prompts, a model with "
+                            "a longer context, or a lower online.max_new_tokens")
+        console.print(f"training prompts: dropped {dropped} of {len(prompts)}, {why}", markup=False,
+                      highlight=False)
+    return kept, dropped
+
+
 def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
     """The reward as ``score(prompts, texts)``: a registered function (texts only) or a reward-model folder."""
     if cfg.reward is not None:
-        name, fn = resolve_reward(cfg.reward)
-        checked = checked_reward(name, fn)  # one number per text, or an error naming the reward
+        # One number per text within the time limit, or an error naming the reward.
+        name, checked = resolve_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
         return name, lambda prompts, texts: checked(texts)
     assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
@@ -89,8 +113,7 @@ def build_true_score(cfg: OnlineConfig) -> ScoreFn | None:
     """``online.true_reward`` as ``score(prompts, texts)`` (measured on every rollout, never trained on), or None."""
     if cfg.true_reward is None:
         return None
-    name, fn = resolve_reward(cfg.true_reward)
-    checked = checked_reward(name, fn)
+    _, checked = resolve_reward(cfg.true_reward, timeout_s=cfg.reward_timeout_s)
     return lambda prompts, texts: checked(texts)
 
 
@@ -208,7 +231,9 @@ class OnlineRun(RecipeRun):
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
-        self.train_prompts, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        train, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        self.train_prompts, too_long = fitting_train_prompts(ctx.model, ctx.tokenizer, train, recipe.online,
+                                                             ctx.console)
         reward_name, self.score = build_score(recipe.online, ctx.device)
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
@@ -223,6 +248,7 @@ class OnlineRun(RecipeRun):
             "objective_parts": Objective.of(recipe.online).describe(),
             "online": recipe.online.model_dump(mode="json"),
             "train_prompts": len(self.train_prompts),
+            "train_prompts_too_long": too_long,
             "heldout_prompts": len(self.eval_prompts),
         })
 

@@ -14,7 +14,14 @@ Limits (:class:`ServerLimits`), so that one client cannot take the server down:
   (with ``Retry-After``), never left to time out or be reset;
 - ``max_tokens`` is at most the server's maximum (``--max-tokens``), itself below the model's context;
 - a client that disconnects stops its generation (checked between generated tokens) and leaves the queue;
-- a connection idle or stalled for ``timeout_s`` is closed;
+- at most ``max_connections`` connections are open; one waiting for its next request must send the request
+  line and headers within ``header_timeout_s`` in all, and gives its place to a new connection when every
+  place is taken (:mod:`alignkit.commands.serve_connections`), so idle or slow sockets cannot starve
+  ``/health`` or a real request;
+- a connection stalled for ``timeout_s`` while a request is read or answered is closed;
+- a client that disconnects early (before, during or after its answer) costs a log line, never a traceback;
+- a ``temperature`` below :data:`~alignkit.models.sampling.GREEDY_BELOW_TEMPERATURE` (1e-5) decodes greedily
+  (``1e-300`` would overflow the logits); a lone UTF-16 surrogate in the body is answered 400;
 - every request field is checked (types and ranges; JSON ``true`` is not a number, ``NaN`` is not JSON
   here) and a bad one answered 400 with a JSON error that names it.
 
@@ -24,9 +31,9 @@ the request validation and limits live in :mod:`alignkit.commands.serve_requests
 
 from __future__ import annotations
 
-import json
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -36,8 +43,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from alignkit.commands.serve_connections import ConnectionTable, refuse_busy
 from alignkit.commands.serve_model import ChatModel, GenerationCancelled
 from alignkit.commands.serve_requests import RequestError, ServerLimits, parse_request
+from alignkit.jsonio import to_json
 
 __all__ = ["ChatModel", "GenerationCancelled", "RequestError", "ServerLimits", "make_server", "parse_request"]
 
@@ -92,7 +101,17 @@ class _ChatHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.limits.timeout_s)  # idle keep-alive and stalled requests end
+        self.connection.settimeout(self.limits.timeout_s)  # stalled requests end
+
+    def handle_one_request(self) -> None:
+        # Waiting for a request: the whole request line and headers are due within header_timeout_s.
+        self.server.connections.waiting(self.connection)  # type: ignore[attr-defined]
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers
+        self.server.connections.busy(self.connection)  # type: ignore[attr-defined]  # no header deadline now
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         if self.log_line is not None:
@@ -100,7 +119,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict[str, Any], *, close: bool = False,
               headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        data = to_json(payload, indent=None).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -235,8 +254,40 @@ def _completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Server(ThreadingHTTPServer):
+    """The threading server with a bounded table of connections, quiet about clients that leave early."""
+
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: bursts of connections wait to be accepted, not reset
+
+    def __init__(self, address: tuple[str, int], handler: Any, limits: ServerLimits, log: LogFn | None) -> None:
+        self.connections = ConnectionTable(limits.max_connections, limits.header_timeout_s)
+        self.log_line = log
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.admit(request):  # every place busy with a request
+            refuse_busy(request, len(self.connections))
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.forget(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        self.connections.close()
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that disconnected (or was closed for being idle) is one log line; anything else is
+        the standard library's traceback."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError, OSError)):
+            if self.log_line is not None:
+                self.log_line(f"{client_address[0]} connection ended early: {type(err).__name__}")
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, *, log: LogFn | None = None,
@@ -248,8 +299,8 @@ def make_server(chat: ChatModel, host: str = "127.0.0.1", port: int = 8000, *, l
         host: interface to bind (127.0.0.1 = this machine only).
         port: TCP port; 0 picks a free one (read it from ``server.server_address``).
         log: optional ``fn(str)`` called with one line per request (and per cancelled generation).
-        limits: body size, queue and timeout limits (default :class:`ServerLimits`()).
+        limits: body size, queue, connection and timeout limits (default :class:`ServerLimits`()).
     """
     limits = limits or ServerLimits()
     pending = threading.BoundedSemaphore(limits.max_pending)
-    return _Server((host, port), partial(_ChatHandler, chat, limits, log, pending))
+    return _Server((host, port), partial(_ChatHandler, chat, limits, log, pending), limits, log)

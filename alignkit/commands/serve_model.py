@@ -93,7 +93,8 @@ class ChatModel:
         Args:
             messages: ``{"role", "content"}`` dicts.
             max_tokens: the most tokens generated, at most :attr:`max_tokens`.
-            temperature: 0 for greedy decoding.
+            temperature: 0 (or below :data:`~alignkit.models.sampling.GREEDY_BELOW_TEMPERATURE`) for greedy
+                decoding.
             top_p: nucleus mass.
             seed: sampling seed (the global RNG state is restored afterwards).
             stop: strings that end the answer (cut from the text).

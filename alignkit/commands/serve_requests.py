@@ -42,16 +42,24 @@ class ServerLimits:
     Attributes:
         max_body_bytes: largest request body read; a larger one is answered 413 unread.
         max_pending: chat requests generating or waiting for the model at once; more are answered 503.
-        timeout_s: a connection silent this long (idle between requests, or stalled mid-request) is closed.
+        timeout_s: a connection silent this long while a request is being read or answered is closed.
+        max_connections: connections open at once; a new one takes the place of the oldest that is only
+            waiting for a request, and is answered 503 when every one is busy.
+        header_timeout_s: a connection waiting for its next request must send the request line and headers
+            within this many seconds in all (however slowly it trickles them), or it is closed.
     """
 
     max_body_bytes: int = 1 << 20
     max_pending: int = 8
     timeout_s: float = 60.0
+    max_connections: int = 64
+    header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1 or self.max_pending < 1 or not self.timeout_s > 0:
-            raise ValueError("ServerLimits needs max_body_bytes >= 1, max_pending >= 1 and timeout_s > 0")
+        if (self.max_body_bytes < 1 or self.max_pending < 1 or not self.timeout_s > 0 or self.max_connections < 1
+                or not self.header_timeout_s > 0):
+            raise ValueError("ServerLimits needs max_body_bytes, max_pending and max_connections >= 1, and "
+                             "timeout_s and header_timeout_s > 0")
 
 
 def _is_int(value: Any) -> bool:
@@ -66,6 +74,24 @@ def _reject_constant(name: str) -> Any:
     raise RequestError(f"request body is not JSON: {name} is not a JSON number")
 
 
+def _check_text(value: Any) -> None:
+    """Refuse a string (or key) holding a lone UTF-16 surrogate: JSON may escape one ("\\ud800"), yet it is
+    not text, and no tokenizer can encode it."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RequestError(f"request body holds a lone UTF-16 surrogate ({value[err.start]!r}), which is not "
+                               "text") from None
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object with no unsupported field."""
     try:
@@ -76,6 +102,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
         raise RequestError(f"request body is not JSON: {str(err)[:200]}") from None
     if not isinstance(req, dict):
         raise RequestError("request body must be a JSON object")
+    try:
+        _check_text(req)
+    except RecursionError:
+        raise RequestError("request body is nested too deeply") from None
     unsupported = sorted(k for k, v in req.items()
                          if k not in _KNOWN and v is not None and v not in _NEUTRAL.get(k, ()))
     if unsupported:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ def require_file(path: str | Path, field: str) -> Path:
 def read_jsonl(path: Path, report: DropReport) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("file:line", row)`` for every JSON object line of a .jsonl or .jsonl.gz file.
 
-    Blank lines are skipped silently. Lines that are not valid JSON, or not a JSON object, are counted
-    in ``report`` as malformed with their ``file:line`` and skipped. Every non-blank line counts as seen.
+    Blank lines are skipped silently. Lines that are not valid JSON (an integer over Python's 4,300 digits
+    and nesting too deep for the parser included), or not a JSON object, are counted in ``report`` as
+    malformed with their ``file:line`` and skipped. Every non-blank line counts as seen.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
@@ -39,6 +41,13 @@ def read_jsonl(path: Path, report: DropReport) -> Iterator[tuple[str, dict[str, 
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     report.drop(MALFORMED, f"{where}: invalid JSON ({err.msg})")
+                    continue
+                except ValueError:  # Python's limit on integer digits (sys.get_int_max_str_digits())
+                    report.drop(MALFORMED, f"{where}: an integer too long to read (over "
+                                           f"{sys.get_int_max_str_digits()} digits)")
+                    continue
+                except RecursionError:
+                    report.drop(MALFORMED, f"{where}: JSON nested too deeply")
                     continue
                 if not isinstance(row, dict):
                     report.drop(MALFORMED, f"{where}: not a JSON object")

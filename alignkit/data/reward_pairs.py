@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from alignkit.data.types import DropReport, PreferenceExample
 from alignkit.lazy import lazy_module
-from alignkit.models.rewards import RewardFn
+from alignkit.models.rewards import RewardFn, require_finite
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,7 +83,7 @@ def _as_example(prompt: str, chosen: str, rejected: str, chat: bool) -> Preferen
 def score_completions(reward_fn: RewardFn, reward_name: str, texts: list[list[str]]) -> np.ndarray:
     """(P, K) rewards of the completion texts."""
     flat = [t for group in texts for t in group]
-    scores = np.asarray(reward_fn(flat), dtype=np.float64)
+    scores = np.asarray(require_finite(reward_name, reward_fn(flat)), dtype=np.float64)
     if scores.shape != (len(flat),):
         raise ValueError(f"reward {reward_name!r} returned {scores.shape} values for {len(flat)} texts")
     return scores.reshape(len(texts), -1)  # (P, K)

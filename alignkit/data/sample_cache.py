@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.cache import cache_dir as default_cache_dir
+from alignkit.jsonio import to_json
 from alignkit.lazy import lazy_module
 from alignkit.models.sampling import Sampling
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
 
 
 def model_fingerprint(model: nn.Module, max_elements: int = 65536) -> str:
@@ -119,7 +120,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(to_json(row, indent=None, ensure_ascii=False) + "\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; it is an ordinary cache file
         os.replace(tmp, path)
     except BaseException:

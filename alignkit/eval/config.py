@@ -98,7 +98,7 @@ class OpenAIJudgeConfig(_JudgeChecks):
         "recipe, a log or the cache; a value that looks like a key is refused); null sends no key.",
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one answer.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one attempt may take as a whole (connecting, headers and body).")
     max_retries: int = Field(4, ge=0, description="Retries of a request after a 5xx, 429, timeout or lost connection.")
     backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on every retry.")
     max_tokens: int = Field(16, ge=1, description="Tokens the judge may answer with.")

@@ -13,7 +13,6 @@ finished run for `alignkit eval RUN_DIR` and adding to its report are the comman
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair
 from alignkit.eval.position_bias import judge_warnings, position_bias
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
+from alignkit.jsonio import to_json
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
 from alignkit.models.kl import ReferenceFn
 from alignkit.progress import StepProgress
@@ -145,7 +145,7 @@ def judge_run(
         console.print(f"[bold red]JUDGE WARNING: {warning}[/]")
     if pairs_path is not None:
         with open_for_write(pairs_path, "a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+            f.writelines(to_json(row, indent=None) + "\n" for row in rows)
     return {
         "evaluation": evaluation,
         "judge": judge.describe(),

@@ -20,7 +20,7 @@ from torch import nn
 from alignkit.eval.stats import Interval, Spread, bootstrap_ci, subsample_spread
 from alignkit.models.generate import Completion, ProgressFn, Sampling, eos_token_ids, generate_completions
 from alignkit.models.kl import ReferenceFn, sequence_kl
-from alignkit.models.rewards import RewardFn, resolve_reward
+from alignkit.models.rewards import RewardFn, require_finite, resolve_reward
 from alignkit.timing import phase
 
 __all__ = ["RewardKLReport", "evaluate_model_reward", "evaluate_proxy_and_true", "evaluate_reward_kl", "reward_gain"]
@@ -162,7 +162,8 @@ def _sample_and_score(
         raise ValueError("no prompts to evaluate on")
     completions = generate_completions(model, tokenizer, prompts, sampling, progress=progress)
     with phase("scoring"):
-        rewards = np.asarray(reward_fn([c.text for c in completions]), dtype=np.float64)
+        name = getattr(reward_fn, "__name__", "reward")
+        rewards = np.asarray(require_finite(name, reward_fn([c.text for c in completions])), dtype=np.float64)
     if rewards.shape != (len(completions),):
         raise ValueError(f"reward function returned {rewards.shape[0]} values for {len(completions)} texts")
     return completions, rewards
@@ -244,7 +245,7 @@ def evaluate_proxy_and_true(
     completions = generate_completions(model, tokenizer, prompts, sampling)
     texts = [c.text for c in completions]
     proxies = np.asarray(proxy([prompts[c.prompt_index] for c in completions], texts), dtype=np.float64)
-    trues = np.asarray(true_fn(texts), dtype=np.float64)
+    trues = np.asarray(require_finite(true_name, true_fn(texts)), dtype=np.float64)
     if proxies.shape != (len(texts),) or trues.shape != (len(texts),):
         raise ValueError(f"a reward returned {proxies.shape} / {trues.shape} values for {len(texts)} texts")
     if reference is None:

@@ -28,6 +28,7 @@ from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
 from alignkit.models.padding import pad_token_rows
+from alignkit.models.sampling import GREEDY_BELOW_TEMPERATURE
 
 __all__ = ["DecodeStats", "PreallocatedLayer", "decode", "pick_tokens", "row_uniforms"]
 
@@ -119,14 +120,14 @@ def row_uniforms(seed: int, row: int, length: int) -> Tensor:
 
 
 def pick_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float) -> Tensor:
-    """(B,) tokens: argmax for ``temperature == 0``, else inverse CDF of softmax(logits / T) cut to the top-p
+    """(B,) tokens: argmax for ``temperature`` 0 (or below :data:`GREEDY_BELOW_TEMPERATURE`), else inverse CDF of softmax(logits / T) cut to the top-p
     nucleus (the most likely tokens whose mass before them is below ``top_p``; the first is always kept).
 
     Args:
         logits: (B, V) next-token logits.
         uniforms: (B,) draws in [0, 1), one per row.
     """
-    if temperature == 0:
+    if temperature < GREEDY_BELOW_TEMPERATURE:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     if top_p < 1:

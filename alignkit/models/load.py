@@ -47,6 +47,7 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "resolve_model_path",
+    "unreadable_weight_files",
 ]
 
 _DTYPES: dict[str, Any] = {
@@ -104,7 +105,7 @@ def _load_error(what: str, name: str, field: str, err: Exception | str) -> Model
     )
 
 
-def _unreadable_weight_files(folder: Path) -> list[str]:
+def unreadable_weight_files(folder: Path) -> list[str]:
     """The safetensors files of ``folder`` that cannot be read back (corrupt or truncated), with why."""
     from safetensors.torch import load_file
 
@@ -137,7 +138,7 @@ def _from_pretrained(loader: Any, what: str, path: str, field: str, **kwargs: An
             raise
         # A local folder: a corrupt weight file surfaces as the reader's own error type (SafetensorError,
         # RuntimeError, ...), which says nothing about which file; find it.
-        bad = _unreadable_weight_files(Path(path))
+        bad = unreadable_weight_files(Path(path))
         detail = "; ".join(bad) if bad else f"{type(err).__name__}: {err}"
         raise ModelLoadError(f"could not load the {what} from local folder {path!r} ({field}): {detail}") from err
 
@@ -165,6 +166,8 @@ def _model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.from_config is not None and dtype == "auto":
         dtype = torch.float32  # no stored weights whose dtype 'auto' could keep
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.from_config is None:
+        kwargs["use_safetensors"] = True  # a pickled pytorch_model.bin is never unpickled (it can run code)
     if cfg.attn_implementation is not None:
         kwargs["attn_implementation"] = cfg.attn_implementation
     return kwargs

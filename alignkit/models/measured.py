@@ -22,6 +22,7 @@ from typing import Any, cast
 import torch
 
 from alignkit.cache import cache_dir, write_atomic
+from alignkit.jsonio import to_json
 from alignkit.models.hardware import detect_hardware
 
 __all__ = ["DTYPES", "MIN_REPEATS", "PHASE_KERNELS", "best_seconds", "cached_measure", "machine_key", "measure_matmul_flops",
@@ -109,7 +110,7 @@ def cached_measure(name: str, key: dict[str, Any], field: str, size_field: str,
         back, ``measured`` when (UTC) the figure kept was measured, ``remeasured`` why it was measured again
         in this call (None if it was not).
     """
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, allow_nan=False).encode()).hexdigest()[:16]
     path = cache_dir("peak_flops") / f"{name}-{digest}.json"
     record = _read(path, key, field)
     cached = record is not None
@@ -126,7 +127,7 @@ def cached_measure(name: str, key: dict[str, Any], field: str, size_field: str,
         else:
             record = {"key": key, field: value, size_field: size, "seconds": seconds, "measured": _now(),
                       "checked_against": max(at_least, checked)}
-        write_atomic(path, json.dumps(record, indent=2) + "\n")
+        write_atomic(path, to_json(record) + "\n")
     return {field: float(record[field]), "key": key, "cached": cached, "file": str(path),
             "measured": record.get("measured"), "remeasured": remeasured}
 

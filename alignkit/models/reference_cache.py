@@ -25,6 +25,7 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from alignkit.cache import cache_dir, check_inside
 from alignkit.models.flops import forward_flops, matmul_parameters
@@ -38,19 +39,36 @@ __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
 Collate = Callable[[Sequence[Any]], Mapping[str, Tensor]]
 
 
+def _hash_tensor(name: str, tensor: Tensor, digest: Any) -> None:
+    """Feed one state-dict entry's name, shape, dtype and bytes into ``digest``.
+
+    A tensor subclass that wraps plain tensors (torchao's quantized weights: integer ``qdata``, ``scale``,
+    ``zero_point``) supports few operations (no ``view``): it is hashed through the tensors it holds and
+    its metadata (block size, target dtype), which is everything its values are computed from.
+    """
+    if isinstance(tensor, DTensor):  # sharded: the whole tensor (every process takes part, in this order)
+        tensor = tensor.full_tensor()
+    if is_traceable_wrapper_subclass(tensor):
+        inner_names, meta = tensor.__tensor_flatten__()
+        digest.update(f"{name}:{type(tensor).__name__}:{tuple(tensor.shape)}:{tensor.dtype}:{meta!r};".encode())
+        for inner in inner_names:
+            _hash_tensor(f"{name}.{inner}", getattr(tensor, inner), digest)
+        return
+    digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    # A uint8 view hashes any dtype (bf16 has no numpy equivalent) without converting values.
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's config and the names, shapes, dtypes and bytes of its state dict."""
+    """sha256 over the model's config and the names, shapes, dtypes and bytes of its state dict (the tensors
+    inside a quantized weight, with its quantization metadata)."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
         digest.update(config.to_json_string(use_diff=False).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if isinstance(tensor, DTensor):  # sharded: the whole tensor (every process takes part, in this order)
-            tensor = tensor.full_tensor()
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        # A uint8 view hashes any dtype (bf16 has no numpy equivalent) without converting values.
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        _hash_tensor(name, tensor, digest)
     return digest.hexdigest()
 
 
@@ -72,7 +90,7 @@ def _hash_data(value: Any, digest: Any) -> None:
             digest.update(b",")
         digest.update(b"]")
     else:
-        digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(value, sort_keys=True, default=str, allow_nan=False).encode())
 
 
 def cache_key(
@@ -95,7 +113,7 @@ def cache_key(
     digest.update(f"model_id={model_id};fingerprint={model_fingerprint(model)};".encode())
     if autocast_dtype is not None:  # absent without autocast: keys of values computed before this was keyed stay
         digest.update(f"autocast={autocast_dtype};".encode())
-    digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(dict(extra or {}), sort_keys=True, default=str, allow_nan=False).encode())
     digest.update(f"n={len(pairs)};".encode())
     for pair in pairs:
         _hash_data(pair, digest)

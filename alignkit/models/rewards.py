@@ -11,12 +11,18 @@ pairs from a reward (best versus worst of several samples) and as the reward of 
 in alignkit or in a plugin file a recipe names under ``plugins:`` (see examples/my_reward.py). A function
 may return a list, a tuple, a 1-D array or tensor: :func:`checked_reward` turns it into floats, or names the
 reward when it is not one number per text.
+
+Every call runs under a time limit (:data:`REWARD_TIMEOUT_S` unless the caller sets one) in a thread of its own:
+a reward that never returns, raises, or calls ``sys.exit`` stops the run with a :class:`RewardError` naming it,
+instead of blocking it forever or ending it quietly.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -25,18 +31,23 @@ from alignkit.timing import phase
 
 __all__ = [
     "REWARDS",
+    "REWARD_TIMEOUT_S",
     "RewardError",
     "RewardFn",
     "checked_reward",
     "get_reward",
     "list_rewards",
     "register_reward",
+    "require_finite",
     "resolve_reward",
 ]
 
 RewardFn = Callable[[list[str]], list[float]]
 
 REWARDS: Registry[RewardFn] = Registry("reward function")
+
+# Seconds one call of a reward function may take (a batch of texts) unless the caller sets another limit.
+REWARD_TIMEOUT_S = 300.0
 
 
 class RewardError(ValueError):
@@ -62,13 +73,18 @@ def list_rewards() -> list[str]:
     return REWARDS.names()
 
 
-def resolve_reward(reward: str | RewardFn) -> tuple[str, RewardFn]:
-    """(name, function) for a registered name or a plain callable (named after its ``__name__``)."""
+def resolve_reward(reward: str | RewardFn, *, timeout_s: float | None = None) -> tuple[str, RewardFn]:
+    """(name, function) for a registered name or a plain callable (named after its ``__name__``).
+
+    The function returned is :func:`checked_reward`'s: one float per text, within ``timeout_s`` seconds
+    (:data:`REWARD_TIMEOUT_S` when None).
+    """
     if isinstance(reward, str):
-        return reward, get_reward(reward)
+        return reward, checked_reward(reward, get_reward(reward), timeout_s=timeout_s)
     if not callable(reward):
         raise TypeError(f"reward must be a registered name or a callable, got {type(reward).__name__}")
-    return getattr(reward, "__name__", "custom"), reward
+    name = getattr(reward, "__name__", "custom")
+    return name, checked_reward(name, reward, timeout_s=timeout_s)
 
 
 def _as_floats(name: str, values: Any, n: int) -> list[float]:
@@ -84,19 +100,67 @@ def _as_floats(name: str, values: Any, n: int) -> list[float]:
     return [float(v) for v in values]
 
 
-def checked_reward(name: str, fn: RewardFn) -> RewardFn:
-    """``fn`` whose output is checked and made a list of floats (a non-finite value is left to the caller).
+def require_finite(name: str, values: Sequence[float]) -> Sequence[float]:
+    """``values`` when every one is finite; otherwise a :class:`RewardError` naming the reward and the text."""
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise RewardError(f"reward {name!r} returned {v} for text {i}; rewards must be finite numbers")
+    return values
+
+
+def _call_with_time_limit(name: str, fn: RewardFn, texts: list[str], timeout_s: float) -> Any:
+    """``fn(texts)`` run in a daemon thread, waited for at most ``timeout_s`` seconds.
+
+    A thread cannot be stopped: one that never returns is abandoned (a daemon thread does not keep the
+    process alive) and the run stops with an error.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(texts)
+        except BaseException as err:  # noqa: BLE001 - SystemExit too: a reward must not end the run quietly
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name=f"reward {name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise RewardError(f"reward {name!r} did not return within {timeout_s:g} s (scoring {len(texts)} texts)")
+    if "error" in box:
+        err = box["error"]
+        if isinstance(err, RewardError):
+            raise err
+        if isinstance(err, SystemExit):
+            raise RewardError(f"reward {name!r} called sys.exit({err.code!r}) while scoring {len(texts)} texts")
+        raise RewardError(f"reward {name!r} raised {type(err).__name__}: {err}") from err
+    return box["value"]
+
+
+def checked_reward(name: str, fn: RewardFn, *, timeout_s: float | None = None) -> RewardFn:
+    """``fn`` under a time limit, its output checked and made a list of floats (a non-finite value is left to the
+    caller: online training stops on it for every process at once, a judge counts the verdict invalid).
+
+    Args:
+        name: the reward's name, for messages.
+        fn: ``texts -> rewards``.
+        timeout_s: seconds one call may take; :data:`REWARD_TIMEOUT_S` (read at each call) when None.
 
     Raises (when called):
-        RewardError: naming the reward, when it returns anything but one real number per text.
+        RewardError: naming the reward, when it returns anything but one real number per text, does not return
+            within ``timeout_s``, raises, or calls ``sys.exit``.
     """
+    if getattr(fn, "_alignkit_checked", False):
+        return fn
 
     def checked(texts: list[str]) -> list[float]:
         with phase("scoring"):  # the run's time table (alignkit.timing)
-            return _as_floats(name, fn(texts), len(texts))
+            limit = REWARD_TIMEOUT_S if timeout_s is None else timeout_s
+            return _as_floats(name, _call_with_time_limit(name, fn, texts, limit), len(texts))
 
     checked.__name__ = getattr(fn, "__name__", name)
     checked.__doc__ = fn.__doc__
+    checked._alignkit_checked = True  # type: ignore[attr-defined]
     return checked
 
 

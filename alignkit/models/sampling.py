@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["Sampling"]
+__all__ = ["GREEDY_BELOW_TEMPERATURE", "Sampling"]
+
+# A temperature below this samples greedily. logits / T overflows for a tiny T (1e-300 gives inf, then NaN
+# probabilities); long before that softmax(logits / T) is the argmax: a logit gap of 1e-3 already has odds
+# of e^-100 at T = 1e-5.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -14,7 +19,7 @@ class Sampling:
 
     Attributes:
         max_new_tokens: the most tokens sampled per completion (EOS included).
-        temperature: softmax temperature; 0 for greedy.
+        temperature: softmax temperature; 0 (or below :data:`GREEDY_BELOW_TEMPERATURE`) for greedy.
         top_p: nucleus mass in (0, 1].
         samples_per_prompt: completions per prompt (K).
         batch_size: rows (completions, not prompts) generated per ``generate`` call.

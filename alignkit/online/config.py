@@ -117,7 +117,7 @@ class PartChoice(BaseModel):
     """A registered part by name, with its settings beside the name (``{name: ppo_clip, clip_low: 0.1}``, or
     just ``ppo_clip``); the settings are validated by the part's own config."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="The registered part (docs/online_parts.md lists them with their settings).")
 
@@ -282,6 +282,10 @@ class OnlineConfig(_Strict):
         "over-optimisation shows. null: off.",
     )
     reward_batch_size: int = Field(8, ge=1, description="Texts per reward-model forward pass.")
+    reward_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds one call of `reward` or `true_reward` (one rollout's texts) may take; a "
+        "reward that takes longer, raises or exits stops the run with an error naming it.",
+    )
     samples_per_prompt: int = Field(4, ge=1, description="k completions per prompt (1: batch-mean REINFORCE baseline).")
     max_new_tokens: int = Field(32, ge=1, description="Tokens sampled per completion (EOS included).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; 1 samples the policy itself, as the KL estimate needs.")

@@ -217,7 +217,8 @@ def value_model_from_reward_model(folder: str | Path, tokenizer, device: torch.d
     if AutoTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"online.ppo.value_init: the reward model in {folder} has another tokenizer than the "
                          "policy; its value model must read the policy's token ids")
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=dtype,
+                                                               use_safetensors=True)
     head = getattr(model, "score", None)
     if not isinstance(head, nn.Module) or model.base_model is model:
         raise ValueError(f"online.ppo.value_init: {folder} has no body and 'score' layer to start a value model from")

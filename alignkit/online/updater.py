@@ -252,8 +252,11 @@ class Updater:
             g_sum, g_sq, r_sum, r_sq = sums[4:]
             var_g = g_sq / count - (g_sum / count) ** 2
             var_r = r_sq / count - (r_sum / count) ** 2
+            # Undefined when the returns do not vary beyond float32 rounding (a constant reward with lam = 1):
+            # NaN here, null in metrics.jsonl (alignkit.jsonio), rather than a ratio of rounding noise.
+            varies = var_g > (1e-6 * max(1.0, abs(g_sum / count))) ** 2
             extra.update({
-                "explained_variance": 1.0 - var_r / var_g if var_g > 0 else math.nan,
+                "explained_variance": 1.0 - var_r / var_g if varies else math.nan,
                 "value_mean": g_sum / count - r_sum / count,  # mean rollout value: mean(G) - mean(G - V)
                 "return_mean": g_sum / count,
             })

@@ -11,7 +11,6 @@ Typical use in a trainer::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from alignkit.jsonio import read_json, to_json
 from alignkit.peft.bottleneck import inject_bottleneck
 from alignkit.peft.config import BottleneckConfig, LoRAConfig, NoAdapter, parse_adapter_config
 from alignkit.peft.files import (
@@ -252,7 +252,7 @@ def write_adapter_files(model: nn.Module, folder: Path) -> None:
         "targets": adapter_targets(model),
         "base_model": _describe_base(model),
     }
-    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / ADAPTER_CONFIG_FILE).write_text(to_json(meta) + "\n")
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     save_file(tensors, str(folder / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
 
@@ -277,7 +277,7 @@ def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / ADAPTER_CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no alignkit adapter here (expected {ADAPTER_CONFIG_FILE})")
-    meta = json.loads(path.read_text())
+    meta = read_json(path, what="an adapter's settings")
     if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "

@@ -14,7 +14,6 @@ Which one to use:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from alignkit.jsonio import to_json
 from alignkit.peft.api import adapter_config_of, has_adapters, load_adapter, write_adapter_files
 from alignkit.peft.config import LoRAConfig
 from alignkit.peft.files import ADAPTER_CONFIG_FILE, atomic_folder
@@ -140,7 +140,8 @@ def load_exported(folder: str | Path, **from_pretrained_kwargs: Any) -> PreTrain
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, **from_pretrained_kwargs)
+    # safetensors only: a pickled pytorch_model.bin is never unpickled (it can run code).
+    model = AutoModelForCausalLM.from_pretrained(folder, **{"use_safetensors": True, **from_pretrained_kwargs})
     if (Path(folder) / ADAPTER_CONFIG_FILE).exists():
         load_adapter(model, folder)
     return model
@@ -189,6 +190,6 @@ def export_peft_lora(model: nn.Module, folder: str | Path, base_model_name: str)
         "inference_mode": True,
     }
     with atomic_folder(folder) as tmp:
-        (tmp / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
+        (tmp / "adapter_config.json").write_text(to_json(peft_config) + "\n")
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     return Path(folder)

@@ -166,11 +166,13 @@ def line_map(node: yaml.Node | None, path: tuple[Any, ...] = (), lines: dict | N
 
 def mark_overrides(lines: dict, overrides: Sequence[tuple[tuple[Any, ...], str]]) -> dict:
     """``lines`` with each overridden path (and everything under it) placed at its override instead of the
-    file: ``((path, "loss.beta=-1"), ...)`` in the order applied. A problem there then names the override."""
+    file: ``((path, "loss.beta=-1"), ...)`` in the order applied. A problem there then names the override by
+    its key only (``override loss.beta``): the value may be a secret typed into the wrong field (an API key
+    given as ``eval.judge.api_key_env``), and an error message must never echo it."""
     for path, item in overrides:
         for key in [k for k in lines if k[: len(path)] == path]:
             del lines[key]
-        lines[path] = f"override {item}"
+        lines[path] = f"override {item.split('=', 1)[0].strip()}"
     return lines
 
 

@@ -1,40 +1,19 @@
 """Number formatting shared by every report table: one way to print an estimate with its interval.
 
-Also the one way a report is written as JSON (:func:`to_json`): a number that is not finite (an interval's
+Re-exports the one way a report is written as JSON (:func:`alignkit.jsonio.to_json`): a number that is not finite (an interval's
 bounds from a single sample are NaN) becomes ``null``, so every file is strict JSON that any reader parses.
 Readers therefore accept both NaN (in memory) and None (read back) for a missing bound (:func:`bound`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
+from alignkit.jsonio import finite_or_none, to_json
+
 __all__ = ["bound", "finite_or_none", "format_interval", "format_value", "to_json"]
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float in it (nested in dicts, lists, tuples) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
-
-
-def _number(value: Any) -> float | None:
-    """``json.dumps`` fallback for numbers of other types (numpy scalars, one-element tensors)."""
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def to_json(value: Any, *, indent: int | None = 2) -> str:
-    """``value`` as strict JSON: non-finite numbers are written as ``null`` (never ``NaN``/``Infinity``)."""
-    return json.dumps(finite_or_none(value), indent=indent, default=_number, allow_nan=False)
 
 
 def bound(entry: Mapping[str, Any], key: str) -> float | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.jsonio import read_json
 from alignkit.report.compare_plots import plot_frontier
 from alignkit.report.format import format_interval
 from alignkit.report.plots import pyplot, save_figure
@@ -48,7 +49,7 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
         path = run_dir / "report.json"
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: no report.json (has the run finished?)")
-        report = json.loads(path.read_text())
+        report = read_json(path, what="a run's report")
         rk = report.get("reward_kl") or {}
         before = rk.get("before")
         beta = (report.get("online") or {}).get("beta")

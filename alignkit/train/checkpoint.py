@@ -13,18 +13,18 @@ Nothing here calls ``torch.load``: a file planted in a run folder cannot run cod
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from alignkit.cache import atomic_folder, write_atomic
+from alignkit.jsonio import RunFileError, read_json, to_json
 from alignkit.train.divergence import non_finite_tensors
 from alignkit.train.sharding import is_sharded, load_sharded_state
 from alignkit.train.tensor_tree import load_tree, save_tree
@@ -99,13 +99,18 @@ def save_checkpoint(
 
     Raises:
         CheckpointError: a trainable tensor holds a NaN or an infinity (nothing is written).
+        DiskFullError: the device ran out of space (the previous checkpoint of that name is kept).
     """
     folder = Path(folder)
     weights = trainable_state(model) if weights is None else weights
     bad = non_finite_tensors(weights.items())
     if bad:
         raise CheckpointError(f"refusing to write checkpoint {folder}: non-finite values in {bad[:3]}")
-    with atomic_folder(folder) as tmp:
+    # About what the folder takes (Adam-like optimizers keep two moments per weight), for a full disk's message.
+    weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    extra_bytes = sum(t.numel() * t.element_size() for tensors in (files or {}).values() for t in tensors.values())
+    needed = weight_bytes * (3 if optimizer is not None or optimizer_state is not None else 1) + extra_bytes
+    with atomic_folder(folder, needed_bytes=needed) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         for name, tensors in (files or {}).items():
             save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / name))
@@ -116,7 +121,7 @@ def save_checkpoint(
             "rng": _rng_state(),
         }
         save_tree(resume, tmp / RESUME_JSON, tmp / RESUME_TENSORS)
-        (tmp / STATE).write_text(json.dumps(state, indent=2))
+        (tmp / STATE).write_text(to_json(state))
     if pointer:
         write_atomic(folder.parent / pointer, folder.name)
     return folder
@@ -127,8 +132,8 @@ def is_complete(folder: Path) -> bool:
     if not (folder / WEIGHTS).is_file():
         return False
     try:
-        json.loads((folder / STATE).read_text())
-    except (OSError, ValueError):  # missing, unreadable, torn or not JSON (UnicodeDecodeError is a ValueError)
+        read_json(folder / STATE, what="a checkpoint's trainer state")
+    except RunFileError:  # missing, unreadable, torn, not JSON or not an object
         return False
     return True
 
@@ -183,7 +188,8 @@ def load_checkpoint(
     try:
         weights = load_file(str(folder / WEIGHTS))
     except Exception as err:  # noqa: BLE001 - a missing or garbled file
-        raise CheckpointError(f"checkpoint {folder}: its weights cannot be read ({err})") from err
+        raise CheckpointError(f"checkpoint {folder}: its weights cannot be read ({folder / WEIGHTS}: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     bad = non_finite_tensors(weights.items())
     if bad:
         raise CheckpointError(f"checkpoint {folder} holds non-finite weights ({bad[:3]}): it comes from a "
@@ -192,6 +198,21 @@ def load_checkpoint(
     missing = [n for n in weights if n not in params]
     if missing:
         raise CheckpointError(f"checkpoint {folder} has weights the model lacks: {missing[:5]}")
+    try:  # a crafted resume state (wrong keys, types or shapes) is named, not a traceback from torch
+        _restore(folder, model, weights, params, optimizer, scheduler, restore_rng)
+    except CheckpointError:
+        raise
+    except (RuntimeError, TypeError, KeyError, IndexError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {folder}: {WEIGHTS} or {RESUME_JSON} is not a state alignkit wrote "
+                              f"({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    return cast(dict[str, Any], read_json(folder / STATE, what="a checkpoint's trainer state"))
+
+
+def _restore(folder: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor],
+             params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer | None, scheduler: Any | None,
+             restore_rng: bool) -> None:
+    """Copy the checkpoint's weights, optimizer, scheduler and RNG state into place."""
     resume = _resume_state(folder) if optimizer is not None or scheduler is not None or restore_rng else {}
     for what, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None and resume[what] is None:  # e.g. the ``best`` checkpoint, which keeps weights only
@@ -209,7 +230,6 @@ def load_checkpoint(
         scheduler.load_state_dict(resume["scheduler"])
     if restore_rng:
         _set_rng_state(resume["rng"])
-    return json.loads((folder / STATE).read_text())
 
 
 def _resume_state(folder: Path) -> dict[str, Any]:
@@ -217,7 +237,9 @@ def _resume_state(folder: Path) -> dict[str, Any]:
         try:
             return load_tree(folder / RESUME_JSON, folder / RESUME_TENSORS)
         except Exception as err:  # noqa: BLE001 - safetensors and json raise several types
-            raise CheckpointError(f"checkpoint {folder}: its resume state cannot be read ({err})") from err
+            why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise CheckpointError(f"checkpoint {folder}: its resume state cannot be read ({folder / RESUME_JSON} "
+                                  f"and {RESUME_TENSORS}: {why})") from None
     if (folder / LEGACY_OPTIM).exists():
         raise CheckpointError(
             f"checkpoint {folder} keeps its optimizer state as a pickle ({LEGACY_OPTIM}, written by an older "

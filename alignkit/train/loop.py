@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from alignkit.jsonio import RunFileError
 from alignkit.train.checkpoint import (
+    STATE,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -67,10 +69,24 @@ class LoopState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoopState:
-        """Read back :meth:`to_json` (keys a state lacks take their defaults; unknown keys go to ``extra``)."""
+        """Read back :meth:`to_json` (keys a state lacks take their defaults; unknown keys go to ``extra``).
+
+        Raises:
+            ValueError: a value of the wrong type (the file was not written by :meth:`to_json`).
+        """
         names = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in names},
-                   extra={k: v for k, v in data.items() if k not in names})
+        state = cls(**{k: v for k, v in data.items() if k in names},
+                    extra={k: v for k, v in data.items() if k not in names})
+        whole = (state.step, state.bad_evals, *(() if state.best_step is None else (state.best_step,)))
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in whole):
+            raise ValueError("step, bad_evals and best_step must be non-negative integers")
+        if state.best_metric is not None and not isinstance(state.best_metric, (int, float)):
+            raise ValueError(f"best_metric must be a number, got {type(state.best_metric).__name__}")
+        if not isinstance(state.eval_history, list) or not all(isinstance(e, dict) for e in state.eval_history):
+            raise ValueError("eval_history must be a list of objects")
+        if not isinstance(state.stopped_early, bool):
+            raise ValueError("stopped_early must be true or false")
+        return state
 
 
 StepFn = Callable[[int, LoopState], dict[str, float]]
@@ -204,10 +220,14 @@ class FitLoop:
             torch.distributed.barrier()
         ckpt = latest_checkpoint(self.checkpoints) if resume else None
         if ckpt is not None:
-            state = LoopState.from_json(load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer,
-                                                        scheduler=self.scheduler))
-            if self.on_resume is not None:
-                self.on_resume(ckpt, state)
+            data = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            try:  # a trainer state of the wrong types is a bad file, named, not a TypeError halfway through
+                state = LoopState.from_json(data)
+                if self.on_resume is not None:
+                    self.on_resume(ckpt, state)
+            except (TypeError, KeyError, IndexError, AttributeError, ValueError) as err:
+                raise RunFileError(f"{ckpt / STATE}: not a trainer state alignkit wrote ({type(err).__name__}: "
+                                   f"{str(err)[:200]})") from None
             self.console.print(f"[cyan]{self.stage}: resumed from {ckpt} (step {state.step})[/]")
         writer = MetricsWriter(self.run_dir / "metrics.jsonl", enabled=self.env.is_main,
                                resume_from_step=state.step if ckpt is not None else None)

@@ -7,6 +7,7 @@ the recipe rule that checks ``early_stopping.metric`` accepts exactly what the t
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from alignkit.cache import check_inside, open_for_write
+from alignkit.cache import check_inside, disk_full_error, open_for_write
+from alignkit.jsonio import to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 
@@ -219,8 +221,14 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open_for_write(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = to_json(record, indent=None) + "\n"
+        try:
+            with open_for_write(self.path, "a") as f:
+                f.write(line)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise disk_full_error(self.path.parent, self.path.name, len(line)) from None
+            raise
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():

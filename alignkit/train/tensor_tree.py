@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignkit.jsonio import to_json
+
 __all__ = ["load_tree", "save_tree", "tree_from_json", "tree_to_json"]
 
 _MARKERS = ("$tensor", "$tuple", "$ndarray", "$items")
@@ -89,7 +91,7 @@ def save_tree(tree: Any, json_path: Path, tensors_path: Path) -> None:
     """Write ``tree`` as ``json_path`` (the skeleton) and ``tensors_path`` (safetensors)."""
     skeleton, tensors = tree_to_json(tree)
     save_file(tensors, str(tensors_path))
-    json_path.write_text(json.dumps(skeleton))
+    json_path.write_text(to_json(skeleton, indent=None))
 
 
 def load_tree(json_path: Path, tensors_path: Path) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from alignkit.jsonio import to_json
 from alignkit.recipe import RecipeError
 
 __all__ = ["LOCK_FILE", "RunFolderBusy", "run_folder_lock"]
@@ -84,7 +85,7 @@ def run_folder_lock(run_dir: Path, console: Console | None = None) -> Iterator[N
                           f"releasing it ({_holder(fd)})")
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.pwrite(fd, to_json(record, indent=None).encode(), 0)
         yield
     finally:
         try:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -27,8 +26,9 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from alignkit.cache import atomic_folder
+from alignkit.jsonio import RunFileError, read_json, to_json
 from alignkit.models.config import ModelConfig, QuantizationConfig
-from alignkit.models.load import ModelLoadError, load_causal_lm, resolve_model_path
+from alignkit.models.load import ModelLoadError, load_causal_lm, resolve_model_path, unreadable_weight_files
 from alignkit.models.quantization import dequantized, quantization_of
 from alignkit.peft import adapter_config_of, export_with_adapters, has_adapters, load_adapter, load_exported
 from alignkit.peft.api import write_adapter_files
@@ -36,8 +36,8 @@ from alignkit.peft.api import write_adapter_files
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["MANIFEST_FILE", "Contents", "base_weight_files", "load_run_model", "read_manifest", "save_model",
-           "weights_sha256"]
+__all__ = ["MANIFEST_FILE", "Contents", "base_weight_files", "load_run_model", "read_manifest",
+           "refuse_pickled_weights", "save_model", "weights_sha256"]
 
 MANIFEST_FILE = "alignkit_model.json"
 MANIFEST_FORMAT = "alignkit-model"
@@ -127,9 +127,14 @@ def save_model(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fold
 
     An adapter on a base loaded from a local folder is saved alone, with a reference to the base (its path
     and hash), unless ``copy_base`` (``adapter.save_base``).
+
+    Raises:
+        DiskFullError: the device ran out of space (a previous ``folder`` is kept as it was).
     """
     contents = _contents(policy, copy_base)
-    with atomic_folder(folder) as tmp:
+    params = policy.parameters() if contents != "adapter_only" else (p for p in policy.parameters() if p.requires_grad)
+    needed = sum(p.numel() * p.element_size() for p in params)
+    with atomic_folder(folder, needed_bytes=needed) as tmp:
         if contents == "full_model":
             policy.save_pretrained(str(tmp))
         elif contents == "base_and_adapter":
@@ -140,7 +145,7 @@ def save_model(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fold
             with dequantized(policy):
                 export_with_adapters(policy, None, tmp)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / MANIFEST_FILE).write_text(json.dumps(_manifest(policy, contents), indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(to_json(_manifest(policy, contents)) + "\n")
     return contents
 
 
@@ -149,10 +154,29 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, what="a model folder's manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        raise RunFileError(f"{path}: format {str(manifest.get('format'))[:100]!r}, expected {MANIFEST_FORMAT!r}")
+    contents, base, quant = manifest.get("contents"), manifest.get("base_model"), manifest.get("quantization")
+    if not isinstance(contents, str):
+        raise RunFileError(f"{path}: 'contents' must be a string")
+    if contents == "adapter_only" and not (
+            isinstance(base, dict) and isinstance(base.get("name_or_path"), str)
+            and isinstance(base.get("dtype"), (str, type(None))) and isinstance(quant, (dict, type(None)))):
+        raise RunFileError(f"{path}: an adapter_only manifest needs a base_model object {{name_or_path, dtype}} "
+                           "(and quantization an object or null)")
     return cast(dict[str, Any], manifest)
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """A folder whose weights are pickles only (``pytorch_model.bin``, ``*.pt``) is refused: unpickling can run
+    code, so alignkit loads safetensors only (``use_safetensors=True``)."""
+    if (folder / "config.json").is_file() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")))
+        if pickles:
+            raise RunFileError(f"{folder}: its weights are pickle files ({', '.join(pickles[:3])}), which alignkit "
+                               "never loads because unpickling can run code; save the model as safetensors "
+                               "(save_pretrained(folder, safe_serialization=True))")
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -202,10 +226,17 @@ def load_run_model(
     if not _is_model_folder(folder):
         raise FileNotFoundError(f"{path}: not a model folder, a run folder with model/, or a built-in alias")
     manifest = read_manifest(folder)
-    if manifest is not None and manifest["contents"] == "adapter_only":
-        model = _load_adapter_only(folder, manifest, device)
-    else:
-        model = load_exported(folder)
+    refuse_pickled_weights(folder)
+    try:
+        if manifest is not None and manifest["contents"] == "adapter_only":
+            model = _load_adapter_only(folder, manifest, device)
+        else:
+            model = load_exported(folder)
+    except Exception:
+        # A truncated or crafted weight file surfaces as the reader's own error, which names no file.
+        if bad := unreadable_weight_files(folder):
+            raise RunFileError(bad[0]) from None
+        raise
     # PreTrainedModel.to is decorated with functools.wraps, which typeshed types as a `_Wrapped` object that
     # mypy does not bind as a method; it moves the model in place, so call it through nn.Module's signature.
     cast(nn.Module, model).to(device)

@@ -54,6 +54,26 @@ def test_jsonl_counts_malformed_lines_with_their_numbers(tmp_path: Path) -> None
     assert "pairs.jsonl:5" in report.summary()
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_an_integer_over_4300_digits_or_deep_nesting_drops_its_row_only(tmp_path: Path, gz: bool) -> None:
+    import gzip
+
+    good = json.dumps({"prompt": "Q", "chosen": " good", "rejected": " bad"})
+    lines = [good, '{"prompt": "Q2", "chosen": " a", "rejected": " b", "w": 1' + "0" * 5000 + "}",
+             '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", good.replace("Q", "Q4")]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path / ("pairs.jsonl.gz" if gz else "pairs.jsonl")
+    if gz:
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    examples, report = load_examples(JsonlSource(path=str(path)))
+    assert [e.prompt for e in examples] == ["Q", "Q4"]
+    assert report.reasons == {MALFORMED: 2}
+    assert report.locations[MALFORMED] == [f"{path.name}:2: an integer too long to read (over 4300 digits)",
+                                           f"{path.name}:3: JSON nested too deeply"]
+
+
 def test_jsonl_custom_columns_and_weights(tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
     rows = [

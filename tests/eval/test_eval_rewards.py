@@ -40,7 +40,8 @@ def test_registering_a_reward_and_errors():
 
     try:
         assert get_reward("test_num_words")(["a b c", ""]) == [3.0, 0.0]
-        assert resolve_reward("test_num_words") == ("test_num_words", num_words)
+        name, fn = resolve_reward("test_num_words")  # checked: one float per text, under a time limit
+        assert name == "test_num_words" and fn(["a b", "c"]) == [2.0, 1.0] and fn.__name__ == "num_words"
         with pytest.raises(RegistryError, match="already registered"):
             register_reward("test_num_words")(num_words)
     finally:
@@ -53,6 +54,7 @@ def test_resolve_reward_takes_callables():
     def shout(texts: list[str]) -> list[float]:
         return [float(t.count("!")) for t in texts]
 
-    assert resolve_reward(shout) == ("shout", shout)
+    name, fn = resolve_reward(shout)
+    assert name == "shout" and fn(["hi!!", "no"]) == [2.0, 0.0]
     with pytest.raises(TypeError, match="registered name or a callable"):
         resolve_reward(3)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ GPT-2, and a deliberately faulty stdlib server for the error paths (5xx, 4xx, ti
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from conftest import make_tiny_gpt2
 from alignkit.commands.serve import ChatModel, make_server
 from alignkit.eval.config import OpenAIJudgeConfig
 from alignkit.eval.judges import InvalidVerdictsError, build_judge, judge_pairs, parse_verdict
+from alignkit.eval.judges.http_deadline import MAX_RETRY_AFTER_S, retry_after_s
 from alignkit.eval.judges.openai_compat import JudgeRequestError, OpenAIJudge
 from alignkit.eval.winrate import win_rate_report
 from alignkit.report.judge import judge_markdown, judge_report_rows
@@ -94,7 +96,9 @@ class FaultyServer(_LocalServer):
     """A chat-completions server that answers each request by the next behaviour in a script.
 
     Behaviours: ``("ok", text)``, ``("status", code)``, ``("slow", seconds, text)``, ``("garbage",)``,
-    ``("json", payload)`` (any JSON answer with status 200), ``("redirect", code, location)``.
+    ``("json", payload)`` (any JSON answer with status 200), ``("redirect", code, location)``,
+    ``("retry_after", code, value)`` (an error status with a Retry-After header), ``("trickle", seconds)`` (a
+    valid answer sent one byte every ``seconds``).
     After the script runs out it keeps answering with the last behaviour.
     """
 
@@ -115,10 +119,25 @@ class FaultyServer(_LocalServer):
                 with outer.lock:
                     outer.requests.append({"body": body, "auth": self.headers.get("Authorization")})
                     step = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                with outer.lock:
+                    outer.requests[-1]["at"] = time.monotonic()
                 if step[0] == "slow":
                     time.sleep(step[1])
                     step = ("ok", step[2])
+                if step[0] == "trickle":
+                    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b"{" * 40
+                    try:
+                        for i in range(len(answer)):
+                            self.wfile.write(answer[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(step[1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
                 headers = {}
+                if step[0] == "retry_after":
+                    step, headers = ("status", step[1]), {"Retry-After": step[2]}
                 if step[0] == "status":
                     data, code = b'{"error": {"message": "scripted"}}', step[1]
                 elif step[0] == "json":
@@ -189,6 +208,41 @@ def test_timeout_is_retried_and_a_slow_answer_within_the_timeout_is_kept(faulty)
     verdict = _judge(server, timeout_s=0.3).compare("q", "a", "b")
     assert verdict.choice == "A"
     assert len(server.requests) == 2
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(faulty):
+    server = faulty(("trickle", 1.5))  # one byte every 1.5 s: no single read ever waits 2 s
+    started = time.monotonic()
+    verdict = _judge(server, timeout_s=2, max_retries=0).compare("q", "a", "b")
+    elapsed = time.monotonic() - started
+    assert verdict.choice is None and "no complete answer within timeout_s=2 s" in verdict.error
+    assert 1.9 < elapsed < 3.5
+
+
+@pytest.mark.parametrize("value", ["1", "date"])
+def test_retry_after_is_honoured_in_seconds_or_as_a_date(faulty, value):
+    if value == "date":  # HTTP-dates have whole seconds: 2 s ahead waits between 1 and 2 s
+        value = email.utils.formatdate(time.time() + 2, usegmt=True)
+    server = faulty(("retry_after", 429, value), ("ok", "More helpful: A"))
+    verdict = _judge(server, backoff_s=0.01).compare("q", "a", "b")
+    assert verdict.choice == "A"
+    waited = server.requests[1]["at"] - server.requests[0]["at"]
+    assert 0.95 <= waited < 2.6
+
+
+def test_a_retry_after_beyond_the_cap_fails_at_once(faulty):
+    server = faulty(("retry_after", 503, str(int(MAX_RETRY_AFTER_S) + 1)), ("ok", "A"))
+    started = time.monotonic()
+    verdict = _judge(server).compare("q", "a", "b")
+    assert verdict.choice is None and "retry after 61 s, longer than the judge waits (60 s)" in verdict.error
+    assert len(server.requests) == 1 and time.monotonic() - started < 1
+
+
+def test_retry_after_values():
+    assert retry_after_s(None) is None and retry_after_s("soon") is None
+    assert retry_after_s(" 3 ") == 3.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
 
 
 def test_malformed_answers(faulty):

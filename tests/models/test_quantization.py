@@ -159,3 +159,36 @@ def test_model_folder_says_what_it_holds_and_reloads(tmp_path: Path, bits: str) 
     assert not quantized_layers(reloaded)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, policy(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", list(QUANT))
+def test_the_reference_cache_fingerprints_a_quantized_model_by_its_stored_integers(bits: str) -> None:
+    from alignkit.models.reference_cache import model_fingerprint
+
+    model = _load(QUANT[bits])
+    fingerprint = model_fingerprint(model)
+    assert fingerprint == model_fingerprint(_load(QUANT[bits]))  # the same base, quantized again
+    other = "int4" if bits == "int8" else "int8"
+    assert fingerprint != model_fingerprint(_load(QUANT[other]))
+    weight = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        weight.qdata[0, 0] += 1  # one stored integer changed: another model, another key
+    assert model_fingerprint(model) != fingerprint
+
+
+def test_a_run_on_an_int8_base_with_a_cached_reference(tmp_path: Path, hh_path: Path, monkeypatch) -> None:
+    """``model.quantization: {bits: 8}`` with ``reference.mode: cached`` trains, and a second run reuses the cache."""
+    from alignkit.cli import main
+
+    llama = {**TINY_LLAMA, "vocab_size": 50257}
+    args = [f"model.from_config={json.dumps(llama)}", "model.tokenizer=gpt2", "model.quantization={bits: 8}",
+            "adapter={kind: lora, r: 4, alpha: 8}", "reference.mode=cached", f"data.source.path={hh_path}",
+            f"data.test_source.path={hh_path}", "data.max_examples=8", "data.max_length=48",
+            "data.max_prompt_length=32", "sft.enabled=false", "train.batch_size=4", "train.grad_accum=1",
+            "train.max_steps=1", "train.warmup_steps=0", "train.eval_every=null", "train.save_every=null",
+            "train.device=cpu", "eval=null"]
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    for run in ("a", "b"):
+        assert main(["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={tmp_path / run}", *args]) == 0
+    # One file of reference log-probs: the second run found the first one's under the same key.
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1

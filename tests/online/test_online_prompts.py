@@ -269,3 +269,24 @@ def test_real_hh_rlhf_single_turn_prompts(real_hh_path, gpt2_tokenizer):
     split = load_prompts(HHRLHFPrompts(kind="hh_rlhf", path=str(real_hh_path), single_turn=True), gpt2_tokenizer)
     assert split.train_report.seen == 2312 and len(split.eval) == 64 and len(split.train) > 500
     assert all(p.count("\n\nHuman:") == 1 for p in split.train + split.eval)
+
+
+def test_prompts_longer_than_the_context_are_dropped_when_loaded_and_counted(tmp_path, capsys):
+    """A 64-position model sampling 32 new tokens: a 100-word prompt cannot be sampled. It is dropped before
+    training (counted in the output and report.json), never an IndexError in the middle of a rollout."""
+    long = "word " * 100
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": q} for q in [*QUESTIONS[:3], long, long + "again"]])
+    held_out = _jsonl(tmp_path / "e.jsonl", [{"prompt": QUESTIONS[5]}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(out=tmp_path / "run", path=path) + "  prompts_per_step: 2\n"
+                      "eval: {reward: null}\n", encoding="utf-8")
+    overrides = ["online.max_new_tokens=32", "online.samples_per_prompt=1", f"prompts.eval_path={held_out}"]
+    assert main(["online", str(recipe), *overrides]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "training prompts: dropped 2 of 5, longer than the model's context (64 tokens) minus " \
+           "online.max_new_tokens (32)" in err, err
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["train_prompts_too_long"] == 2
+
+    only_long = _jsonl(tmp_path / "long.jsonl", [{"prompt": long + str(i)} for i in range(4)])
+    _online_fails(capsys, tmp_path, only_long, "prompts: all 3 training prompts are longer than the model's "
+                  "context (64 tokens) minus online.max_new_tokens (32)")

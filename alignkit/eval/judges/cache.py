@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.cache import open_for_write
+from alignkit.jsonio import to_json
 
 __all__ = ["VerdictCache", "verdict_key"]
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def verdict_key(**parts: Any) -> str:
     """A stable hex key of ``parts`` (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, allow_nan=False).encode()).hexdigest()
 
 
 class VerdictCache:
@@ -59,4 +60,4 @@ class VerdictCache:
             self._answers[key] = raw
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open_for_write(self.path, "a") as f:
-                f.write(json.dumps({"key": key, "raw": raw}, ensure_ascii=False) + "\n")
+                f.write(to_json({"key": key, "raw": raw}, indent=None, ensure_ascii=False) + "\n")

@@ -2,7 +2,11 @@
 
 Requests use the standard library only (urllib) from a bounded thread pool. A request that fails with a
 5xx status, 429 (rate limited), a timeout or a lost connection is retried with exponential backoff
-(``backoff_s``, then twice that, ...); any other 4xx is a configuration problem and is not retried. The
+(``backoff_s``, then twice that, ...), or after the wait the server's ``Retry-After`` asks for when that is
+longer (seconds or an HTTP-date, at most :data:`MAX_RETRY_AFTER_S`; a server asking for more fails the
+request at once); any other 4xx is a configuration problem and is not retried. ``timeout_s`` bounds each
+attempt as a whole (connecting, the headers and the body together), not each read, so a server that
+trickles its answer cannot hold a request longer. The
 API key is read from the environment variable the config names, sent only in the Authorization header,
 and never logged, cached or shown in ``repr``. Redirects are refused (:class:`JudgeRedirectError`), so the
 key is never sent to an address other than ``base_url``.
@@ -30,11 +34,18 @@ from typing import Any
 from alignkit.cache import cache_dir as default_cache_dir
 from alignkit.eval.judges.base import SKIPPED, Judge, Verdict
 from alignkit.eval.judges.cache import VerdictCache, verdict_key
+from alignkit.eval.judges.http_deadline import (
+    MAX_RETRY_AFTER_S,
+    RequestDeadline,
+    deadline_handlers,
+    retry_after_s,
+)
 from alignkit.eval.judges.keys import check_api_key_env, unset_api_key
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
+from alignkit.jsonio import to_json
 
-__all__ = ["MAX_ANSWER_BYTES", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_RETRY_AFTER_S", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
 
 # A chat completion holding a short verdict is a few kB; a longer answer is not read past this.
 MAX_ANSWER_BYTES = 1 << 20
@@ -78,7 +89,7 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         )
 
 
-_OPENER = urllib.request.build_opener(_RefuseRedirects())
+_OPENER = urllib.request.build_opener(_RefuseRedirects(), *deadline_handlers())
 
 
 def _retryable(err: BaseException) -> bool:
@@ -97,7 +108,7 @@ class OpenAIJudge(Judge):
         model: model name sent in each request (part of the cache key).
         api_key_env: environment variable with the API key; None sends no Authorization header.
         max_concurrency: requests in flight at once.
-        timeout_s: seconds to wait for one answer.
+        timeout_s: seconds one attempt may take as a whole (connect, headers and body).
         max_retries: retries after a retryable failure.
         backoff_s: first retry delay in seconds; doubles every retry.
         max_tokens: answer length limit.
@@ -172,8 +183,19 @@ class OpenAIJudge(Judge):
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         with self._count_lock:
             self.requests_sent += 1
-        with _OPENER.open(request, timeout=self.timeout_s) as response:
-            data = response.read(MAX_ANSWER_BYTES + 1)
+        with RequestDeadline(self.timeout_s) as deadline:
+            request.deadline = deadline  # type: ignore[attr-defined]  # read by the deadline handlers
+            try:
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
+                    data = response.read(MAX_ANSWER_BYTES + 1)
+            except urllib.error.HTTPError:
+                raise  # a whole answer with an error status
+            except Exception as err:
+                if deadline.expired:
+                    raise TimeoutError(f"timed out: no complete answer within timeout_s={self.timeout_s:g} s") from err
+                raise
+            if deadline.expired:  # the socket was shut down mid-body: what was read is cut short
+                raise TimeoutError(f"timed out: no complete answer within timeout_s={self.timeout_s:g} s")
         if len(data) > MAX_ANSWER_BYTES:
             raise JudgeRequestError(f"{self.url}: answer is not a chat completion (over {MAX_ANSWER_BYTES} bytes)")
         try:
@@ -191,12 +213,12 @@ class OpenAIJudge(Judge):
             JudgeRedirectError: the server redirected the request.
             urllib.error.HTTPError: a status that retrying cannot fix (a 4xx other than 429).
         """
-        body = json.dumps({
+        body = to_json({
             "model": self.model,
             "messages": judge_messages(prompt, response_a, response_b),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
-        }).encode("utf-8")
+        }, indent=None).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
                 answer = self._post(body)
@@ -208,10 +230,25 @@ class OpenAIJudge(Judge):
                         f"{self.url}: failed after {self.max_retries + 1} attempt{'s' if self.max_retries else ''}: "
                         f"{_describe(err)}"
                     ) from None
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(self._retry_wait(err, attempt))
                 continue
             return _content(self.url, answer)
         raise AssertionError("unreachable")
+
+    def _retry_wait(self, err: BaseException, attempt: int) -> float:
+        """Seconds before the next attempt: the backoff, or the server's ``Retry-After`` when longer."""
+        backoff = self.backoff_s * 2**attempt
+        if not isinstance(err, urllib.error.HTTPError) or err.code not in (429, 503):
+            return backoff
+        asked = retry_after_s(err.headers.get("Retry-After") if err.headers is not None else None)
+        if asked is None:
+            return backoff
+        if asked > MAX_RETRY_AFTER_S:
+            raise JudgeRequestError(
+                f"{self.url}: HTTP {err.code}, the server asks to retry after {asked:g} s, longer than the judge "
+                f"waits ({MAX_RETRY_AFTER_S:g} s)"
+            )
+        return max(backoff, asked)
 
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
         key = self._key(prompt, response_a, response_b)
@@ -272,7 +309,7 @@ def _content(url: str, answer: Any) -> str:
     if content is None:
         return ""
     if not isinstance(content, str):
-        shown = json.dumps(answer)[:200] if isinstance(answer, (dict, list)) else repr(answer)[:200]
+        shown = to_json(answer, indent=None)[:200] if isinstance(answer, (dict, list)) else repr(answer)[:200]
         raise JudgeRequestError(f"{url}: answer is not a chat completion (no choices[0].message.content "
                                 f"string): {shown}")
     return content

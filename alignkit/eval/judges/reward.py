@@ -42,7 +42,7 @@ def reward_model_scorer(folder: str | Path, *, batch_size: int = 8, device: str 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"eval.judge.model: {folder} is not a model folder (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).to(device).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, use_safetensors=True).to(device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     use_template = bool(getattr(tokenizer, "chat_template", None))
 
