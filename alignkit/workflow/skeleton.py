@@ -33,6 +33,8 @@ from alignkit.train.config import DistributedConfig
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
+from alignkit.train.tracker_config import missing_tracker_packages
+from alignkit.train.trackers import Tracker, open_trackers, tracking
 from alignkit.workflow.environment import peak_rss_mib, resolve_device, rng_preserved, seed_everything
 from alignkit.workflow.model_io import save_model
 from alignkit.workflow.run_folder import (
@@ -132,6 +134,9 @@ class RunPlan(Protocol):
     def train(self, ctx: RunContext) -> None:
         """Run the stages; put each one's result in ``ctx.results`` (by stage name)."""
 
+    def open_trackers(self) -> list[Tracker]:
+        """The experiment trackers the recipe's ``logging:`` turns on, the recipe logged to each once."""
+
     def evaluate(self, ctx: RunContext) -> dict[str, Any]:
         """Report sections measured after training (main process only)."""
 
@@ -169,8 +174,18 @@ class RecipeRun:
         return inspect_run_folder(self.run_dir, self.recipe, self._schema, self._dump)
 
     def preflight(self) -> None:
-        """The evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)."""
+        """The evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`);
+        the packages of the trackers ``logging:`` turns on are installed."""
         check_judge_environment(self.recipe.eval.judge if self.recipe.eval is not None else None)
+        missing = missing_tracker_packages(self.recipe.logging)
+        if missing:
+            raise ValueError("; ".join(f"logging.{field}: {why}" for field, why in missing))
+
+    def open_trackers(self) -> list[Tracker]:
+        """The trackers of ``logging:`` (:func:`~alignkit.train.trackers.open_trackers`), in the run folder,
+        named after the run, with the recipe as it is saved in ``recipe.yaml`` as the hyperparameters."""
+        return open_trackers(self.recipe.logging, self.run_dir, name=self.name,
+                             hparams=self.recipe.model_dump(mode="json"))
 
     def load_causal_lm(self, device: torch.device) -> PreTrainedModel:
         """The recipe's causal LM on ``device``, its dropout off unless ``model.disable_dropout`` is false."""
@@ -272,7 +287,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     ctx.report["precision"] = precision.to_dict()
     clock = PhaseClock()
     started = time.perf_counter()
-    with recording(clock):
+    with recording(clock), tracking(plan.open_trackers() if env.is_main else []):
         _run_phases(plan, ctx)
     ctx.report["wall_seconds"] = time.perf_counter() - started
     if env.is_main:  # after the wall time: a first run on this machine measures its peak throughput here
