@@ -62,7 +62,7 @@ def _tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 def _tiny_run_args(hh_path: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={out}", f"model.from_config={TINY_GPT2}",
             "model.tokenizer=gpt2", f"data.source.path={hh_path}", f"data.test_source.path={hh_path}",
-            "data.max_examples=16", "data.max_length=64", "data.max_prompt_length=48",
+            "data.max_examples=16", "data.max_length=64", "data.max_prompt_length=48", "eval=null",
             "sft.batch_size=4", "sft.grad_accum=1", "sft.max_steps=2", "sft.warmup_steps=0", "sft.eval_every=null",
             "train.batch_size=4", "train.grad_accum=1", "train.max_steps=3", "train.warmup_steps=0",
             "train.eval_every=2", "train.max_eval_examples=4", "train.save_every=100", *extra]
