@@ -29,6 +29,7 @@ from alignkit.eval.config import EvalConfig
 from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.position_bias import judge_warnings, position_bias
+from alignkit.eval.progress import counting_progress
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
@@ -127,7 +128,9 @@ def judge_run(
         baseline_texts = _baseline_texts(name, sources, tokenizer, kept, cfg, samples, console)
         console.print(f"judge: {2 * len(kept)} comparisons against {name} with {judge.describe()}")
         # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
-        pairs = judge_pairs(judge, kept, policy_texts, baseline_texts, max_invalid_fraction=limit)
+        with counting_progress(console, f"judge vs {name}", "comparisons") as progress:
+            pairs = judge_pairs(judge, kept, policy_texts, baseline_texts, max_invalid_fraction=limit,
+                                progress=progress)
         sections.append(_baseline_section(name, cfg, tokenizer, pairs, skipped_long_prompts=too_long))
         rows += [{"evaluation": evaluation, "against": name, **p.to_dict()} for p in pairs]
         judged += pairs
@@ -163,7 +166,8 @@ def _agreement(cfg: EvalConfig, judge: Judge, labelled: Sequence[LabelledPair], 
     if not chosen:
         return None, []
     console.print(f"judge: {2 * len(chosen)} comparisons of the data set's chosen and rejected responses")
-    entry, judged = judge_agreement(judge, chosen, max_invalid_fraction=limit, seed=cfg.seed)
+    with counting_progress(console, "judge check: labelled pairs", "comparisons") as progress:
+        entry, judged = judge_agreement(judge, chosen, max_invalid_fraction=limit, seed=cfg.seed, progress=progress)
     return {"label": "the data set's chosen response over its rejected one", **entry}, judged
 
 
