@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from alignkit import __version__
 from alignkit.cache import atomic_folder
 from alignkit.peft import (
     adapter_config_of,
@@ -128,7 +127,7 @@ def export_run(run: str | Path, fmt: ExportFormat, out: str | Path | None = None
             export_with_adapters(model, tokenizer, tmp)
         manifest = {
             "format": fmt,
-            "alignkit_version": __version__,
+            "format_version": 1,
             "source": str(folder.resolve()),
             "model": "reward_model" if _is_reward_model(folder) else "policy",
             "adapter": adapter,
