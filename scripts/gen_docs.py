@@ -1,4 +1,4 @@
-"""Write the generated reference pages, docs/losses.md and docs/recipe.md (``--check``: exit 1 on drift).
+"""Write the generated reference pages, docs/losses.md, docs/online_parts.md and docs/recipe.md (``--check``: exit 1 on drift).
 
 Usage:
     python scripts/gen_docs.py           # regenerate
@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 from alignkit.losses.docs import render_losses_markdown
+from alignkit.online.parts.docs import render_online_parts_markdown
 from alignkit.recipe.docs import render_recipe_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = {"losses.md": render_losses_markdown, "recipe.md": render_recipe_markdown}
+PAGES = {"losses.md": render_losses_markdown, "online_parts.md": render_online_parts_markdown,
+         "recipe.md": render_recipe_markdown}
 
 
 def main(argv: list[str] | None = None) -> int:

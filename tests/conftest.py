@@ -5,6 +5,12 @@ data the project ships (``hh_path``: tests/fixtures/, written by tests/fixtures/
 tests about the real data use ../shared (``real_hh_path``), which a user's clone does not have: every test
 asking for it is marked ``real_data`` here, which the default run deselects (``make test-real-data`` runs
 them). ALIGNKIT_TEST_SHARED_DIR moves that folder.
+
+Hardware facts: ``pytest --hardware=native-bf16`` (or ``no-bf16``) states whether the machine computes bf16
+natively, through ``ALIGNKIT_HARDWARE`` (alignkit/models/hardware.py), for every test and every process a test
+starts; an emulated bf16 computes the same values, only slower, so the native-bf16 code path runs on any CPU.
+The default, ``detect``, states what this CPU's flags say, so that ``precision: auto`` does not measure the
+machine in every test (the measurement has its own tests). An ``ALIGNKIT_HARDWARE`` already set wins.
 """
 
 from __future__ import annotations
@@ -31,6 +37,26 @@ REAL_HH_PATH = SHARED_DIR / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 # Tiny models on a shared 2-core machine: one intra-op thread avoids thread-pool contention that made
 # tiny training steps ~100x slower under load (subprocess tests set OMP_NUM_THREADS themselves).
 torch.set_num_threads(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--hardware", choices=("detect", "native-bf16", "no-bf16"), default=None,
+                     help="state the hardware's bf16 facts for every test (default: $ALIGNKIT_HARDWARE, else "
+                          "what this CPU's flags say)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from alignkit.models.hardware import HARDWARE_ENV, detect_hardware, native_bf16
+
+    stated = config.getoption("--hardware") or os.environ.get(HARDWARE_ENV) or "detect"
+    if stated == "detect":
+        os.environ.pop(HARDWARE_ENV, None)
+        stated = "native-bf16" if native_bf16(detect_hardware("cpu")) else "no-bf16"
+    os.environ[HARDWARE_ENV] = stated
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"hardware facts: ALIGNKIT_HARDWARE={os.environ.get('ALIGNKIT_HARDWARE')}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -95,12 +95,19 @@ def test_a_string_where_the_plugin_list_goes_is_one_plugin(tmp_path, capsys):
 
 def test_switching_a_kinded_section_by_override_drops_the_old_kinds_settings(tmp_path, capsys):
     text = BASE.format(out=tmp_path / "run", pairs=_pairs(tmp_path)) + (
-        "eval:\n  num_prompts: 2\n  judge:\n    kind: reward\n    reward: vader_sentiment\n    batch_size: 2\n")
+        "eval:\n  num_prompts: 2\n  judge:\n    kind: reward\n    reward: vader_sentiment\n    batch_size: 2\n"
+        "    max_flip_rate: 0.3\n")
     path = _recipe(tmp_path, text)
     recipe = load_recipe(path, ["eval.judge.kind=local", "eval.judge.model=gpt2"])
     judge = recipe.eval.judge
-    assert judge.kind == "local" and judge.model == "gpt2" and judge.batch_size == 2  # a setting both kinds have
+    assert judge.kind == "local" and judge.model == "gpt2" and judge.max_flip_rate == 0.3  # every judge's check
+    assert judge.batch_size == 4  # a reward judge's batch (texts) is not a local judge's (prompts): the default
     assert main(["validate", str(path), "eval.judge.kind=local", "eval.judge.model=gpt2"]) == 0
+    # A local judge's `model` (the judge) is not a reward judge's `model` (a reward-model folder): dropped.
+    local = path.read_text().replace("kind: reward\n    reward: vader_sentiment", "kind: local\n    model: gpt2")
+    path.write_text(local)
+    judge = load_recipe(path, ["eval.judge.kind=reward", "eval.judge.reward=vader_sentiment"]).eval.judge
+    assert judge.kind == "reward" and judge.reward == "vader_sentiment" and judge.model is None
     # Switching to the same kind keeps everything; a kinded section that is not a union keeps its settings.
     data = {"eval": {"judge": {"kind": "reward", "reward": "vader_sentiment"}}}
     assert apply_overrides(data, ["eval.judge.kind=reward"])["eval"]["judge"]["reward"] == "vader_sentiment"

@@ -22,3 +22,15 @@ def test_recipe_md_documents_every_section():
                     "## `train`", "## `train.early_stopping`", "## `sft`", "## `eval`"):
         assert heading in text, heading
     assert "| `max_grad_norm` |" in text
+
+
+def test_generated_pages_show_no_internal_placeholders():
+    """A value pydantic uses internally (PydanticUndefined, <factory>, a class repr) is never shown as a value."""
+    import re
+
+    from alignkit.losses.docs import render_losses_markdown
+
+    for name, text in (("recipe.md", render_recipe_markdown()), ("losses.md", render_losses_markdown())):
+        leaks = re.findall(r"PydanticUndefined|<factory>|<class '|object at 0x", text)
+        assert not leaks, f"{name} shows {sorted(set(leaks))}"
+    assert "## `eval.judge` with `kind: local`" in render_recipe_markdown()

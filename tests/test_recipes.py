@@ -243,3 +243,35 @@ def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
     plugin = Path(__file__).resolve().parents[1] / "examples" / "my_losses.py"
     assert main(["validate", str(_write(tmp_path, BASE)), "--plugin", str(plugin)]) == 0
     assert f"importedplugins:{plugin}" in re.sub(r"\s+", "", capsys.readouterr().out)
+
+
+def test_validate_says_it_imports_plugins_and_does(tmp_path, capsys):
+    """`validate` runs a recipe's plugins (that is how their losses exist); its help and the README say so."""
+    marker = tmp_path / "ran"
+    (tmp_path / "noisy.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    recipe = _write(tmp_path, BASE + "plugins: [noisy.py]\n")
+    assert main(["validate", str(recipe)]) == 0
+    assert marker.exists() and "noisy.py" in re.sub(r"\s+", "", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    assert "imports the recipe's plugins" in " ".join(capsys.readouterr().out.split())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("alignkit validate"))
+    assert "imports its plugins" in line and "without running it" not in line
+
+
+def test_online_help_names_every_algorithm_and_what_a_plugin_registers(capsys):
+    with pytest.raises(SystemExit):
+        main(["online", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RLOO, PPO, GRPO, optionally with WARP" in text and "RLOO or WARP" not in text
+    assert "losses, reward functions, data sources, judges" in text
+
+
+def test_only_the_main_process_prints_progress(monkeypatch):
+    from alignkit.cli import _progress_console
+
+    monkeypatch.setenv("RANK", "1")
+    assert _progress_console().quiet
+    monkeypatch.setenv("RANK", "0")
+    assert not _progress_console().quiet

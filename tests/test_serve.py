@@ -115,11 +115,10 @@ def _post_head(length_lines):
 
 
 def test_an_oversized_body_is_refused_with_413_without_being_read(server_url):
-    # 50 MB announced, 10 bytes sent: the answer comes at once, so the server did not wait for (or read) the rest.
-    started = time.perf_counter()
+    # 50 MB announced, 10 bytes sent: an answer comes, so the server did not wait for (or read) the rest (which
+    # never comes: waiting, it would not answer before the client's socket timeout raised).
     status, answer = _raw(_port(server_url), _post_head(["Content-Length: 50000000"]) + b'{"messages"')
     assert status == 413 and "limit of 1048576" in answer["error"]["message"]
-    assert time.perf_counter() - started < 5
     # A client asking first (Expect: 100-continue, as curl does for large bodies) is told before it uploads.
     status, answer = _raw(_port(server_url), _post_head(["Content-Length: 50000000", "Expect: 100-continue"]))
     assert status == 413 and "limit of 1048576" in answer["error"]["message"]
@@ -260,7 +259,13 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_the_model(gpt2_toke
     import socket
 
     model = make_tiny_gpt2()
-    model.register_forward_pre_hook(lambda module, args: time.sleep(0.01))  # ~100 tokens a second at most
+    forwards = []  # one per token (and prefill): counted, not timed, so that a loaded machine cannot fail it
+
+    def slow_token(module, args):
+        forwards.append(1)
+        time.sleep(0.01)  # ~100 tokens a second at most
+
+    model.register_forward_pre_hook(slow_token)
     lines = []
     with _running(ChatModel(model, gpt2_tokenizer, "t"), log=lines.append) as url:
         body = json.dumps(_chat(max_tokens=250, temperature=0)).encode()
@@ -274,10 +279,9 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_the_model(gpt2_toke
         assert cancelled, lines
         generated = int(cancelled[0].split("cancelled after ")[1].split(" ")[0])
         assert 0 < generated < 100 and "of 250 tokens" in cancelled[0]
-        # The model is free: the next request is answered at once, not after 250 slow tokens.
-        started = time.perf_counter()
+        # The model is free: the next request is answered without the other 250 - generated tokens being made.
         status, answer = _call(url + "/v1/chat/completions", _chat(max_tokens=2, temperature=0))
-        assert status == 200 and time.perf_counter() - started < 1.5
+        assert status == 200 and len(forwards) < generated + 10, (len(forwards), generated)  # not 250+
 
 
 def test_a_client_that_leaves_the_queue_frees_its_place(gpt2_tokenizer):

@@ -61,7 +61,7 @@ def test_kto_runs_from_an_unpaired_jsonl_file(tmp_path, capsys):
 def _bco_trainer(run_dir, items, tokenizer, **cfg):
     model = make_tiny_gpt2(seed=0)
     return Trainer(model, build_objective({"name": "bco", "beta": 0.5}),
-                   TrainConfig(lr=1e-2, batch_size=4, max_steps=4, save_every=1, **cfg), train_pairs=items,
+                   TrainConfig(lr=1e-2, batch_size=4, max_steps=4, save_every=1, precision="fp32", **cfg), train_pairs=items,
                    collate=partial(collate_unpaired, pad_token_id=tokenizer.pad_token_id), run_dir=run_dir,
                    reference=FrozenCopyReference(model), stage="preference")
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from rich.console import Console
 
+from alignkit.cache import open_for_write
 from alignkit.commands.compare_online import (
     OnlineEntry,
     online_markdown,
@@ -170,7 +171,7 @@ def run_comparison(
     """
     console = console or Console(stderr=True)
     out_dir, plans = plan_comparison(recipe_path, losses, **planning)
-    online_plans = plan_online_runs(online)
+    online_plans = plan_online_runs(online, planning.get("plugins", ()))
     _clear_stale_folders(plans, overwrite=overwrite, console=console)
     out_dir.mkdir(parents=True, exist_ok=True)
     runnable = [p for p in plans if p.recipe is not None]
@@ -183,8 +184,8 @@ def run_comparison(
 
     base = next((p.recipe for p in plans if p.recipe is not None), None)
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
-    sweeps, overrides = planning.get("sweeps", ()), planning.get("overrides", ())
-    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, time.perf_counter() - started)
+    sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
     render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
@@ -195,7 +196,7 @@ def run_comparison(
     if online_entries:
         section = online_markdown(online_entries, base)
         console.print(section, markup=False, highlight=False)
-        with files["markdown"].open("a") as f:
+        with open_for_write(files["markdown"], "a") as f:
             f.write(section)
     files.update(_plots([*rows, *online_rows], curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
@@ -227,16 +228,16 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
     if training is not None:
         files["training_curves"] = training
     if files:
-        with (out_dir / "comparison.md").open("a") as f:
+        with open_for_write(out_dir / "comparison.md", "a") as f:
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
     return files
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
-                    overrides: Sequence[str], seconds: float) -> list[str]:
+                    overrides: Sequence[str], plugins: Sequence[str], seconds: float) -> list[str]:
     """Bullet lines stating what every run shared."""
     command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
-                        *(f"--sweep {s}" for s in sweeps), *overrides])
+                        *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps), *overrides])
     facts = [f"- command: `{command}`"]
     if base is not None:
         t = base.train

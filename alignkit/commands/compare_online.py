@@ -58,9 +58,10 @@ def _same_recipe(run_dir: Path, recipe: OnlineRecipe) -> bool:
 OnlinePlan = tuple[Path, "OnlineRecipe | None"]
 
 
-def plan_online_runs(entries: Sequence[str | Path]) -> list[OnlinePlan]:
+def plan_online_runs(entries: Sequence[str | Path], plugins: Sequence[str] = ()) -> list[OnlinePlan]:
     """Check the ``--online`` entries before anything runs: each is an online run folder with a report
-    (used as it is) or an online recipe.
+    (used as it is) or an online recipe (its plugins and ``plugins``, e.g. ``--plugin`` files registering an
+    advantage or a policy loss, imported first).
 
     Raises:
         RecipeError: an entry that is neither, or a recipe whose folder holds a different recipe.
@@ -72,7 +73,7 @@ def plan_online_runs(entries: Sequence[str | Path]) -> list[OnlinePlan]:
                 raise RecipeError(f"--online {entry}: the folder has no report.json (has the run finished?)")
             recipes.append((entry, None))
         elif entry.is_file() and is_online_recipe(entry):
-            recipe = load_online_recipe(entry)
+            recipe = load_online_recipe(entry, extra_plugins=list(plugins))
             if not _same_recipe(recipe.run_dir(), recipe):
                 raise RecipeError(f"--online {entry}: {recipe.run_dir()} holds a different recipe; "
                                   "move it or set output_dir")

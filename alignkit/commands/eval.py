@@ -2,6 +2,9 @@
 
 Each call adds one judged evaluation to report.json's ``judged`` list (and its pairs to judged_pairs.jsonl):
 earlier evaluations, another judge's or another baseline's, are kept.
+
+A run folder is data, not code: the plugins its recipe records are never imported from it. Plugins named
+with ``--plugin`` are; a recipe that needs one that was not named fails with the plugins the run used.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from alignkit.eval.agreement import LabelledPair, labelled_pairs
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.keys import check_judge_environment
-from alignkit.recipe import Recipe, load_recipe
+from alignkit.recipe import Recipe, RecipeError, load_recipe
+from alignkit.recipe.source import parse_yaml, read_text
 from alignkit.report.judge import judged_evaluations
 from alignkit.report.tables import write_report
 from alignkit.workflow.environment import resolve_device
+from alignkit.workflow.folder_lock import run_folder_lock
 from alignkit.workflow.model_io import load_run_model
 from alignkit.workflow.reference import base_loader, evaluation_base, evaluation_reference, reference_loader
 
-__all__ = ["add_judged", "evaluate_run"]
+__all__ = ["add_judged", "evaluate_run", "load_run_recipe"]
 
 
 def _heldout(recipe: Recipe, tokenizer: Any) -> tuple[list[str], dict[str, str], list[LabelledPair]]:
@@ -37,6 +42,33 @@ def _heldout(recipe: Recipe, tokenizer: Any) -> tuple[list[str], dict[str, str],
         return prompts, chosen, []
     examples = prepare_data(recipe.data, tokenizer).test_examples
     return *heldout_prompts(examples), labelled_pairs(examples)
+
+
+def _plugins_used(saved: Path) -> list[str]:
+    """The plugins a run folder's recipe records, as ``path (sha256 ...)`` or a module name."""
+    data = parse_yaml(read_text(saved), str(saved))[0]
+    listed = data.get("plugins") if isinstance(data, dict) else None
+    return [f"{p.get('path')} (sha256 {p.get('sha256')})" if isinstance(p, dict) else str(p)
+            for p in (listed if isinstance(listed, list) else [listed] if listed else [])]
+
+
+def load_run_recipe(run_dir: Path, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> Recipe:
+    """The recipe a run folder saved, with ``overrides``; only the ``plugins`` named here are imported.
+
+    Raises:
+        RecipeError: the recipe does not validate; when the run used plugins, the message names them (with
+            their SHA-256) and how to pass them.
+    """
+    saved = run_dir / "recipe.yaml"
+    # The run may have trained on another machine (another device): only the recipe itself is checked here.
+    try:
+        return load_recipe(saved, list(overrides), list(plugins), check_environment=False, recipe_plugins=False)
+    except RecipeError as err:
+        used = _plugins_used(saved)
+        if not used:
+            raise
+        raise RecipeError(f"{err}\nthe run used the plugin(s) {', '.join(used)}; a run folder's plugins are "
+                          f"never imported from it: name them with --plugin FILE") from None
 
 
 def add_judged(report: dict[str, Any], judged: list[dict[str, Any]]) -> None:
@@ -50,6 +82,7 @@ def evaluate_run(
     run_dir: str | Path,
     overrides: Sequence[str] = (),
     *,
+    plugins: Sequence[str] = (),
     console: Console | None = None,
     device: str = "auto",
     redo_reward_kl: bool = False,
@@ -59,6 +92,7 @@ def evaluate_run(
     Args:
         run_dir: a folder written by ``alignkit run`` (recipe.yaml, model/, report.json).
         overrides: dotted recipe overrides, e.g. ``eval.judge.kind=reward eval.judge.reward=vader_sentiment``.
+        plugins: plugin files or modules to import (``--plugin``); the run folder's own are never imported.
         console: progress and the report table.
         device: ``auto``, ``cpu``, ``cuda``...
         redo_reward_kl: recompute the reward/KL section even if report.json has one.
@@ -70,8 +104,12 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
-    # The run may have trained on another machine (another device): only the recipe itself is checked here.
-    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides), check_environment=False)
+    with run_folder_lock(run_dir, console):  # not while a run (or another eval) writes the folder
+        return _evaluate(run_dir, load_run_recipe(run_dir, overrides, plugins), console, device, redo_reward_kl)
+
+
+def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str, redo_reward_kl: bool) -> dict[str, Any]:
+    """:func:`evaluate_run` once the folder is held."""
     cfg = recipe.eval or EvalConfig()
     if cfg.judge.kind == "none" and cfg.reward is None:
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "

@@ -1,5 +1,5 @@
-"""Run an online recipe end to end: one run (RLOO, REINFORCE, PPO or GRPO) or WARP (merged runs of any of
-them), then evaluate and report.
+"""Run an online recipe end to end: one run of its objective (a preset such as rloo, ppo or grpo expanded to
+registered parts, see :mod:`alignkit.online.presets`) or WARP (merged runs of it), then evaluate and report.
 
 Writes into the run folder: ``recipe.yaml``, per-run ``metrics.jsonl`` (under ``online/`` or
 ``warp/iterI_runM/``), ``model/`` (the final policy), ``report.json`` and ``report.md`` (reward and KL to
@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from alignkit.cache import open_for_write
 from alignkit.data.sentiment import sentiment_prompts
 from alignkit.eval.heldout import evaluate_heldout
 from alignkit.eval.judges.reward import reward_model_scorer
@@ -30,6 +31,7 @@ from alignkit.models.rewards import checked_reward, resolve_reward
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
 from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
+from alignkit.online.objective import Objective
 from alignkit.online.parallel import check_world_size
 from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
@@ -228,10 +230,14 @@ class OnlineRun(RecipeRun):
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
                           f"reward {reward_name}{true}")
+        parts = Objective.of(recipe.online).describe()
+        ctx.console.print(f"objective ({recipe.online.algorithm} preset, explicit parts override it):\n  "
+                          + "\n  ".join(parts), markup=False, highlight=False)
         ctx.report.update({
             "recipe": recipe.name,
             "method": "warp" if recipe.online.warp else recipe.online.algorithm,
             "objective": describe_objective(recipe.online),
+            "objective_parts": Objective.of(recipe.online).describe(),
             "online": recipe.online.model_dump(mode="json"),
             "train_prompts": len(self.train_prompts),
             "heldout_prompts": len(self.eval_prompts),
@@ -308,12 +314,12 @@ def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: 
     """
     summary = execute_run(OnlineRun(recipe), resume=resume, overwrite=overwrite, console=console)
     if summary.report.get("proxy_vs_true") and summary.results:  # the main process of a run that trained
-        with (summary.run_dir / "report.md").open("a") as f:
+        with open_for_write(summary.run_dir / "report.md", "a") as f:
             f.write(proxy_true_markdown(summary.report["proxy_vs_true"], summary.report.get("proxy_vs_true_plot")))
     if summary.report.get("warp_front") and summary.results:
         run_dir = summary.run_dir
         plot = plot_online_frontier([run_dir], run_dir / "plots" / "warp_front.png",
                                     title=f"{recipe.name}: WARP front")
-        with (run_dir / "report.md").open("a") as f:
+        with open_for_write(run_dir / "report.md", "a") as f:
             f.write(front_markdown(summary.report) + (f"\n![warp front]({plot.relative_to(run_dir)})\n" if plot else ""))
     return summary

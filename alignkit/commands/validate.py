@@ -15,8 +15,9 @@ from alignkit.recipe.rules import unused_reference_note
 __all__ = ["validate_recipe_file"]
 
 
-def _plugins_note(files: Sequence[str]) -> str:
-    return f", imported plugins: {', '.join(files)}" if files else ""
+def _plugins_note(records: Sequence[dict[str, str] | str]) -> str:
+    names = [r["path"] if isinstance(r, dict) else r for r in records]
+    return f", imported plugins: {', '.join(names)}" if names else ""
 
 
 def validate_recipe_file(path: str, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> str:

@@ -45,7 +45,7 @@ from alignkit.data.sources import PrepareContext, register_prepared_source
 from alignkit.data.tokenize import tokenize_pairs
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 from alignkit.models.generate import ProgressFn, Sampling, generate_completions, uses_chat_template
-from alignkit.models.precision import detect_hardware, native_bf16
+from alignkit.models.precision import resolve_precision
 from alignkit.models.rewards import RewardFn, resolve_reward
 
 __all__ = [
@@ -226,12 +226,16 @@ def _pairs_with_progress(model: nn.Module, tokenizer, prompts_and_gaps: dict[str
     return results
 
 
-def _generation_dtype(requested: str, model: nn.Module) -> torch.dtype | None:
-    """``data.source.generation_dtype`` on the model's device: auto is bf16 where it is native, else None."""
+def _generation_dtype(requested: str, model: nn.Module, console: Console | None = None) -> torch.dtype | None:
+    """``data.source.generation_dtype`` on the model's device: auto is the decoding phase's choice
+    (:func:`~alignkit.models.precision.resolve_precision`: bf16 where it measured faster than fp32), else None
+    (the model as loaded); the choice and its reason are printed to ``console``."""
     if requested != "auto":
         return getattr(torch, requested)
-    native = native_bf16(detect_hardware(next(model.parameters()).device))
-    return torch.bfloat16 if native else None
+    choice = resolve_precision("auto", next(model.parameters()).device, phase="decoding")
+    if console is not None:
+        console.print(choice.line())
+    return choice.autocast_dtype
 
 
 def prepare_sentiment_data(
@@ -264,7 +268,7 @@ def prepare_sentiment_data(
     if model is None:
         raise DataError("data.source.kind 'sentiment' needs the model to sample completions from")
     if generation_dtype is None and src.generation_dtype:
-        generation_dtype = _generation_dtype(src.generation_dtype, model)
+        generation_dtype = _generation_dtype(src.generation_dtype, model, console)
     train_prompts, eval_prompts = _pair_prompts(cfg, src)
     sampling = Sampling(samples_per_prompt=src.completions_per_prompt, max_new_tokens=src.max_new_tokens,
                         temperature=src.temperature, top_p=src.top_p, batch_size=src.batch_size, seed=seed,

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from torch import nn
 
+from alignkit.cache import open_for_write
 from alignkit.eval.agreement import LabelledPair, judge_agreement
 from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
@@ -142,7 +143,7 @@ def judge_run(
     for warning in warnings:
         console.print(f"[bold red]JUDGE WARNING: {warning}[/]")
     if pairs_path is not None:
-        with Path(pairs_path).open("a") as f:
+        with open_for_write(pairs_path, "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
     return {
         "evaluation": evaluation,

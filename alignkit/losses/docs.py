@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import inspect
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from alignkit.losses.base import LossSpec, list_losses
 from alignkit.schema_docs import ParameterDoc, field_docs, markdown_cell
 
-__all__ = ["ParameterDoc", "builtin_losses", "loss_parameters", "reference_cell", "render_losses_markdown"]
+__all__ = ["ParameterDoc", "builtin_losses", "docstring_body", "loss_parameters", "reference_cell",
+           "render_losses_markdown"]
 
 REGENERATE = "python scripts/gen_docs.py"
 _BUILTIN_PREFIX = "alignkit.losses."
@@ -28,9 +30,9 @@ def builtin_losses() -> list[LossSpec]:
     return [s for s in list_losses() if s.fn.__module__.startswith(_BUILTIN_PREFIX)]
 
 
-def _docstring_body(spec: LossSpec) -> str:
-    """The docstring between its summary line and ``Args:``, with ``Formula::`` blocks fenced."""
-    doc = inspect.getdoc(spec.fn) or ""
+def docstring_body(fn: Callable[..., Any]) -> str:
+    """A function's docstring between its summary line and ``Args:``, with ``Formula::`` blocks fenced."""
+    doc = inspect.getdoc(fn) or ""
     lines = doc.splitlines()[1:]
     body: list[str] = []
     i = 0
@@ -84,7 +86,7 @@ def _render_one(spec: LossSpec) -> list[str]:
         ]
     else:
         out.append("No parameters.")
-    body = _docstring_body(spec)
+    body = docstring_body(spec.fn)
     if body:
         out += ["", body]
     return out + [""]

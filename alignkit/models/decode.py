@@ -144,7 +144,8 @@ BatchDone = Callable[[int], None]
 @torch.inference_mode()
 def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor, *, max_new_tokens: int,
            temperature: float, top_p: float, eos_ids: Sequence[int], pad_id: int, batch_size: int,
-           on_batch: BatchDone | None = None, stats: DecodeStats | None = None) -> list[tuple[list[int], bool]]:
+           on_batch: BatchDone | None = None, stats: DecodeStats | None = None,
+           token_logps: list[list[float]] | None = None) -> list[tuple[list[int], bool]]:
     """Sample a completion for every prompt row.
 
     Args:
@@ -157,6 +158,9 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor,
         batch_size: rows decoded together.
         on_batch: called after each batch with the rows done.
         stats: filled with the forwards and tokens this call computed.
+        token_logps: when given (an empty list), filled with each row's log-prob of every sampled token under
+            the distribution it was drawn from, softmax(logits / temperature) (before a top-p cut; for
+            ``temperature == 0``, softmax(logits)): the sampler's log-probs, to compare with a trainer's.
 
     Returns:
         For each row, in the order given: (new token ids, whether it ended with an EOS).
@@ -168,22 +172,28 @@ def decode(model: nn.Module, prompts: Sequence[Sequence[int]], uniforms: Tensor,
     eos = torch.tensor(list(eos_ids), device=device)
     order = sorted(range(len(prompts)), key=lambda r: (len(prompts[r]), r))
     results: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
+    logps: list[list[float]] = [[] for _ in prompts]
     done = 0
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        for row, result in zip(rows, _decode_batch(model, [prompts[r] for r in rows], uniforms[rows], device, eos,
-                                                   max_new_tokens, temperature, top_p, pad_id, stats),
-                               strict=True):
+        batch_logps: list[list[float]] = [[] for _ in rows]
+        for row, result, row_logps in zip(rows, _decode_batch(model, [prompts[r] for r in rows], uniforms[rows],
+                                                              device, eos, max_new_tokens, temperature, top_p,
+                                                              pad_id, stats, batch_logps),
+                                          batch_logps, strict=True):
             results[row] = result
+            logps[row] = row_logps
         done += len(rows)
         if on_batch is not None:
             on_batch(done)
+    if token_logps is not None:
+        token_logps[:] = logps
     return results
 
 
 def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tensor, device: torch.device,
                   eos: Tensor, max_new_tokens: int, temperature: float, top_p: float, pad_id: int,
-                  stats: DecodeStats) -> list[tuple[list[int], bool]]:
+                  stats: DecodeStats, logps: list[list[float]]) -> list[tuple[list[int], bool]]:
     """One batch: a prefill of the left-padded prompts, then one forward per new token for the rows still open."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -211,11 +221,16 @@ def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tens
     stats.prompt_tokens += int(mask.sum())
     next_position = position[:, -1:] + 1
     for step in range(max_new_tokens):
-        picked = pick_tokens(out.logits[:, -1].float(), uniforms[open_rows, step], temperature, top_p)
+        logits = out.logits[:, -1].float()
+        picked = pick_tokens(logits, uniforms[open_rows, step], temperature, top_p)
+        picked_logps = torch.log_softmax(logits.double() / (temperature or 1.0), dim=-1).gather(
+            1, picked.unsqueeze(1)).squeeze(1)
         stats.new_tokens += len(picked)
         ended = torch.isin(picked, eos)
-        for r, token, end in zip(open_rows.tolist(), picked.tolist(), ended.tolist(), strict=True):
+        for r, token, end, logp in zip(open_rows.tolist(), picked.tolist(), ended.tolist(), picked_logps.tolist(),
+                                       strict=True):
             tokens[r].append(token)
+            logps[r].append(logp)
             finished[r] = end
         if step == max_new_tokens - 1:
             break

@@ -59,6 +59,8 @@ class Completion:
         prompt_ids: the prompt's token ids as the model saw them (chat template applied, no padding).
         completion_ids: the sampled token ids, ending with the EOS id when ``finished``.
         finished: whether the model stopped by emitting EOS (False: cut at ``max_new_tokens``).
+        sampler_logps: the sampler's log-prob of each completion token (the distribution it was drawn from),
+            or None when not recorded.
     """
 
     prompt_index: int
@@ -66,6 +68,7 @@ class Completion:
     prompt_ids: list[int]
     completion_ids: list[int]
     finished: bool = False
+    sampler_logps: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -174,15 +177,16 @@ def generate_completions(
         uniforms = torch.stack([row_uniforms(sampling.seed, r, max_new_tokens) for r in range(len(rows))]) \
             if rows else torch.zeros((0, max_new_tokens), dtype=torch.float64)
     stats = DecodeStats()
+    sampler_logps: list[list[float]] = []
     with eval_mode(model):
         decoded = decode(model, [prompt_ids[i] for i in rows], uniforms, max_new_tokens=max_new_tokens,
                          temperature=sampling.temperature, top_p=sampling.top_p, eos_ids=eos_ids, pad_id=pad_id,
-                         batch_size=sampling.batch_size, stats=stats,
+                         batch_size=sampling.batch_size, stats=stats, token_logps=sampler_logps,
                          on_batch=None if progress is None else lambda done: progress(done, len(rows)))
     out: list[Completion] = []
-    for i, (ids, finished) in zip(rows, decoded, strict=True):
+    for i, (ids, finished), logps in zip(rows, decoded, sampler_logps, strict=True):
         text = tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
-        out.append(Completion(i, text, list(prompt_ids[i]), ids, finished))
+        out.append(Completion(i, text, list(prompt_ids[i]), ids, finished, logps))
     # Each prompt token and each sampled token passes the model once (the KV cache holds the rest); each
     # forward reads every weight once.
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-from alignkit.cache import cache_dir
+from alignkit.cache import cache_dir, check_inside
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
@@ -261,7 +261,7 @@ def _compute(
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write ``tensors`` to ``path`` via a temporary file and os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=check_inside(path).parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)

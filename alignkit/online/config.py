@@ -3,13 +3,31 @@ and the optimisation. Every model is strict (an unknown key is an error) and eve
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.models.sampling import Sampling
+from alignkit.online.parts import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    CORRECTIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    PartSpec,
+)
+from alignkit.online.presets import PRESETS, PresetName
 from alignkit.online.prompts import HFDatasetPrompts, HHRLHFPrompts, JsonlPrompts
+from alignkit.registry import Registry, RegistryError
 from alignkit.train.config import OptimizerConfig
 
 __all__ = [
@@ -17,12 +35,15 @@ __all__ = [
     "AnchorConfig",
     "GRPOConfig",
     "InlinePrompts",
+    "KLConfig",
     "KLControlConfig",
     "OnlineConfig",
     "OnlineTrainConfig",
     "PPOConfig",
+    "PartChoice",
     "PromptsConfig",
     "SentimentPrompts",
+    "ValueConfig",
     "WarpConfig",
 ]
 
@@ -89,7 +110,65 @@ class WarpConfig(_Strict):
     eps: float = Field(1e-6, gt=0, description="Norm / sin(angle) below which SLERP falls back to a linear mix.")
 
 
-ALGORITHMS = ("rloo", "reinforce", "ppo", "grpo")
+ALGORITHMS = tuple(PRESETS)
+
+
+class PartChoice(BaseModel):
+    """A registered part by name, with its settings beside the name (``{name: ppo_clip, clip_low: 0.1}``, or
+    just ``ppo_clip``); the settings are validated by the part's own config."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(description="The registered part (docs/online_parts.md lists them with their settings).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything but the name."""
+        return dict(self.model_extra or {})
+
+
+class KLConfig(_Strict):
+    """The KL penalty to the anchor: which per-token estimator, and whether it lowers the reward or joins the loss."""
+
+    estimator: str = Field("k1", description="A registered KL estimator: k1 (log-ratio), k2 (half its square) or "
+                           "k3 (exp(-d) + d - 1).")
+    placement: Literal["reward", "loss", "none"] = Field(
+        "reward", description="reward: the reward minus coef x KL (per sequence, or per token for estimators that "
+        "use token rewards); loss: coef x the per-token KL added to each token's loss; none: no KL term.")
+    coef: float | None = Field(None, ge=0, description="The KL weight; null: online.beta (adapted by "
+                               "online.kl_control when adaptive).")
+    importance_weighted: bool = Field(
+        False, description="placement loss only: weigh each token's KL by the detached ratio pi / pi_old, which "
+        "makes it unbiased for KL(pi || anchor) on the later passes over a rollout (sampled from pi_old).")
+
+    @model_validator(mode="after")
+    def _weighted_in_loss(self) -> KLConfig:
+        if self.importance_weighted and self.placement != "loss":
+            raise ValueError("online.kl.importance_weighted applies to placement 'loss' only")
+        return self
+
+
+class ValueConfig(_Strict):
+    """The value model of advantage estimators that need one (gae)."""
+
+    value_model: Literal["policy_head", "separate"] = Field(
+        "policy_head", description="policy_head: a scalar head on the policy's last hidden state; separate: a "
+        "value model of its own (see value_init).")
+    value_init: str = Field("policy", description="separate only: 'policy' or the folder of an alignkit reward model.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in policy loss + vf_coef * value loss.")
+    clip_eps_value: float = Field(0.2, gt=0, description="Values move at most this far from their rollout values.")
+
+    @model_validator(mode="after")
+    def _value_init_needs_separate(self) -> ValueConfig:
+        if self.value_model == "policy_head" and self.value_init != "policy":
+            raise ValueError("online.value.value_init: a reward-model initialisation needs value_model 'separate' "
+                             "(the policy_head shares the policy's body)")
+        return self
 
 
 class PPOConfig(_Strict):
@@ -159,17 +238,39 @@ class GRPOConfig(_Strict):
 
 
 class OnlineConfig(_Strict):
-    """The online objective: sample, reward, penalise KL to the anchor, and update the policy with RLOO,
-    REINFORCE, PPO or GRPO."""
+    """The online objective: sample, reward, penalise KL to the anchor, and update the policy with an objective
+    built from registered parts (an advantage, a policy loss, a loss aggregation, a KL term, a rollout
+    correction), named at once by a preset (``algorithm``)."""
 
-    algorithm: Literal["rloo", "reinforce", "ppo", "grpo"] = Field(
+    algorithm: PresetName = Field(
         "rloo",
-        description="rloo: leave-one-out baseline (k = 1: the batch mean); reinforce: batch-mean baseline for any "
-        "k; ppo: value model, GAE and clipped updates (online.ppo); grpo: group-normalised advantages and clipped "
-        "updates (online.grpo).",
+        description="A preset that fills the part fields left out (alignkit/online/presets.py): rloo (leave-one-out "
+        "baseline; k = 1: the batch mean), reinforce (batch-mean baseline), reinforce_pp, ppo (value model, GAE, "
+        "clipped updates; online.ppo), grpo (group-normalised advantages, clipped updates; online.grpo), dr_grpo, "
+        "dapo, gspo, cispo. The expanded parts are printed and saved in the run's recipe.",
     )
     ppo: PPOConfig | None = Field(None, description="PPO settings (algorithm ppo only; defaults when omitted).")
-    grpo: GRPOConfig | None = Field(None, description="GRPO settings (algorithm grpo only; defaults when omitted).")
+    grpo: GRPOConfig | None = Field(None, description="GRPO settings (algorithms grpo and dr_grpo; defaults when "
+                                    "omitted).")
+    advantage: PartChoice | None = Field(None, description="The advantage estimator (a registered name and its "
+                                         "settings); null: the preset's.")
+    policy_loss: PartChoice | None = Field(None, description="The per-token policy loss; null: the preset's.")
+    loss_aggregation: PartChoice | None = Field(None, description="How per-token losses become the loss; null: "
+                                                "the preset's.")
+    kl: KLConfig | None = Field(None, description="The KL term (estimator, placement, weight); null: the preset's.")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus: coef x each token's entropy "
+                                "is subtracted from its loss (0: off).")
+    rollout_correction: PartChoice = Field(
+        default_factory=lambda: PartChoice(name="none"),
+        description="Importance weights for the gap between the sampler's and the trainer's log-probs: none, tis "
+        "(truncated at cap), mis (tokens past cap dropped) or seq_mask (sequences past cap dropped), with cap.")
+    epochs: int | None = Field(None, ge=1, description="Passes over each rollout (PPO epochs, GRPO iterations); "
+                               "null: the preset's.")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Completions per optimizer step, over all processes (must divide the rollout); "
+        "null: the preset's (for most, the whole rollout).")
+    value: ValueConfig | None = Field(None, description="The value model, for an advantage that needs one (gae); "
+                                      "null: the preset's, or defaults.")
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
@@ -214,25 +315,70 @@ class OnlineConfig(_Strict):
     def _section_of_the_algorithm(cls, value: PPOConfig | GRPOConfig | None,
                                   info: ValidationInfo) -> PPOConfig | GRPOConfig | None:
         algorithm, name = info.data.get("algorithm"), info.field_name
-        if value is not None and algorithm is not None and algorithm != name:
+        if value is not None and algorithm is not None and PRESETS[algorithm].section != name:
             raise ValueError(f"online.{name} is set but online.algorithm is {algorithm!r}; remove online.{name} "
-                             f"or set online.algorithm: {name}")
+                             f"or set an algorithm that reads it")
         return value
 
     @model_validator(mode="after")
-    def _algorithm_sections(self) -> OnlineConfig:
-        if self.algorithm == "ppo" and self.ppo is None:
-            self.ppo = PPOConfig()
-        if self.algorithm == "grpo":
-            if self.grpo is None:
-                self.grpo = GRPOConfig()
-            if self.samples_per_prompt < 2:
-                raise ValueError("online.algorithm grpo needs online.samples_per_prompt >= 2 (a group of one "
-                                 "sample has advantage 0)")
-            if self.grpo.kl_coef is not None and self.kl_control.kind == "adaptive":
-                raise ValueError("online.grpo.kl_coef fixes the k3 weight, but online.kl_control is adaptive; "
-                                 "remove one (without kl_coef the adaptive beta weighs the k3 term)")
+    def _expand_the_preset(self) -> OnlineConfig:
+        """Fill the sections and parts the recipe leaves out from the preset, and validate every part."""
+        preset = PRESETS[self.algorithm]
+        section = None
+        if preset.section is not None:
+            if getattr(self, preset.section) is None:
+                setattr(self, preset.section, {"ppo": PPOConfig, "grpo": GRPOConfig}[preset.section]())
+            section = getattr(self, preset.section)
+        expanded = preset.expand(section)
+        for name, registry in (("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES),
+                               ("loss_aggregation", AGGREGATIONS)):
+            setattr(self, name, _resolved(name, registry, getattr(self, name), expanded[name]))
+        self.rollout_correction = _resolved("rollout_correction", CORRECTIONS, self.rollout_correction, None)
+        if self.kl is None:
+            self.kl = KLConfig(**expanded["kl"])
+        if self.kl.estimator not in KL_ESTIMATORS:
+            raise ValueError(f"online.kl.estimator: unknown KL estimator {self.kl.estimator!r}; registered: "
+                             f"{', '.join(KL_ESTIMATORS.names())}")
+        if self.epochs is None:
+            self.epochs = expanded["epochs"]
+        if self.minibatch_size is None:
+            self.minibatch_size = expanded["minibatch_size"]
+        if self.value is None and self.advantage_spec.needs_values:
+            self.value = ValueConfig(**expanded.get("value", {}))
+        min_group = int(self.advantage_spec.extra.get("min_group_size", 1))
+        if self.samples_per_prompt < min_group:
+            raise ValueError(f"online.advantage {self.advantage_spec.name} needs online.samples_per_prompt >= "
+                             f"{min_group} (a group of one sample has advantage 0)")
+        if self.kl.coef is not None and self.kl_control.kind == "adaptive":
+            raise ValueError("online.kl.coef (online.grpo.kl_coef) fixes the KL weight, but online.kl_control is "
+                             "adaptive; remove one (without a coef the adaptive beta weighs the KL)")
         return self
+
+    @property
+    def advantage_spec(self) -> PartSpec:
+        """The registered advantage estimator (after validation)."""
+        assert self.advantage is not None
+        return ADVANTAGES.get(self.advantage.name)
+
+
+def _resolved(field: str, registry: Registry[PartSpec], choice: PartChoice | None,
+              preset: dict[str, Any] | None) -> PartChoice:
+    """The part the recipe chose (its settings over the preset's when it names the same part), or the
+    preset's, with every setting validated and its defaults filled in."""
+    if choice is None:
+        assert preset is not None
+        choice = PartChoice(**preset)
+    elif preset is not None and preset["name"] == choice.name:
+        choice = PartChoice(**{**preset, **choice.settings, "name": choice.name})
+    try:
+        spec = registry.get(choice.name)
+        cfg = spec.config.model_validate(choice.settings)
+    except RegistryError as err:
+        raise ValueError(f"online.{field}: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"online.{field} ({choice.name}): {problems}") from None
+    return PartChoice(name=choice.name, **cfg.model_dump(mode="json"))
 
 
 class OnlineTrainConfig(OptimizerConfig):

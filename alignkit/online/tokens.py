@@ -139,6 +139,18 @@ def _entropy_of(logits: Tensor) -> Tensor:
     return torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)  # 0 log 0 = 0
 
 
+def _differentiable_entropy(logits: Tensor) -> Tensor:
+    """H = logsumexp(z) - sum softmax(z) z: the same value, with a gradient that stays finite."""
+    z = logits.float()
+    return z.logsumexp(-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+def _chunk_logps_entropy(hidden: Tensor, targets: Tensor, parts: LMHeadParts) -> Tensor:
+    """(2, n): log-probs and entropies of a chunk, both with gradient."""
+    logits = parts.transform(_float(parts.head(hidden)), parts.config)
+    return torch.stack([_logps_of(logits, targets), _differentiable_entropy(logits)])
+
+
 class ValueHead(nn.Module):
     """V(h) = w . h + b on a hidden state, in float32, zero-initialised."""
 
@@ -225,7 +237,8 @@ def hidden_size(model: nn.Module) -> int:
 
 
 def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token_id: int, *, chunk_size: int = 256,
-                  value_head: ValueHead | None = None, entropy: bool = False) -> TokenOutputs:
+                  value_head: ValueHead | None = None, entropy: bool = False,
+                  entropy_grad: bool = False) -> TokenOutputs:
     """Per-token log-probs (and values from ``value_head`` on the same hidden states, and entropies) of a
     micro-batch of completions under ``model``, with gradient when grad is enabled.
 
@@ -236,7 +249,9 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
         chunk_size: lm-head positions per chunk (``model.logps_chunk_size``).
         value_head: read a value at every token from the policy's last hidden state.
         entropy: also compute each token's entropy (no gradient; costs a softmax over the vocabulary).
+        entropy_grad: the entropies carry their gradient too (an entropy bonus in the loss); implies ``entropy``.
     """
+    entropy = entropy or entropy_grad
     device = next(model.parameters()).device
     batch = completion_batch(completions, pad_token_id, device)
     where = TokenPositions.of(completions, device)
@@ -247,7 +262,9 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
                     output_hidden_states=value_head is not None)
         logits = _float(out.logits[where.rows, where.sources])  # (M, V)
         token_logps = _logps_of(logits, where.targets)
-        if entropy:
+        if entropy_grad:
+            entropies = _differentiable_entropy(logits)
+        elif entropy:
             with torch.no_grad():
                 entropies = _entropy_of(logits.detach())
         picked = out.hidden_states[-1][where.rows, where.sources] if value_head is not None else logits
@@ -259,6 +276,11 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
         pieces, entropy_pieces = [], []
         for lo in range(0, picked.shape[0], chunk_size):
             h, t = picked[lo:lo + chunk_size], where.targets[lo:lo + chunk_size]
+            if recompute and entropy_grad:
+                both = checkpoint(_chunk_logps_entropy, h, t, parts, use_reentrant=False)
+                pieces.append(both[0])
+                entropy_pieces.append(both[1])
+                continue
             if recompute:
                 pieces.append(checkpoint(_chunk_logps, h, t, parts, use_reentrant=False))
             elif entropy:

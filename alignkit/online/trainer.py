@@ -1,9 +1,9 @@
 """The online loop: sample k completions per prompt, reward them, penalise KL to the anchor, update the policy.
 
-``online.algorithm`` picks the update: RLOO or REINFORCE (one optimizer step per batch of rollouts, here), PPO
-or GRPO (several clipped optimizer steps per batch of rollouts: :mod:`alignkit.online.clipped`). One loop
-step is one batch of rollouts, whatever the algorithm (on-policy: every rollout comes from the current
-weights). The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
+The objective is built from registered parts (``online.algorithm`` is a preset naming them,
+:mod:`alignkit.online.presets`); the update after the rollout is :mod:`alignkit.online.updater`'s, the same for
+every objective (one or several optimizer steps per batch of rollouts). One loop step is one batch of rollouts,
+whatever the objective (every rollout comes from the current weights). The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
 the fit loop the preference trainer runs too (:class:`~alignkit.train.loop.FitLoop`). Data order reuses
 the preference trainer's :func:`~alignkit.train.trainer.step_order` (a permutation of the prompts fixed by
 (seed, epoch)), the schedule its :func:`~alignkit.train.schedule.make_scheduler`; KL and log-probs use
@@ -16,34 +16,25 @@ Under ``torchrun`` every process holds the whole model and samples its share of 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from einops import rearrange
 from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
 
-from alignkit.eval.kl import ReferenceFn, completion_batch, completion_logps
-from alignkit.models.generate import Completion, eos_token_ids, eval_mode
-from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
+from alignkit.eval.kl import ReferenceFn
+from alignkit.models.generate import eos_token_ids
+from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.online.anchor import FrozenAnchor
-from alignkit.online.clipped import ClippedUpdater
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.flops import UpdateFlops
 from alignkit.online.kl_control import KLController
-from alignkit.online.parallel import check_world_size, gather_sequences, local_share
-from alignkit.online.rloo import (
-    distinct_n,
-    leave_one_out_advantages,
-    penalised_rewards,
-    policy_gradient_loss,
-    sequence_kl_estimate,
-)
+from alignkit.online.parallel import check_world_size, local_share
+from alignkit.online.rloo import distinct_n
 from alignkit.online.rollout import BatchSums, Rollout, sample_groups
 from alignkit.online.tokens import (
     ValueHead,
@@ -52,11 +43,11 @@ from alignkit.online.tokens import (
     value_model_from_policy,
     value_model_from_reward_model,
 )
-from alignkit.timing import phase
+from alignkit.online.updater import Updater
 from alignkit.train.checkpoint import CheckpointError
-from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
+from alignkit.train.distributed import DistEnv, all_reduce_flags
 from alignkit.train.divergence import DivergenceGuard
-from alignkit.train.loop import FitLoop, LoopState, optimizer_step
+from alignkit.train.loop import FitLoop, LoopState
 from alignkit.train.schedule import make_scheduler
 from alignkit.train.summary import StageSummary, steps_per_second
 from alignkit.train.trainer import divergence_hint, make_optimizer, step_order
@@ -64,7 +55,7 @@ from alignkit.train.trainer import divergence_hint, make_optimizer, step_order
 __all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
 
 ANCHOR_FILE = "anchor.safetensors"
-VALUE_FILE = "value.safetensors"  # PPO: the value head's or model's trainable tensors (never in model/)
+VALUE_FILE = "value.safetensors"  # the value head's or model's trainable tensors (never in model/)
 
 # score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
 ScoreFn = Callable[[list[str], list[str]], list[float]]
@@ -94,9 +85,9 @@ class OnlineResult:
 
 
 class OnlineTrainer:
-    """RLOO, REINFORCE, PPO or GRPO (``cfg.algorithm``) on ``policy`` over ``prompts``.
+    """The online objective of ``cfg`` (its registered parts) on ``policy`` over ``prompts``.
 
-    PPO's value head or model (``cfg.ppo.value_model``) is built here, trained by the same optimizer (its
+    The value head or model of an advantage that needs one (``cfg.value.value_model``) is built here, trained by the same optimizer (its
     trainable tensors follow the policy's in :attr:`params`) and kept in every checkpoint as
     ``value.safetensors``; it is not part of the policy, so ``model/`` holds only the policy.
 
@@ -163,24 +154,24 @@ class OnlineTrainer:
         if self.value is not None:
             self.params += [p for p in self.value.parameters() if p.requires_grad]
         self.flops = UpdateFlops.of(policy, self.value)  # the update's FLOPs, for the run's time table
-        self.clipped = ClippedUpdater(self, self.value) if cfg.algorithm in ("ppo", "grpo") else None
+        self.updater = Updater(self, self.value)
         # The schedule counts optimizer steps; max_steps and warmup_steps count loop steps (batches of rollouts).
-        updates = self.clipped.updates if self.clipped is not None else 1
+        updates = self.updater.updates
         self.optimizer = make_optimizer(self.params, train_cfg)
         self.scheduler = make_scheduler(self.optimizer, warmup_steps=train_cfg.warmup_steps * updates,
                                         total_steps=train_cfg.max_steps * updates, schedule=train_cfg.schedule)
 
     def _value_model(self, policy: nn.Module, tokenizer, cfg: OnlineConfig) -> ValueHead | ValueModel | None:
-        """PPO's value head (on the policy's hidden states) or value model; None for the other algorithms."""
-        if cfg.algorithm != "ppo":
+        """The value head (on the policy's hidden states) or value model of an advantage that needs one, else None."""
+        if not cfg.advantage_spec.needs_values:
             return None
-        assert cfg.ppo is not None  # OnlineConfig fills the section in
-        if cfg.ppo.value_model == "policy_head":
+        assert cfg.value is not None  # OnlineConfig fills the section in
+        if cfg.value.value_model == "policy_head":
             return ValueHead(hidden_size(policy), device=self.device)
-        if cfg.ppo.value_init == "policy":
+        if cfg.value.value_init == "policy":
             return value_model_from_policy(policy)
         dtype = next(policy.parameters()).dtype
-        return value_model_from_reward_model(cfg.ppo.value_init, tokenizer, self.device, dtype)
+        return value_model_from_reward_model(cfg.value.value_init, tokenizer, self.device, dtype)
 
     # -----------------------------------------------------------------------------------------------------
     def step_prompts(self, step: int) -> list[str]:
@@ -207,46 +198,11 @@ class OnlineTrainer:
             true_rewards = torch.tensor(measured, dtype=torch.float32)
         return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards)
 
-    def _logps(self, model: nn.Module, completions: list[Completion], phase_name: str = "log-probs") -> torch.Tensor:
-        size = self.cfg.update_batch_size or len(completions)
-        return completion_logps(model, completions, batch_size=size, pad_token_id=self.pad_id, logps=self.logps,
-                                phase_name=phase_name)
-
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
-        roll = self.rollout(step)
-        if self.clipped is not None:
-            metrics = self.clipped.step(step, roll)
-        else:
-            metrics = self._policy_gradient_step(step, roll)
+        metrics = self.updater.step(step, self.rollout(step))
         return {**metrics, "step_seconds": time.perf_counter() - start}
-
-    def _policy_gradient_step(self, step: int, roll: Rollout) -> dict[str, float]:
-        """RLOO (leave-one-out baseline; k = 1: the batch mean) or REINFORCE (the batch mean): one optimizer step."""
-        comps, k = roll.completions, self.cfg.samples_per_prompt
-        policy_logps = self._logps(self.policy, comps)  # (N,) no grad, the weights that sampled
-        kl_anchor, kl_initial = self._kl(comps, policy_logps)
-        beta = self.controller.beta
-        penalised = penalised_rewards(roll.rewards, kl_anchor, beta)
-        batch = self.batch_sums(roll, policy_logps, kl_anchor, kl_initial, penalised)
-        # The global sum: every process raises together on another's non-finite reward.
-        self.guard.check("reward", batch.reward, step + 1, before="the update",
-                         hint="The reward function must return finite numbers.")
-        if self.cfg.algorithm == "reinforce":
-            advantages = penalised - batch.mean("penalised")  # (N,) the batch-mean baseline, any k
-        else:
-            by_prompt = rearrange(penalised, "(p k) -> p k", k=k)  # the k samples of each prompt side by side
-            advantages = rearrange(leave_one_out_advantages(by_prompt, batch_mean=batch.mean("penalised")),
-                                   "p k -> (p k)")  # (N,)
-
-        loss, grad_norm, lr = self._update(comps, advantages, int(batch.samples), step)
-        self.anchor.update()
-        self.controller.update(batch.mean("kl_anchor"))
-
-        ids = gather_sequences([c.completion_ids for c in comps], self.cfg.max_new_tokens, self.env, self.device)
-        return {**self.sample_metrics(batch, ids, beta=beta), "loss": loss, "grad_norm": grad_norm,
-                "learning_rate": lr}
 
     def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
         """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids);
@@ -266,16 +222,6 @@ class OnlineTrainer:
             "beta": beta,
         }
 
-    def _kl(self, comps: list[Completion], policy_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) KL estimates to the anchor and to the initial model (the same tensor when they coincide)."""
-        with self.anchor.model_context() as anchored:
-            kl_anchor = sequence_kl_estimate(policy_logps, self._logps(anchored, comps, "reference log-probs"))
-        if self.initial is None:
-            return kl_anchor, kl_anchor
-        with self.initial() as initial_model:
-            initial_logps = self._logps(initial_model, comps, "reference log-probs")
-            return kl_anchor, sequence_kl_estimate(policy_logps, initial_logps)
-
     def batch_sums(self, roll: Rollout, policy_logps: torch.Tensor, kl_anchor: torch.Tensor,
                    kl_initial: torch.Tensor, penalised: torch.Tensor) -> BatchSums:
         """This process's sums, summed over processes in one all-reduce."""
@@ -293,59 +239,6 @@ class OnlineTrainer:
         }
         names = [f.name for f in fields(BatchSums)]
         return BatchSums(*all_reduce_flags([local[name] for name in names], self.env))
-
-    def _update(self, comps: list[Completion], advantages: torch.Tensor, num_samples: int,
-                step: int) -> tuple[float, float, float]:
-        """Backward over this process's samples, gradients summed over processes, one optimizer step.
-
-        Returns:
-            The loss of the whole batch, the gradient norm and the learning rate.
-
-        Raises:
-            TrainingDivergedError: on every process alike, when any process's loss is not finite.
-        """
-        with phase("forward/backward"):  # the offline trainer's phases: where an update's time goes
-            local_loss, non_finite = self._accumulate_policy_gradient(comps, advantages, num_samples, step)
-            self.flops.count_training(comps)
-        # One all-reduce carries the gradients and whether any process saw a non-finite loss.
-        (processes_non_finite,) = all_reduce_gradients(self.params, self.env, extra=(float(non_finite > 0),))
-        self.guard.check_processes("loss", processes_non_finite, self.env.world_size, step + 1,
-                                   before="the optimizer step")
-        with phase("optimizer"):
-            grad_norm, lr = optimizer_step(self.params, self.optimizer, self.scheduler,
-                                           max_grad_norm=self.train_cfg.max_grad_norm, guard=self.guard,
-                                           step=step + 1)
-        (loss,) = all_reduce_flags([local_loss], self.env)
-        return loss, grad_norm, lr
-
-    def _accumulate_policy_gradient(self, comps: list[Completion], advantages: torch.Tensor, num_samples: int,
-                                    step: int) -> tuple[float, int]:
-        """Backward of the RLOO loss over ``comps`` (n,) with their ``advantages`` (n,).
-
-        Each micro-batch's loss is divided by ``num_samples``, the step's samples over every process, so
-        the gradients summed over micro-batches and processes are the whole batch's. Dropout stays off so
-        that the gradient is of the distribution that was sampled. In one process a non-finite loss raises
-        before its backward; under data parallelism it is counted and reported in the gradient all-reduce.
-
-        Returns:
-            This process's share of the loss, and how many of its micro-batches had a non-finite loss.
-        """
-        n, size = len(comps), self.cfg.update_batch_size or len(comps)
-        loss_total, non_finite = 0.0, 0
-        with eval_mode(self.policy):
-            for lo in range(0, n, size):
-                batch = completion_batch(comps[lo:lo + size], self.pad_id, self.device)
-                logps, _ = sequence_logps(self.policy, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                          logps=self.logps)  # (b,)
-                loss = policy_gradient_loss(logps, advantages[lo:lo + size].to(logps.device),
-                                            num_samples=num_samples)
-                if self.env.enabled:
-                    non_finite += not math.isfinite(float(loss.detach()))
-                else:
-                    self.guard.check("loss", loss, step + 1, before="backward")
-                loss.backward()
-                loss_total += float(loss.detach())
-        return loss_total, non_finite
 
     def fit(self, *, resume: bool = False) -> OnlineResult:
         """Run ``train.max_steps`` updates, logging to ``run_dir/metrics.jsonl`` (see :class:`FitLoop`).
@@ -378,20 +271,20 @@ class OnlineTrainer:
         return metrics
 
     def _checkpoint_files(self) -> dict[str, dict[str, torch.Tensor]]:
-        """What a checkpoint keeps besides the policy's weights and the optimizer: the anchor, PPO's value."""
+        """What a checkpoint keeps besides the policy's weights and the optimizer: the anchor, the value model."""
         files = {ANCHOR_FILE: self.anchor.state_dict()}
         if self.value is not None:
             files[VALUE_FILE] = {n: p.detach() for n, p in self.value.named_parameters() if p.requires_grad}
         return files
 
     def _restore(self, folder: Path, state: LoopState) -> None:
-        """After a resume: the anchor, beta and PPO's value head or model of the checkpoint."""
+        """After a resume: the anchor, beta and the value head or model of the checkpoint."""
         self.anchor.load_state_dict(load_file(str(folder / ANCHOR_FILE)))
         self.controller.beta = state.extra["beta"]
         if self.value is not None:
             path = folder / VALUE_FILE
             if not path.is_file():
-                raise CheckpointError(f"checkpoint {folder} has no {VALUE_FILE}: it is not a PPO run's checkpoint "
+                raise CheckpointError(f"checkpoint {folder} has no {VALUE_FILE}: it is not the checkpoint of a run with a value model "
                                       "(resume with the recipe that wrote it)")
             tensors, params = load_file(str(path)), dict(self.value.named_parameters())
             missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from alignkit.losses import Objective, ObjectiveError, build_objective
-from alignkit.plugins import PluginError, load_plugins
-from alignkit.recipe.model import Recipe, plugin_list
+from alignkit.plugins import PluginError, file_sha256, load_plugins, plugin_record
+from alignkit.recipe.model import Recipe, plugin_list, recorded_plugins
 from alignkit.recipe.rules import (
     cross_section_problems,
     environment_problems,
@@ -46,6 +46,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "apply_overrides",
+    "PLACEMENT_KEYS",
     "comparable_recipes",
     "read_saved_recipe",
     "cross_section_problems",
@@ -79,8 +80,8 @@ def _parse_key(key: str) -> list[str | int]:
 
 
 def _switch_kind(node: dict[str, Any], parts: list[str | int], value: Any, schema: type[BaseModel]) -> dict[str, Any]:
-    """``node`` with ``kind: value``, keeping only the settings the new kind has (like ``loss.name=``)."""
-    keep = fields_of_kind(schema, parts[:-1], value)
+    """``node`` with ``kind: value``, keeping only the settings the two kinds share (like ``loss.name=``)."""
+    keep = fields_of_kind(schema, parts[:-1], value, node.get("kind"))
     if keep is None or node.get("kind") == value:
         return {**node, "kind": value}
     return {"kind": value, **{k: v for k, v in node.items() if k in keep and k != "kind"}}
@@ -91,8 +92,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Bas
 
     ``loss.beta=0.2`` sets a key of a mapping; ``loss[1].weight=0.1`` or ``loss.1.weight`` indexes a list.
     ``loss.name=simpo`` replaces the objective (``loss[1].name=sft`` one term, keeping its weight), dropping
-    the old loss's parameters. Likewise ``eval.judge.kind=local`` switches a section with a ``kind`` and
-    keeps only the settings the new kind has.
+    the old loss's parameters. Likewise ``eval.judge.kind=reward`` switches a section with a ``kind`` and
+    keeps only the settings both kinds share (a local judge's ``model`` is dropped: a reward judge's
+    ``model`` is another setting of the same name); set the new kind's own after it
+    (``eval.judge.kind=reward eval.judge.reward=vader_sentiment``).
 
     Args:
         data: the recipe as read from YAML.
@@ -180,29 +183,53 @@ def read_recipe_file(
     return apply_overrides(data, overrides or [], schema), line_map(node)
 
 
+def _recorded_file(entry: dict[str, Any], where: str) -> str:
+    """The path of a plugin file a run recorded (``{path, sha256}``), once its bytes are checked to match."""
+    path, digest = entry.get("path"), entry.get("sha256")
+    if not isinstance(path, str) or not isinstance(digest, str) or set(entry) != {"path", "sha256"}:
+        raise PluginError(f"{where}: a recorded plugin is {{path, sha256}}, got {entry!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise PluginError(f"{where}: the run used plugin {path} (sha256 {digest}), which no longer exists")
+    if (found := file_sha256(file)) != digest:
+        raise PluginError(f"{where}: plugin {path} changed since the run used it (sha256 {digest} then, "
+                          f"{found} now); refusing to import another version")
+    return path
+
+
 def load_recipe_plugins(data: dict[str, Any], extra: list[str] | None, *, base_dir: Path | None, lines: dict,
-                        source: str) -> list[str]:
+                        source: str, recipe_plugins: bool = True) -> list[dict[str, str] | str]:
     """Import the recipe's ``plugins`` (and ``extra`` ones) before validation, so what they register exists.
 
+    Args:
+        recipe_plugins: import the recipe's own ``plugins``; off for a run folder's saved recipe, which is
+            data: only ``extra`` (``--plugin``, named by the user) is imported then.
+
     Returns:
-        The imported plugins: each file's resolved path, or the module's name.
+        What was imported (:func:`~alignkit.plugins.plugin_record`): ``{path, sha256}`` of each file, the
+        name of each module.
 
     Raises:
-        RecipeError: naming ``plugins`` (or ``--plugin``), when one is missing or fails to import.
+        RecipeError: naming ``plugins`` (or ``--plugin``), when one is missing, changed since a run recorded
+            it, or fails to import.
     """
     specs = plugin_list(data.get("plugins") or [])
-    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+    if not isinstance(specs, list) or not all(isinstance(s, str | dict) for s in specs):
         raise RecipeError(describe(("plugins",), "expected a list of .py files or module names, e.g. "
                                     f"[my_losses.py], got {specs!r}", lines, source))
-    loaded = []
-    for field, group, folder in (("plugins", specs, base_dir), ("--plugin", list(extra or []), None)):
+    records: list[dict[str, str] | str] = []
+    groups: list[tuple[str, list[Any], Path | None]] = [("--plugin", list(extra or []), None)]
+    if recipe_plugins:
+        groups.insert(0, ("plugins", specs, base_dir))
+    for field, group, folder in groups:
         try:
-            modules = load_plugins(group, base_dir=folder)
+            named = [_recorded_file(s, f"{field}[{i}]") if isinstance(s, dict) else s for i, s in enumerate(group)]
+            modules = load_plugins(named, base_dir=folder)
         except PluginError as err:
             raise RecipeError(describe((field,), str(err), lines, source) if field == "plugins"
                               else f"--plugin: {err}") from None
-        loaded += [getattr(m, "__file__", None) or m.__name__ for m in modules]
-    return loaded
+        records += [plugin_record(m) for m in modules if plugin_record(m) not in records]
+    return records
 
 
 def validation_problems(err: ValidationError, lines: dict, source: str, schema: type[BaseModel] | None = None) -> list[str]:
@@ -228,6 +255,7 @@ def load_recipe(
     extra_plugins: list[str] | None = None,
     *,
     check_environment: bool = True,
+    recipe_plugins: bool = True,
 ) -> Recipe:
     """Read, override, validate a recipe; load its plugins first so plugin losses validate.
 
@@ -237,13 +265,16 @@ def load_recipe(
         extra_plugins: plugins named on the command line (``--plugin``), relative to the current folder.
         check_environment: also check this machine can run it (device, run folder); off to read a recipe
             saved by a run elsewhere.
+        recipe_plugins: import the recipe's own ``plugins``; off for a run folder's saved recipe (a folder
+            is data: only ``extra_plugins``, named by the user, run).
 
     Raises:
         RecipeError: with every problem listed as ``file:line: path: message``.
     """
     data, lines = read_recipe_file(path, overrides)
     return validate_recipe(data, lines=lines, source=str(path), base_dir=Path(path).parent,
-                           extra_plugins=extra_plugins, check_environment=check_environment)
+                           extra_plugins=extra_plugins, check_environment=check_environment,
+                           recipe_plugins=recipe_plugins)
 
 
 def validate_recipe(
@@ -254,11 +285,13 @@ def validate_recipe(
     base_dir: Path | None = None,
     extra_plugins: list[str] | None = None,
     check_environment: bool = True,
+    recipe_plugins: bool = True,
 ) -> Recipe:
     """Validate a recipe dict (already overridden): every section, the objective (built here, once, and
     kept on the recipe), and the rules between sections. See :func:`load_recipe`."""
     lines = lines or {}
-    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=base_dir, lines=lines, source=source)
+    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=base_dir, lines=lines, source=source,
+                                       recipe_plugins=recipe_plugins)
     problems: list[Problem] = []
     objective: Objective | None = None
     if data.get("loss") is not None:
@@ -292,8 +325,9 @@ def validate_recipe(
 # Writing and comparing
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The resolved recipe (defaults filled in) as YAML, as saved in the run folder."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The resolved recipe (defaults filled in, every plugin imported recorded) as YAML, as saved in the run
+    folder."""
+    return yaml.safe_dump(recorded_plugins(recipe.model_dump(mode="json"), recipe.plugin_files), sort_keys=False)
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -315,6 +349,10 @@ def read_saved_recipe(saved: Path, schema: type[ModelT]) -> ModelT | None:
         return None
 
 
+# Settings of ``distributed`` that say where the work runs, not what is computed (mixed_precision stays).
+PLACEMENT_KEYS = ("strategy", "reshard_after_forward", "cpu_offload", "mesh")
+
+
 def comparable_recipes(saved: Path, current: Any, schema: type[BaseModel],
                        dump: Callable[[Any], str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run folder's saved recipe and ``current`` as plain dicts that compare equal when they mean the same.
@@ -322,12 +360,18 @@ def comparable_recipes(saved: Path, current: Any, schema: type[BaseModel],
     The saved file is read back through the schema (:func:`read_saved_recipe`, which imports no plugin,
     then ``dump``), so a setting added since the folder was written reads as its default; when the schema
     cannot read it, the file's own keys are compared. ``output_dir`` is dropped from both, since the same
-    folder may be spelt relative or absolute.
+    folder may be spelt relative or absolute, and so is how the processes place the work
+    (:data:`PLACEMENT_KEYS` of ``distributed``): a checkpoint holds full tensors, so a run resumes under
+    either strategy and on any number of processes.
     """
     normalised = read_saved_recipe(saved, schema)
     old = yaml.safe_load(dump(normalised)) if normalised is not None else parse_yaml(read_text(saved), str(saved))[0]
     old = old if isinstance(old, dict) else {}
     new = yaml.safe_load(dump(current))
-    old.pop("output_dir", None)
-    new.pop("output_dir", None)
+    for recipe in (old, new):
+        recipe.pop("output_dir", None)
+        distributed = recipe.get("distributed")
+        if isinstance(distributed, dict):
+            for key in PLACEMENT_KEYS:
+                distributed.pop(key, None)
     return old, new

@@ -36,7 +36,9 @@ def _section(path: str, model: type[BaseModel], out: list[str], seen: set[tuple[
         return
     seen.add((path, model))
     kind = model.model_fields.get("kind")
-    title = f"`{path}`" + (f" with `kind: {kind.default}`" if kind is not None else "")
+    # The kind a section has is its Literal type (a required `kind` has no default to show).
+    kinds = typing.get_args(kind.annotation) if kind is not None else ()
+    title = f"`{path}`" + (f" with `kind: {' | '.join(map(str, kinds))}`" if kinds else "")
     doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
     out += [f"## {title}", "", doc, "", *_table(model), ""]
     for name, info in model.model_fields.items():

@@ -17,7 +17,8 @@ from alignkit.peft.config import AdapterConfig, NoAdapter
 from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
 from alignkit.train.tracker_config import LoggingConfig
 
-__all__ = ["RUN_NAME_DESCRIPTION", "LossSection", "Recipe", "plugin_list", "run_name"]
+__all__ = ["PLUGINS_DESCRIPTION", "RUN_NAME_DESCRIPTION", "LossSection", "PluginFile", "PluginSpec", "Recipe",
+           "plugin_list", "recorded_plugins", "run_name"]
 
 LossSection = dict[str, Any] | list[dict[str, Any]]
 
@@ -26,6 +27,32 @@ def plugin_list(value: Any) -> Any:
     """A recipe's ``plugins`` value with one name alone taken as a list of one (``plugins=my_losses.py``
     on the command line is one plugin, not a list of letters)."""
     return [value] if isinstance(value, str) else value
+
+
+class PluginFile(StrictConfig):
+    """A plugin file as a run folder's recipe records it: where it was and exactly what it held."""
+
+    path: str = Field(description="The file's absolute path.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of its bytes; a file that no longer "
+                        "matches is refused.")
+
+
+# What `plugins` lists: a .py path or module name as written, or a file recorded by a run.
+PluginSpec = str | PluginFile
+
+PLUGINS_DESCRIPTION = (
+    "Python files (relative to the recipe) or modules that register {what}. They are imported, so a recipe "
+    "from someone else runs their code: read them first. One name alone is a list of one. The recipe a run "
+    "saves lists every plugin it imported (these and --plugin ones) as {{path, sha256}}; `alignkit eval` and "
+    "`serve` never import a run folder's plugins: name them with --plugin."
+)
+
+
+def recorded_plugins(data: dict[str, Any], records: list[dict[str, str] | str]) -> dict[str, Any]:
+    """A recipe dump with ``plugins`` replaced by what was imported for it (nothing replaced when none was)."""
+    if records:
+        data["plugins"] = list(records)
+    return data
 
 
 RUN_NAME_DESCRIPTION = (
@@ -55,11 +82,7 @@ class Recipe(StrictConfig):
     name: str = Field(description=RUN_NAME_DESCRIPTION)
     output_dir: str | None = Field(None, description="Run folder (checkpoints, metrics, report).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, initialisation and sampling.")
-    plugins: list[str] = Field(
-        default_factory=list,
-        description="Python files (relative to the recipe) or modules that register losses. They are imported, "
-        "so a recipe from someone else runs their code: read them first. One name alone is a list of one.",
-    )
+    plugins: list[PluginSpec] = Field(default_factory=list, description=PLUGINS_DESCRIPTION.format(what="losses"))
     model: ModelConfig = Field(description="The policy model and tokenizer.")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Where reference log-probs come from.")
     adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
@@ -77,7 +100,7 @@ class Recipe(StrictConfig):
     # for this recipe: set by validation, not part of the YAML.
     _objective: Objective | None = PrivateAttr(default=None)
     _objective_section: Any = PrivateAttr(default=None)
-    _plugin_files: list[str] = PrivateAttr(default_factory=list)
+    _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
 
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
     _name_is_a_folder_name = field_validator("name")(run_name)
@@ -97,8 +120,9 @@ class Recipe(StrictConfig):
         self._objective_section = copy.deepcopy(self.loss)
 
     @property
-    def plugin_files(self) -> list[str]:
-        """The plugin files (or modules) imported while validating this recipe, in order."""
+    def plugin_files(self) -> list[dict[str, str] | str]:
+        """The plugins imported while validating this recipe, in order: ``{path, sha256}`` of a file, the
+        name of a module."""
         return list(self._plugin_files)
 
     def run_dir(self) -> Path:

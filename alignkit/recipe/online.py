@@ -32,7 +32,13 @@ from alignkit.recipe import (
     reward_problems,
     validation_problems,
 )
-from alignkit.recipe.model import RUN_NAME_DESCRIPTION, run_name
+from alignkit.recipe.model import (
+    PLUGINS_DESCRIPTION,
+    RUN_NAME_DESCRIPTION,
+    PluginSpec,
+    recorded_plugins,
+    run_name,
+)
 from alignkit.recipe.source import describe
 from alignkit.train.config import DistributedConfig
 from alignkit.train.tracker_config import LoggingConfig
@@ -46,11 +52,7 @@ class OnlineRecipe(StrictConfig):
     name: str = Field(description=RUN_NAME_DESCRIPTION)
     output_dir: str | None = Field(None, description="Run folder (metrics, checkpoints, report).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for initialisation, prompt order and sampling.")
-    plugins: list[str] = Field(
-        default_factory=list,
-        description="Python files or modules that register rewards. They are imported, so a recipe from someone "
-        "else runs their code: read them first. One name alone is a list of one.",
-    )
+    plugins: list[PluginSpec] = Field(default_factory=list, description=PLUGINS_DESCRIPTION.format(what="rewards"))
     model: ModelConfig = Field(description="The policy model and tokenizer (the initial / SFT model).")
     adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
     prompts: PromptsConfig = Field(description="Training and held-out prompts.")
@@ -63,7 +65,7 @@ class OnlineRecipe(StrictConfig):
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
                                    description="Experiment trackers (TensorBoard, W&B, trackio).")
 
-    _plugin_files: list[str] = PrivateAttr(default_factory=list)
+    _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
     _name_is_a_folder_name = field_validator("name")(run_name)
 
@@ -77,8 +79,9 @@ class OnlineRecipe(StrictConfig):
         return value
 
     @property
-    def plugin_files(self) -> list[str]:
-        """The plugin files (or modules) imported while validating this recipe, in order."""
+    def plugin_files(self) -> list[dict[str, str] | str]:
+        """The plugins imported while validating this recipe, in order: ``{path, sha256}`` of a file, the
+        name of a module."""
         return list(self._plugin_files)
 
     def run_dir(self) -> Path:
@@ -104,14 +107,19 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.eval is not None and "chosen" in recipe.eval.baselines:
         problems.append((("eval", "baselines"), "'chosen' judges the policy against the dataset's chosen responses, "
                          "but online prompts have none; use base or reference"))
-    ppo = recipe.online.ppo
-    rollout = recipe.train.prompts_per_step * recipe.online.samples_per_prompt
-    if ppo is not None and ppo.minibatch_size is not None and (ppo.minibatch_size > rollout
-                                                               or rollout % ppo.minibatch_size):
-        problems.append((("online", "ppo", "minibatch_size"), f"{ppo.minibatch_size} must divide the {rollout} "
+    online, ppo = recipe.online, recipe.online.ppo
+    # Where a legacy online.ppo section set a value, its problem is reported there.
+    section = ("online", "ppo") if ppo is not None else ("online",)
+    rollout = recipe.train.prompts_per_step * online.samples_per_prompt
+    size = online.minibatch_size
+    if size is not None and (size > rollout or rollout % size):
+        where = section if ppo is not None and ppo.minibatch_size == size else ("online",)
+        problems.append(((*where, "minibatch_size"), f"{size} must divide the {rollout} "
                          "completions of a step (train.prompts_per_step x online.samples_per_prompt)"))
-    if ppo is not None and ppo.value_init != "policy" and not (Path(ppo.value_init) / "config.json").is_file():
-        problems.append((("online", "ppo", "value_init"), f"{ppo.value_init} is not a reward-model folder (no "
+    value = online.value
+    if value is not None and value.value_init != "policy" and not (Path(value.value_init) / "config.json").is_file():
+        where = (*section, "value_init") if ppo is not None else ("online", "value", "value_init")
+        problems.append((where, f"{value.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
     problems += reward_problems({("online", "reward"): recipe.online.reward,
                                  ("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)})
@@ -121,19 +129,21 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
 
 def load_online_recipe(
     path: str | Path, overrides: list[str] | None = None, extra_plugins: list[str] | None = None,
-    *, check_environment: bool = True,
+    *, check_environment: bool = True, recipe_plugins: bool = True,
 ) -> OnlineRecipe:
     """Read, override and validate an online recipe; load its plugins first (they may register rewards).
 
     Args:
         check_environment: also check this machine can run it (device, run folder).
+        recipe_plugins: import the recipe's own ``plugins`` (off for a run folder's saved recipe).
 
     Raises:
         RecipeError: every problem as ``file:line: path: message``.
     """
     data, lines = read_recipe_file(path, overrides, OnlineRecipe)
     source = str(path)
-    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source)
+    plugin_files = load_recipe_plugins(data, extra_plugins, base_dir=Path(path).parent, lines=lines, source=source,
+                                       recipe_plugins=recipe_plugins)
     try:
         recipe = OnlineRecipe.model_validate(data)
     except ValidationError as err:
@@ -150,5 +160,5 @@ def load_online_recipe(
 
 
 def online_recipe_to_yaml(recipe: OnlineRecipe) -> str:
-    """The resolved recipe (defaults filled in), as saved in the run folder."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The resolved recipe (defaults filled in, every plugin imported recorded), as saved in the run folder."""
+    return yaml.safe_dump(recorded_plugins(recipe.model_dump(mode="json"), recipe.plugin_files), sort_keys=False)

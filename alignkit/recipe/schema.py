@@ -71,8 +71,7 @@ def clean_loc(loc: Sequence[Any], schema: type[BaseModel]) -> Location:
     return tuple(out)
 
 
-def fields_of_kind(schema: type[BaseModel], parts: Sequence[str | int], kind: Any) -> set[str] | None:
-    """The fields of the section at ``parts`` once its ``kind`` is ``kind`` (None: not a kinded section)."""
+def _model_of_kind(schema: type[BaseModel], parts: Sequence[str | int], kind: Any) -> type[BaseModel] | None:
     current: list[Any] = [schema]
     for part in parts:
         if isinstance(part, int):
@@ -80,4 +79,23 @@ def fields_of_kind(schema: type[BaseModel], parts: Sequence[str | int], kind: An
         else:
             current = [m.model_fields[part].annotation for m in _models(current) if part in m.model_fields]
     matching = [m for m in _models(current) if kind in _kinds(m)]
-    return set(matching[0].model_fields) if matching else None
+    return matching[0] if matching else None
+
+
+def fields_of_kind(schema: type[BaseModel], parts: Sequence[str | int], kind: Any,
+                   old_kind: Any = None) -> set[str] | None:
+    """The fields of the section at ``parts`` once its ``kind`` is ``kind`` (None: not a kinded section).
+
+    With ``old_kind``, only the fields the two kinds share as the same setting (same type and meaning, such
+    as the checks every judge has): a field that only shares its name (a local judge's ``model`` and a
+    reward judge's ``model``) is not carried over from one kind to the other.
+    """
+    new = _model_of_kind(schema, parts, kind)
+    if new is None:
+        return None
+    old = _model_of_kind(schema, parts, old_kind) if old_kind is not None else None
+    if old is None:
+        return set(new.model_fields)
+    return {name for name, field in new.model_fields.items() if name in old.model_fields
+            and (old.model_fields[name].annotation, old.model_fields[name].description)
+            == (field.annotation, field.description)}

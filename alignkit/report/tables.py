@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.cache import write_atomic
+from alignkit.cache import open_for_write, write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
@@ -55,7 +55,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     facts = [*([f"- wall time: {report['wall_seconds']:.1f} s"] if "wall_seconds" in report else []),
              *([f"- precision: {report['precision']['used']} ({report['precision']['reason']})"]
                if report.get("precision") else []),
-             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else [])]
+             *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else []),
+             *([f"- processes: {report['world_size']}"] if report.get("world_size", 1) > 1 else [])]
     if report.get("train_pairs") is not None:
         facts.append(f"- pairs: {report['train_pairs']} train, {report.get('heldout_pairs')} held out")
     params = report.get("parameters")
@@ -74,7 +75,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     md += ["", *facts, "", time_markdown(report.get("time_breakdown"))]
     text = "\n".join(md)
     if markdown_path is not None:
-        markdown_path.write_text(text)
+        with open_for_write(markdown_path) as f:
+            f.write(text)
     return text
 
 

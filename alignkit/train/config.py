@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from alignkit.config_base import SEED_MAX, StrictConfig
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "DistributedConfig",
     "EarlyStoppingConfig",
     "MeshConfig",
@@ -66,9 +67,10 @@ class TrainConfig(OptimizerConfig):
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null disables.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast where the hardware computes bf16 natively (a GPU with bf16 "
-        "units, a CPU with AMX-BF16 or AVX512-BF16), else fp32; bf16: autocast on any device (slower than fp32 on "
-        "a CPU without those); fp32: no autocast. Weights, optimizer states, losses and log-prob sums stay fp32; "
+        "auto", description="auto: bf16 autocast where a bf16 matmul measured faster than fp32 on this machine "
+        "(measured once and cached; a GPU with bf16 units, a CPU with AMX-BF16 or AVX512-BF16; ALIGNKIT_HARDWARE="
+        "native-bf16|no-bf16 states the facts instead), else fp32; bf16: autocast on any device (slower than fp32 "
+        "on a CPU without those); fp32: no autocast. Weights, optimizer states, losses and log-prob sums stay fp32; "
         "the run prints and reports the choice and why."
     )
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
@@ -114,6 +116,10 @@ class MeshConfig(_Strict):
     shard: int = Field(ge=1, description="Processes each parameter is sharded over.")
 
 
+# How long a collective waits for the other processes by default (torch's own is 30 minutes on CPU).
+DEFAULT_TIMEOUT_S = 600.0
+
+
 class DistributedConfig(_Strict):
     """How several processes (torchrun, or `alignkit run --nproc N`) share the training of every stage.
 
@@ -138,6 +144,11 @@ class DistributedConfig(_Strict):
     )
     mesh: MeshConfig | None = Field(None, description="fsdp: a 2-D (replicate x shard) mesh (HSDP); null: "
                                     "one dimension, sharded over every process.")
+    timeout_s: float = Field(
+        DEFAULT_TIMEOUT_S, gt=0, le=86400, description="How long a process waits at a collective for the others before the run "
+        "stops with an error naming the process that stopped answering (frozen, stopped or killed). Raise it when "
+        "one process legitimately works alone for longer (saving a large checkpoint)."
+    )
 
     @model_validator(mode="after")
     def _fsdp_only(self) -> DistributedConfig:

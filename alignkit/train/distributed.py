@@ -9,12 +9,17 @@ process must take together (a non-finite loss on one process stops them all) rid
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+
+from alignkit.train.config import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "DistEnv",
@@ -23,6 +28,7 @@ __all__ = [
     "all_reduce_gradients",
     "all_reduce_sum",
     "broadcast_parameters",
+    "describe_timeout",
     "full_value",
     "init_distributed",
     "local_tensors",
@@ -44,8 +50,41 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistEnv:
-    """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+# Each process writes the time into the group's store every few seconds (a thread), so a process whose
+# collective timed out can name the ones that stopped answering: a frozen process stops beating, one that
+# merely waits at the collective does not.
+_HEARTBEAT_KEY = "alignkit/heartbeat/{rank}"
+
+
+@dataclass
+class _Heartbeat:
+    store: dist.Store
+    interval_s: float
+    timeout_s: float
+
+
+_heartbeat: _Heartbeat | None = None
+
+
+def _beat(beat: _Heartbeat, rank: int) -> None:
+    key = _HEARTBEAT_KEY.format(rank=rank)
+    while True:
+        try:
+            beat.store.set(key, repr(time.time()))
+        except Exception:  # noqa: BLE001 - the group is gone (the run ended or failed): stop beating
+            return
+        time.sleep(beat.interval_s)
+
+
+def init_distributed(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA).
+
+    Args:
+        device: where this process computes (a CUDA device selects NCCL and this process's GPU).
+        timeout_s: how long a collective waits for the other processes before it fails
+            (``distributed.timeout_s``); :func:`describe_timeout` then names the processes that stopped.
+    """
+    global _heartbeat
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
@@ -53,8 +92,43 @@ def init_distributed(device: torch.device) -> DistEnv:
     if device.type == "cuda":  # one GPU per process: NCCL and every `cuda` tensor without an index use it
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
+        store = dist.distributed_c10d._get_default_store()
+        _heartbeat = _Heartbeat(store, interval_s=min(5.0, max(0.2, timeout_s / 8)), timeout_s=timeout_s)
+        threading.Thread(target=_beat, args=(_heartbeat, dist.get_rank()), name="alignkit-heartbeat",
+                         daemon=True).start()
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _stopped_ranks(beat: _Heartbeat, rank: int, world: int) -> list[int] | None:
+    """The other processes whose heartbeat is older than three beats; None when the store cannot tell."""
+    now, stale = time.time(), []
+    try:
+        for other in range(world):
+            key = _HEARTBEAT_KEY.format(rank=other)
+            if other == rank:
+                continue
+            if not beat.store.check([key]) or now - float(beat.store.get(key)) > 3 * beat.interval_s:
+                stale.append(other)
+    except Exception:  # noqa: BLE001 - the store's host is what stopped
+        return None
+    return stale
+
+
+def describe_timeout(err: BaseException) -> str | None:
+    """A one-line account of a collective that timed out in this process (naming the processes that stopped
+    answering, from their heartbeats); None when ``err`` is not such a timeout."""
+    text = str(err)
+    if _heartbeat is None or not dist.is_initialized() or not ("Timed out" in text or "timed out" in text
+                                                               or "Timeout" in text):
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    stopped = _stopped_ranks(_heartbeat, rank, world)
+    who = (f"process {', '.join(map(str, stopped))} of {world} stopped answering (frozen, stopped or killed)"
+           if stopped else "another process did not answer")
+    return (f"process {rank} of {world} waited {_heartbeat.timeout_s:g} s (distributed.timeout_s) at a collective: "
+            f"{who}; the run was stopped, continue it with --resume")
 
 
 def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from alignkit.cache import check_inside, open_for_write
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 from alignkit.train.trackers import log_scalars
@@ -199,18 +200,20 @@ class MetricsWriter:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_inside(path)
         if resume_from_step is not None and path.exists():
             # Drop what was logged after the checkpoint we resume from (the resumed run logs it again), and
             # any line a kill tore in half.
             kept = [line for line in path.read_text(errors="replace").splitlines()
                     if (step := _step_of(line)) is not None and step <= resume_from_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            with open_for_write(path) as f:
+                f.write("".join(line + "\n" for line in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        with open_for_write(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         log_scalars(str(record.get("stage", "train")), int(record.get("step", 0)), record)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from alignkit.cache import check_inside
 from alignkit.train.tracker_config import LoggingConfig, TrackioConfig, WandbConfig, missing_tracker_packages
 
 __all__ = ["TensorBoardTracker", "TrackioTracker", "Tracker", "WandbTracker", "log_scalars", "open_trackers",
@@ -47,7 +48,7 @@ class TensorBoardTracker:
     def __init__(self, log_dir: Path, hparams: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(log_dir))
+        self._writer = SummaryWriter(str(check_inside(log_dir)))
         # Indented four spaces: TensorBoard renders text as Markdown, and this keeps the YAML a code block.
         text = yaml.safe_dump(dict(hparams), sort_keys=False)
         self._writer.add_text("recipe", "".join(f"    {line}\n" for line in text.splitlines()), 0)
@@ -72,7 +73,7 @@ class WandbTracker:
 
         # console off: W&B would otherwise capture the terminal that the progress bars draw on.
         self._run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or name, mode=cfg.mode,
-                               dir=str(run_dir), config=dict(hparams), tags=cfg.tags or None,
+                               dir=str(check_inside(run_dir / "wandb").parent), config=dict(hparams), tags=cfg.tags or None,
                                settings=wandb.Settings(console="off"))
         self._stages: set[str] = set()
 

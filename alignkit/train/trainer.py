@@ -196,8 +196,8 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
-        """bf16 autocast when asked for, or when auto and the device computes bf16 natively (one rule for
-        every run: :func:`~alignkit.models.precision.choose_precision`)."""
+        """bf16 autocast when asked for, or when auto and bf16 training measured faster on this device (one
+        rule for every run: :func:`~alignkit.models.precision.choose_precision`)."""
         return resolve_precision(self.cfg.precision, self.device).autocast_dtype
 
     def _autocast(self) -> torch.autocast:

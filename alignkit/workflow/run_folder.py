@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from alignkit.cache import RUN_MARKER  # written first into every folder a run claims
 from alignkit.recipe import RecipeError, comparable_recipes
+from alignkit.workflow.folder_lock import LOCK_FILE
 
 __all__ = ["RUN_MARKER", "Action", "FolderState", "claim_run_folder", "clear_run_folder", "inspect_run_folder", "recipe_differences"]
 
-# Written first into every folder a run claims: what `--overwrite` may clear and `--resume` may continue.
-RUN_MARKER = ".alignkit-run"
 
 State = Literal["new", "finished", "interrupted", "different", "foreign"]
 
@@ -66,12 +66,12 @@ def inspect_run_folder(run_dir: Path, current: BaseModel, schema: type[BaseModel
     that happens to hold a ``recipe.yaml`` is ``foreign``, never replaced."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"output_dir: {run_dir} is a file, not a folder")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return FolderState("new")
     saved = run_dir / "recipe.yaml"
     if not (run_dir / RUN_MARKER).is_file() or not saved.is_file():
         return FolderState("foreign")
-    has_results = any(p.name not in ("recipe.yaml", RUN_MARKER) for p in run_dir.iterdir())
+    has_results = any(p.name not in ("recipe.yaml", RUN_MARKER, LOCK_FILE) for p in run_dir.iterdir())
     old, new = comparable_recipes(saved, current, schema, dump)
     if old != new:
         return FolderState("different", recipe_differences(old, new), has_results)
@@ -118,5 +118,12 @@ def claim_run_folder(run_dir: Path, folder: FolderState, *, resume: bool, overwr
 
 
 def clear_run_folder(run_dir: Path) -> None:
-    """Delete a run folder that ``overwrite`` replaces (its run is gone; a new one starts clean)."""
-    shutil.rmtree(run_dir)
+    """Empty a run folder that ``overwrite`` replaces (its run is gone; a new one starts clean). The lock
+    file the new run holds stays."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.models.precision import resolve_precision, stored_precision
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
 from alignkit.peft.config import AdapterConfig
+from alignkit.recipe import RecipeError
 from alignkit.report.tables import write_report
 from alignkit.timing import PhaseClock, phase, recording
 from alignkit.train.config import DistributedConfig
@@ -36,6 +38,8 @@ from alignkit.train.summary import StageSummary
 from alignkit.train.tracker_config import missing_tracker_packages
 from alignkit.train.trackers import Tracker, open_trackers, tracking
 from alignkit.workflow.environment import peak_rss_mib, resolve_device, rng_preserved, seed_everything
+from alignkit.workflow.folder_lock import run_folder_lock
+from alignkit.workflow.inputs import missing_inputs
 from alignkit.workflow.model_io import save_model
 from alignkit.workflow.run_folder import (
     RUN_MARKER,
@@ -174,12 +178,15 @@ class RecipeRun:
         return inspect_run_folder(self.run_dir, self.recipe, self._schema, self._dump)
 
     def preflight(self) -> None:
-        """The evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`);
-        the packages of the trackers ``logging:`` turns on are installed."""
+        """The data files and local model folders exist (:func:`~alignkit.workflow.inputs.missing_inputs`),
+        the evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)
+        and the packages of the trackers ``logging:`` turns on are installed."""
+        if missing := missing_inputs(self.recipe):
+            raise RecipeError(f"{self.run_dir}: nothing was changed, the run needs what is not there: "
+                              + "; ".join(missing))
         check_judge_environment(self.recipe.eval.judge if self.recipe.eval is not None else None)
-        missing = missing_tracker_packages(self.recipe.logging)
-        if missing:
-            raise ValueError("; ".join(f"logging.{field}: {why}" for field, why in missing))
+        if trackers := missing_tracker_packages(self.recipe.logging):
+            raise ValueError("; ".join(f"logging.{field}: {why}" for field, why in trackers))
 
     def open_trackers(self) -> list[Tracker]:
         """The trackers of ``logging:`` (:func:`~alignkit.train.trackers.open_trackers`), in the run folder,
@@ -273,10 +280,19 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
             this machine lacks what the run needs later (e.g. the judge's API key variable is not set).
     """
     console = console or Console(stderr=True)
-    env = init_distributed(resolve_device(plan.device))
+    env = init_distributed(resolve_device(plan.device), timeout_s=plan.distributed.timeout_s)
     ctx = RunContext(run_dir=plan.run_dir, device=resolve_device(plan.device, env), env=env, console=console,
                      resume=resume)
     plan.check_processes(env.world_size, ctx.device)
+    with ExitStack() as held:
+        if env.is_main:  # one run at a time in a folder; the main process speaks for the others
+            held.enter_context(run_folder_lock(ctx.run_dir, console))
+        return _execute(plan, ctx, resume=resume, overwrite=overwrite)
+
+
+def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -> RunSummary:
+    """:func:`execute_run` once the run folder is held."""
+    env, console = ctx.env, ctx.console
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
         return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
     seed_everything(plan.seed)
@@ -285,6 +301,7 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
     if env.is_main:
         console.print(precision.line())
     ctx.report["precision"] = precision.to_dict()
+    ctx.report["world_size"] = env.world_size  # processes that trained it (--nproc / torchrun)
     clock = PhaseClock()
     started = time.perf_counter()
     with recording(clock), tracking(plan.open_trackers() if env.is_main else []):

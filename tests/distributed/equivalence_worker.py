@@ -11,7 +11,11 @@ argv: an output folder, then a JSON list of cases. A case is a dict:
     run_dir: the run folder (default <out>/<name>/run); a resumed case names the folder of the stopped one;
     stop_after: train with a trainer of ``steps`` total steps, but stop it when step ``stop_after`` (0-based)
         begins (tests/conftest.py interrupt_fit), as a killed run (its step-``stop_after`` checkpoint stays);
-    resume: continue from the run folder's latest checkpoint (``Trainer.fit(resume=True)``).
+    resume: continue from the run folder's latest checkpoint (``Trainer.fit(resume=True)``);
+    precision: "fp32" (default, pinned: never the machine's ``auto``) or "bf16" (autocast; the cached
+        reference is computed under it too, as a run computes it);
+    mixed_precision: with fsdp, FSDP's own mixed precision as a bf16 run uses it (weights gathered in bf16,
+        gradients reduced in fp32), beside the autocast.
 
 Every case writes <out>/<name>/rank<r>.json on each process (is the model sharded, which fraction of the
 trainable elements this process holds after training and after each step and evaluation, the reference-cache
@@ -58,7 +62,7 @@ from alignkit.models.reference import AdaptersOffReference, CachedReference, Fro
 from alignkit.models.reference_cache import ReferenceLogpsCache, cache_key  # noqa: E402
 from alignkit.peft import adapters_disabled, apply_adapter  # noqa: E402
 from alignkit.peft.config import parse_adapter_config  # noqa: E402
-from alignkit.train.config import DistributedConfig, TrainConfig  # noqa: E402
+from alignkit.train.config import DistributedConfig, MixedPrecisionConfig, TrainConfig  # noqa: E402
 from alignkit.train.distributed import DistEnv, init_distributed  # noqa: E402
 from alignkit.train.sharding import gather_trainable_state, is_sharded, shard_model  # noqa: E402
 from alignkit.train.trainer import Trainer  # noqa: E402
@@ -107,10 +111,11 @@ def _cached_reference(case: dict[str, Any], model: torch.nn.Module, pairs: list[
     if not os.environ.get("ALIGNKIT_CACHE"):
         raise SystemExit("reference: cached needs $ALIGNKIT_CACHE (tests never write into the user's cache)")
     model_id = f"tiny-{case['loss']['name']}"
-    key = cache_key(model_id, model, pairs)
+    autocast = torch.bfloat16 if case.get("precision", "fp32") == "bf16" else None  # the training forward's
+    key = cache_key(model_id, model, pairs, autocast_dtype=autocast)
     path = ReferenceLogpsCache.path_for(key)
     info["cache_existed"] = path.exists()  # a fresh folder: False, this process computes its own values
-    cache = ReferenceLogpsCache.build(model, pairs, collate, 4, model_id, progress=False)
+    cache = ReferenceLogpsCache.build(model, pairs, collate, 4, model_id, progress=False, autocast_dtype=autocast)
     info["cache_file"] = str(cache.path)
     return CachedReference(cache)
 
@@ -194,7 +199,9 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
         initial = {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(initial, str(folder / "initial.safetensors"))
     strategy = case.get("strategy", "ddp")
-    cfg = DistributedConfig(strategy="fsdp") if strategy == "fsdp" and env.enabled else None
+    # mixed_precision: FSDP's own (weights gathered in bf16, gradients reduced in fp32), as a bf16 run sets it
+    mixed = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32") if case.get("mixed_precision") else None
+    cfg = DistributedConfig(strategy="fsdp", mixed_precision=mixed) if strategy == "fsdp" and env.enabled else None
     preference_collate = partial(collate_preference, pad_token_id=pad)
     reference = _reference(case, objective, model, pairs, preference_collate, cfg, env, info)
     _diverge(model, env)
@@ -203,6 +210,7 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
     steps = case.get("steps", 3)
     train = TrainConfig(lr=case.get("lr", 1e-3), batch_size=case.get("batch_size", 4),
                         grad_accum=case.get("grad_accum", 1), max_steps=steps, device="cpu", eval_every=1,
+                        precision=case.get("precision", "fp32"),
                         # step checkpoints only where a run is stopped or resumed (the last step saves anyway)
                         save_every=1 if case.get("stop_after") is not None or case.get("resume") else None)
     run_dir = Path(case.get("run_dir") or folder / "run")
@@ -211,6 +219,7 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
                       run_dir=run_dir, reference=reference, env=env, stage="equivalence",
                       logps=LogpsOptions(padding_free=case.get("padding_free", True)))
     _watch_sharding(trainer, info)
+    info["autocast"] = str(trainer.autocast_dtype)
     stop_after = case.get("stop_after")
     if stop_after is not None:
         # The trainer knows the run's full length (the LR schedule depends on it); it dies at step stop_after.

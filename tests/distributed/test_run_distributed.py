@@ -56,6 +56,24 @@ def test_a_layout_the_processes_cannot_share_is_refused_before_they_start(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # measures the machine: a few seconds, more where bf16 is emulated
+def test_the_launcher_measures_precision_once_before_the_processes_start(tmp_path, monkeypatch):
+    """With ``precision: auto`` on a machine read (not stated), the launcher measures each phase's speed into the
+    cache before starting the processes, so that they all read one measurement and choose alike."""
+    from alignkit.commands.launch import _check
+    from alignkit.models.hardware import HARDWARE_ENV
+
+    monkeypatch.delenv(HARDWARE_ENV)
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "fp32"))
+    _check(tiny_recipe(tmp_path), ["train.device=cpu", "train.precision=fp32"], [], 2)
+    assert not list((tmp_path / "fp32").rglob("phase-training-*.json"))  # fp32 asked for: nothing to measure
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "auto"))
+    _check(tiny_recipe(tmp_path), ["train.device=cpu"], [], 2)
+    for phase in ("training", "decoding"):
+        for dtype in ("float32", "bfloat16"):
+            assert list((tmp_path / "auto").rglob(f"phase-{phase}-{dtype}-*.json")), (phase, dtype)
+
+
 def test_a_model_without_known_blocks_cannot_be_sharded():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ShardingError, match="_no_split_modules"):
@@ -64,18 +82,23 @@ def test_a_model_without_known_blocks_cannot_be_sharded():
         shard_model(model, DistributedConfig(strategy="fsdp"), DistEnv(), torch.device("cpu"))
 
 
-def test_sharded_bf16_training_gathers_weights_in_bf16_unless_told_otherwise():
+def test_sharded_bf16_training_gathers_weights_in_bf16_unless_told_otherwise(monkeypatch):
     """bf16 autocast over sharded fp32 weights would keep a whole bf16 copy of the model per process; FSDP's
-    own mixed precision replaces it, unless the recipe chose one."""
+    own mixed precision replaces it, unless the recipe chose one. ``auto`` follows the hardware facts, stated
+    here both ways (whatever this machine is)."""
+    from alignkit.models.hardware import HARDWARE_ENV
     from alignkit.train.config import MixedPrecisionConfig
     from alignkit.workflow.sharded_run import compute_precision
 
     cpu = torch.device("cpu")
     fsdp = DistributedConfig(strategy="fsdp")
-    assert compute_precision(fsdp, "bf16", cpu).mixed_precision == MixedPrecisionConfig(
-        param_dtype="bfloat16", reduce_dtype="float32")
+    bf16 = MixedPrecisionConfig(param_dtype="bfloat16", reduce_dtype="float32")
+    assert compute_precision(fsdp, "bf16", cpu).mixed_precision == bf16
     assert compute_precision(fsdp, "fp32", cpu).mixed_precision is None
-    assert compute_precision(fsdp, "auto", cpu).mixed_precision is None  # auto is fp32 on a CPU
+    monkeypatch.setenv(HARDWARE_ENV, "no-bf16")
+    assert compute_precision(fsdp, "auto", cpu).mixed_precision is None
+    monkeypatch.setenv(HARDWARE_ENV, "native-bf16")
+    assert compute_precision(fsdp, "auto", cpu).mixed_precision == bf16
     chosen = DistributedConfig(strategy="fsdp", mixed_precision=MixedPrecisionConfig(param_dtype="float16"))
     assert compute_precision(chosen, "bf16", cpu) == chosen
 

@@ -86,6 +86,13 @@ def test_mean_probability_rule_by_hand():
     lean = JudgedPair("p", "x", "y", Verdict("A", margin=math.log(3)), Verdict("A", margin=math.log(3)),
                       rule="mean_probability")
     assert lean.policy_probability == pytest.approx(0.5) and lean.score == 0.5
+    # The same lean read twice in float32 differs by an ulp or so: still a tie, on every CPU.
+    ulp_apart = JudgedPair("p", "x", "y", Verdict("A", margin=1.0986123),
+                           Verdict("A", margin=1.0986124), rule="mean_probability")
+    assert ulp_apart.policy_probability != 0.5 and ulp_apart.score == 0.5
+    # A real preference, however small, is not swallowed: 1e-4 in margin moves p by 2.5e-5.
+    assert JudgedPair("p", "x", "y", Verdict("A", margin=1.0987), Verdict("A", margin=1.0986),
+                      rule="mean_probability").score == 1.0
     broken = JudgedPair("p", "x", "y", Verdict(None, error="nan"), second, rule="mean_probability")
     assert broken.policy_probability is None and broken.score == 0.5
     # Extreme margins do not overflow: certain of "A" in both orders is a lean, not a preference.

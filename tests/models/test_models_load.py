@@ -67,7 +67,7 @@ def test_hub_id_offline_raises_a_clear_error():
     message = str(info.value)
     assert "'someone/not-a-local-model'" in message and "model.name_or_path" in message
     assert "HF_HUB_OFFLINE" in message and "local folder" in message and "smollm2-135m-instruct" in message
-    assert time.perf_counter() - start < 5, "offline failures must be immediate"
+    assert time.perf_counter() - start < 30, "offline failures must be immediate (a Hub retry loop takes ~54 s)"
     with pytest.raises(ModelLoadError, match="model.tokenizer"):
         load_tokenizer(ModelConfig(name_or_path="gpt2", tokenizer="someone/not-a-tokenizer"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -93,7 +92,6 @@ def _recipe(tmp_path, *overrides):
 
 
 def test_rloo_reward_rises_and_report_is_written(tmp_path):
-    started = time.perf_counter()
     summary = run_online_recipe(_recipe(tmp_path))
     history = summary.results["online"].history
     first = sum(h["reward"] for h in history[:3]) / 3
@@ -108,7 +106,6 @@ def test_rloo_reward_rises_and_report_is_written(tmp_path):
     assert report["reward_kl"]["after"]["reward"]["estimate"] > report["reward_kl"]["before"]["reward"]["estimate"]
     lines = (tmp_path / "run" / "online" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 12
-    assert time.perf_counter() - started < 60
 
 
 def test_ema_anchor_and_adaptive_beta_run(tmp_path):

@@ -3,8 +3,6 @@ the first iteration, resume, adapters, WARP over GRPO runs, and bad settings ref
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from tiny_online import _recipe, direct_trainer, resumed_like_uninterrupted
 
@@ -14,7 +12,6 @@ from alignkit.recipe import RecipeError
 
 
 def test_grpo_reward_rises(tmp_path):
-    started = time.perf_counter()
     summary = run_online_recipe(_recipe(tmp_path, "eval=null", "train.max_steps=8", "online.algorithm=grpo",
                                         "online.grpo={iterations: 2}"))
     history = summary.results["online"].history
@@ -27,7 +24,6 @@ def test_grpo_reward_rises(tmp_path):
     assert summary.report["method"] == "grpo"
     assert summary.report["objective"] == "grpo(k=4, beta=0.01, anchor=initial, iterations=2, kl=loss)"
     assert not (tmp_path / "run" / "online" / "checkpoints" / "step-0000008" / "value.safetensors").exists()
-    assert time.perf_counter() - started < 60
 
 
 def test_kl_as_a_loss_term_or_a_reward_penalty(tmp_path, gpt2_tokenizer):
@@ -57,7 +53,7 @@ def test_the_first_iteration_of_every_rollout_has_ratio_one(tmp_path, gpt2_token
     trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": "grpo", "grpo": {"iterations": 3}},
                              max_steps=2, save_every=None)
     trainer.fit()
-    records = trainer.clipped.records
+    records = trainer.updater.records
     assert [(r["step"], r["update"]) for r in records] == [(s, u) for s in (1, 2) for u in (1, 2, 3)]
     for r in records:
         if r["update"] == 1:

@@ -4,7 +4,6 @@ is the uninterrupted one, the value model stays out of model/, adapters work, an
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -18,9 +17,9 @@ from tiny_online import (
 )
 
 from alignkit.commands.online import run_online_recipe
-from alignkit.online.clipped import local_microbatches, update_plan, updates_per_step
 from alignkit.online.config import OnlineConfig
 from alignkit.online.tokens import ValueHead, ValueModel
+from alignkit.online.updater import local_microbatches, update_plan, updates_per_step
 from alignkit.recipe import RecipeError
 
 PPO_METRICS = ("approx_kl", "clip_fraction", "ratio_mean", "value_loss", "value_clip_fraction", "explained_variance",
@@ -28,7 +27,6 @@ PPO_METRICS = ("approx_kl", "clip_fraction", "ratio_mean", "value_loss", "value_
 
 
 def test_ppo_reward_rises_and_the_value_head_stays_out_of_model(tmp_path):
-    started = time.perf_counter()
     summary = run_online_recipe(_recipe(tmp_path, "eval=null", "train.max_steps=8", "online.algorithm=ppo",
                                         "online.ppo={epochs: 2, minibatch_size: 4}"))
     history = summary.results["online"].history
@@ -49,7 +47,6 @@ def test_ppo_reward_rises_and_the_value_head_stays_out_of_model(tmp_path):
     assert sorted(value) == ["linear.bias", "linear.weight"] and float(value["linear.weight"].abs().sum()) > 0
     lines = [json.loads(line) for line in (run / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, 9))  # one loop step per rollout
-    assert time.perf_counter() - started < 60
 
 
 def test_the_first_minibatch_of_every_rollout_has_ratio_one(tmp_path, gpt2_tokenizer):
@@ -58,7 +55,7 @@ def test_the_first_minibatch_of_every_rollout_has_ratio_one(tmp_path, gpt2_token
     trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": "ppo", "ppo": {"epochs": 3, "minibatch_size": 2}},
                              max_steps=2, save_every=None, schedule="linear")
     trainer.fit()
-    records = trainer.clipped.records
+    records = trainer.updater.records
     assert [(r["step"], r["update"]) for r in records] == [(s, u) for s in (1, 2) for u in range(1, 7)]
     for r in records:
         if r["update"] == 1:
@@ -84,7 +81,7 @@ def test_update_plan_cuts_every_pass_into_minibatches_and_processes_take_their_s
         assert all(len(m) <= 3 for m in first + second)
     uneven = [mb for step in (0, 1) for mb in update_plan(8, 4, 2, seed=0, step=step) if sum(g < 4 for g in mb) != 2]
     assert uneven
-    with pytest.raises(ValueError, match="online.ppo.minibatch_size=3 must divide the 8 completions"):
+    with pytest.raises(ValueError, match="online.minibatch_size=3 must divide the 8 completions"):
         updates_per_step(8, 3, 1)
 
 
@@ -153,9 +150,10 @@ def test_an_existing_recipe_without_algorithm_is_rloo(tmp_path, gpt2_tokenizer):
     """Backward compatible: no `algorithm` is RLOO (k = 1: the batch mean), and `reinforce` is the batch mean
     for any k; neither builds a value model or takes more than one optimizer step per rollout."""
     rloo = direct_trainer(tmp_path / "a", gpt2_tokenizer, {}, max_steps=1)
-    assert rloo.cfg.algorithm == "rloo" and rloo.value is None and rloo.clipped is None
+    assert rloo.cfg.algorithm == "rloo" and rloo.value is None and rloo.updater.updates == 1
+    assert (rloo.cfg.advantage.name, rloo.cfg.policy_loss.name) == ("rloo", "vanilla_pg")
     reinforce = direct_trainer(tmp_path / "b", gpt2_tokenizer, {"algorithm": "reinforce"}, max_steps=1)
-    assert reinforce.value is None and reinforce.clipped is None
+    assert reinforce.value is None and reinforce.updater.updates == 1
     a, b = rloo.fit().history[0], reinforce.fit().history[0]
     assert a["reward"] == b["reward"] and a["penalised_reward"] == b["penalised_reward"]  # the same samples
     assert a["loss"] != b["loss"]  # another baseline

@@ -51,7 +51,10 @@ def test_online_report_shows_where_the_update_time_goes(tmp_path, case):
     assert optimizer["flops"] == {}
     for row in (logps, reference, fb):
         assert set(row["flops"]) == {"float32"} and row["flops"]["float32"] > 0, row
-        assert row["flops_per_second"] > 0 and 0 < row["peak_fraction"] < 1, row
+        # consistency, not speed: a peak measured on a loaded machine may be below what a phase reached
+        peak = section["peak_flops"]["float32"]["flops_per_second"]
+        assert row["flops_per_second"] == pytest.approx(row["flops"]["float32"] / row["seconds"]), row
+        assert row["peak_fraction"] == pytest.approx(row["flops_per_second"] / peak) and row["peak_fraction"] > 0
     for path, row in rows.items():  # a child's time is part of its parent's
         if len(path) > 1:
             assert row["seconds"] <= rows[path[:-1]]["seconds"] + 1e-9

@@ -38,7 +38,7 @@ def main(out: Path) -> None:
     env = init_distributed(torch.device("cpu"))
     tokenizer = offline_gpt2_tokenizer()
     model = make_tiny_gpt2(seed=0)
-    cfg = TrainConfig(lr=1e-3, batch_size=4, grad_accum=2, max_steps=3)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, grad_accum=2, max_steps=3, precision="fp32")
     objective = build_objective({"name": "dpo", "beta": 0.5})
     trainer = Trainer(model, objective, cfg, train_pairs=tiny_pairs(tokenizer, 8),
                       collate=partial(collate_preference, pad_token_id=tokenizer.pad_token_id),

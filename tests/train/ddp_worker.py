@@ -30,7 +30,7 @@ def main(out: Path) -> None:
     tokenizer = offline_gpt2_tokenizer()
     pairs = tiny_pairs(tokenizer, 8)
     model = make_tiny_gpt2(seed=0)
-    cfg = TrainConfig(lr=1e-3, batch_size=4, grad_accum=1, max_steps=3)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, grad_accum=1, max_steps=3, precision="fp32")  # compared to float rounding
     trainer = Trainer(model, build_objective({"name": "dpo", "beta": 0.5}), cfg, train_pairs=pairs,
                       collate=partial(collate_preference, pad_token_id=tokenizer.pad_token_id),
                       run_dir=out / "run", reference=FrozenCopyReference(model), env=env, stage="ddp")

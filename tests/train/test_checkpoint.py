@@ -33,7 +33,8 @@ from alignkit.train.trainer import Trainer
 
 def _trainer(run_dir: Path, tokenizer, **cfg) -> Trainer:
     model = make_tiny_gpt2()
-    cfg = TrainConfig(**{"lr": 1e-3, "batch_size": 4, "max_steps": 4, "save_every": 1, "keep_checkpoints": 2, **cfg})
+    cfg = TrainConfig(**{"lr": 1e-3, "batch_size": 4, "max_steps": 4, "save_every": 1, "keep_checkpoints": 2,
+                          "precision": "fp32", **cfg})  # resumed == uninterrupted, compared exactly
     return Trainer(model, build_objective({"name": "dpo", "beta": 0.5}), cfg, train_pairs=tiny_pairs(tokenizer, 8),
                    collate=partial(collate_preference, pad_token_id=tokenizer.pad_token_id), run_dir=run_dir,
                    reference=FrozenCopyReference(model), stage="preference")

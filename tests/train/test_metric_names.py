@@ -61,7 +61,7 @@ def _logged_names(tmp_path: Path, tokenizer, loss, paired: bool) -> tuple[set[st
     collate = collate_preference if paired else collate_sft
     pairs = tiny_pairs(tokenizer, 6)
     reference = FrozenCopyReference(model) if objective.needs_reference else None
-    trainer = Trainer(model, objective, TrainConfig(lr=1e-3, batch_size=4, max_steps=1), train_pairs=pairs[:4],
+    trainer = Trainer(model, objective, TrainConfig(lr=1e-3, batch_size=4, max_steps=1, precision="fp32"), train_pairs=pairs[:4],
                       eval_pairs=pairs[4:], collate=partial(collate, pad_token_id=tokenizer.pad_token_id),
                       run_dir=tmp_path, reference=reference)
     trainer.fit()

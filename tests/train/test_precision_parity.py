@@ -15,15 +15,18 @@ from alignkit.train.config import TrainConfig
 from alignkit.train.forward import objective_step
 from alignkit.train.trainer import Trainer
 
-# bf16 keeps 8 mantissa bits (relative rounding 2**-9 ~ 0.2%) in every matmul. Measured on this tiny model:
+# bf16 keeps 8 significant bits (7 stored; unit roundoff u = 2**-8 ~ 0.4%) in every matmul. Measured on this tiny model:
 # losses 2e-5 apart over three steps, gradients 0.4% apart (relative L2); the bounds leave room for other CPUs.
 LOSS_ATOL = 1e-3
 GRAD_RTOL = 0.02  # ||g_bf16 - g_fp32|| / ||g_fp32||
 
 
-def _trainer(tmp_path, pairs, tokenizer, precision: str) -> Trainer:
+U = {"fp32": 2.0**-24, "bf16": 2.0**-8}  # unit roundoff: the relative error of one rounding
+
+
+def _trainer(tmp_path, pairs, tokenizer, precision: str, grad_accum: int = 1) -> Trainer:
     model = make_tiny_gpt2(seed=0)
-    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=3, precision=precision)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=3, precision=precision, grad_accum=grad_accum)
     return Trainer(model, build_objective({"name": "dpo", "beta": 0.5}), cfg, train_pairs=pairs,
                    collate=partial(collate_preference, pad_token_id=tokenizer.pad_token_id), run_dir=tmp_path,
                    reference=FrozenCopyReference(model), seed=0, stage="preference")
@@ -62,3 +65,21 @@ def test_bf16_autocast_keeps_master_weights_optimizer_states_loss_and_logps_fp32
     assert logits.dtype == torch.bfloat16  # the matmuls did run in bf16
     assert out.losses.dtype == torch.float32
     assert stats.policy_chosen_logps.dtype == stats.reference_chosen_logps.dtype == torch.float32
+
+
+def test_a_split_step_differs_from_the_whole_by_one_rounding_of_its_gradient(tmp_path, gpt2_tokenizer):
+    """Why 1 process and 2 (or 2 micro-batches) differ in bf16, and by how much. The forward is the same whatever
+    the split; a weight's gradient under autocast is a bf16 matmul output, so each micro-batch's (each process's)
+    share is rounded to bf16 before the fp32 sum, where the whole step is rounded once: the gradients differ by
+    under 2u of their norm (u = 2**-8), the same one or two roundings as in fp32 (u = 2**-24), scaled by u."""
+    pairs = tiny_pairs(gpt2_tokenizer, 8)
+    apart = {}
+    for precision in ("fp32", "bf16"):
+        whole = _trainer(tmp_path / f"{precision}1", pairs, gpt2_tokenizer, precision, grad_accum=1)
+        split = _trainer(tmp_path / f"{precision}2", pairs, gpt2_tokenizer, precision, grad_accum=2)
+        for trainer in (whole, split):
+            trainer.accumulate_gradients(0)
+        a, b = _flat_grad(whole), _flat_grad(split)
+        apart[precision] = float((a - b).norm() / a.norm())
+        assert apart[precision] <= 2 * U[precision], (precision, apart[precision])
+    assert apart["bf16"] > 100 * apart["fp32"]  # bf16 really rounded: not fp32 under another name

@@ -21,7 +21,8 @@ from alignkit.train.trainer import Trainer
 def _trainer(tmp_path, pairs, tokenizer, *, seed=0, eval_pairs=(), objective=None, **cfg):
     model = make_tiny_gpt2(seed=seed)
     objective = objective or build_objective({"name": "dpo", "beta": 0.5})
-    cfg = TrainConfig(**{"lr": 1e-3, "batch_size": 4, "max_steps": 3, **cfg})
+    # fp32 pinned: these tests compare gradients and runs to float rounding (bf16 has its own tier)
+    cfg = TrainConfig(**{"lr": 1e-3, "batch_size": 4, "max_steps": 3, "precision": "fp32", **cfg})
     return Trainer(model, objective, cfg, train_pairs=pairs, eval_pairs=list(eval_pairs),
                    collate=partial(collate_preference, pad_token_id=tokenizer.pad_token_id), run_dir=tmp_path,
                    reference=FrozenCopyReference(model), seed=seed, stage="preference")
@@ -154,6 +155,6 @@ def test_fewer_held_out_pairs_than_processes_is_refused_at_set_up(tmp_path, gpt2
     pairs = tiny_pairs(gpt2_tokenizer, 5)
     with pytest.raises(ValueError, match="1 held-out examples are fewer than the 2 processes.*"
                                          "train.max_eval_examples or data.test_size"):
-        Trainer(make_tiny_gpt2(), build_objective({"name": "sft"}), TrainConfig(lr=1e-3, batch_size=4, max_steps=1),
+        Trainer(make_tiny_gpt2(), build_objective({"name": "sft"}), TrainConfig(lr=1e-3, batch_size=4, max_steps=1, precision="fp32"),
                 train_pairs=pairs[:4], eval_pairs=pairs[4:], collate=partial(collate, pad_token_id=0),
                 run_dir=tmp_path, env=DistEnv(rank=1, world_size=2))

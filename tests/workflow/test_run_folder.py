@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -137,3 +138,76 @@ def test_inspecting_a_run_folder_runs_none_of_its_code(finished, tmp_path):
     assert inspect_run_folder(folder, current, Recipe, recipe_to_yaml).state == "different"
     assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
     assert not marker.exists()
+
+
+def test_resume_under_the_other_strategy_continues_the_run(tmp_path):
+    """distributed.strategy places the work, it is not the recipe: an fsdp run resumes under ddp, exactly."""
+    recipe = _recipe(tmp_path)
+    assert main(["run", str(recipe), "distributed.strategy=fsdp"]) == 0
+    run = tmp_path / "run"
+    whole = _snapshot(run / "model")
+    checkpoints = run / "preference" / "checkpoints"
+    # As if stopped after step 1: its checkpoint is the latest, nothing after it was written.
+    shutil.rmtree(checkpoints / "step-0000002")
+    (checkpoints / "latest").write_text("step-0000001")
+    shutil.rmtree(run / "model")
+    (run / "report.json").unlink()
+    assert main(["run", str(recipe), "--resume", "distributed.strategy=ddp"]) == 0
+    assert _snapshot(run / "model") == whole
+    metrics = [json.loads(line) for line in (run / "preference" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert json.loads((run / "report.json").read_text())["world_size"] == 1
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path, capsys):
+    from alignkit.workflow.folder_lock import LOCK_FILE, run_folder_lock
+
+    recipe = _recipe(tmp_path)
+    run = tmp_path / "run"
+    with run_folder_lock(run):  # another run holds the folder (flock: another open file, even in this process)
+        assert main(["run", str(recipe)]) == 2
+        err = _err(capsys)
+        assert "is in use by another run (pid" in err and str(os.getpid()) in err
+        assert main(["eval", str(run), "eval.judge.kind=reward", "eval.judge.reward=vader_sentiment"]) == 2
+        assert list(run.iterdir()) == [run / LOCK_FILE]  # nothing of the refused run was written
+    assert not run.exists()  # the holder created the folder for its lock and removed it again
+    run.mkdir()
+    (run / LOCK_FILE).write_text('{"pid": 999999, "host": "gone", "since": "earlier"}')  # a killed run's file
+    assert main(["run", str(recipe)]) == 0
+    assert "taking over the lock of a run that stopped without releasing it (pid 999999 on gone" in _err(capsys)
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_overwrite_checks_what_the_run_reads_before_deleting_anything(finished, tmp_path, capsys):
+    recipe, before = finished
+    folder = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "run", folder)
+    for bad, field in ((f"data.source.path={tmp_path / 'missing.jsonl'}", "data.source.path: no such file"),
+                       (f"model.tokenizer={tmp_path / 'no_tokenizer'}", "model.tokenizer: no such model folder"),
+                       (f"reference.name_or_path={tmp_path / 'no_model'}", "reference.name_or_path: no such model")):
+        assert main(["run", str(recipe), f"output_dir={folder}", "--overwrite", bad]) == 2
+        assert field in _err(capsys)
+        assert _snapshot(folder) == before
+
+
+def test_planted_links_in_a_run_folder_are_refused_and_their_targets_untouched(finished, tmp_path, capsys):
+    recipe, _ = finished
+    folder = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "run", folder)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    # eval appends its judged pairs: not through a link.
+    (folder / "judged_pairs.jsonl").symlink_to(notes)
+    assert main(["eval", str(folder), "eval.judge.kind=reward", "eval.judge.reward=vader_sentiment",
+                 "eval.num_prompts=2", "eval.max_new_tokens=3", "eval.baselines=[chosen]"]) == 2
+    assert "judged_pairs.jsonl:itisasymboliclink" in _err(capsys).replace(" ", "")
+    # --resume rewrites metrics.jsonl up to its checkpoint: not through a link.
+    checkpoints = folder / "preference" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-0000002")
+    (checkpoints / "latest").write_text("step-0000001")
+    (folder / "report.json").unlink()
+    (folder / "preference" / "metrics.jsonl").unlink()
+    (folder / "preference" / "metrics.jsonl").symlink_to(notes)
+    assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
+    assert "metrics.jsonl:itisasymboliclink" in _err(capsys).replace(" ", "")
+    assert notes.read_text() == "my notes\n"

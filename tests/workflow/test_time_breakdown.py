@@ -22,21 +22,32 @@ def test_a_tiny_run_reports_where_the_time_went(tmp_path):
                  ("training", "optimizer"), ("saving the model",), ("evaluation",),
                  ("evaluation", "generation"), ("evaluation", "scoring"), ("evaluation", "KL")]:
         assert path in rows, path
+    # Structure and consistency only, never timings: on a loaded machine any phase (or the remainder) may take
+    # any share, and a peak measured under load may be below what a phase reached.
     top = [r for r in section["phases"] if r["depth"] == 0]
     assert sum(r["share"] for r in top) == pytest.approx(1.0, abs=1e-6)
-    named = sum(r["share"] for r in top if not r["phase"].startswith("other"))
-    assert named > 0.7, section["phases"]  # the phases account for most of the run, not a remainder
+    other = [r for r in top if r["phase"].startswith("other")]
+    assert len(other) == 1 and other[0]["seconds"] == pytest.approx(
+        max(section["wall_seconds"] - sum(r["seconds"] for r in top if r is not other[0]), 0.0), abs=1e-6)
     for path, row in rows.items():  # a child's time is part of its parent's
+        assert row["seconds"] >= 0 and row["share"] == pytest.approx(row["seconds"] / section["wall_seconds"])
         if len(path) > 1:
             assert row["seconds"] <= rows[path[:-1]]["seconds"] + 1e-9
+    peaks = {d: p["flops_per_second"] for d, p in section["peak_flops"].items()}
+    assert peaks and all(p > 0 for p in peaks.values())
     for path in [("training", "forward/backward"), ("training", "reference log-probs"), ("training", "held-out loss"),
                  ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
-        assert rows[path]["flops_per_second"] > 0 and 0 < rows[path]["peak_fraction"] < 1, rows[path]
-    assert section["peak_flops"]["float32"]["flops_per_second"] > 0
+        row = rows[path]
+        assert row["flops"] and set(row["flops"]) <= set(peaks), row  # every dtype computed in has its peak
+        assert row["flops_per_second"] == pytest.approx(sum(row["flops"].values()) / row["seconds"]), row
+        assert row["peak_fraction"] == pytest.approx(
+            sum(f / peaks[d] for d, f in row["flops"].items()) / row["seconds"]), row
     generation = rows[("evaluation", "generation")]
-    assert generation["tokens"] > 0 and generation["tokens_per_second"] > 0
-    assert generation["weight_bytes"] > 0 and 0 < generation["bandwidth_fraction"] < 1
-    assert section["read_bandwidth"]["bytes_per_second"] > 0
+    assert generation["tokens"] > 0 and generation["weight_bytes"] > 0
+    assert generation["tokens_per_second"] == pytest.approx(generation["tokens"] / generation["seconds"])
+    bandwidth = section["read_bandwidth"]["bytes_per_second"]
+    assert bandwidth > 0 and generation["bandwidth_fraction"] == pytest.approx(
+        generation["weight_bytes"] / bandwidth / generation["seconds"])
     assert rows[("training", "forward/backward")]["bandwidth_fraction"] is None  # decoding phases only
     assert report["precision"]["used"] in ("fp32", "bf16 autocast") and report["precision"]["reason"]
     markdown = (tmp_path / "run" / "report.md").read_text()

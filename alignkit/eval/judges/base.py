@@ -50,6 +50,12 @@ Choice = Literal["A", "B", "tie"] | None
 # How a pair's two verdicts make its score: both must agree, or the mean of the two orders' probabilities.
 PairRule = Literal["agree", "mean_probability"]
 
+# A pair whose mean probability is this close to 1/2 is a tie. A judge that ignores the responses gives the
+# same margin in both orders up to the float32 rounding of its two log-softmax passes (a few ulps of a
+# log-prob of order 1, ~1e-6), which moves p by at most a quarter of that: without the tolerance such a
+# judge scored 0 or 1 depending on the CPU's summation order instead of 1/2.
+PROBABILITY_TIE_TOLERANCE = 1e-6
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -169,7 +175,7 @@ class JudgedPair:
     def score(self) -> float:
         if self.rule == "mean_probability":
             p = self.policy_probability
-            return 0.5 if p is None or p == 0.5 else float(p > 0.5)
+            return 0.5 if p is None or abs(p - 0.5) <= PROBABILITY_TIE_TOLERANCE else float(p > 0.5)
         return pair_score(self.policy_first, self.policy_second)
 
     @property

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from alignkit.cache import open_for_write
+
 __all__ = ["VerdictCache", "verdict_key"]
 
 log = logging.getLogger(__name__)
@@ -56,5 +58,5 @@ class VerdictCache:
                 return
             self._answers[key] = raw
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
+            with open_for_write(self.path, "a") as f:
                 f.write(json.dumps({"key": key, "raw": raw}, ensure_ascii=False) + "\n")

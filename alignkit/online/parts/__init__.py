@@ -1,0 +1,52 @@
+"""The registered parts of an online objective (see :mod:`alignkit.online.parts.base`); importing this package
+registers the built-ins."""
+
+from alignkit.online.parts import advantages, aggregations, corrections, kl, policy_losses
+from alignkit.online.parts.base import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    CORRECTIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    AdvantageInputs,
+    AdvantageOutput,
+    BatchSizes,
+    PartConfig,
+    PartSpec,
+    PolicyLossInputs,
+    PolicyLossOutput,
+    all_parts,
+    broadcast,
+    register_advantage,
+    register_aggregation,
+    register_correction,
+    register_kl_estimator,
+    register_policy_loss,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "CORRECTIONS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "BatchSizes",
+    "PartConfig",
+    "PartSpec",
+    "PolicyLossInputs",
+    "PolicyLossOutput",
+    "advantages",
+    "aggregations",
+    "all_parts",
+    "broadcast",
+    "corrections",
+    "kl",
+    "policy_losses",
+    "register_advantage",
+    "register_aggregation",
+    "register_correction",
+    "register_kl_estimator",
+    "register_policy_loss",
+]

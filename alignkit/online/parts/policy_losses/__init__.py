@@ -1,0 +1,5 @@
+"""The registered policy losses, one module each (importing this package registers them)."""
+
+from alignkit.online.parts.policy_losses import cispo, dapo, gspo, ppo_clip, sapo, vanilla_pg
+
+__all__ = ["cispo", "dapo", "gspo", "ppo_clip", "sapo", "vanilla_pg"]
