@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# A rerun starts the demo over in its own folder (--overwrite), reusing the converted model, the sampled pairs
+# and the reference log-probs from ~/.cache/alignkit.
 demo: $(STAMP)  ## the offline main job: DPO on a real model with a real reward, before/after table
-	$(BIN)/alignkit run recipes/dpo_smollm2_sentiment.yaml
+	$(BIN)/alignkit run recipes/dpo_smollm2_sentiment.yaml --overwrite
 
 test: $(STAMP)  ## the default test suite (fast; no downloads)
 	$(BIN)/python -m pytest

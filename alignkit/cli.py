@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ _err = Console(stderr=True)
 _out = Console()
 
 PLUGIN_HELP = ("Python file or module to import first (repeatable); its import registers what it defines: losses, "
-               "reward functions, data sources, judges")
+               "reward functions, data sources, judges, online parts (advantages, policy losses, ...)")
 
 
 def _progress_console() -> Console:
@@ -184,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (RLOO, PPO, GRPO, optionally with WARP; "
-                            "see docs/online.md).")
+    online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
+                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo or cispo, or parts of your own; optionally "
+                            "with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
@@ -255,7 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _continue_hint(args: argparse.Namespace) -> str:
+    """How to continue what Ctrl-C stopped: the command that does it, where there is one."""
+    again = [arg for arg in args.argv if arg not in ("--overwrite", "--resume")]
+    if args.command in ("run", "online"):
+        return ("continue from the last checkpoint with: "
+                + shlex.join(["alignkit", *again, "--resume"]))
+    if args.command == "compare":
+        return ("continue with the same command (finished runs are reused, an interrupted one resumes from its "
+                "last checkpoint): " + shlex.join(["alignkit", *again]))
+    return "stopped; nothing to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from alignkit.progress import quiet_library_bars
+
+    quiet_library_bars()  # a log (`make demo > log 2>&1`) gets no model-loading bars redrawn line by line
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`compare r.yaml --losses dpo train.max_steps=4`); argparse stops at them.
@@ -288,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err.print(f"[yellow]stopped[/]: another process of this run failed ({escape(str(err).splitlines()[0])})")
         return 1
     except KeyboardInterrupt:
-        _err.print("[yellow]interrupted[/]: rerun with --resume to continue from the last checkpoint")
+        # soft_wrap: the command stays on one line, to be copied as printed
+        _err.print(f"[yellow]interrupted[/]: {escape(_continue_hint(args))}", highlight=False, soft_wrap=True)
         return 130
 
 

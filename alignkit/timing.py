@@ -94,7 +94,8 @@ class PhaseClock:
 
         Returns:
             Dicts with ``phase`` (its name), ``path``, ``depth``, ``seconds``, ``share``, ``calls``, ``flops``
-            (by dtype), ``flops_per_second`` and ``peak_fraction`` (None where no FLOPs were counted); the
+            (by dtype), ``precision`` (the dtypes the phase's model computed in, as the code that ran it
+            counted its FLOPs; [] for a phase that ran no model), ``flops_per_second`` and ``peak_fraction`` (None where no FLOPs were counted); the
             fraction is the time the FLOPs would take at each dtype's peak over the time they took. Decoding
             phases add ``tokens_per_second`` and ``bandwidth_fraction``: the time reading their weights once
             per forward would take at ``bandwidth`` over the time they took (None elsewhere).
@@ -123,6 +124,7 @@ def _row(path: Path, total: PhaseTotal, wall: float, peaks: Mapping[str, float],
             bandwidth_fraction = total.weight_bytes / bandwidth / total.seconds
     return {"phase": path[-1], "path": list(path), "depth": len(path) - 1, "seconds": total.seconds,
             "share": total.seconds / wall, "calls": total.calls, "flops": dict(total.flops),
+            "precision": sorted(total.flops),
             "flops_per_second": rate, "peak_fraction": fraction, "weight_bytes": total.weight_bytes,
             "tokens": total.tokens, "tokens_per_second": tokens_rate, "bandwidth_fraction": bandwidth_fraction}
 

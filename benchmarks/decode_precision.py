@@ -32,8 +32,8 @@ from alignkit.data.sentiment_prompts import sentiment_prompts  # noqa: E402
 from alignkit.models.config import ModelConfig  # noqa: E402
 from alignkit.models.decode import decode, row_uniforms  # noqa: E402
 from alignkit.models.generate import eos_token_ids, format_prompt  # noqa: E402
+from alignkit.models.hardware import detect_hardware  # noqa: E402
 from alignkit.models.load import load_causal_lm, load_tokenizer  # noqa: E402
-from alignkit.models.precision import detect_hardware  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "alignkit"
 
 LAYERS: list[set[str]] = [
-    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing"},
+    {"registry", "cache", "hub", "schema_docs", "plugins", "config_base", "timing", "progress"},
     {"losses", "models", "peft"},
     {"data"},
     {"eval", "train", "report"},

@@ -314,3 +314,60 @@ def test_a_folder_written_before_a_new_setting_existed_is_not_stale(hh_path, tmp
     saved["model"]["padding_free"] = False  # a real difference still counts
     (plan.recipe.run_dir() / "recipe.yaml").write_text(yaml.safe_dump(saved))
     assert _folder_state(plan.recipe)[0] == "stale"
+
+
+INTERRUPTING_LOSS = '''
+import os
+from pathlib import Path
+
+from alignkit.losses import register_loss
+from alignkit.losses.dpo import DPOConfig, dpo
+
+calls = 0
+
+
+@register_loss("dpo_ctrl_c", config=DPOConfig, needs_reference=True, description="DPO; Ctrl-C once at step 2")
+def dpo_ctrl_c(stats, cfg):
+    """DPO, as if the user pressed Ctrl-C during the second step of the first process that reaches it."""
+    global calls
+    calls += 1
+    mark = Path(os.environ["ALIGNKIT_TEST_CTRL_C"])
+    if calls == 2 and mark.exists():
+        mark.unlink()
+        raise KeyboardInterrupt
+    return dpo(stats, cfg)
+'''
+
+
+def test_after_ctrl_c_compare_prints_a_command_that_continues_it(hh_path, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of a comparison's second run; the printed command, run as printed, reuses the
+    finished run and resumes the interrupted one from its checkpoint (no --resume, which compare rejects)."""
+    import shlex
+
+    plugin = tmp_path / "ctrl_c.py"
+    plugin.write_text(INTERRUPTING_LOSS)
+    mark = tmp_path / "press-ctrl-c"
+    mark.touch()
+    monkeypatch.setenv("ALIGNKIT_TEST_CTRL_C", str(mark))
+    out = tmp_path / "cmp"
+    args = ["compare", RECIPE, "--losses", "dpo,dpo_ctrl_c", "--plugin", str(plugin), *_overrides(hh_path),
+            "train.eval_every=null", "train.save_every=1", "--out", str(out)]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert not mark.exists() and "--resume" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    again = shlex.split(line.split(": alignkit ", 1)[1])
+    assert again[0] == "compare" and main(again) == 0
+    rows = _rows(out)
+    assert rows["dpo"]["status"] == "reused" and rows["dpo_ctrl_c"]["status"] == "resumed"
+    assert "resumed from" in capsys.readouterr().err
+
+
+def test_the_recorded_command_names_its_plugins():
+    """comparison.md's command reruns the comparison: the --plugin files that define its losses are in it."""
+    from alignkit.commands.compare import _protocol_facts
+
+    facts = _protocol_facts("r.yaml", ["dpo", "sigmoid_hinge"], None, ["loss.beta=0.1,0.2"], ["train.max_steps=4"],
+                            ["my_losses.py"], 3.0)
+    assert facts[0] == ("- command: `alignkit compare r.yaml --losses dpo,sigmoid_hinge --plugin my_losses.py "
+                        "--sweep loss.beta=0.1,0.2 train.max_steps=4`")

@@ -245,6 +245,31 @@ def test_validate_names_the_plugin_files_it_imported(tmp_path, capsys):
     assert f"importedplugins:{plugin}" in re.sub(r"\s+", "", capsys.readouterr().out)
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["loss.beta=-1"], "override loss.beta=-1: loss.beta: Input should be greater than 0"),
+    (["train.nosuch=1"], "override train.nosuch=1: train.nosuch: Extra inputs are not permitted"),
+    (["adapter.kind=lora", "adapter.r=-2"], "override adapter.r=-2: adapter.r: Input should be greater than 0"),
+    (["loss.name=ipo", "loss.tau=-1"], "override loss.tau=-1: loss.tau:"),
+])
+def test_an_error_an_override_causes_names_the_override_not_a_line_of_the_file(overrides, expected, capsys):
+    """The file's own line of loss.beta (or of the section) holds nothing wrong: the message names the
+    override, and no `recipe.yaml:N:` location."""
+    assert main(["validate", "recipes/dpo_smollm2_sentiment.yaml", *overrides]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err
+    assert "dpo_smollm2_sentiment.yaml:" not in err.replace("dpo_smollm2_sentiment.yaml: 1 problem", "")
+
+
+def test_a_file_error_keeps_its_line_next_to_an_override(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    text = Path("recipes/dpo_smollm2_sentiment.yaml").read_text().replace("  lr: 5.0e-4", "  lr: -5.0e-4")
+    recipe.write_text(text)
+    line = text.splitlines().index("  lr: -5.0e-4") + 1
+    assert main(["validate", str(recipe), "loss.beta=-1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"r.yaml:{line}: train.lr:" in err and "override loss.beta=-1: loss.beta:" in err
+
+
 def test_validate_says_it_imports_plugins_and_does(tmp_path, capsys):
     """`validate` runs a recipe's plugins (that is how their losses exist); its help and the README say so."""
     marker = tmp_path / "ran"
@@ -264,8 +289,13 @@ def test_online_help_names_every_algorithm_and_what_a_plugin_registers(capsys):
     with pytest.raises(SystemExit):
         main(["online", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "RLOO, PPO, GRPO, optionally with WARP" in text and "RLOO or WARP" not in text
-    assert "losses, reward functions, data sources, judges" in text
+    from typing import get_args
+
+    from alignkit.online.presets import PresetName
+
+    assert all(f" {name}," in text or f" {name} or" in text for name in get_args(PresetName)), text
+    assert "RLOO or WARP" not in text
+    assert "losses, reward functions, data sources, judges, online parts" in text
 
 
 def test_only_the_main_process_prints_progress(monkeypatch):

@@ -10,10 +10,12 @@ with ``--plugin`` are; a recipe that needs one that was not named fails with the
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from alignkit.data import SOURCES, prepare_data
@@ -26,10 +28,12 @@ from alignkit.recipe import Recipe, RecipeError, load_recipe
 from alignkit.recipe.source import parse_yaml, read_text
 from alignkit.report.judge import judged_evaluations
 from alignkit.report.tables import write_report
+from alignkit.timing import PhaseClock, phase, recording
 from alignkit.workflow.environment import resolve_device
 from alignkit.workflow.folder_lock import run_folder_lock
 from alignkit.workflow.model_io import load_run_model
 from alignkit.workflow.reference import base_loader, evaluation_base, evaluation_reference, reference_loader
+from alignkit.workflow.time_breakdown import time_breakdown
 
 __all__ = ["add_judged", "evaluate_run", "load_run_recipe"]
 
@@ -105,29 +109,39 @@ def evaluate_run(
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "model").is_dir():
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs recipe.yaml and model/)")
     with run_folder_lock(run_dir, console):  # not while a run (or another eval) writes the folder
-        return _evaluate(run_dir, load_run_recipe(run_dir, overrides, plugins), console, device, redo_reward_kl)
+        clock, started = PhaseClock(), time.perf_counter()
+        with recording(clock):
+            report, dev = _evaluate(run_dir, load_run_recipe(run_dir, overrides, plugins), console, device,
+                                    redo_reward_kl)
+        # This command's own time, not the training run's (which report.json keeps as `time_breakdown`).
+        report["eval_time_breakdown"] = time_breakdown(clock, time.perf_counter() - started, dev)
+        write_report(report, run_dir, console=console, printed_time="eval_time_breakdown")
+        return report
 
 
-def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str, redo_reward_kl: bool) -> dict[str, Any]:
-    """:func:`evaluate_run` once the folder is held."""
+def _evaluate(run_dir: Path, recipe: Recipe, console: Console, device: str,
+              redo_reward_kl: bool) -> tuple[dict[str, Any], torch.device]:
+    """:func:`evaluate_run` once the folder is held, timed by its caller: (the updated report, the device)."""
     cfg = recipe.eval or EvalConfig()
     if cfg.judge.kind == "none" and cfg.reward is None:
         raise ValueError("nothing to evaluate: the recipe has no eval.judge and no eval.reward; e.g. "
                          "alignkit eval RUN_DIR eval.judge.kind=reward eval.judge.reward=vader_sentiment")
     check_judge_environment(cfg.judge)  # an unset API-key variable fails now, not after the reward/KL pass
     dev = resolve_device(device)
-    policy, tokenizer = load_run_model(run_dir, device=str(dev))
-    reference = evaluation_reference(recipe, policy, reference_loader(recipe, dev, run_dir))
-    base = evaluation_base(recipe, policy, reference, base_loader(recipe, dev))
-    prompts, chosen, labelled = _heldout(recipe, tokenizer)
+    with phase("loading"):
+        policy, tokenizer = load_run_model(run_dir, device=str(dev))
+        reference = evaluation_reference(recipe, policy, reference_loader(recipe, dev, run_dir))
+        base = evaluation_base(recipe, policy, reference, base_loader(recipe, dev))
+    with phase("data preparation"):
+        prompts, chosen, labelled = _heldout(recipe, tokenizer)
     report_path = run_dir / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {
         "recipe": recipe.name, "objective": recipe.objective().describe()}
     evaluation = len(judged_evaluations(report)) + 1
-    sections = evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
-                                console=console, device=str(dev), base=base, labelled=labelled,
-                                reward_kl=redo_reward_kl or "reward_kl" not in report, evaluation=evaluation)
+    with phase("evaluation"):
+        sections = evaluate_heldout(cfg, policy, reference, tokenizer, prompts, chosen, run_dir=run_dir,
+                                    console=console, device=str(dev), base=base, labelled=labelled,
+                                    reward_kl=redo_reward_kl or "reward_kl" not in report, evaluation=evaluation)
     add_judged(report, sections.pop("judged", []))
     report.update(sections)
-    write_report(report, run_dir, console=console)
-    return report
+    return report, dev

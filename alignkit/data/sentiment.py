@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from alignkit.data.config import DataConfig, SentimentSource
@@ -47,6 +46,7 @@ from alignkit.data.types import DataError, DropReport, PreferenceExample, Prepar
 from alignkit.models.generate import ProgressFn, Sampling, generate_completions, uses_chat_template
 from alignkit.models.precision import resolve_precision
 from alignkit.models.rewards import RewardFn, resolve_reward
+from alignkit.progress import StepProgress
 
 __all__ = [
     "SENTIMENT_PROMPTS",
@@ -205,22 +205,15 @@ def _pairs_with_progress(model: nn.Module, tokenizer, prompts_and_gaps: dict[str
                          console: Console) -> dict[str, RewardPairs]:
     """:func:`build_reward_pairs` of each named prompt list with its ``min_reward_gap``, under a progress bar."""
     results = {}
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        for name, (prompts, gap) in prompts_and_gaps.items():
-            task = progress.add_task(f"sentiment pairs ({name}): sampling", total=len(prompts) * src.completions_per_prompt)
-
-            def advance(done: int, total: int, task: TaskID = task) -> None:
-                progress.update(task, completed=done, total=total)
-
+    for name, (prompts, gap) in prompts_and_gaps.items():
+        total = len(prompts) * src.completions_per_prompt
+        with StepProgress(console, f"sentiment pairs ({name}): sampling", total) as progress:
             results[name] = build_reward_pairs(
                 model, tokenizer, prompts, sampling, reward=src.reward, min_reward_gap=gap, use_cache=src.use_cache,
                 generation_dtype=generation_dtype,
-                progress=advance,
+                progress=progress.update,
             )
-            progress.update(task, completed=len(prompts) * src.completions_per_prompt)
+            progress.update(total)
     for name, result in results.items():
         console.print(f"sentiment {name}: {result.summary()}")
     return results

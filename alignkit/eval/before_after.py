@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.kl import ReferenceFn
 from alignkit.eval.reward_kl import evaluate_model_reward, evaluate_reward_kl, reward_gain
+from alignkit.progress import StepProgress
 
 __all__ = ["evaluate_before_after"]
 
@@ -43,19 +43,13 @@ def evaluate_before_after(
     console = console or Console(stderr=True)
     console.print(f"eval: {cfg.samples_per_prompt} samples on each of {len(prompts)} held-out prompts from the "
                   f"reference, then the policy; reward {cfg.reward}, KL to the reference")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        task = progress.add_task("eval: reference samples", total=None)
-
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
+    with StepProgress(console, "eval: reference samples") as progress:
         with reference() as reference_model:
             before = evaluate_model_reward(reference_model, tokenizer, prompts, cfg.reward, cfg.sampling,
-                                           label="reference", progress=advance)
-        progress.update(task, description="eval: policy samples", completed=0, total=None)
+                                           label="reference", progress=progress.update)
+        progress.update(0, description="eval: policy samples")
         after = evaluate_reward_kl(policy, reference, tokenizer, prompts, cfg.reward, cfg.sampling, label="policy",
-                                   progress=advance)
+                                   progress=progress.update)
     gain = reward_gain(before, after)
     return {
         "reward": before.reward_name,

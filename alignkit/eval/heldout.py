@@ -34,6 +34,7 @@ from alignkit.eval.progress import counting_progress
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.models.generate import format_prompt, generate_completions, uses_chat_template
+from alignkit.progress import StepProgress
 from alignkit.timing import phase
 
 __all__ = ["BaselineSources", "evaluate_heldout", "fitting_prompts", "judge_run"]
@@ -121,17 +122,20 @@ def judge_run(
     rows += [{"evaluation": evaluation, "against": "agreement", **p.to_dict()} for p in judged]
     kept, too_long = _judged_prompts(cfg, policy, tokenizer, prompts, sources.chosen)
     sampling = cfg.sampling.but(samples_per_prompt=1)  # one completion per prompt and side
-    console.print(f"judge: sampling the policy on {len(kept)} prompts")
-    policy_texts = [c.text for c in generate_completions(policy, tokenizer, kept, sampling)]
+    with StepProgress(console, "judge: sampling the policy", len(kept)) as progress:
+        policy_texts = [c.text for c in generate_completions(policy, tokenizer, kept, sampling,
+                                                             progress=progress.update)]
     samples: dict[int, list[str]] = {}  # by model source: base and reference may be one model
     sections = []
     for name in cfg.baselines:
         baseline_texts = _baseline_texts(name, sources, tokenizer, kept, cfg, samples, console)
         console.print(f"judge: {2 * len(kept)} comparisons against {name} with {judge.describe()}")
         # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
+        started = time.perf_counter()
         with counting_progress(console, f"judge vs {name}", "comparisons") as progress:
             pairs = judge_pairs(judge, kept, policy_texts, baseline_texts, max_invalid_fraction=limit,
                                 progress=progress)
+        console.print(f"judge: {2 * len(kept)} comparisons against {name} done in {time.perf_counter() - started:.0f} s")
         sections.append(_baseline_section(name, cfg, tokenizer, pairs, skipped_long_prompts=too_long))
         rows += [{"evaluation": evaluation, "against": name, **p.to_dict()} for p in pairs]
         judged += pairs
@@ -199,10 +203,10 @@ def _baseline_texts(name: str, sources: BaselineSources, tokenizer, prompts: lis
     if model is None:
         raise ValueError(f"eval.baselines has {name!r} but no {name} model was given")
     if id(model) not in samples:
-        console.print(f"judge: sampling the {name} model")
-        with model() as baseline_model:
+        with StepProgress(console, f"judge: sampling the {name} model", len(prompts)) as progress, \
+                model() as baseline_model:
             completions = generate_completions(baseline_model, tokenizer, prompts,
-                                               cfg.sampling.but(samples_per_prompt=1))
+                                               cfg.sampling.but(samples_per_prompt=1), progress=progress.update)
         samples[id(model)] = [c.text for c in completions]
     return samples[id(model)]
 

@@ -99,7 +99,8 @@ def _load_error(what: str, name: str, field: str, err: Exception | str) -> Model
         f"could not load the {what} {name!r} ({field}): it is not a local folder, {why} "
         f"and it is not in the local Hugging Face cache. Point {field} at a local folder saved with "
         f"save_pretrained, or use a built-in alias ({aliases}; 'gpt2' for the tokenizer), or set "
-        f"model.from_config to build a small model without weights. Original error: {err}"
+        f"model.from_config to build a small model without weights."
+        + ("" if str(err) == why else f" Original error: {err}")
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -29,6 +30,7 @@ from alignkit.cache import cache_dir, check_inside
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
+from alignkit.progress import StepProgress
 from alignkit.timing import count_flops
 
 __all__ = ["ReferenceLogpsCache", "cache_key", "model_fingerprint"]
@@ -214,8 +216,6 @@ def _compute(
     process ends with all the values. A sharded model gathers its parameters with every process at each
     forward: then every process runs as many forwards, one with a batch fewer repeating a batch it discards.
     """
-    from rich.progress import Progress
-
     n = _size(pairs)
     rank, world = _rank(), _world_size()
     starts = list(range(0, len(pairs), batch_size))
@@ -228,8 +228,8 @@ def _compute(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), Progress(disable=not progress or rank != 0, transient=True) as bar:
-            task = bar.add_task("Reference log-probs", total=len(mine))
+        with torch.no_grad(), StepProgress(Console(stderr=True), "reference log-probs", len(mine),
+                                           enabled=progress and rank == 0) as bar:
             for i in range(rounds):
                 start = mine[min(i, len(mine) - 1)] if mine else 0
                 batch = collate_fn(list(pairs[start : start + batch_size]))
@@ -244,7 +244,7 @@ def _compute(
                     chosen[index.cpu()] = out["chosen_logps"].float().cpu()
                     rejected[index.cpu()] = out["rejected_logps"].float().cpu()
                     seen[index.cpu()] = 1.0
-                    bar.advance(task)
+                    bar.update(i + 1)
     finally:
         model.train(was_training)
     if world > 1:

@@ -117,7 +117,7 @@ class PartChoice(BaseModel):
     """A registered part by name, with its settings beside the name (``{name: ppo_clip, clip_low: 0.1}``, or
     just ``ppo_clip``); the settings are validated by the part's own config."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="The registered part (docs/online_parts.md lists them with their settings).")
 

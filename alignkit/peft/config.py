@@ -39,7 +39,19 @@ class NoAdapter(_StrictConfig):
     kind: Literal["none"] = Field("none", description="No adapter: full fine-tuning.")
 
 
-class BottleneckConfig(_StrictConfig):
+class _SavedAdapter(_StrictConfig):
+    """What an adapter run's ``model/`` folder keeps (both adapter kinds)."""
+
+    save_base: bool = Field(
+        False,
+        description="Also copy the base model's weights into the run's model/ folder. By default model/ holds "
+        "the adapter and refers to a base loaded from a local folder by its path and the SHA-256 of its weight "
+        "files (eval, serve and load_run_model load it from there and check the hash); a base with no local "
+        "folder (built from a config, or a Hub id) is always copied.",
+    )
+
+
+class BottleneckConfig(_SavedAdapter):
     """A bottleneck MLP adapter on every transformer block's MLP (GPT-2 Conv1D or Llama-style gated MLPs).
 
     The adapter is ``up(dropout(act(down(x)))) * scaling`` with ``down: hidden -> m`` and ``up: m -> hidden``
@@ -148,7 +160,7 @@ class BottleneckConfig(_StrictConfig):
         return max(1, int(hidden_size // self.reduction_factor))
 
 
-class LoRAConfig(_StrictConfig):
+class LoRAConfig(_SavedAdapter):
     """Low-rank adaptation (Hu et al. 2021): ``W x + (alpha / r) * B A x`` with ``A: in -> r``, ``B: r -> out``.
 
     ``B`` starts at zero, so the model is unchanged at step 0. Works on ``nn.Linear`` and on GPT-2's

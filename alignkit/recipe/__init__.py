@@ -35,6 +35,7 @@ from alignkit.recipe.source import (
     describe,
     line_map,
     line_of,
+    mark_overrides,
     parse_yaml,
     path_str,
     read_text,
@@ -87,7 +88,8 @@ def _switch_kind(node: dict[str, Any], parts: list[str | int], value: Any, schem
     return {"kind": value, **{k: v for k, v in node.items() if k in keep and k != "kind"}}
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[BaseModel] | None = None) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[BaseModel] | None = None,
+                    applied: list[tuple[tuple[Any, ...], str]] | None = None) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (value parsed as YAML) to a recipe dict, in place.
 
     ``loss.beta=0.2`` sets a key of a mapping; ``loss[1].weight=0.1`` or ``loss.1.weight`` indexes a list.
@@ -101,6 +103,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Bas
         data: the recipe as read from YAML.
         overrides: ``key=value`` strings.
         schema: the recipe model (default :class:`Recipe`), which says which settings each kind has.
+        applied: if given, receives ``(path, override)`` for each override: the path of what it replaced.
 
     Raises:
         RecipeError: naming the override, when it is malformed or addresses what is not there.
@@ -112,6 +115,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], schema: type[Bas
         key, raw = item.split("=", 1)
         value = parse_yaml(raw, f"override {item!r}")[0] if raw.strip() != "" else None
         parts = _parse_key(key.strip())
+        if applied is not None:  # a new objective or kind replaces its whole section
+            replaces = parts[:-1] if parts[-1] in ("name", "kind") and parts[:1] == ["loss"] or parts[-1] == "kind" \
+                else parts
+            applied.append((tuple(replaces), item))
         if parts == ["loss", "name"] and isinstance(data.get("loss"), dict):
             # Swapping the objective: the old loss's parameters mean nothing to the new one.
             data["loss"] = {"name": value}
@@ -180,7 +187,9 @@ def read_recipe_file(
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else type(data).__name__
         raise RecipeError(f"{path}: a recipe is a YAML mapping (key: value lines), got {kind}")
-    return apply_overrides(data, overrides or [], schema), line_map(node)
+    applied: list[tuple[tuple[Any, ...], str]] = []
+    data = apply_overrides(data, overrides or [], schema, applied)
+    return data, mark_overrides(line_map(node), applied)
 
 
 def _recorded_file(entry: dict[str, Any], where: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -23,6 +23,7 @@ __all__ = [
     "describe",
     "line_map",
     "line_of",
+    "mark_overrides",
     "parse_yaml",
     "path_str",
     "read_text",
@@ -161,19 +162,38 @@ def line_map(node: yaml.Node | None, path: tuple[Any, ...] = (), lines: dict | N
     return lines
 
 
-def line_of(loc: Sequence[Any], lines: dict) -> int | None:
-    """The line of ``loc`` in the file, or of the closest section above it that is written there."""
+def mark_overrides(lines: dict, overrides: Sequence[tuple[tuple[Any, ...], str]]) -> dict:
+    """``lines`` with each overridden path (and everything under it) placed at its override instead of the
+    file: ``((path, "loss.beta=-1"), ...)`` in the order applied. A problem there then names the override."""
+    for path, item in overrides:
+        for key in [k for k in lines if k[: len(path)] == path]:
+            del lines[key]
+        lines[path] = f"override {item}"
+    return lines
+
+
+def _place(loc: Sequence[Any], lines: dict) -> int | str | None:
     for n in range(len(loc), 0, -1):
-        line = lines.get(tuple(loc[:n]))
-        if line is not None:
-            return line
+        place = lines.get(tuple(loc[:n]))
+        if place is not None:
+            return cast("int | str", place)
     return None
 
 
+def line_of(loc: Sequence[Any], lines: dict) -> int | None:
+    """The line of ``loc`` in the file, or of the closest section above it that is written there (None
+    where that is a command-line override, see :func:`mark_overrides`)."""
+    place = _place(loc, lines)
+    return place if isinstance(place, int) else None
+
+
 def describe(loc: Sequence[Any], message: str, lines: dict, source: str) -> str:
-    """One problem as ``file:line: path: message`` (no ``file:line`` for what is not in the file)."""
-    line = line_of(loc, lines)
-    where = f"{source}:{line}: " if line is not None and source else ""
+    """One problem as ``file:line: path: message`` (no ``file:line`` for what is not in the file), or as
+    ``override key=value: path: message`` for what a command-line override set."""
+    place = _place(loc, lines)
+    if isinstance(place, str):
+        return f"{place}: {path_str(loc)}: {message}"
+    where = f"{source}:{place}: " if place is not None and source else ""
     return f"{where}{path_str(loc)}: {message}"
 
 

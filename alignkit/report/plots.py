@@ -12,7 +12,7 @@ from typing import Any
 from alignkit.cache import open_for_write
 from alignkit.report.format import bound, format_interval
 
-__all__ = ["interval_error", "plot_reward_kl", "plot_win_rate", "pyplot", "save_figure"]
+__all__ = ["interval_error", "plot_reward_kl", "plot_win_rate", "pyplot", "save_figure", "win_rate_figure"]
 
 
 def pyplot():
@@ -42,14 +42,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def plot_win_rate(evaluations: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Horizontal bars of each baseline's win rate and length-controlled win rate with their 95% intervals.
-
-    Args:
-        evaluations: report.json's judged evaluations (:func:`alignkit.report.judge.judged_evaluations`).
-        path: PNG file to write.
-    """
-    plt = pyplot()
+def _win_rate_rows(evaluations: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
     rows = []
     for evaluation in evaluations:
         name = (evaluation.get("judge") or {}).get("name", "judge")
@@ -59,18 +52,44 @@ def plot_win_rate(evaluations: Sequence[Mapping[str, Any]], path: str | Path) ->
                 rows.append((who, section["win_rate"]))
             if section.get("length_controlled_win_rate"):
                 rows.append(("  length-controlled", section["length_controlled_win_rate"]))
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(rows), 1)))
+    return rows
+
+
+def win_rate_figure(evaluations: Sequence[Mapping[str, Any]]) -> tuple[Any, Any, list[Any]]:
+    """The figure of :func:`plot_win_rate`, not yet saved: (figure, axes, the value labels).
+
+    The value labels sit in a column right of the 0-1 axis, where no bar or interval can reach them (a label
+    placed after each interval runs into the next one's or off the axis near a win rate of 1).
+    """
+    plt = pyplot()
+    rows = _win_rate_rows(evaluations)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(len(rows), 1)))
+    labels = []
     for y, (_label, ci) in enumerate(rows):
         est = ci["estimate"]
         ax.barh(y, est, color="tab:blue", alpha=0.6, height=0.5)
         ax.errorbar(est, y, xerr=interval_error(ci), fmt="o", color="black", capsize=4)
-        ax.text(min((bound(ci, "high") or est) + 0.02, 0.86), y, format_interval(ci, 2), va="center", fontsize=8)
+        # x in axes fraction (just past the right spine), y in data: one column of labels beside the plot.
+        labels.append(ax.text(1.02, y, format_interval(ci, 2), va="center", ha="left", fontsize=8,
+                              transform=ax.get_yaxis_transform()))
     ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()  # the first evaluation on top
     ax.set_xlim(0, 1)
     ax.set_xlabel("policy win rate (95% CI)")
     fig.tight_layout()
+    return fig, ax, labels
+
+
+def plot_win_rate(evaluations: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Horizontal bars of each baseline's win rate and length-controlled win rate with their 95% intervals,
+    each row's interval printed in a column to the right of the plot.
+
+    Args:
+        evaluations: report.json's judged evaluations (:func:`alignkit.report.judge.judged_evaluations`).
+        path: PNG file to write.
+    """
+    fig, _, _ = win_rate_figure(evaluations)
     return save_figure(fig, path)
 
 

@@ -12,7 +12,7 @@ from alignkit.cache import open_for_write, write_atomic
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
-from alignkit.report.timing import TIME_HEADER, time_markdown, time_rows
+from alignkit.report.timing import TIME_HEADER, phase_precisions, time_markdown, time_rows
 
 __all__ = ["render_report", "report_rows", "write_report"]
 
@@ -42,8 +42,13 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["metric", "before", "after"], rows
 
 
-def render_report(report: dict[str, Any], *, console: Console, markdown_path: Path | None = None) -> str:
-    """Print the report table; write it (with run facts) as Markdown when a path is given."""
+def render_report(report: dict[str, Any], *, console: Console, markdown_path: Path | None = None,
+                  printed_time: str = "time_breakdown") -> str:
+    """Print the report table; write it (with run facts) as Markdown when a path is given.
+
+    ``printed_time`` is the time table printed: the run's (``time_breakdown``) or the latest ``alignkit
+    eval``'s (``eval_time_breakdown``); the Markdown holds both.
+    """
     header, rows = report_rows(report)
     table = Table(title=f"{report.get('recipe', 'run')}: {report.get('objective', '')}")
     for name in header:
@@ -55,6 +60,8 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     facts = [*([f"- wall time: {report['wall_seconds']:.1f} s"] if "wall_seconds" in report else []),
              *([f"- precision: {report['precision']['used']} ({report['precision']['reason']})"]
                if report.get("precision") else []),
+             *([f"- precision by phase: {by_phase}"]
+               if (by_phase := phase_precisions(report.get("time_breakdown"))) else []),
              *([f"- peak memory (RSS): {report['peak_rss_mib']:.0f} MiB"] if "peak_rss_mib" in report else []),
              *([f"- processes: {report['world_size']}"] if report.get("world_size", 1) > 1 else [])]
     if report.get("train_pairs") is not None:
@@ -67,12 +74,14 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         facts.append(f"- {name}: {stage['steps']} steps in {stage['wall_seconds']:.1f} s"
                      + (f" ({sps:.3f} steps/s)" if sps else ""))
     console.print("\n".join(facts))
-    if report.get("time_breakdown"):
-        console.print(_time_table(report["time_breakdown"]))
+    if report.get(printed_time):
+        console.print(_time_table(report[printed_time], _TIME_TITLES[printed_time]))
     md = [f"# {report.get('recipe', 'run')}", "", f"Objective: `{report.get('objective', '')}`", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += ["", *facts, "", time_markdown(report.get("time_breakdown"))]
+    if report.get("eval_time_breakdown"):
+        md += [time_markdown(report["eval_time_breakdown"], _TIME_TITLES["eval_time_breakdown"].capitalize())]
     text = "\n".join(md)
     if markdown_path is not None:
         with open_for_write(markdown_path) as f:
@@ -80,8 +89,12 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
     return text
 
 
-def _time_table(section: dict[str, Any]) -> Table:
-    table = Table(title="where the time went")
+_TIME_TITLES = {"time_breakdown": "where the time went",
+                "eval_time_breakdown": "where the time of the latest `alignkit eval` went"}
+
+
+def _time_table(section: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
     for name in TIME_HEADER:
         table.add_column(name, justify="left" if name == "phase" else "right")
     for row in time_rows(section):
@@ -89,8 +102,10 @@ def _time_table(section: dict[str, Any]) -> Table:
     return table
 
 
-def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> None:
-    """Write plots (win rate, reward vs KL), report.json and report.md into ``run_dir``; print the table."""
+def write_report(report: dict[str, Any], run_dir: Path, *, console: Console,
+                 printed_time: str = "time_breakdown") -> None:
+    """Write plots (win rate, reward vs KL), report.json and report.md into ``run_dir``; print the table
+    (and the time table ``printed_time``, see :func:`render_report`)."""
     plots = []
     if judged_evaluations(report):
         plots.append(plot_win_rate(judged_evaluations(report), run_dir / "plots" / "win_rate.png"))
@@ -98,5 +113,5 @@ def write_report(report: dict[str, Any], run_dir: Path, *, console: Console) -> 
         plots.append(plot_reward_kl(report["reward_kl"], run_dir / "plots" / "reward_kl.png"))
     report["plots"] = [str(p.relative_to(run_dir)) for p in plots]
     write_atomic(run_dir / "report.json", to_json(report))
-    markdown = render_report(report, console=console)
+    markdown = render_report(report, console=console, printed_time=printed_time)
     write_atomic(run_dir / "report.md", markdown + "\n" + judge_markdown(report, report["plots"]))

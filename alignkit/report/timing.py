@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TIME_HEADER", "time_markdown", "time_rows"]
+__all__ = ["TIME_HEADER", "phase_precisions", "time_markdown", "time_rows"]
 
-TIME_HEADER = ["phase", "seconds", "share", "model GFLOP/s", "of peak", "tokens/s", "of bandwidth bound"]
+TIME_HEADER = ["phase", "precision", "seconds", "share", "model GFLOP/s", "of peak", "tokens/s", "of bandwidth bound"]
 
 
 def _gflops(value: float | None) -> str:
@@ -22,28 +22,53 @@ def _fraction(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2g}%"
 
 
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _precision(row: dict[str, Any]) -> str:
+    """The dtypes a phase's model computed in (``fp32``, ``bf16``, ``bf16+fp32``); '' where none ran."""
+    return "+".join(_SHORT_DTYPES.get(d, d) for d in row.get("precision", []))
+
+
+def phase_precisions(section: dict[str, Any] | None) -> str:
+    """``generation bf16, forward/backward fp32, ...``: each phase that ran a model and its precision."""
+    if not section:
+        return ""
+    return ", ".join(f"{' › '.join(row['path'])} {_precision(row)}" for row in section["phases"]
+                     if _precision(row))
+
+
+def _when(measure: dict[str, Any]) -> str:
+    """`` (measured <UTC time>; measured again in this run: <why>)`` for a peak or bandwidth, as known."""
+    parts = [f"measured {measure['measured']}"] if measure.get("measured") else []
+    if measure.get("remeasured"):
+        parts.append(f"measured again in this run: {measure['remeasured']}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _rate(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
 def time_rows(section: dict[str, Any]) -> list[list[str]]:
     """One row per phase (children indented under their parent), then the total wall time."""
-    rows = [["· " * row["depth"] + row["phase"], f"{row['seconds']:.2f}", _percent(row["share"]),
+    rows = [["· " * row["depth"] + row["phase"], _precision(row), f"{row['seconds']:.2f}", _percent(row["share"]),
              _gflops(row.get("flops_per_second")), _fraction(row.get("peak_fraction")),
              _rate(row.get("tokens_per_second")), _fraction(row.get("bandwidth_fraction"))]
             for row in section["phases"]]
-    rows.append(["wall time", f"{section['wall_seconds']:.2f}", _percent(1.0), "", "", "", ""])
+    rows.append(["wall time", "", f"{section['wall_seconds']:.2f}", _percent(1.0), "", "", "", ""])
     return rows
 
 
-def time_markdown(section: dict[str, Any] | None) -> str:
-    """The table as Markdown, with the peaks it is measured against and the FLOP convention ('' if none)."""
+def time_markdown(section: dict[str, Any] | None, title: str = "Where the time went") -> str:
+    """The table as Markdown under ``## title``, with the peaks it is measured against and the FLOP
+    convention ('' if none)."""
     if not section:
         return ""
-    lines = ["## Where the time went", "", "| " + " | ".join(TIME_HEADER) + " |", "|---|" + "---:|" * (len(TIME_HEADER) - 1)]
+    lines = [f"## {title}", "", "| " + " | ".join(TIME_HEADER) + " |", "|---|" + "---:|" * (len(TIME_HEADER) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in time_rows(section)]
     peaks = ", ".join(f"{dtype} {p['flops_per_second'] / 1e9:.3g} GFLOP/s on {p['device']}"
-                      + (f" ({p['threads']} threads)" if "threads" in p else "")
+                      + (f" ({p['threads']} threads)" if "threads" in p else "") + _when(p)
                       for dtype, p in section.get("peak_flops", {}).items())
     lines += ["", "Shares are of the wall time; a child's time is part of its parent's."]
     if peaks:
@@ -52,6 +77,6 @@ def time_markdown(section: dict[str, Any] | None) -> str:
     if bandwidth:
         threads = f" ({bandwidth['threads']} threads)" if "threads" in bandwidth else ""
         lines.append(f"Memory read bandwidth measured here: {bandwidth['bytes_per_second'] / 1e9:.3g} GB/s on "
-                     f"{bandwidth['device']}{threads}.")
+                     f"{bandwidth['device']}{threads}{_when(bandwidth)}.")
     lines += [f"Convention: {section['convention']}.", ""]
     return "\n".join(lines)

@@ -292,8 +292,8 @@ class FitLoop:
         return Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-            console=self.console, disable=not self.env.is_main,
-        )
+            console=self.console, disable=not self.env.is_main or not self.console.is_terminal,
+        )  # off a terminal the plain lines of _after_step say the same without redraws
 
     def _short(self, metrics: dict[str, float]) -> str:
         return "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in self.progress_keys if k in metrics)

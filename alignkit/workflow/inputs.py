@@ -28,7 +28,7 @@ def _source_problem(where: str, source: Any) -> str | None:
         return None
     local = "jsonl" in kind or path.endswith(_DATA_SUFFIXES) or path.startswith(("/", "./", "../", "~"))
     if local and not Path(path).expanduser().exists():
-        return f"{where}.path: no such file: {path}"
+        return f"{where}.path: file not found: {path}"
     return None
 
 

@@ -260,7 +260,8 @@ def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
     ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
     if env.is_main:
         with phase("saving the model"):
-            save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model")
+            save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model",
+                       copy_base=getattr(plan.adapter, "save_base", False))
         with phase("evaluation"):
             ctx.report.update(plan.evaluate(ctx))
 

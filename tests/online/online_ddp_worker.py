@@ -23,7 +23,6 @@ import torch  # noqa: E402
 from conftest import make_tiny_gpt2  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-import alignkit.online.trainer as trainer_module  # noqa: E402
 from alignkit.commands.online import run_online_recipe  # noqa: E402
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer  # noqa: E402
 from alignkit.models.rewards import REWARDS, register_reward  # noqa: E402
@@ -76,6 +75,12 @@ CASES: dict[str, list[str]] = {
             "train.prompts_per_step=4", "train.max_steps=2"],
     "grpo": ["online.algorithm=grpo", "online.grpo={iterations: 2}", "online.samples_per_prompt=2",
              "online.update_batch_size=3", "online.beta=0.1", "train.prompts_per_step=4", "train.max_steps=2"],
+    # Parts whose sums cross processes: REINFORCE++'s global whitening, token_mean over uneven minibatch shares,
+    # an importance-weighted k3 in the loss, the entropy bonus and a truncated rollout correction.
+    "parts": ["online.algorithm=dapo", "online.advantage=reinforce_pp", "online.epochs=2", "online.minibatch_size=4",
+              "online.kl={estimator: k3, placement: loss, importance_weighted: true}", "online.entropy_coef=0.01",
+              "online.rollout_correction={name: tis, cap: 2.0}", "online.samples_per_prompt=2",
+              "online.update_batch_size=3", "online.beta=0.1", "train.prompts_per_step=4", "train.max_steps=2"],
 }
 
 
@@ -154,7 +159,7 @@ def divergence(out: Path) -> None:
     # A NaN loss on rank 1 only.
     trainer = _divergence_trainer(out, env, "loss", lambda prompts, texts: _fraction_e(texts))
     current = {"step": -1}
-    step, loss_fn = trainer.train_step, trainer_module.policy_gradient_loss
+    step, loss_fn = trainer.train_step, trainer.updater._microbatch_loss
 
     def tracked_step(i: int) -> dict[str, float]:
         current["step"] = i
@@ -165,9 +170,8 @@ def divergence(out: Path) -> None:
         return loss + float("nan") if env.rank == 1 and current["step"] == poisoned_step else loss
 
     trainer.train_step = tracked_step
-    trainer_module.policy_gradient_loss = poisoned_loss
+    trainer.updater._microbatch_loss = poisoned_loss  # type: ignore[method-assign]
     results = {"loss": _fit_result(trainer)}
-    trainer_module.policy_gradient_loss = loss_fn
 
     # A NaN reward on rank 1 only (the score is called once per update).
     calls = {"n": 0}

@@ -34,11 +34,11 @@ from process_group import free_port, run_ranks
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("online_ddp_worker.py")
-CASES = ("rloo", "reinforce", "warp", "ppo", "grpo")
+CASES = ("rloo", "reinforce", "warp", "ppo", "grpo", "parts")
 LR = 1e-3  # the worker's train.lr
-STEPS = {"rloo": 3, "reinforce": 3, "warp": 2, "ppo": 2, "grpo": 2}
+STEPS = {"rloo": 3, "reinforce": 3, "warp": 2, "ppo": 2, "grpo": 2, "parts": 2}
 STAGES = {"rloo": ["online"], "reinforce": ["online"], "warp": ["warp_iter0_run0", "warp_iter0_run1"],
-          "ppo": ["online"], "grpo": ["online"]}
+          "ppo": ["online"], "grpo": ["online"], "parts": ["online"]}
 METRIC_FOLDERS = {"online": "online", "warp_iter0_run0": "warp/iter0_run0", "warp_iter0_run1": "warp/iter0_run1"}
 
 RTOL = 1e-5

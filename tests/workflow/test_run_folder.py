@@ -182,7 +182,7 @@ def test_overwrite_checks_what_the_run_reads_before_deleting_anything(finished, 
     recipe, before = finished
     folder = tmp_path / "copy"
     shutil.copytree(recipe.parent / "run", folder)
-    for bad, field in ((f"data.source.path={tmp_path / 'missing.jsonl'}", "data.source.path: no such file"),
+    for bad, field in ((f"data.source.path={tmp_path / 'missing.jsonl'}", "data.source.path: file not found"),
                        (f"model.tokenizer={tmp_path / 'no_tokenizer'}", "model.tokenizer: no such model folder"),
                        (f"reference.name_or_path={tmp_path / 'no_model'}", "reference.name_or_path: no such model")):
         assert main(["run", str(recipe), f"output_dir={folder}", "--overwrite", bad]) == 2

@@ -54,3 +54,41 @@ def test_a_tiny_run_reports_where_the_time_went(tmp_path):
     assert "## Where the time went" in markdown and "| · forward/backward |" in markdown
     assert "| tokens/s | of bandwidth bound |" in markdown and "Memory read bandwidth measured here" in markdown
     assert f"- precision: {report['precision']['used']}" in markdown
+
+
+def test_each_phase_says_its_precision_and_eval_keeps_its_own_time(tmp_path):
+    """Pairs sampled in bf16 while training and evaluation compute in fp32: the time table and report.json
+    say which phase ran in which; `alignkit eval` then records and prints its own time, not the run's."""
+    import io
+
+    from demo_recipe import DEMO_RECIPE, tiny_demo_overrides, tiny_llama_folder
+    from rich.console import Console
+
+    from alignkit.commands.eval import evaluate_run
+
+    out = tmp_path / "run"
+    overrides = [*tiny_demo_overrides(tiny_llama_folder(tmp_path / "base"), out),
+                 "data.source.generation_dtype=bfloat16", "train.precision=fp32"]
+    run_recipe_file(DEMO_RECIPE, overrides)
+    report = json.loads((out / "report.json").read_text())
+    rows = {tuple(r["path"]): r for r in report["time_breakdown"]["phases"]}
+    assert rows[("data preparation", "generation")]["precision"] == ["bfloat16"]
+    for path in [("training", "reference log-probs"), ("training", "forward/backward"),
+                 ("evaluation", "generation"), ("evaluation", "KL", "log-probs")]:
+        assert rows[path]["precision"] == ["float32"], path
+    assert rows[("evaluation", "scoring")]["precision"] == []  # a reward function, no model
+    markdown = (out / "report.md").read_text()
+    assert "| · generation | bf16 |" in markdown and "| · forward/backward | fp32 |" in markdown
+    assert "- precision by phase: data preparation › generation bf16, training › reference log-probs fp32" in markdown
+
+    printed = io.StringIO()
+    evaluated = evaluate_run(out, console=Console(file=printed, width=200))
+    assert evaluated["time_breakdown"] == report["time_breakdown"]  # the run's table, as it was
+    own = evaluated["eval_time_breakdown"]
+    assert own["wall_seconds"] != report["time_breakdown"]["wall_seconds"]
+    own_rows = {tuple(r["path"]) for r in own["phases"]}
+    assert {("loading",), ("evaluation",), ("evaluation", "judge")} <= own_rows and ("training",) not in own_rows
+    text = printed.getvalue()
+    assert "where the time of the latest `alignkit eval` went" in text and "where the time went" not in text
+    assert f"{own['wall_seconds']:.2f}" in text
+    assert "Where the time of the latest `alignkit eval` went" in (out / "report.md").read_text()
