@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-native-bf16 test-slow test-real-data lint docs bench
+.PHONY: demo test test-floor test-native-bf16 test-slow test-real-data lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,19 @@ demo: $(STAMP)  ## the offline main job: DPO on a real model with a real reward,
 
 test: $(STAMP)  ## the default test suite (fast; no downloads)
 	$(BIN)/python -m pytest
+
+# The default suite at the lowest versions pyproject.toml allows (constraints-floor.txt), in a venv of its own.
+FLOOR_VENV ?= .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+
+$(FLOOR_STAMP): pyproject.toml constraints-floor.txt
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -c constraints-floor.txt -e '.[dev]'
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP)  ## the default test suite at the supported floor (downloads torch 2.11 with CUDA libraries)
+	$(FLOOR_VENV)/bin/python -m pytest
 
 test-native-bf16: $(STAMP)  ## the default suite on the code path of a native-bf16 machine (bf16 emulated where it is not)
 	$(BIN)/python -m pytest --hardware=native-bf16

@@ -41,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     # ValueError: settings that are valid one by one but not together (found while running).
     return (RecipeError, DataError, ModelLoadError, SmolLM2FetchError, ObjectiveError, PluginError, RegistryError,
-            FileNotFoundError, ValueError)
+            FileNotFoundError, FileExistsError, ValueError)
 
 
 def _peer_failed(err: RuntimeError) -> bool:
@@ -124,6 +124,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
     _err.print(f"[green]done[/]: {args.run_dir}/report.md")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from alignkit.commands.export import export_run
+
+    folder = export_run(args.run, args.format, args.out, overwrite=args.overwrite)
+    _err.print(f"[green]exported[/] ({args.format}): {escape(str(folder))}")
     return 0
 
 
@@ -225,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     evaluate.add_argument("--redo-reward-kl", action="store_true", help="recompute reward/KL even if the report has it")
     evaluate.set_defaults(func=_cmd_eval)
+
+    export = sub.add_parser("export", help="Write a run's trained model as a PEFT adapter or a transformers folder.")
+    export.add_argument("run", help="run folder (its model/) or model folder")
+    export.add_argument("--format", required=True, choices=["peft", "merged", "hf"],
+                        help="peft: LoRA adapter for PEFT; merged: transformers folder, LoRA folded in; hf: "
+                        "transformers folder of the base plus the alignkit adapter files")
+    export.add_argument("--out", default=None, help="destination folder (default <run>/export-<format>)")
+    export.add_argument("--overwrite", action="store_true", help="replace the destination if it exists")
+    export.set_defaults(func=_cmd_export)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible chat-completions server over a model or run folder.")
     serve.add_argument("model", help="model folder, run folder (uses its model/) or built-in alias")

@@ -14,6 +14,7 @@ from typing import Any
 from alignkit.eval.judges.base import Judge, JudgedPair, judge_pairs
 from alignkit.eval.position_bias import position_bias
 from alignkit.eval.stats import bootstrap_ci
+from alignkit.models.generate import ProgressFn
 
 __all__ = ["LabelledPair", "judge_agreement", "labelled_pairs"]
 
@@ -45,8 +46,9 @@ def labelled_pairs(examples: Sequence[Any]) -> list[LabelledPair]:
 
 
 def judge_agreement(judge: Judge, pairs: Sequence[LabelledPair], *, max_invalid_fraction: float | None = None,
-                    seed: int = 0) -> tuple[dict[str, Any], list[JudgedPair]]:
-    """The judge's agreement with the labels of ``pairs``, and the judged pairs (the label's side as "policy").
+                    seed: int = 0, progress: ProgressFn | None = None) -> tuple[dict[str, Any], list[JudgedPair]]:
+    """The judge's agreement with the labels of ``pairs``, and the judged pairs (the label's side as "policy");
+    ``progress`` as in :func:`~alignkit.eval.judges.base.judge_pairs`.
 
     Returns:
         The report entry: ``n``, ``agreement`` (interval), ``agree_both_orders`` and ``disagree_both_orders``
@@ -58,7 +60,7 @@ def judge_agreement(judge: Judge, pairs: Sequence[LabelledPair], *, max_invalid_
     if not pairs:
         raise ValueError("no labelled pairs to measure the judge's agreement on")
     judged = judge_pairs(judge, [p.prompt for p in pairs], [p.preferred for p in pairs], [p.other for p in pairs],
-                         max_invalid_fraction=max_invalid_fraction)
+                         max_invalid_fraction=max_invalid_fraction, progress=progress)
     scores = [p.score for p in judged]
     return {
         "n": len(judged),

@@ -326,7 +326,8 @@ def validate_recipe(
         problems += cross_section_problems(recipe)
         if check_environment:
             problems += environment_problems(recipe.run_dir(), ("output_dir",) if recipe.output_dir else ("name",),
-                                             {("train", "device"): recipe.train.device})
+                                             {("train", "device"): recipe.train.device},
+                                             logging=recipe.logging)
     problems.sort(key=lambda p: line_of(p[0], lines) or 1 << 30)  # in file order; overrides last
     raise_problems([describe(loc, msg, lines, source) for loc, msg in problems], source)
     assert recipe is not None

@@ -15,6 +15,7 @@ from alignkit.losses import Objective, build_objective
 from alignkit.models.config import ModelConfig, ReferenceConfig
 from alignkit.peft.config import AdapterConfig, NoAdapter
 from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
+from alignkit.train.tracker_config import LoggingConfig
 
 __all__ = ["PLUGINS_DESCRIPTION", "RUN_NAME_DESCRIPTION", "LossSection", "PluginFile", "PluginSpec", "Recipe",
            "plugin_list", "recorded_plugins", "run_name"]
@@ -92,6 +93,8 @@ class Recipe(StrictConfig):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig,
                                            description="How several processes share every stage (ddp or fsdp).")
     eval: EvalConfig | None = Field(None, description="Reward and KL evaluation after training.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig,
+                                   description="Experiment trackers (TensorBoard, W&B, trackio).")
 
     # The objective built from `loss` (with the section it was built from) and the plugin files imported
     # for this recipe: set by validation, not part of the YAML.

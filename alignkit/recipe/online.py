@@ -40,6 +40,7 @@ from alignkit.recipe.model import (
 )
 from alignkit.recipe.source import describe
 from alignkit.train.config import DistributedConfig
+from alignkit.train.tracker_config import LoggingConfig
 
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
 
@@ -60,6 +61,8 @@ class OnlineRecipe(StrictConfig):
                                            description="How several processes share training (ddp; fsdp is not "
                                            "supported online yet).")
     eval: EvalConfig | None = Field(None, description="Reward and KL to the initial model on held-out prompts.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig,
+                                   description="Experiment trackers (TensorBoard, W&B, trackio).")
 
     _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
     _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
@@ -149,7 +152,8 @@ def load_online_recipe(
     problems = _cross_checks(recipe)
     if check_environment:
         problems += environment_problems(recipe.run_dir(), ("output_dir",) if recipe.output_dir else ("name",),
-                                         {("train", "device"): recipe.train.device})
+                                         {("train", "device"): recipe.train.device},
+                                         logging=recipe.logging)
     raise_problems([describe(loc, msg, lines, source) for loc, msg in problems], source)
     return recipe
 

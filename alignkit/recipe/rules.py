@@ -19,6 +19,7 @@ from alignkit.models.rewards import REWARDS
 from alignkit.recipe.model import Recipe
 from alignkit.recipe.source import Location, Problem
 from alignkit.train.config import TrainConfig
+from alignkit.train.tracker_config import LoggingConfig, missing_tracker_packages
 
 if TYPE_CHECKING:
     import torch
@@ -128,12 +129,16 @@ def _run_dir_problem(run_dir: Path) -> str | None:
     return None
 
 
-def environment_problems(run_dir: Path, run_dir_loc: Location, devices: dict[Location, str]) -> list[Problem]:
-    """What this machine must offer: the devices named, and a run folder that can be written."""
+def environment_problems(run_dir: Path, run_dir_loc: Location, devices: dict[Location, str],
+                         logging: LoggingConfig | None = None) -> list[Problem]:
+    """What this machine must offer: the devices named, a run folder that can be written, and the packages
+    of the experiment trackers ``logging`` turns on."""
     problems: list[Problem] = []
     if (why := _run_dir_problem(run_dir)) is not None:
         problems.append((run_dir_loc, why))
     problems += [(loc, why) for loc, name in devices.items() if (why := _device_problem(name)) is not None]
+    if logging is not None:
+        problems += [(("logging", field), why) for field, why in missing_tracker_packages(logging)]
     return problems
 
 

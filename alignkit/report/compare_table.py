@@ -16,7 +16,7 @@ from rich.table import Table
 
 from alignkit.cache import open_for_write
 from alignkit.report.format import format_interval, to_json
-from alignkit.report.judge import latest_win_rate_section
+from alignkit.report.judge import latest_win_rate, latest_win_rate_section, unreliable_flag
 
 __all__ = [
     "COLUMNS",
@@ -100,13 +100,13 @@ def comparison_row(
 
     Returns:
         A JSON-ready dict with the keys of :data:`COLUMNS` plus ``loss``, ``params``, ``note``,
-        ``reward_name``, ``reference_reward``, ``reference_kl``, ``memory_kind``, ``steps`` and
-        ``win_rate_baseline``.
+        ``reward_name``, ``reference_reward``, ``reference_kl``, ``memory_kind``, ``steps``,
+        ``win_rate_baseline`` and ``win_rate_flag`` (the judge's :func:`~alignkit.report.judge.unreliable_flag`).
     """
     row: dict[str, Any] = {key: None for key, _ in COLUMNS}
     row.update(label=label, loss=loss, params=dict(params), status=status, note=note, reward_name=None,
                reference_reward=None, reference_kl=None, memory_kind=None, steps=None,
-               win_rate_baseline=None)
+               win_rate_baseline=None, win_rate_flag="")
     if not report:
         return row
     pref = (report.get("stages") or {}).get("preference") or {}
@@ -122,8 +122,9 @@ def comparison_row(
         row["reference_reward"] = _interval(rk["before"]["reward"])
         row["reference_kl"] = _interval(rk["before"].get("kl"))
     row["win_rate"] = find_win_rate(report)
-    section = latest_win_rate_section(report)
-    row["win_rate_baseline"] = section.get("baseline") if section is not None else None
+    latest = latest_win_rate(report)
+    row["win_rate_baseline"] = latest[1].get("baseline") if latest is not None else None
+    row["win_rate_flag"] = unreliable_flag(latest[0]) if latest is not None else ""
     row["wall_seconds"] = report.get("wall_seconds")
     if report.get("peak_cuda_mib") is not None:
         row["peak_memory_mib"], row["memory_kind"] = report["peak_cuda_mib"], "cuda"
@@ -153,6 +154,8 @@ def _table_cells(row: dict[str, Any]) -> list[str]:
     if row.get("win_rate") and baseline not in (None, "reference"):
         index = [key for key, _ in COLUMNS].index("win_rate")
         cells[index] += f" (vs {baseline})"  # the judge compared against another baseline
+    if row.get("win_rate") and row.get("win_rate_flag"):  # never a win rate of an unreliable judge without it
+        cells[[key for key, _ in COLUMNS].index("win_rate")] += f" ({row['win_rate_flag']})"
     return cells
 
 

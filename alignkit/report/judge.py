@@ -15,7 +15,8 @@ from typing import Any
 
 from alignkit.report.format import format_interval
 
-__all__ = ["judge_markdown", "judge_report_rows", "judged_evaluations", "latest_win_rate_section"]
+__all__ = ["flagged_win_rate", "judge_markdown", "judge_report_rows", "judged_evaluations", "latest_win_rate",
+           "latest_win_rate_section", "unreliable_flag"]
 
 _AGAINST = {
     "base": "the untuned model's samples",
@@ -34,13 +35,42 @@ def judged_evaluations(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def latest_win_rate_section(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The latest evaluation's section against the reference, else its first section; None without any."""
+def latest_win_rate(report: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The latest evaluation with a section, and its section against the reference (else its first)."""
     for evaluation in reversed(judged_evaluations(report)):
         sections = evaluation.get("baselines") or []
         if sections:
-            return next((s for s in sections if s.get("baseline") == "reference"), sections[0])
+            return evaluation, next((s for s in sections if s.get("baseline") == "reference"), sections[0])
     return None
+
+
+def latest_win_rate_section(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The section of :func:`latest_win_rate`; None without any."""
+    found = latest_win_rate(report)
+    return found[1] if found is not None else None
+
+
+# The checks of alignkit.eval.position_bias.judge_warnings, by words of their sentence, and their short names.
+_CHECKS = (("near-constant", "near-constant verdicts"), ("position-biased", "position-biased"),
+           ("agrees with the dataset's labels", "chance-level agreement with the labels"))
+
+
+def unreliable_flag(evaluation: Mapping[str, Any]) -> str:
+    """``"UNRELIABLE judge: <failed checks>"`` when the evaluation's judge checks warned, else ``""``.
+
+    A win rate from such a judge is never shown without it (:func:`flagged_win_rate`).
+    """
+    warnings = [str(w) for w in evaluation.get("warnings") or []]
+    if not warnings:
+        return ""
+    names = [next((short for words, short in _CHECKS if words in w), w.split(":")[0][:60]) for w in warnings]
+    return "UNRELIABLE judge: " + ", ".join(dict.fromkeys(names))
+
+
+def flagged_win_rate(text: str, evaluation: Mapping[str, Any]) -> str:
+    """A win-rate cell: ``text`` followed by the judge's :func:`unreliable_flag` when it has one."""
+    flag = unreliable_flag(evaluation)
+    return f"{text} ({flag})" if flag else text
 
 
 def _who(evaluation: Mapping[str, Any]) -> str:
@@ -61,7 +91,7 @@ def judge_report_rows(report: Mapping[str, Any]) -> list[list[str]]:
         for section in evaluation.get("baselines") or []:
             # judge_run never writes a section without a win rate; an edited or foreign report.json may lack one.
             win_rate = format_interval(section["win_rate"]) if section.get("win_rate") else "none (no valid verdict)"
-            rows.append([f"win rate vs {section['baseline']} ({who}, 95% CI)", "", win_rate])
+            rows.append([f"win rate vs {section['baseline']} ({who}, 95% CI)", "", flagged_win_rate(win_rate, evaluation)])
         agreement = evaluation.get("agreement")
         if agreement:
             rows.append([f"judge agreement with the data set's labels ({who}, 95% CI)", "",
@@ -77,9 +107,10 @@ def _section_markdown(evaluation: Mapping[str, Any], section: Mapping[str, Any])
             else "disagreement = tie")
     baseline = section["baseline"]
     rows = [
-        ["win rate (95% CI)", format_interval(section["win_rate"]) if section.get("win_rate")
-         else "none (no valid verdict)"],
-        ["length-controlled win rate (95% CI)", format_interval(section.get("length_controlled_win_rate"))],
+        ["win rate (95% CI)", flagged_win_rate(format_interval(section["win_rate"]) if section.get("win_rate")
+                                               else "none (no valid verdict)", evaluation)],
+        ["length-controlled win rate (95% CI)",
+         flagged_win_rate(format_interval(section.get("length_controlled_win_rate")), evaluation)],
         ["wins / ties / losses", f"{section['wins']} / {section['ties']} / {section['losses']}"],
     ]
     if section.get("invalid_verdicts"):

@@ -233,17 +233,14 @@ class FitLoop:
                                resume_from_step=state.step if ckpt is not None else None)
         started, resumed_at = time.perf_counter(), state.step
         metrics: dict[str, float] = {}
-        try:
-            if state.step == 0 and self.evaluation is not None and self.evaluation.every:
-                self._evaluate(state, writer)
-            with self._progress() as progress:
-                task = progress.add_task(self.stage, total=self.total_steps, completed=state.step, metrics="")
-                while state.step < self.total_steps and not state.stopped_early:
-                    metrics = step_fn(state.step, state)
-                    state.step += 1
-                    self._after_step(state, metrics, writer, progress, task)
-        finally:
-            writer.close()
+        if state.step == 0 and self.evaluation is not None and self.evaluation.every:
+            self._evaluate(state, writer)
+        with self._progress() as progress:
+            task = progress.add_task(self.stage, total=self.total_steps, completed=state.step, metrics="")
+            while state.step < self.total_steps and not state.stopped_early:
+                metrics = step_fn(state.step, state)
+                state.step += 1
+                self._after_step(state, metrics, writer, progress, task)
         return LoopOutcome(state=state, last_metrics=metrics, wall_seconds=time.perf_counter() - started,
                            resumed_at=resumed_at)
 

@@ -1,4 +1,4 @@
-"""The metrics an offline stage logs, their accumulation, and the log: metrics.jsonl and TensorBoard.
+"""The metrics an offline stage logs, their accumulation, and the log: metrics.jsonl and the trackers open.
 
 :func:`batch_metrics` is where the per-example metric names of a training or evaluation batch come from;
 :func:`stage_metric_names` lists, through that same function, the names a stage logs for an objective, so
@@ -20,6 +20,7 @@ from alignkit.cache import check_inside, disk_full_error, open_for_write
 from alignkit.jsonio import to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
+from alignkit.train.trackers import log_scalars
 
 __all__ = [
     "STEP_METRICS",
@@ -192,12 +193,12 @@ def _step_of(line: str) -> int | None:
 
 
 class MetricsWriter:
-    """Appends one JSON object a line to ``metrics.jsonl``; mirrors scalars to TensorBoard if available."""
+    """Appends one JSON object a line to ``metrics.jsonl``; sends each record's scalars to the experiment
+    trackers a run opened (:func:`alignkit.train.trackers.tracking`)."""
 
     def __init__(self, path: Path, *, enabled: bool = True, resume_from_step: int | None = None) -> None:
         self.path = path
         self.enabled = enabled
-        self._tb = None
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +212,6 @@ class MetricsWriter:
                 f.write("".join(line + "\n" for line in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(check_inside(path.parent / "tensorboard")))
-        except Exception:  # noqa: BLE001 - TensorBoard is optional
-            self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -229,12 +224,4 @@ class MetricsWriter:
             if err.errno == errno.ENOSPC:
                 raise disk_full_error(self.path.parent, self.path.name, len(line)) from None
             raise
-        if self._tb is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self._tb.add_scalar(f"{record.get('stage', 'train')}/{key}", value, step)
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        log_scalars(str(record.get("stage", "train")), int(record.get("step", 0)), record)

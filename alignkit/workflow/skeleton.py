@@ -35,6 +35,8 @@ from alignkit.train.config import DistributedConfig
 from alignkit.train.distributed import DistEnv, init_distributed
 from alignkit.train.dropout import disable_dropout
 from alignkit.train.summary import StageSummary
+from alignkit.train.tracker_config import missing_tracker_packages
+from alignkit.train.trackers import Tracker, open_trackers, tracking
 from alignkit.workflow.environment import peak_rss_mib, resolve_device, rng_preserved, seed_everything
 from alignkit.workflow.folder_lock import run_folder_lock
 from alignkit.workflow.inputs import missing_inputs
@@ -136,6 +138,9 @@ class RunPlan(Protocol):
     def train(self, ctx: RunContext) -> None:
         """Run the stages; put each one's result in ``ctx.results`` (by stage name)."""
 
+    def open_trackers(self) -> list[Tracker]:
+        """The experiment trackers the recipe's ``logging:`` turns on, the recipe logged to each once."""
+
     def evaluate(self, ctx: RunContext) -> dict[str, Any]:
         """Report sections measured after training (main process only)."""
 
@@ -173,12 +178,21 @@ class RecipeRun:
         return inspect_run_folder(self.run_dir, self.recipe, self._schema, self._dump)
 
     def preflight(self) -> None:
-        """The data files and local model folders exist (:func:`~alignkit.workflow.inputs.missing_inputs`) and
-        the evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)."""
+        """The data files and local model folders exist (:func:`~alignkit.workflow.inputs.missing_inputs`),
+        the evaluation's judge can read its API key (:func:`~alignkit.eval.judges.keys.check_judge_environment`)
+        and the packages of the trackers ``logging:`` turns on are installed."""
         if missing := missing_inputs(self.recipe):
             raise RecipeError(f"{self.run_dir}: nothing was changed, the run needs what is not there: "
                               + "; ".join(missing))
         check_judge_environment(self.recipe.eval.judge if self.recipe.eval is not None else None)
+        if trackers := missing_tracker_packages(self.recipe.logging):
+            raise ValueError("; ".join(f"logging.{field}: {why}" for field, why in trackers))
+
+    def open_trackers(self) -> list[Tracker]:
+        """The trackers of ``logging:`` (:func:`~alignkit.train.trackers.open_trackers`), in the run folder,
+        named after the run, with the recipe as it is saved in ``recipe.yaml`` as the hyperparameters."""
+        return open_trackers(self.recipe.logging, self.run_dir, name=self.name,
+                             hparams=self.recipe.model_dump(mode="json"))
 
     def load_causal_lm(self, device: torch.device) -> PreTrainedModel:
         """The recipe's causal LM on ``device``, its dropout off unless ``model.disable_dropout`` is false."""
@@ -291,7 +305,7 @@ def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -
     ctx.report["world_size"] = env.world_size  # processes that trained it (--nproc / torchrun)
     clock = PhaseClock()
     started = time.perf_counter()
-    with recording(clock):
+    with recording(clock), tracking(plan.open_trackers() if env.is_main else []):
         _run_phases(plan, ctx)
     ctx.report["wall_seconds"] = time.perf_counter() - started
     if env.is_main:  # after the wall time: a first run on this machine measures its peak throughput here

@@ -196,7 +196,7 @@ def test_smollm2_as_a_local_judge(smollm2_folder):
 def test_local_judge_a_nan_log_probability_is_an_invalid_verdict_not_a_tie(tiny_gpt2, gpt2_tokenizer, monkeypatch):
     judge = LocalJudge(tiny_gpt2, gpt2_tokenizer)
     nan = float("nan")
-    monkeypatch.setattr(judge, "letter_logps", lambda items: torch.tensor([[nan, -1.0], [nan, nan], [-1.0, -2.0]]))
+    monkeypatch.setattr(judge, "letter_logps", lambda items, progress=None: torch.tensor([[nan, -1.0], [nan, nan], [-1.0, -2.0]]))
     verdicts = judge.compare_many([("p", "a", "b")] * 3)
     assert [v.valid for v in verdicts] == [False, False, True]
     assert verdicts[0].choice is None and "not a finite number" in (verdicts[0].error or "")

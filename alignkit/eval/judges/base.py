@@ -17,11 +17,14 @@ invalid, or when none is valid, naming how many and the first error.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from alignkit.models.generate import ProgressFn
 
 __all__ = [
     "DEFAULT_MAX_INVALID_FRACTION",
@@ -109,9 +112,14 @@ class Judge(ABC):
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
         """Which of ``response_a`` (A) and ``response_b`` (B) answers ``prompt`` better."""
 
-    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
-        """Verdicts for (prompt, A, B) triples, in order."""
-        return [self.compare(p, a, b) for p, a, b in items]
+    def compare_many(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        """Verdicts for (prompt, A, B) triples, in order; ``progress(done, total)`` as comparisons finish."""
+        verdicts = []
+        for p, a, b in items:
+            verdicts.append(self.compare(p, a, b))
+            if progress is not None:
+                progress(len(verdicts), len(items))
+        return verdicts
 
     def describe(self) -> dict[str, Any]:
         """What judged, for the report (never secrets)."""
@@ -232,6 +240,7 @@ def judge_pairs(
     baseline: Sequence[str],
     *,
     max_invalid_fraction: float | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[JudgedPair]:
     """Judge every (policy, baseline) pair in both orders, in one batch of 2N comparisons.
 
@@ -242,6 +251,8 @@ def judge_pairs(
         baseline: N responses it is compared with.
         max_invalid_fraction: if given, fail (:func:`check_verdicts`) when more than this share of the 2N
             verdicts is invalid, or none is valid.
+        progress: called with (comparisons done, 2N) as the judge gets through them (a judge whose
+            ``compare_many`` takes no ``progress`` reports once, at the end).
 
     Returns:
         N judged pairs, in prompt order, scored by the judge's ``pair_rule``.
@@ -256,7 +267,12 @@ def judge_pairs(
         )
     items = [(p, x, y) for p, x, y in zip(prompts, policy, baseline, strict=True)]
     items += [(p, y, x) for p, x, y in zip(prompts, policy, baseline, strict=True)]
-    verdicts = judge.compare_many(items)
+    if progress is not None and "progress" in inspect.signature(judge.compare_many).parameters:
+        verdicts = judge.compare_many(items, progress=progress)
+    else:
+        verdicts = judge.compare_many(items)
+        if progress is not None:
+            progress(len(verdicts), len(items))
     if len(verdicts) != len(items):
         raise RuntimeError(f"{type(judge).__name__} returned {len(verdicts)} verdicts for {len(items)} comparisons")
     if max_invalid_fraction is not None:

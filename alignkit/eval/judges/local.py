@@ -27,7 +27,7 @@ from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
 from alignkit.models.config import ModelConfig
-from alignkit.models.generate import SupportsGenerate, eos_token_ids, eval_mode
+from alignkit.models.generate import ProgressFn, SupportsGenerate, eos_token_ids, eval_mode
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.models.padding import pad_token_rows
 
@@ -96,8 +96,9 @@ class LocalJudge(Judge):
         return self.compare_many([(prompt, response_a, response_b)])[0]
 
     @torch.inference_mode()
-    def letter_logps(self, items: Sequence[tuple[str, str, str]]) -> torch.Tensor:
-        """(N, 2) log-probabilities of answering "A" and "B" first, for N (prompt, A, B) triples."""
+    def letter_logps(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> torch.Tensor:
+        """(N, 2) log-probabilities of answering "A" and "B" first, for N (prompt, A, B) triples
+        (``progress(done, N)`` after each batch)."""
         rows = [_render(self.tokenizer, judge_messages(p, a, b, letter_only=True))[-self.max_prompt_tokens:]
                 for p, a, b in items]
         device = next(self.model.parameters()).device
@@ -113,11 +114,14 @@ class LocalJudge(Judge):
                 a = torch.logsumexp(logps[:, self.a_ids], dim=-1)
                 b = torch.logsumexp(logps[:, self.b_ids], dim=-1)
                 out.append(torch.stack([a, b], dim=-1).cpu())
+                if progress is not None:
+                    progress(start + len(batch), len(rows))
         return torch.cat(out) if out else torch.zeros(0, 2)
 
     @torch.inference_mode()
-    def generate_answers(self, items: Sequence[tuple[str, str, str]]) -> list[str]:
-        """The judge's greedy answers to the full judge prompt, for N (prompt, A, B) triples."""
+    def generate_answers(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[str]:
+        """The judge's greedy answers to the full judge prompt, for N (prompt, A, B) triples (``progress(done,
+        N)`` after each batch)."""
         model = self.model
         if not isinstance(model, SupportsGenerate):
             raise TypeError(f"verdict 'generate' needs a judge model with transformers' generate(); "
@@ -136,16 +140,18 @@ class LocalJudge(Judge):
                                      max_new_tokens=self.max_new_tokens, do_sample=False,
                                      pad_token_id=self.pad_id, eos_token_id=eos)
                 answers += self.tokenizer.batch_decode(out[:, width:].tolist(), skip_special_tokens=True)
+                if progress is not None:
+                    progress(len(answers), len(rows))
         return answers
 
-    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+    def compare_many(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[Verdict]:
         if not items:
             return []
         if self.verdict == "generate":
-            parsed = [(raw, parse_verdict(raw)) for raw in self.generate_answers(items)]
+            parsed = [(raw, parse_verdict(raw)) for raw in self.generate_answers(items, progress)]
             return [Verdict(c, raw=raw, error=None if c else "unparseable verdict") for raw, c in parsed]
         verdicts = []
-        for a, b in self.letter_logps(items).tolist():
+        for a, b in self.letter_logps(items, progress).tolist():
             if not (math.isfinite(a) and math.isfinite(b)):  # NaN would compare as a tie, a valid verdict
                 verdicts.append(Verdict(None, raw=f"log p(A)={a} log p(B)={b}",
                                         error="the judge's log-probability is not a finite number"))

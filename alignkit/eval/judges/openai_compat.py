@@ -44,6 +44,7 @@ from alignkit.eval.judges.keys import check_api_key_env, unset_api_key
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
 from alignkit.jsonio import to_json
+from alignkit.models.generate import ProgressFn
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_RETRY_AFTER_S", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
 
@@ -272,8 +273,9 @@ class OpenAIJudge(Judge):
         choice = parse_verdict(raw)
         return Verdict(choice, raw=raw, error=None if choice else "unparseable verdict", cached=cached)
 
-    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
-        """Verdicts for (prompt, A, B) triples, ``max_concurrency`` requests at a time.
+    def compare_many(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        """Verdicts for (prompt, A, B) triples, ``max_concurrency`` requests at a time; ``progress(done,
+        total)`` as answers come back.
 
         With ``max_invalid_fraction`` set, the comparisons not started once the batch has more invalid
         verdicts than that share allows are not asked: the evaluation has failed already.
@@ -281,7 +283,7 @@ class OpenAIJudge(Judge):
         if not items:
             return []
         limit = None if self.max_invalid_fraction is None else self.max_invalid_fraction * len(items)
-        state: dict[str, Any] = {"invalid": 0, "first_error": None}
+        state: dict[str, Any] = {"invalid": 0, "first_error": None, "done": 0}
         lock = threading.Lock()
 
         def one(item: tuple[str, str, str]) -> Verdict:
@@ -290,10 +292,13 @@ class OpenAIJudge(Judge):
                     return Verdict(None, error=f"{SKIPPED} {state['invalid']} verdicts of {len(items)} were invalid "
                                               f"already (first: {state['first_error']})")
             verdict = self.compare(*item)
-            if not verdict.valid:
-                with lock:
+            with lock:
+                if not verdict.valid:
                     state["invalid"] += 1
                     state["first_error"] = state["first_error"] or verdict.error
+                state["done"] += 1
+                if progress is not None:
+                    progress(state["done"], len(items))
             return verdict
 
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:

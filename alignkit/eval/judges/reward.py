@@ -20,6 +20,7 @@ from alignkit.data.render import render_example
 from alignkit.data.types import PreferenceExample
 from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.registry import register_judge
+from alignkit.models.generate import ProgressFn
 from alignkit.models.logps import reward_scores
 from alignkit.models.padding import pad_token_rows
 from alignkit.models.rewards import RewardFn, resolve_reward
@@ -95,7 +96,8 @@ class RewardJudge(Judge):
     def compare(self, prompt: str, response_a: str, response_b: str) -> Verdict:
         return self.compare_many([(prompt, response_a, response_b)])[0]
 
-    def compare_many(self, items: Sequence[tuple[str, str, str]]) -> list[Verdict]:
+    def compare_many(self, items: Sequence[tuple[str, str, str]], progress: ProgressFn | None = None) -> list[Verdict]:
+        """Each distinct (prompt, response) scored once, in one call; ``progress`` once, at the end."""
         unique = list(dict.fromkeys(pair for p, a, b in items for pair in ((p, a), (p, b))))
         scores = self._score(unique)
         if len(scores) != len(unique):
@@ -109,6 +111,8 @@ class RewardJudge(Judge):
                 continue
             choice: Choice = "A" if ra > rb else "B" if rb > ra else "tie"
             verdicts.append(Verdict(choice, raw=f"reward(A)={ra:.4f} reward(B)={rb:.4f}", margin=ra - rb))
+        if progress is not None:
+            progress(len(verdicts), len(items))
         return verdicts
 
 
