@@ -17,7 +17,10 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["PLAIN_EVERY_SECONDS", "StepProgress", "quiet_library_bars"]
+__all__ = ["ProgressFn", "PLAIN_EVERY_SECONDS", "StepProgress", "quiet_library_bars"]
+
+# Called after each batch of a long step with (items done, items in total).
+ProgressFn = Callable[[int, int], None]
 
 PLAIN_EVERY_SECONDS = 60.0
 

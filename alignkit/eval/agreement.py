@@ -14,7 +14,7 @@ from typing import Any
 from alignkit.eval.judges.base import Judge, JudgedPair, judge_pairs
 from alignkit.eval.position_bias import position_bias
 from alignkit.eval.stats import bootstrap_ci
-from alignkit.models.generate import ProgressFn
+from alignkit.progress import ProgressFn
 
 __all__ = ["LabelledPair", "judge_agreement", "labelled_pairs"]
 

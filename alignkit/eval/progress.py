@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from alignkit.models.generate import ProgressFn
+from alignkit.progress import ProgressFn
 
 __all__ = ["RateColumn", "counting_progress"]
 

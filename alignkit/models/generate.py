@@ -10,7 +10,7 @@ and left out of ``text``. A completion that hit ``max_new_tokens`` has ``finishe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ from alignkit.models.decode import DecodeStats, decode, row_uniforms
 from alignkit.models.flops import forward_flops, matmul_parameters, matmul_weight_bytes
 from alignkit.models.reference import eval_mode
 from alignkit.models.sampling import Sampling
+from alignkit.progress import ProgressFn
 from alignkit.timing import count_flops, count_weight_reads, timed
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
     "uses_chat_template",
 ]
 
-# Called after each generation batch with (completions done, completions in total).
-ProgressFn = Callable[[int, int], None]
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from alignkit.models.generate import ProgressFn
+from alignkit.progress import ProgressFn
 
 __all__ = [
     "DEFAULT_MAX_INVALID_FRACTION",

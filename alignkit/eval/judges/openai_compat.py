@@ -44,7 +44,7 @@ from alignkit.eval.judges.keys import check_api_key_env, unset_api_key
 from alignkit.eval.judges.prompt import PROMPT_VERSION, judge_messages, parse_verdict
 from alignkit.eval.judges.registry import register_judge
 from alignkit.jsonio import to_json
-from alignkit.models.generate import ProgressFn
+from alignkit.progress import ProgressFn
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_RETRY_AFTER_S", "JudgeRedirectError", "JudgeRequestError", "OpenAIJudge", "build_openai_judge"]
 

@@ -20,10 +20,10 @@ from alignkit.data.render import render_example
 from alignkit.data.types import PreferenceExample
 from alignkit.eval.judges.base import Choice, Judge, Verdict
 from alignkit.eval.judges.registry import register_judge
-from alignkit.models.generate import ProgressFn
 from alignkit.models.logps import reward_scores
 from alignkit.models.padding import pad_token_rows
 from alignkit.models.rewards import RewardFn, resolve_reward
+from alignkit.progress import ProgressFn
 
 __all__ = ["RewardJudge", "build_reward_judge", "reward_model_scorer"]
 
