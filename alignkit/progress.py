@@ -15,14 +15,36 @@ from collections.abc import Callable
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
-__all__ = ["ProgressFn", "PLAIN_EVERY_SECONDS", "StepProgress", "quiet_library_bars"]
+__all__ = ["PLAIN_EVERY_SECONDS", "ProgressFn", "RateColumn", "StepProgress", "quiet_library_bars"]
 
 # Called after each batch of a long step with (items done, items in total).
 ProgressFn = Callable[[int, int], None]
 
 PLAIN_EVERY_SECONDS = 60.0
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``3.20 comparisons/s`` (``--`` before the first one is done)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} {self.unit}/s" if speed else f"-- {self.unit}/s")
 
 
 class StepProgress:
@@ -35,13 +57,16 @@ class StepProgress:
         enabled: False shows nothing (another process of the run reports).
         every_seconds: the longest wait between two plain lines while the step advances.
         clock: seconds from any origin (tests pass a fake one).
+        unit: what one unit is (``"comparisons"``): the bar then also shows the rate and the time left.
     """
 
     def __init__(self, console: Console, description: str, total: int | None = None, *, enabled: bool = True,
-                 every_seconds: float = PLAIN_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+                 every_seconds: float = PLAIN_EVERY_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 unit: str | None = None) -> None:
         self.console, self.description, self.total = console, description, total
         self.enabled, self.every_seconds, self.clock = enabled, every_seconds, clock
         self.bar = enabled and console.is_terminal
+        self.unit = unit
         self._progress: Progress | None = None
         self._started = self._last_line = 0.0
         self._last_tenth = -1
@@ -51,8 +76,10 @@ class StepProgress:
     def __enter__(self) -> StepProgress:
         self._started = self._last_line = self.clock()
         if self.bar:
+            rate = [RateColumn(self.unit), TimeElapsedColumn(), TimeRemainingColumn()] if self.unit else [
+                TimeElapsedColumn()]
             self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), console=self.console, transient=False)
+                                      *rate, console=self.console, transient=False)
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=self.total)
         elif self.enabled:

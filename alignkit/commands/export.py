@@ -15,11 +15,11 @@ load it. An existing destination is replaced only with ``overwrite``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from alignkit.cache import atomic_folder
+from alignkit.jsonio import read_json, to_json
 from alignkit.peft import (
     adapter_config_of,
     export_merged,
@@ -56,7 +56,7 @@ def _model_folder(run: Path) -> Path:
 
 def _is_reward_model(folder: Path) -> bool:
     config = folder / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    architectures = read_json(config, what="a model config").get("architectures") or [] if config.is_file() else []
     return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
@@ -135,5 +135,5 @@ def export_run(run: str | Path, fmt: ExportFormat, out: str | Path | None = None
             "how_to_load": _HOW_TO_LOAD["merged" if fmt == "hf" and adapter == "none" else fmt],
             "files": sorted(p.name for p in tmp.iterdir()),
         }
-        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / EXPORT_MANIFEST).write_text(to_json(manifest) + "\n")
     return dest

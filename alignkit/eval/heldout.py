@@ -28,7 +28,6 @@ from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
 from alignkit.eval.judges import DEFAULT_MAX_INVALID_FRACTION, Judge, JudgedPair, build_judge, judge_pairs
 from alignkit.eval.position_bias import judge_warnings, position_bias
-from alignkit.eval.progress import counting_progress
 from alignkit.eval.stats import Interval
 from alignkit.eval.winrate import win_rate_report
 from alignkit.jsonio import to_json
@@ -132,9 +131,9 @@ def judge_run(
         console.print(f"judge: {2 * len(kept)} comparisons against {name} with {judge.describe()}")
         # Fails (InvalidVerdictsError, a ValueError) rather than report a win rate the verdicts do not support.
         started = time.perf_counter()
-        with counting_progress(console, f"judge vs {name}", "comparisons") as progress:
+        with StepProgress(console, f"judge vs {name}", 2 * len(kept), unit="comparisons") as bar:
             pairs = judge_pairs(judge, kept, policy_texts, baseline_texts, max_invalid_fraction=limit,
-                                progress=progress)
+                                progress=bar.update)
         console.print(f"judge: {2 * len(kept)} comparisons against {name} done in {time.perf_counter() - started:.0f} s")
         sections.append(_baseline_section(name, cfg, tokenizer, pairs, skipped_long_prompts=too_long))
         rows += [{"evaluation": evaluation, "against": name, **p.to_dict()} for p in pairs]
@@ -171,8 +170,8 @@ def _agreement(cfg: EvalConfig, judge: Judge, labelled: Sequence[LabelledPair], 
     if not chosen:
         return None, []
     console.print(f"judge: {2 * len(chosen)} comparisons of the data set's chosen and rejected responses")
-    with counting_progress(console, "judge check: labelled pairs", "comparisons") as progress:
-        entry, judged = judge_agreement(judge, chosen, max_invalid_fraction=limit, seed=cfg.seed, progress=progress)
+    with StepProgress(console, "judge check: labelled pairs", 2 * len(chosen), unit="comparisons") as bar:
+        entry, judged = judge_agreement(judge, chosen, max_invalid_fraction=limit, seed=cfg.seed, progress=bar.update)
     return {"label": "the data set's chosen response over its rejected one", **entry}, judged
 
 

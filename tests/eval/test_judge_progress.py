@@ -10,7 +10,7 @@ from rich.console import Console
 from alignkit.eval.judges import judge_pairs
 from alignkit.eval.judges.base import Judge, Verdict
 from alignkit.eval.judges.local import LocalJudge
-from alignkit.eval.progress import counting_progress
+from alignkit.progress import StepProgress
 
 PROMPTS = ["Say hi.", "Name a colour.", "Count to two."]
 POLICY = ["Hi!", "Blue.", "One, two."]
@@ -50,7 +50,16 @@ def test_one_at_a_time_judges_report_each_comparison_and_others_once_at_the_end(
 def test_the_bar_shows_the_count_the_rate_and_the_time_left():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=200)
-    with counting_progress(console, "judge vs base", "comparisons") as progress:
-        judge_pairs(_FirstJudge(), PROMPTS, POLICY, BASELINE, progress=progress)
+    with StepProgress(console, "judge vs base", 6, unit="comparisons") as bar:
+        judge_pairs(_FirstJudge(), PROMPTS, POLICY, BASELINE, progress=bar.update)
     text = out.getvalue()
     assert "judge vs base" in text and "6/6" in text and "comparisons/s" in text and "0:00:00" in text
+
+
+def test_off_a_terminal_judging_prints_plain_lines_and_no_bar():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    with StepProgress(console, "judge vs base", 6, unit="comparisons") as bar:
+        judge_pairs(_FirstJudge(), PROMPTS, POLICY, BASELINE, progress=bar.update)
+    text = out.getvalue()
+    assert "judge vs base: 6/6" in text and "━" not in text and "\r" not in text
