@@ -120,8 +120,8 @@ def quiet_library_bars(stream: object = None) -> bool:
     """Switch off the download and weight-loading bars of huggingface_hub and transformers when ``stream``
     (stderr by default, where they draw) is not a terminal; return whether they were switched off.
 
-    Sets ``HF_HUB_DISABLE_PROGRESS_BARS`` for libraries imported later (a user's own setting is kept) and
-    tells those already imported.
+    Sets ``HF_HUB_DISABLE_PROGRESS_BARS`` and ``TQDM_DISABLE`` for libraries imported later (a user's own
+    settings are kept) and tells those already imported.
     """
     stream = sys.stderr if stream is None else stream
     isatty = getattr(stream, "isatty", None)
@@ -130,6 +130,9 @@ def quiet_library_bars(stream: object = None) -> bool:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"].strip().lower() not in ("1", "true", "yes", "on"):
         return False
+    # Plain tqdm bars (transformers' GGUF conversion draws one on the first run) read TQDM_* defaults from the
+    # environment when tqdm is imported: effective where tqdm is not loaded yet, as at the CLI's start.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if "huggingface_hub" in sys.modules:
         import huggingface_hub.utils
 
