@@ -56,6 +56,7 @@ def test_a_redirected_run_prints_plain_lines_and_no_bars(tmp_path):
     base = tiny_llama_folder(tmp_path / "base")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    env.pop("TQDM_DISABLE", None)  # set, like the line above, by an earlier in-process CLI call of the session
     result = _alignkit([*demo_command(), *tiny_demo_overrides(base, tmp_path / "run")], env)
     assert result.returncode == 0, result.stdout[-3000:]
     log = result.stdout

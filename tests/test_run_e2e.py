@@ -45,8 +45,10 @@ def test_dpo_gpt2_hh_recipe_runs_end_to_end(tmp_path, hh_path, capsys):
     assert "held-out preference accuracy" in capsys.readouterr().err
 
 
-def test_without_local_copies_the_recipe_stops_with_a_clear_message(capsys):
-    assert main(["run", "recipes/dpo_gpt2_hh.yaml"]) == 2
+def test_without_local_copies_the_recipe_stops_with_a_clear_message(capsys, tmp_path):
+    # output_dir in tmp_path: the refused run must not leave a folder in the clone that a second run of the
+    # suite then finds as an interrupted run.
+    assert main(["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert "model.name_or_path" in err and "Traceback" not in err
 

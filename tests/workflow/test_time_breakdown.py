@@ -10,7 +10,17 @@ from workflow_recipes import tiny_jsonl_recipe
 from alignkit.commands.run import run_recipe_file
 
 
-def test_a_tiny_run_reports_where_the_time_went(tmp_path):
+def test_a_tiny_run_reports_where_the_time_went(tmp_path, monkeypatch):
+    # A cache of its own without reference log-probs, so this run computes them (an earlier test of the session
+    # may have cached the same ones, leaving that phase without FLOPs); the session's machine measurements
+    # (peak FLOP/s, bf16 speed) are copied in rather than measured again.
+    import shutil
+
+    from alignkit.cache import cache_dir
+
+    own_cache = tmp_path / "cache"
+    shutil.copytree(cache_dir(), own_cache, ignore=shutil.ignore_patterns("reference_logps"))
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(own_cache))
     recipe = tiny_jsonl_recipe(tmp_path)
     run_recipe_file(str(recipe), ["eval={reward: vader_sentiment, num_prompts: 2, samples_per_prompt: 1, "
                                   "max_new_tokens: 4, batch_size: 2}", "reference.mode=cached"])
