@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -140,7 +141,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from alignkit.workflow.model_io import load_run_model
 
     model, tokenizer = load_run_model(args.model, tokenizer=args.tokenizer, device=args.device)
-    server = make_server(ChatModel(model, tokenizer, args.name or str(args.model), max_tokens=args.max_tokens),
+    weights_root = None if args.allow_weights_from is None else Path(args.allow_weights_from)
+    if weights_root is not None and not weights_root.is_dir():
+        raise ValueError(f"--allow-weights-from: {weights_root} is not a folder")
+    chat = ChatModel(model, tokenizer, args.name or str(args.model), max_tokens=args.max_tokens,
+                     weights_root=weights_root, max_adapters=args.max_adapters)
+    server = make_server(chat,
                          args.host, args.port, limits=ServerLimits(max_pending=args.max_pending),
                          log=None if args.quiet else lambda line: _err.print(line, markup=False, highlight=False))
     host, port = server.server_address[:2]
@@ -243,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace the destination if it exists")
     export.set_defaults(func=_cmd_export)
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible chat-completions server over a model or run folder.")
+    serve = sub.add_parser("serve", help="OpenAI-compatible (chat) completions server over a model or run folder, "
+                                         "with vLLM's adapter loading.")
     serve.add_argument("model", help="model folder, run folder (uses its model/) or built-in alias")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
@@ -255,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most tokens one request may generate (capped below the model's context)")
     serve.add_argument("--max-pending", type=int, default=8,
                        help="requests generating or waiting at once; more are answered 503")
+    serve.add_argument("--allow-weights-from", default=None, metavar="DIR",
+                       help="accept POST /v1/load_lora_adapter and /v1/load_weights for folders inside DIR "
+                            "(default: loading weights is refused)")
+    serve.add_argument("--max-adapters", type=int, default=4,
+                       help="LoRA versions kept at once; loading one more forgets the oldest")
     serve.set_defaults(func=_cmd_serve)
     return parser
 

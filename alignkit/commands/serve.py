@@ -43,9 +43,16 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from alignkit.commands.serve_completions import text_completion
 from alignkit.commands.serve_connections import ConnectionTable, refuse_busy
 from alignkit.commands.serve_model import ChatModel, GenerationCancelled
-from alignkit.commands.serve_requests import RequestError, ServerLimits, parse_request
+from alignkit.commands.serve_requests import (
+    RequestError,
+    ServerLimits,
+    parse_completion_request,
+    parse_load_request,
+    parse_request,
+)
 from alignkit.jsonio import to_json
 
 __all__ = ["ChatModel", "GenerationCancelled", "RequestError", "ServerLimits", "make_server", "parse_request"]
@@ -148,7 +155,8 @@ class _ChatHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [
-                {"id": self.chat_model.name, "object": "model", "created": 0, "owned_by": "alignkit"}]})
+                {"id": name, "object": "model", "created": 0, "owned_by": "alignkit"}
+                for name in self.chat_model.weights.names]})
         elif self.path.rstrip("/") == "/health":
             self._send(200, {"status": "ok"})
         else:
@@ -194,52 +202,76 @@ class _ChatHandler(BaseHTTPRequestHandler):
             return None
         return body
 
-    def _chat_arguments(self) -> dict[str, Any] | None:
-        """The validated arguments of a chat request, or None after answering why there are none."""
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found", close=True)
-            return None
+    def _arguments(self, parse: Callable[[bytes], Any]) -> Any:
+        """``parse`` of the request body, or None after answering why there is none."""
         body = self._read_body()
         if body is None:
             return None
         try:
-            return parse_request(body, max_tokens_limit=self.chat_model.max_tokens)
+            return parse(body)
         except RequestError as err:
             self._error(err.status, str(err))
             return None
 
-    def _generate(self, args: dict[str, Any]) -> dict[str, Any] | None:
-        """:meth:`ChatModel.chat` of ``args``, or None after answering why there is no completion."""
+    def _answer(self, answer: Callable[[], dict[str, Any]], max_tokens: int) -> dict[str, Any] | None:
+        """``answer()`` (a generation), or None after answering why there is no completion."""
         try:
-            return self.chat_model.chat(**args, cancelled=_Disconnection(self.connection))
+            return answer()
         except GenerationCancelled as err:
             self.close_connection = True
             self.log_message("generation cancelled after %d of %d tokens: the client disconnected",
-                             err.generated, args["max_tokens"])
+                             err.generated, max_tokens)
         except RequestError as err:
             self._error(err.status, str(err))
         except Exception as err:  # noqa: BLE001 - any model failure is the server's, and says what
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(err).__name__}: {err}", "server_error")
         return None
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        args = self._chat_arguments()
-        if args is None:
-            return
+    def _queued(self, answer: Callable[[], dict[str, Any]], max_tokens: int) -> dict[str, Any] | None:
+        """:meth:`_answer` within the bound on pending requests (503 at once beyond it)."""
         if not self.pending.acquire(blocking=False):
             self._error(HTTPStatus.SERVICE_UNAVAILABLE,
                         f"server busy: {self.limits.max_pending} requests are already generating or waiting; retry "
                         "later", "server_overloaded", headers={"Retry-After": "1"})
-            return
+            return None
         try:
-            result = self._generate(args)
+            return self._answer(answer, max_tokens)
         finally:
             self.pending.release()
-        if result is not None:
-            self._send(200, _completion(self.chat_model.name, result))
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        route = self.path.rstrip("/").removeprefix("/v1")
+        chat = self.chat_model
+        if route == "/chat/completions":
+            args = self._arguments(partial(parse_request, max_tokens_limit=chat.max_tokens))
+            if args is not None:
+                result = self._queued(partial(chat.chat, **args, cancelled=_Disconnection(self.connection)),
+                                      args["max_tokens"])
+                if result is not None:
+                    self._send(200, _chat_completion(chat.name, result))
+        elif route == "/completions":
+            args = self._arguments(partial(parse_completion_request, max_tokens_limit=chat.max_tokens,
+                                           vocab_size=chat.vocab_size))
+            if args is not None:
+                result = self._queued(partial(chat.complete, args["prompt"], model=args["model"], n=args["n"],
+                                              max_tokens=args["max_tokens"], temperature=args["temperature"],
+                                              top_p=args["top_p"], seed=args["seed"],
+                                              cancelled=_Disconnection(self.connection)), args["max_tokens"])
+                if result is not None:
+                    self._send(200, text_completion(result, args, chat.tokenizer))
+        elif route in ("/load_lora_adapter", "/load_weights"):
+            fields = ("lora_name", "lora_path") if route == "/load_lora_adapter" else ("model_name", "model_path")
+            load = chat.load_lora if route == "/load_lora_adapter" else chat.load_full
+            args = self._arguments(partial(parse_load_request, name_field=fields[0], path_field=fields[1]))
+            if args is not None:
+                result = self._answer(lambda: {"status": "ok", "message": load(*args)}, 0)
+                if result is not None:
+                    self._send(200, result)
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "not_found", close=True)
 
 
-def _completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
+def _chat_completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
     """The chat-completion object of one :meth:`ChatModel.chat` result."""
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",

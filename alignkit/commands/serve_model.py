@@ -4,6 +4,9 @@
 keeps the prompt within the model's context, samples with the request's settings through the project's one
 decoding loop (:func:`alignkit.models.decode.decode`: a seed fixes the request's own stream of uniforms, so
 the global RNG is never touched), and stops early when the client is gone (:class:`GenerationCancelled`).
+:meth:`ChatModel.complete` answers a plain completion (token ids in, ``n`` samples with their token ids and
+log-probs out) from a named weights version (:mod:`alignkit.commands.serve_weights`); the ``n`` samples of a
+seed draw from the same stream as an online rollout's prompt group (:func:`alignkit.online.rollout.group_uniforms`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from alignkit.commands.serve_requests import DEFAULT_MAX_TOKENS, RequestError
+from alignkit.commands.serve_weights import WeightVersions
 from alignkit.models.decode import decode, row_uniforms
 from alignkit.models.generate import SupportsGenerate, eos_token_ids
+from alignkit.online.rollout import group_uniforms
 
 __all__ = ["ChatModel", "GenerationCancelled"]
 
@@ -45,6 +51,8 @@ class ChatModel:
         name: the model id reported by ``/v1/models`` and in answers.
         max_tokens: the most tokens one request may generate; capped below the model's context (when
             its config names one), so that a prompt token always fits.
+        weights_root: the folder weight-loading requests may read from (None: loading is refused).
+        max_adapters: LoRA versions kept at once.
 
     Attributes:
         max_tokens: the effective maximum.
@@ -55,7 +63,8 @@ class ChatModel:
         TypeError: ``model`` has no ``generate`` method.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, *, max_tokens: int = 1024) -> None:
+    def __init__(self, model: nn.Module, tokenizer, name: str, *, max_tokens: int = 1024,
+                 weights_root: Path | None = None, max_adapters: int = 4) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if not isinstance(model, SupportsGenerate):
@@ -63,12 +72,22 @@ class ChatModel:
                             "transformers' generate API")
         self.model = model
         self.tokenizer = tokenizer
-        self.name = name
+        self.weights = WeightVersions(model, name, weights_root=weights_root, max_adapters=max_adapters)
         self.eos_ids = eos_token_ids(model, tokenizer)
         config = getattr(model, "config", None)
         self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_tokens = min(max_tokens, self.max_positions - 1) if self.max_positions else max_tokens
         self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The name of the base (or last fully reloaded) weights: what chat answers report."""
+        return self.weights.base_name
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids of a prompt must be below this."""
+        return int(self.model.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation followed by the assistant's turn.
@@ -112,8 +131,9 @@ class ChatModel:
             gone = gone or bool(cancelled is not None and cancelled())
             return gone
 
-        with self._turn(cancelled):
-            new = self._generate(ids, max_tokens, seed, temperature, top_p, stop_when_gone)
+        with self._turn(cancelled), self.weights.selected(self.name) as model:
+            [(new, _)] = self._decode(model, ids, 1, max_tokens, row_uniforms(self._seed(seed), 0, max_tokens)[None],
+                                      temperature, top_p, stop_when_gone, [])
         if gone:
             raise GenerationCancelled(len(new))
         return self._answer(new, stop, prompt_tokens=len(ids))
@@ -143,18 +163,80 @@ class ChatModel:
         finally:
             self._lock.release()
 
-    def _generate(self, ids: list[int], max_tokens: int, seed: int | None, temperature: float, top_p: float,
-                  stop: Callable[[], bool]) -> list[int]:
-        """The new token ids after the prompt ``ids``, sampled by the decoding loop every completion uses.
+    @staticmethod
+    def _seed(seed: int | None) -> int:
+        """Without a seed a request draws a fresh one, so two unseeded requests sample independently."""
+        return secrets.randbits(63) if seed is None else seed
 
-        Without a seed the request draws a fresh one, so two unseeded requests sample independently.
+    def _decode(self, model: nn.Module, ids: list[int], n: int, max_tokens: int, uniforms: torch.Tensor,
+                temperature: float, top_p: float, stop: Callable[[], bool],
+                logps: list[list[float]]) -> list[tuple[list[int], bool]]:
+        """``n`` samples after the prompt ``ids``, by the decoding loop every completion uses; ``logps`` is filled
+        with each sampled token's log-prob."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        return decode(model, [ids] * n, uniforms, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                      eos_ids=self.eos_ids, pad_id=pad_id, batch_size=n, stop=stop, token_logps=logps)
+
+    @torch.inference_mode()
+    def complete(self, prompt: str | list[int], *, model: str | None = None, n: int = 1,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int | None = None, cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """``n`` samples of one prompt from the weights version ``model``.
+
+        Row r draws its uniforms from row r of :func:`~alignkit.online.rollout.group_uniforms` of ``seed``, so a
+        trainer that sends a prompt group's seed gets the samples its own decoding loop would draw.
+
+        Args:
+            prompt: text (tokenized as is, with the tokenizer's special tokens) or token ids.
+            model: the weights version (None: the base weights).
+            n: samples.
+            max_tokens: tokens sampled per completion at most; the prompt is never cut: it must fit the context.
+            temperature, top_p, seed: as for :meth:`chat`.
+            cancelled: polled while waiting for the model and between tokens; True stops.
+
+        Returns:
+            ``{"model": the version that answered, "prompt_tokens": int, "choices": [{"token_ids", "logprobs",
+            "text", "finish_reason"}]}``; token ids end with the EOS id when the sample stopped there.
+
+        Raises:
+            RequestError: an unknown version, or a prompt that leaves no room for ``max_tokens``.
+            GenerationCancelled: ``cancelled()`` turned True.
         """
-        seed = secrets.randbits(63) if seed is None else seed
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0  # one row: no pads
-        [(new, _)] = decode(self.model, [ids], row_uniforms(seed, 0, max_tokens).unsqueeze(0), max_new_tokens=max_tokens,
-                            temperature=temperature, top_p=top_p, eos_ids=self.eos_ids, pad_id=pad_id, batch_size=1,
-                            stop=stop)
-        return new
+        ids = list(self.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
+        if not 1 <= max_tokens <= self.max_tokens:
+            raise RequestError(f"'max_tokens' must be between 1 and {self.max_tokens} (this server's maximum)")
+        if self.max_positions and len(ids) + max_tokens > self.max_positions:
+            raise RequestError(f"the prompt's {len(ids)} tokens and 'max_tokens' {max_tokens} exceed the model's "
+                               f"context of {self.max_positions} tokens")
+        gone = False
+
+        def stop_when_gone() -> bool:
+            nonlocal gone
+            gone = gone or bool(cancelled is not None and cancelled())
+            return gone
+
+        logps: list[list[float]] = []
+        with self._turn(cancelled):
+            version = self.weights.resolve(model)
+            with self.weights.selected(version) as served:
+                rows = self._decode(served, ids, n, max_tokens, group_uniforms(self._seed(seed), n, max_tokens),
+                                    temperature, top_p, stop_when_gone, logps)
+        if gone:
+            raise GenerationCancelled(max(len(new) for new, _ in rows))
+        choices = [{"token_ids": new, "logprobs": row_logps, "finish_reason": "stop" if finished else "length",
+                    "text": self.tokenizer.decode(new[:-1] if finished else new, skip_special_tokens=True)}
+                   for (new, finished), row_logps in zip(rows, logps, strict=True)]
+        return {"model": version, "prompt_tokens": len(ids), "choices": choices}
+
+    def load_lora(self, lora_name: Any, lora_path: Any) -> str:
+        """:meth:`WeightVersions.load_lora` between requests."""
+        with self._turn(None):
+            return self.weights.load_lora(lora_name, lora_path)
+
+    def load_full(self, model_name: Any, model_path: Any) -> str:
+        """:meth:`WeightVersions.load_full` between requests."""
+        with self._turn(None):
+            return self.weights.load_full(model_name, model_path)
 
     def _answer(self, new: list[int], stop: list[str] | None, *, prompt_tokens: int) -> dict[str, Any]:
         """The reply text, cut at the first end-of-sequence token and at the first stop string."""

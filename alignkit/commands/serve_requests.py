@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_TOKENS", "RequestError", "ServerLimits", "parse_request"]
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_CHOICES", "RequestError", "ServerLimits", "parse_completion_request",
+           "parse_load_request", "parse_request"]
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
@@ -25,6 +26,13 @@ _NEUTRAL = {"presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (Fa
             "store": (False,), "parallel_tool_calls": (True, False), "stream_options": ()}
 _KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
           "stream", "user"}
+# /v1/completions (vLLM's extensions included): the prompt as text or token ids, n samples, the sampled tokens'
+# log-probs, tokens written as "token_id:<id>", the completion's token ids.
+_COMPLETION_KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "n", "stream", "user",
+                     "logprobs", "return_tokens_as_token_ids", "return_token_ids"}
+_COMPLETION_NEUTRAL = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},), "echo": (False,),
+                       "best_of": (1,), "suffix": ("",), "stream_options": ()}
+MAX_CHOICES = 64  # n: completions of one prompt in one request (a rollout's samples per prompt)
 
 
 class RequestError(ValueError):
@@ -92,8 +100,11 @@ def _check_text(value: Any) -> None:
                                "text") from None
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object with no unsupported field."""
+def _json_object(body: bytes, known: set[str] | None = None,
+                 neutral: dict[str, tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    """The body as a JSON object with no unsupported field (of a chat request unless ``known`` says)."""
+    known = _KNOWN if known is None else known
+    neutral = _NEUTRAL if neutral is None else neutral
     try:
         req = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except RequestError:
@@ -107,7 +118,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except RecursionError:
         raise RequestError("request body is nested too deeply") from None
     unsupported = sorted(k for k, v in req.items()
-                         if k not in _KNOWN and v is not None and v not in _NEUTRAL.get(k, ()))
+                         if k not in known and v is not None and v not in neutral.get(k, ()))
     if unsupported:
         raise RequestError(f"unsupported request field(s): {', '.join(unsupported)}")
     return req
@@ -140,8 +151,8 @@ def _messages(req: dict[str, Any]) -> list[dict[str, str]]:
     return [_message(i, m) for i, m in enumerate(messages)]
 
 
-def _check_one_plain_answer(req: dict[str, Any]) -> None:
-    """String ``model`` and ``user``; no streaming; one completion."""
+def _check_plain_answer(req: dict[str, Any], max_choices: int = 1) -> int:
+    """String ``model`` and ``user``; no streaming; at most ``max_choices`` completions. Returns ``n``."""
     for key in ("model", "user"):
         if req.get(key) is not None and not isinstance(req[key], str):
             raise RequestError(f"'{key}' must be a string")
@@ -151,8 +162,13 @@ def _check_one_plain_answer(req: dict[str, Any]) -> None:
     if stream:
         raise RequestError("streaming is not supported; leave 'stream' unset")
     n = req.get("n")
-    if n is not None and not (_is_int(n) and n == 1):
-        raise RequestError("'n' must be 1: this server answers one completion per request")
+    if n is None:
+        return 1
+    if max_choices == 1 and not (_is_int(n) and n == 1):
+        raise RequestError("'n' must be 1: this server answers one completion per chat request")
+    if not (_is_int(n) and 1 <= n <= max_choices):
+        raise RequestError(f"'n' must be an integer in [1, {max_choices}]")
+    return n
 
 
 def _max_tokens(req: dict[str, Any], limit: int) -> int:
@@ -215,9 +231,70 @@ def parse_request(body: bytes, *, max_tokens_limit: int) -> dict[str, Any]:
     """
     req = _json_object(body)
     messages = _messages(req)
-    _check_one_plain_answer(req)
+    _check_plain_answer(req)
     max_tokens = _max_tokens(req, max_tokens_limit)
     temperature, top_p = _temperature_and_top_p(req)
     stop = _stop(req)
     return {"messages": messages, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
             "seed": _seed(req), "stop": stop}
+
+
+def _prompt(req: dict[str, Any], vocab_size: int) -> str | list[int]:
+    prompt = req.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one prompt
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list) and prompt and all(_is_int(t) and 0 <= t < vocab_size for t in prompt):
+        return list(prompt)
+    raise RequestError(f"'prompt' must be one non-empty string or one non-empty list of token ids in [0, {vocab_size})")
+
+
+def _flag(req: dict[str, Any], key: str) -> bool:
+    value = req.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(f"'{key}' must be true or false")
+    return bool(value)
+
+
+def parse_completion_request(body: bytes, *, max_tokens_limit: int, vocab_size: int) -> dict[str, Any]:
+    """Validated arguments of a ``/v1/completions`` request body (vLLM's field names).
+
+    ``stop`` strings are not taken (a rollout's token ids and log-probs are the whole sample). ``logprobs`` may be
+    0 or 1: both return the log-prob of every sampled token under the distribution it was
+    drawn from (``logprobs.token_logprobs``); ``return_tokens_as_token_ids`` writes ``logprobs.tokens`` as
+    ``"token_id:<id>"``; ``return_token_ids`` adds each choice's ``token_ids``.
+
+    Args:
+        body: the raw request body.
+        max_tokens_limit: the largest ``max_tokens`` accepted.
+        vocab_size: token ids of a prompt must be below it.
+
+    Returns:
+        ``{"model", "prompt", "n", "max_tokens", "temperature", "top_p", "seed", "logprobs",
+        "tokens_as_ids", "token_ids"}``.
+
+    Raises:
+        RequestError: a field with the wrong type or range, or one this server does not implement.
+    """
+    req = _json_object(body, _COMPLETION_KNOWN, _COMPLETION_NEUTRAL)
+    prompt = _prompt(req, vocab_size)
+    n = _check_plain_answer(req, MAX_CHOICES)
+    logprobs = req.get("logprobs")
+    if logprobs is not None and not (_is_int(logprobs) and logprobs in (0, 1)):
+        raise RequestError("'logprobs' must be 0 or 1: this server returns the sampled tokens' log-probs only")
+    temperature, top_p = _temperature_and_top_p(req)
+    return {"model": req.get("model"), "prompt": prompt, "n": n, "max_tokens": _max_tokens(req, max_tokens_limit),
+            "temperature": temperature, "top_p": top_p, "seed": _seed(req), "logprobs": logprobs is not None, "tokens_as_ids": _flag(req, "return_tokens_as_token_ids"),
+            "token_ids": _flag(req, "return_token_ids")}
+
+
+def parse_load_request(body: bytes, name_field: str, path_field: str) -> tuple[Any, Any]:
+    """``(name, path)`` of a weight-loading request body (``lora_name``/``lora_path`` or
+    ``model_name``/``model_path``); their values are checked by the weights' owner.
+
+    Raises:
+        RequestError: not a JSON object, or a field other than the two.
+    """
+    req = _json_object(body, {name_field, path_field}, {"load_inplace": (False,)})
+    return req.get(name_field), req.get(path_field)
