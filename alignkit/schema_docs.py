@@ -63,7 +63,8 @@ def _default(info: Any) -> str:
 def field_docs(model: type[BaseModel]) -> list[ParameterDoc]:
     """The fields of a pydantic model (a loss config, a recipe section), in words."""
     out = []
-    for name, info in model.model_fields.items():
+    for field, info in model.model_fields.items():
+        name = info.alias or field  # a recipe spells a field by its alias (online.async)
         bounds = []
         for m in info.metadata:
             for cls, op, attr in ((Gt, ">", "gt"), (Ge, ">=", "ge"), (Lt, "<", "lt"), (Le, "<=", "le")):

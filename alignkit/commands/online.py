@@ -225,6 +225,10 @@ class OnlineRun(RecipeRun):
         written. (``distributed.strategy: fsdp`` is refused with the recipe: the online loop replicates.)"""
         super().check_processes(world_size, device)
         check_world_size(self.recipe.train.prompts_per_step, world_size)
+        online = self.recipe.online
+        if world_size > 1 and (online.rollout.engine == "server" or online.async_.max_staleness > 0):
+            raise ValueError("online.rollout.engine: server and online.async.max_staleness: 1 run in one process; "
+                             "start without --nproc")
 
     def load(self, ctx: RunContext) -> tuple[Any, PreTrainedModel]:
         return load_tokenizer(self.recipe.model), self.load_causal_lm(ctx.device)

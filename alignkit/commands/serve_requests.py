@@ -18,7 +18,6 @@ __all__ = ["DEFAULT_MAX_TOKENS", "MAX_CHOICES", "RequestError", "ServerLimits", 
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
-MAX_SEED = 2**63 - 1
 DEFAULT_MAX_TOKENS = 64  # a request's max_tokens when it sets none (capped by the server's maximum)
 # Request fields this server does not implement, with the values that ask for nothing (accepted and ignored).
 _NEUTRAL = {"presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (False,), "top_logprobs": (0,),
@@ -207,10 +206,10 @@ def _stop(req: dict[str, Any]) -> list[str] | None:
     return stop
 
 
-def _seed(req: dict[str, Any]) -> int | None:
+def _seed(req: dict[str, Any], bits: int = 63) -> int | None:
     seed = req.get("seed")
-    if seed is not None and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
-        raise RequestError("'seed' must be an integer in [0, 2**63 - 1]")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2**bits):
+        raise RequestError(f"'seed' must be an integer in [0, 2**{bits} - 1]")
     return seed
 
 
@@ -260,7 +259,7 @@ def _flag(req: dict[str, Any], key: str) -> bool:
 def parse_completion_request(body: bytes, *, max_tokens_limit: int, vocab_size: int) -> dict[str, Any]:
     """Validated arguments of a ``/v1/completions`` request body (vLLM's field names).
 
-    ``stop`` strings are not taken (a rollout's token ids and log-probs are the whole sample). ``logprobs`` may be
+    A ``seed`` may use 64 bits (a rollout group's seed does). ``stop`` strings are not taken (a rollout's token ids and log-probs are the whole sample). ``logprobs`` may be
     0 or 1: both return the log-prob of every sampled token under the distribution it was
     drawn from (``logprobs.token_logprobs``); ``return_tokens_as_token_ids`` writes ``logprobs.tokens`` as
     ``"token_id:<id>"``; ``return_token_ids`` adds each choice's ``token_ids``.
@@ -285,7 +284,7 @@ def parse_completion_request(body: bytes, *, max_tokens_limit: int, vocab_size: 
         raise RequestError("'logprobs' must be 0 or 1: this server returns the sampled tokens' log-probs only")
     temperature, top_p = _temperature_and_top_p(req)
     return {"model": req.get("model"), "prompt": prompt, "n": n, "max_tokens": _max_tokens(req, max_tokens_limit),
-            "temperature": temperature, "top_p": top_p, "seed": _seed(req), "logprobs": logprobs is not None, "tokens_as_ids": _flag(req, "return_tokens_as_token_ids"),
+            "temperature": temperature, "top_p": top_p, "seed": _seed(req, 64), "logprobs": logprobs is not None, "tokens_as_ids": _flag(req, "return_tokens_as_token_ids"),
             "token_ids": _flag(req, "return_token_ids")}
 
 

@@ -27,12 +27,14 @@ from alignkit.online.parts import (
 )
 from alignkit.online.presets import PRESETS, PresetName
 from alignkit.online.prompts import HFDatasetPrompts, HHRLHFPrompts, JsonlPrompts
+from alignkit.online.rollout_config import AsyncConfig, RolloutConfig
 from alignkit.registry import Registry, RegistryError
 from alignkit.train.config import OptimizerConfig
 
 __all__ = [
     "ALGORITHMS",
     "AnchorConfig",
+    "AsyncConfig",
     "GRPOConfig",
     "InlinePrompts",
     "KLConfig",
@@ -42,6 +44,7 @@ __all__ = [
     "PPOConfig",
     "PartChoice",
     "PromptsConfig",
+    "RolloutConfig",
     "SentimentPrompts",
     "ValueConfig",
     "WarpConfig",
@@ -242,6 +245,10 @@ class OnlineConfig(_Strict):
     built from registered parts (an advantage, a policy loss, a loss aggregation, a KL term, a rollout
     correction), named at once by a preset (``algorithm``)."""
 
+    # ``async`` is a Python keyword: the field is ``async_``, spelled ``async`` in recipes and saved recipes.
+    model_config = ConfigDict(**_Strict.model_config, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
     algorithm: PresetName = Field(
         "rloo",
         description="A preset that fills the part fields left out (alignkit/online/presets.py): rloo (leave-one-out "
@@ -297,6 +304,10 @@ class OnlineConfig(_Strict):
     kl_control: KLControlConfig = Field(default_factory=KLControlConfig, description="Fixed or adaptive beta.")
     anchor: AnchorConfig = Field(default_factory=AnchorConfig, description="The KL anchor.")
     warp: WarpConfig | None = Field(None, description="Run WARP (iterations of merged runs) instead of one run.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The engine that samples rollouts: "
+                                   "local, or an inference server that receives the weights after every update.")
+    async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async",
+                                description="Sample the next rollout while the current one trains (max_staleness 1).")
 
     @property
     def sampling(self) -> Sampling:
@@ -353,6 +364,9 @@ class OnlineConfig(_Strict):
         if self.samples_per_prompt < min_group:
             raise ValueError(f"online.advantage {self.advantage_spec.name} needs online.samples_per_prompt >= "
                              f"{min_group} (a group of one sample has advantage 0)")
+        if self.async_.max_staleness > 0 and self.rollout_correction.name == "none":
+            raise ValueError("online.async.max_staleness 1 trains on samples of the weights one update old: set "
+                             "online.rollout_correction (tis, mis or seq_mask) to reweigh them")
         if self.kl.coef is not None and self.kl_control.kind == "adaptive":
             raise ValueError("online.kl.coef (online.grpo.kl_coef) fixes the KL weight, but online.kl_control is "
                              "adaptive; remove one (without a coef the adaptive beta weighs the KL)")

@@ -16,6 +16,7 @@ Under ``torchrun`` every process holds the whole model and samples its share of 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -31,11 +32,13 @@ from alignkit.models.kl import ReferenceFn
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
+from alignkit.online.engines import LocalEngine, RolloutEngine
 from alignkit.online.flops import UpdateFlops
 from alignkit.online.kl_control import KLController
 from alignkit.online.parallel import check_world_size, local_share
 from alignkit.online.rloo import distinct_n
-from alignkit.online.rollout import BatchSums, Rollout, sample_groups
+from alignkit.online.rollout import BatchSums, Rollout
+from alignkit.online.server_engine import ServerEngine
 from alignkit.online.tokens import (
     ValueHead,
     ValueModel,
@@ -44,6 +47,7 @@ from alignkit.online.tokens import (
     value_model_from_reward_model,
 )
 from alignkit.online.updater import Updater
+from alignkit.timing import phase
 from alignkit.train.checkpoint import CheckpointError
 from alignkit.train.distributed import DistEnv, all_reduce_flags
 from alignkit.train.divergence import DivergenceGuard
@@ -52,7 +56,7 @@ from alignkit.train.schedule import make_scheduler
 from alignkit.train.summary import StageSummary, steps_per_second
 from alignkit.train.trainer import divergence_hint, make_optimizer, step_order
 
-__all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
+__all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn", "rollout_engine"]
 
 ANCHOR_FILE = "anchor.safetensors"
 VALUE_FILE = "value.safetensors"  # the value head's or model's trainable tensors (never in model/)
@@ -61,6 +65,46 @@ VALUE_FILE = "value.safetensors"  # the value head's or model's trainable tensor
 ScoreFn = Callable[[list[str], list[str]], list[float]]
 
 PROGRESS_KEYS = ("reward", "true_reward", "kl", "entropy", "length", "beta")
+WEIGHTS_DIR = "rollout_weights"  # under the stage folder: the weights a rollout server loads
+
+
+def rollout_engine(policy: nn.Module, tokenizer, cfg: OnlineConfig, *, seed: int, run_dir: Path,
+                   stage: str) -> RolloutEngine:
+    """The engine ``online.rollout`` and ``online.async`` ask for: the local decoding loop on the policy (or, one
+    step off-policy, on a copy of it), or an inference server."""
+    if cfg.rollout.engine == "server":
+        vocab = int(policy.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
+        return ServerEngine(cfg.rollout, tokenizer, cfg.sampling, seed=seed, weights_dir=Path(run_dir) / WEIGHTS_DIR,
+                            stage=stage, vocab_size=vocab, eos_ids=eos_token_ids(policy, tokenizer))
+    return LocalEngine(policy, tokenizer, cfg.sampling, seed=seed, copy=cfg.async_.max_staleness > 0)
+
+
+class _Pending:
+    """A rollout being sampled in a thread (one step off-policy): its step, the weights it comes from, and the
+    completions or the error once done."""
+
+    def __init__(self, engine: RolloutEngine, prompts: list[str], indices: list[int], step: int,
+                 weights_step: int) -> None:
+        self.prompts, self.step, self.weights_step = prompts, step, weights_step
+        self.completions: list | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.completions = engine.sample(prompts, indices, step=step, weights_step=weights_step)
+            except BaseException as err:  # noqa: BLE001 - handed to the training thread, which raises it
+                self.error = err
+
+        # A daemon: a run stopped by an error does not wait for a sampling that nobody will use.
+        self.thread = threading.Thread(target=run, name=f"rollout of step {step + 1}", daemon=True)
+        self.thread.start()
+
+    def result(self) -> list:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.completions is not None
+        return self.completions
 
 
 @dataclass
@@ -108,6 +152,7 @@ class OnlineTrainer:
         env: the data-parallel environment; every process must start from the same weights and anchor
             (``alignkit online`` broadcasts rank 0's before building the anchors).
         console: where progress and messages go.
+        engine: what samples the rollouts (default: :func:`rollout_engine` of ``cfg``).
         true_score: ``online.true_reward`` as ``score(prompts, texts)``: measured on every rollout and logged
             as ``true_reward`` beside the proxy ``reward``, never trained on; None: off.
     """
@@ -131,6 +176,7 @@ class OnlineTrainer:
         env: DistEnv | None = None,
         console: Console | None = None,
         true_score: ScoreFn | None = None,
+        engine: RolloutEngine | None = None,
     ) -> None:
         self.policy, self.tokenizer, self.score, self.true_score = policy, tokenizer, score, true_score
         self.env = env or DistEnv()
@@ -155,6 +201,10 @@ class OnlineTrainer:
             self.params += [p for p in self.value.parameters() if p.requires_grad]
         self.flops = UpdateFlops.of(policy, self.value)  # the update's FLOPs, for the run's time table
         self.updater = Updater(self, self.value)
+        self.engine = engine if engine is not None else rollout_engine(policy, tokenizer, cfg, seed=seed,
+                                                                      run_dir=self.run_dir, stage=stage)
+        self.max_staleness = cfg.async_.max_staleness
+        self._pending: _Pending | None = None
         # The schedule counts optimizer steps; max_steps and warmup_steps count loop steps (batches of rollouts).
         updates = self.updater.updates
         self.optimizer = make_optimizer(self.params, train_cfg)
@@ -181,11 +231,23 @@ class OnlineTrainer:
         b = self.train_cfg.prompts_per_step
         return [self.prompts[i] for i in order[position * b:(position + 1) * b]]
 
+    def _push(self, weights_step: int) -> None:
+        """Give the engine the current weights (the policy after ``weights_step`` updates), unless it has them."""
+        if self.engine.synced != weights_step:
+            with phase("weight sync"):
+                self.engine.sync(self.policy, weights_step)
+
     def rollout(self, step: int) -> Rollout:
         """Sample k completions for each of this process's prompts of the step from the current policy; reward them."""
         offset, prompts = local_share(self.step_prompts(step), self.env)
-        completions = sample_groups(self.policy, self.tokenizer, prompts, range(offset, offset + len(prompts)),
-                                    self.cfg.sampling, seed=self.seed, step=step)
+        self._push(step)
+        with phase("generation"):
+            completions = self.engine.sample(prompts, list(range(offset, offset + len(prompts))), step=step,
+                                             weights_step=step)
+        return self._scored(prompts, completions)
+
+    def _scored(self, prompts: list[str], completions: list) -> Rollout:
+        """The rollout of ``completions`` with their rewards (and true rewards when measured)."""
         texts = [c.text for c in completions]
         rewards = self.score([prompts[c.prompt_index] for c in completions], texts)
         if len(rewards) != len(completions):
@@ -201,8 +263,30 @@ class OnlineTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
-        metrics = self.updater.step(step, self.rollout(step))
-        return {**metrics, "step_seconds": time.perf_counter() - start}
+        if self.max_staleness == 0:
+            return {**self.updater.step(step, self.rollout(step)), "step_seconds": time.perf_counter() - start}
+        return {**self._off_policy_step(step), "step_seconds": time.perf_counter() - start}
+
+    def _off_policy_step(self, step: int) -> dict[str, float]:
+        """One step off-policy: this step's rollout was sampled (from the weights one update old) while the last
+        step trained, and the next one is sampled while this one trains; the first step (and the first after a
+        resume) samples its own, from the current weights."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.step == step:
+            with phase("rollout wait"):
+                roll, weights_step = self._scored(pending.prompts, pending.result()), pending.weights_step
+        else:
+            roll, weights_step = self.rollout(step), step
+        if step + 1 < self.train_cfg.max_steps:
+            offset, prompts = local_share(self.step_prompts(step + 1), self.env)
+            self._push(step)
+            self._pending = _Pending(self.engine, prompts, list(range(offset, offset + len(prompts))), step + 1, step)
+        metrics = self.updater.step(step, roll)
+        if self._pending is not None:
+            with phase("rollout wait"):
+                self._pending.thread.join()  # it samples from the engine's weights: they change next
+            self._push(step + 1)
+        return {**metrics, "rollout_staleness": float(step - weights_step)}
 
     def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
         """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids);

@@ -43,7 +43,7 @@ def _section(path: str, model: type[BaseModel], out: list[str], seen: set[tuple[
     out += [f"## {title}", "", doc, "", *_table(model), ""]
     for name, info in model.model_fields.items():
         for sub in _models_in(info.annotation):
-            _section(f"{path}.{name}", sub, out, seen)
+            _section(f"{path}.{info.alias or name}", sub, out, seen)
 
 
 def render_recipe_markdown() -> str:

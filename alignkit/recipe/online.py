@@ -15,7 +15,7 @@ from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.eval.config import EvalConfig
 from alignkit.models.config import ModelConfig
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig, PromptsConfig
-from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
+from alignkit.peft.config import AdapterConfig, BottleneckConfig, LoRAConfig, NoAdapter
 from alignkit.recipe import (
     Problem,
     RecipeError,
@@ -105,6 +105,9 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.eval is not None and "chosen" in recipe.eval.baselines:
         problems.append((("eval", "baselines"), "'chosen' judges the policy against the dataset's chosen responses, "
                          "but online prompts have none; use base or reference"))
+    if recipe.online.rollout.engine == "server" and isinstance(recipe.adapter, BottleneckConfig):
+        problems.append((("online", "rollout", "engine"), "an inference server loads LoRA adapters or full weights, "
+                         "not bottleneck adapters; use adapter.kind lora or none"))
     online, ppo = recipe.online, recipe.online.ppo
     # Where a legacy online.ppo section set a value, its problem is reported there.
     section = ("online", "ppo") if ppo is not None else ("online",)
