@@ -50,7 +50,7 @@ class RolloutServerError(ValueError):
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect is an error: the API key must not follow it to another address."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def] # noqa: ANN001
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - the stdlib's signature
         raise urllib.error.HTTPError(req.full_url, code, f"redirected to {newurl}; not followed", headers, fp)
 
 
