@@ -174,22 +174,10 @@ def test_an_answer_from_another_weights_version_is_refused(tmp_path, gpt2_tokeni
             engine.sample(PROMPTS[:1], [0], step=1, weights_step=1)
 
 
-def test_the_api_key_is_sent_as_a_bearer_token(tmp_path, gpt2_tokenizer, monkeypatch):
-    seen = []
-    real = ChatModel.load_full
-
-    def recording(self, *args):
-        seen.append(threading.current_thread().name)
-        return real(self, *args)
-
-    monkeypatch.setenv("ROLLOUT_KEY", "secret")
-    with serving(gpt2_tokenizer, tmp_path) as (url, chat):
-        engine = _engine(url, gpt2_tokenizer, tmp_path, Sampling(), api_key_env="ROLLOUT_KEY")
-        assert engine._headers["Authorization"] == "Bearer secret"
-        engine.sync(make_tiny_gpt2(), 0)
-    monkeypatch.delenv("ROLLOUT_KEY")
+def test_the_api_key_is_read_from_its_variable(tmp_path, gpt2_tokenizer, monkeypatch):
+    monkeypatch.delenv("ROLLOUT_KEY", raising=False)
     with pytest.raises(RolloutServerError, match=r"\$ROLLOUT_KEY is not set"):
-        _engine(url, gpt2_tokenizer, tmp_path, Sampling(), api_key_env="ROLLOUT_KEY")
+        _engine("http://127.0.0.1:9", gpt2_tokenizer, tmp_path, Sampling(), api_key_env="ROLLOUT_KEY")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,3 +207,44 @@ def test_one_step_off_samples_from_the_previous_weights_and_corrects_for_them(tm
     local = _trainer(tmp_path / "local", gpt2_tokenizer, None, steps=3, **{"async": {"max_staleness": 1}},
                      rollout_correction={"name": "tis", "cap": 2.0}).fit().history
     assert [h["reward"] for h in local] == [h["reward"] for h in history]  # the same samples either way
+
+
+def test_the_api_key_never_follows_a_redirect(tmp_path, gpt2_tokenizer, monkeypatch):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+    asked: list[str | None] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(Elsewhere):
+        def do_POST(self):  # noqa: N802
+            asked.append(self.headers.get("Authorization"))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_address[1]}/v1/load_weights")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    redirecting = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    for server in (elsewhere, redirecting):
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setenv("ROLLOUT_KEY", "secret")
+    try:
+        engine = _engine(f"http://127.0.0.1:{redirecting.server_address[1]}", gpt2_tokenizer, tmp_path, Sampling(),
+                         api_key_env="ROLLOUT_KEY")
+        with pytest.raises(RolloutServerError, match="answered 307"):
+            engine.sync(make_tiny_gpt2(), 0)
+    finally:
+        for server in (elsewhere, redirecting):
+            server.shutdown()
+            server.server_close()
+    assert asked == ["Bearer secret"] and seen == []  # the key went to the configured URL only
