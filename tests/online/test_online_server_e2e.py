@@ -107,3 +107,15 @@ def test_bad_rollout_settings_are_one_line_errors(tmp_path, capfd, override, mes
     assert main(["online", str(recipe), "--validate", override]) == 2
     err = " ".join(capfd.readouterr().err.split())  # the console wraps long lines
     assert message in err and "Traceback" not in err, err
+
+
+def test_the_documented_rollout_settings_validate():
+    import yaml
+
+    from alignkit.online.config import OnlineConfig
+
+    doc = (ROOT / "docs" / "online.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Rollouts from an inference server"):]
+    block = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+    cfg = OnlineConfig.model_validate({**yaml.safe_load(block)["online"], "reward": "vader_sentiment"})
+    assert cfg.rollout.engine == "server" and cfg.async_.max_staleness == 1
