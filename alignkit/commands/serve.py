@@ -1,7 +1,10 @@
 """`alignkit serve`: an OpenAI-compatible chat-completions server over a local model or a run folder.
 
 Endpoints: ``POST /v1/chat/completions`` (``messages``, ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
-``stop``, ``n=1``; no streaming), ``GET /v1/models`` and ``GET /health``. One model answers one request at a
+``stop``, ``n=1``; no streaming), ``GET /v1/models`` and ``GET /health``; for online rollouts, vLLM's contract:
+``POST /v1/completions`` (token ids in, ``n`` samples with their token ids and log-probs out,
+:mod:`alignkit.commands.serve_completions`), ``POST /v1/load_lora_adapter`` and ``POST /v1/load_weights`` (new
+weights under a new name, :mod:`alignkit.commands.serve_weights`), each answer naming the version that gave it. One model answers one request at a
 time (a lock serializes generation); the HTTP layer is the standard library's threading server, so slow
 clients do not block each other's connections. Meant for local use: talking to a tuned model, or serving
 a local model as the judge of ``eval.judge.kind: openai``. It does not check API keys.

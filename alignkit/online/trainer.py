@@ -3,7 +3,11 @@
 The objective is built from registered parts (``online.algorithm`` is a preset naming them,
 :mod:`alignkit.online.presets`); the update after the rollout is :mod:`alignkit.online.updater`'s, the same for
 every objective (one or several optimizer steps per batch of rollouts). One loop step is one batch of rollouts,
-whatever the objective (every rollout comes from the current weights). The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
+whatever the objective; every rollout comes from the current weights, unless ``online.async.max_staleness`` is 1:
+then the next step's rollout is sampled (in a thread, or by the server) while this step trains, from the weights
+one update old. The rollouts come from a rollout engine (:mod:`alignkit.online.engines`): this process's
+decoding loop, or an inference server that receives the weights after every update
+(:mod:`alignkit.online.server_engine`). The step is this module's; resume, logging, checkpoints (the anchor included) and the non-finite guards are
 the fit loop the preference trainer runs too (:class:`~alignkit.train.loop.FitLoop`). Data order reuses
 the preference trainer's :func:`~alignkit.train.trainer.step_order` (a permutation of the prompts fixed by
 (seed, epoch)), the schedule its :func:`~alignkit.train.schedule.make_scheduler`; KL and log-probs use
