@@ -119,3 +119,17 @@ def test_the_documented_rollout_settings_validate():
     block = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
     cfg = OnlineConfig.model_validate({**yaml.safe_load(block)["online"], "reward": "vader_sentiment"})
     assert cfg.rollout.engine == "server" and cfg.async_.max_staleness == 1
+
+
+def test_server_and_one_step_off_runs_refuse_several_processes(tmp_path):
+    import torch
+    from test_online_e2e import _recipe
+
+    from alignkit.commands.online import OnlineRun
+
+    for overrides in (["online.async={max_staleness: 1}", "online.rollout_correction=tis"],
+                      ["online.rollout={engine: server, url: 'http://127.0.0.1:9'}"]):
+        run = OnlineRun(_recipe(tmp_path, *overrides))
+        run.check_processes(1, torch.device("cpu"))
+        with pytest.raises(ValueError, match="start without --nproc"):
+            run.check_processes(2, torch.device("cpu"))
