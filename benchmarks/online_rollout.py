@@ -94,11 +94,12 @@ def serving(model: Path, weights_root: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def run(engine: str, staleness: int, folder: Path, url: str | None) -> dict[str, float]:
+def run(engine: str, staleness: int, folder: Path, url: str | None, *, policy=None, steps: int = STEPS,
+        new_tokens: int = 32) -> dict[str, float]:
     """Mean seconds per step (after the first) of sampling, weight sync, training and the whole step."""
     tokenizer = offline_gpt2_tokenizer()
-    policy = small_gpt2()
-    online = {"reward": "vader_sentiment", "samples_per_prompt": 4, "max_new_tokens": 32, "beta": 0.05,
+    policy = policy if policy is not None else small_gpt2()
+    online = {"reward": "vader_sentiment", "samples_per_prompt": 4, "max_new_tokens": new_tokens, "beta": 0.05,
               "generation_batch_size": 16}
     if engine == "server":
         online["rollout"] = {"engine": "server", "url": url}
@@ -108,7 +109,7 @@ def run(engine: str, staleness: int, folder: Path, url: str | None) -> dict[str,
 
     _, reward = resolve_reward("vader_sentiment", timeout_s=300)
     trainer = OnlineTrainer(policy, tokenizer, lambda prompts, texts: reward(texts), OnlineConfig(**online),
-                            OnlineTrainConfig(lr=1e-4, prompts_per_step=4, max_steps=STEPS),
+                            OnlineTrainConfig(lr=1e-4, prompts_per_step=4, max_steps=steps),
                             prompts=sentiment_prompts(32, seed=0), anchor=FrozenAnchor(policy),
                             controller=FixedKLController(0.05), run_dir=folder / f"{engine}{staleness}")
     steps: list[dict[str, float]] = []
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="write the results as Markdown here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         small_gpt2(seed=1).save_pretrained(folder / "served")  # other weights: the first sync replaces them
@@ -156,7 +158,9 @@ def main() -> None:
     for (engine, staleness), r in results.items():
         lines.append(f"| {engine} | {staleness} | {r['step']:.2f} | {r['sampling']:.2f} | {r['sync']:.2f} | "
                      f"{r['training']:.2f} | {base / r['step']:.2f}x |")
-    lines += ["", f"Means over steps 2-{STEPS} of one run each. Machine: {machine_summary()}."]
+    load = f"load average {load_before:.1f} before the runs, {os.getloadavg()[0]:.1f} after (machine shared)"
+    lines += ["", f"Means over steps 2-{STEPS} of one run each; {load}. Machine: {machine_summary()}; torch "
+              f"{torch.__version__}, fp32, 1 thread per process."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
