@@ -140,14 +140,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from alignkit.commands.serve import ChatModel, ServerLimits, make_server
     from alignkit.workflow.model_io import load_run_model
 
-    model, tokenizer = load_run_model(args.model, tokenizer=args.tokenizer, device=args.device)
     weights_root = None if args.allow_weights_from is None else Path(args.allow_weights_from)
-    if weights_root is not None and not weights_root.is_dir():
+    if weights_root is not None and not weights_root.is_dir():  # before the model loads
         raise ValueError(f"--allow-weights-from: {weights_root} is not a folder")
+    model, tokenizer = load_run_model(args.model, tokenizer=args.tokenizer, device=args.device)
     chat = ChatModel(model, tokenizer, args.name or str(args.model), max_tokens=args.max_tokens,
                      weights_root=weights_root, max_adapters=args.max_adapters)
-    server = make_server(chat,
-                         args.host, args.port, limits=ServerLimits(max_pending=args.max_pending),
+    server = make_server(chat, args.host, args.port, limits=ServerLimits(max_pending=args.max_pending),
                          log=None if args.quiet else lambda line: _err.print(line, markup=False, highlight=False))
     host, port = server.server_address[:2]
     assert isinstance(host, str), "an IPv4/IPv6 server's address is a host name"

@@ -172,3 +172,11 @@ def test_loading_is_refused_unless_the_server_allows_a_folder(gpt2_tokenizer, tm
         server.shutdown()
         server.server_close()
     assert code == 403 and "--allow-weights-from" in body["error"]["message"]
+
+
+def test_a_weights_folder_that_is_not_one_is_a_one_line_error(tmp_path, capfd):
+    from alignkit.cli import main
+
+    assert main(["serve", str(tmp_path), "--allow-weights-from", str(tmp_path / "nope")]) == 2
+    err = " ".join(capfd.readouterr().err.split())
+    assert "--allow-weights-from:" in err and "is not a folder" in err and "Traceback" not in err, err
