@@ -30,12 +30,14 @@ __all__ = ["BatchSums", "Rollout", "group_seed", "group_uniforms", "sample_group
 @dataclass
 class Rollout:
     """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,);
-    ``true_rewards`` (P * k,): the ``online.true_reward`` of each, measured but not trained on (None when off)."""
+    ``true_rewards`` (P * k,): the ``online.true_reward`` of each, measured but not trained on (None when off);
+    ``staleness``: updates between the weights that sampled it and the trained ones."""
 
     prompts: list[str]
     completions: list[Completion]
     rewards: torch.Tensor
     true_rewards: torch.Tensor | None = None
+    staleness: int = 0  # updates between the weights that sampled it and the trained ones
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,7 @@ class OnlineTrainer:
         if pending is not None and pending.step == step:
             with phase("rollout wait"):
                 roll, weights_step = self._scored(pending.prompts, pending.result()), pending.weights_step
+            roll.staleness = step - weights_step
         else:
             roll, weights_step = self.rollout(step), step
         if step + 1 < self.train_cfg.max_steps:

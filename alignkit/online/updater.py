@@ -223,6 +223,7 @@ class Updater:
         advantages = [out.advantages[i, :n] for i, n in enumerate(split)]
         returns = [out.returns[i, :n] for i, n in enumerate(split)] if out.returns is not None else None
         extra = self._rollout_metrics(data, mask, out.returns, values)
+        self._check_sampler(roll, extra["sampler_logp_abs_diff"], step)
 
         update = self._update(step, plan, comps, lengths, data, advantages, returns, weights.in_loss)
         t.anchor.update()
@@ -230,6 +231,15 @@ class Updater:
         beta = weights.in_loss if obj.kl.placement == "loss" else weights.in_reward
         metrics = t.sample_metrics(batch, ids, beta=beta)
         return {**metrics, **extra, **update}
+
+    def _check_sampler(self, roll: Rollout, mismatch: float, step: int) -> None:
+        """Refuse, before the update, samples of the current weights whose log-probs the trainer does not
+        reproduce (``online.rollout.max_logp_mismatch``): they come from another policy."""
+        limit = self.trainer.cfg.rollout.max_logp_mismatch
+        if limit is not None and roll.staleness == 0 and not mismatch <= limit:
+            raise ValueError(f"online.rollout.max_logp_mismatch: step {step + 1}'s samples have a mean |log pi_trainer "
+                             f"- log pi_sampler| of {mismatch:.3g} per token, above {limit:g}: the sampler did not use "
+                             "the trained weights; nothing was trained on them")
 
     def _rollout_metrics(self, data: _Rollout, mask: Tensor, returns: Tensor | None,
                          values: Tensor | None) -> dict[str, float]:

@@ -60,7 +60,7 @@ def _engine(url: str, tokenizer, root: Path, sampling: Sampling, **rollout) -> S
 
 def _trainer(tmp_path: Path, tokenizer, url: str | None, *, steps: int = 3, policy=None, **online) -> OnlineTrainer:
     policy = policy if policy is not None else make_tiny_gpt2()
-    rollout = {"rollout": {"engine": "server", "url": url}} if url else {}
+    rollout = {"rollout": {"engine": "server", "url": url}} if url and "rollout" not in online else {}
     cfg = OnlineConfig(reward="vader_sentiment", samples_per_prompt=2, max_new_tokens=5, **rollout, **online)
     train_cfg = OnlineTrainConfig(lr=1e-2, prompts_per_step=2, max_steps=steps)
     return OnlineTrainer(policy, tokenizer, score_e, cfg, train_cfg, prompts=PROMPTS, anchor=FrozenAnchor(policy),
@@ -88,7 +88,8 @@ def test_server_rollouts_are_the_local_samples_and_match_the_trainers_log_probs(
 
 def test_weights_reach_the_server_after_every_update(tmp_path, gpt2_tokenizer):
     with serving(gpt2_tokenizer, tmp_path) as (url, chat):
-        trainer = _trainer(tmp_path, gpt2_tokenizer, url, steps=3)
+        trainer = _trainer(tmp_path, gpt2_tokenizer, url, steps=3,
+                           rollout={"engine": "server", "url": url, "max_logp_mismatch": ROUNDING})
         history = trainer.fit().history
         assert chat.weights.names == ["policy-online-step2"]  # a full reload replaces the weights served before
     for h in history:  # every step's samples came from the weights the trainer held
@@ -115,7 +116,15 @@ def test_a_server_that_renames_without_loading_is_caught_by_the_mismatch(tmp_pat
     monkeypatch.setattr(WeightVersions, "load_full", renamed_only)
     with serving(gpt2_tokenizer, tmp_path) as (url, _):
         history = _trainer(tmp_path, gpt2_tokenizer, url, steps=1).fit().history
-    assert history[0]["sampler_logp_abs_diff"] > 100 * ROUNDING
+        assert history[0]["sampler_logp_abs_diff"] > 100 * ROUNDING
+        # With a bound on the mismatch, the run stops before the update: nothing is trained on those samples.
+        policy = make_tiny_gpt2()
+        before = [p.detach().clone() for p in policy.parameters()]
+        guarded = _trainer(tmp_path / "guarded", gpt2_tokenizer, url, steps=1, policy=policy,
+                           rollout={"engine": "server", "url": url, "max_logp_mismatch": 1e-4})
+        with pytest.raises(ValueError, match="online.rollout.max_logp_mismatch: step 1's samples"):
+            guarded.fit()
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
 
 
 def test_lora_adapters_are_loaded_under_a_new_name_every_step(tmp_path, gpt2_tokenizer):
