@@ -30,6 +30,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
+from alignkit.jsonio import to_json
 from alignkit.models.generate import Completion, format_prompt, uses_chat_template
 from alignkit.models.sampling import Sampling
 from alignkit.online.rollout import group_seed
@@ -132,7 +133,8 @@ class ServerEngine:
     def _post(self, route: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to the server; its JSON answer, or a :class:`RolloutServerError` that says why not."""
         url = f"{self.base_url}/v1/{route}"
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=self._headers, method="POST")
+        request = urllib.request.Request(url, data=to_json(body, indent=None).encode(), headers=self._headers,
+                                         method="POST")
         try:
             with self._opener.open(request, timeout=self.cfg.timeout_s) as answer:
                 data = answer.read(MAX_RESPONSE_BYTES + 1)
