@@ -195,3 +195,16 @@ def test_corrections_by_hand():
     assert weights("mis") == pytest.approx([0.0, 1.5, 0.5])  # w past the cap: dropped
     assert weights("seq_mask") == [0.0, 0.0, 0.0]  # W = 3 * 1.5 * 0.5 = 2.25 > 2: the sequence is dropped
     assert weights("seq_mask", cap=3.0) == pytest.approx([2.25, 2.25, 2.25])
+
+
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+def test_kl_estimators_are_the_models_kl_estimate(name: str) -> None:
+    """The registered online estimators are the one implementation in models: bit-equal values, and the same
+    refusal of log-probs whose shapes differ (broadcasting would silently pair the wrong tokens)."""
+    from alignkit.models.kl_estimators import kl_estimate
+
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(4, 7, generator=g) * 3, -torch.rand(4, 7, generator=g) * 3
+    assert torch.equal(KL_ESTIMATORS.get(name).fn(logp, ref), kl_estimate(logp, ref, name))
+    with pytest.raises(ValueError, match="same shape"):
+        KL_ESTIMATORS.get(name).fn(logp, ref[0])
