@@ -97,7 +97,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for spec in list_losses():
         params = ", ".join(f"{n}={f.default!r}" for n, f in spec.config.model_fields.items())
-        needs = spec.inputs + (" + reference" if spec.needs_reference else "")
+        needs = spec.inputs.name + (" + reference" if spec.needs_reference else "")
         if spec.reference_rule is not None:  # a parameter decides; the above is the defaults'
             needs += " (by default; see its parameters)"
         table.add_row(spec.name, needs, params or "-", spec.description)

@@ -150,7 +150,7 @@ def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     a_file.write_text("x")
     return [
         (["data.source={kind: kway_jsonl, path: k.jsonl}"], "data.source.kind: 'kway_jsonl' gives K-way comparisons"),
-        (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, but loss reward_kway reads K-way"),
+        (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, which only a loss reading logps or scores reads"),
         (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
         (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
         (["adapter.kind=lora", "reference.mode=adapters_off", "sft.enabled=true"],

@@ -91,33 +91,6 @@ def step_metrics(*, tokens_per_second: float, grad_norm: float, learning_rate: f
     return dict(zip(STEP_METRICS, values, strict=True))
 
 
-def _made_up_stats(objective: Objective, *, paired: bool) -> PreferenceStats:
-    """Statistics of a tiny batch (B=2) with the fields :func:`~alignkit.train.forward.preference_stats`
-    fills for ``objective`` on a paired (preference, K-way) or unpaired (SFT) batch."""
-    logps = torch.tensor([-5.0, -7.0])
-    lengths = torch.full((2,), 3.0)
-    if objective.inputs == "kway":
-        scores = torch.tensor([[0.5, -0.5, 0.1], [0.2, 0.3, -1.0]])  # (B, K)
-        return PreferenceStats(scores=scores, best_index=torch.tensor([0, 1]))
-    if objective.inputs == "scores":
-        return PreferenceStats(chosen_scores=logps + 5.5, rejected_scores=logps + 6.0)
-    if objective.inputs == "unpaired":
-        stats = PreferenceStats(policy_logps=logps, lengths=lengths, labels=torch.tensor([True, False]))
-        if objective.needs_mismatched:
-            stats.policy_mismatched_logps = logps - 2.0
-        if objective.needs_reference:
-            stats.reference_logps = logps - 0.5
-            stats.reference_mismatched_logps = None if stats.policy_mismatched_logps is None else logps - 2.5
-        return stats
-    if not paired:
-        return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
-    stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
-                            chosen_lengths=lengths, rejected_lengths=lengths + 1.0)
-    if objective.needs_reference:
-        stats.reference_chosen_logps, stats.reference_rejected_logps = logps - 0.5, logps - 0.75
-    return stats
-
-
 @dataclass(frozen=True)
 class StageMetricNames:
     """The metric names an offline stage writes to metrics.jsonl (besides ``stage`` and ``step``).
@@ -144,12 +117,16 @@ def stage_metric_names(objective: Objective, *, paired: bool) -> StageMetricName
         objective: the stage's objective.
         paired: whether the stage's batches are paired (preference pairs, K-way) rather than SFT batches.
     """
+    def made_up() -> PreferenceStats:  # fresh each time: a plugin loss may have changed the first in place
+        return objective.inputs.made_up_stats(needs_reference=objective.needs_reference,
+                                              needs_mismatched=objective.needs_mismatched, paired=paired)
+
     try:
         with torch.no_grad():
-            stats = _made_up_stats(objective, paired=paired)
+            stats = made_up()
             names, complete = list(batch_metrics(objective(stats), stats)), True
     except Exception:  # noqa: BLE001 - a plugin loss may not accept made-up numbers; its own names are unknown
-        stats = _made_up_stats(objective, paired=paired)
+        stats = made_up()
         zeros = torch.zeros(2)
         names, complete = list(batch_metrics(LossOutput(zeros, zeros, zeros), stats)), False
     per_batch = ["loss", *names]
