@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
     online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
-                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo or cispo, or parts of your own; optionally "
-                            "with WARP; see docs/online.md).")
+                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo, cispo or gmpo, or parts of your own; "
+                            "optionally with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")

@@ -247,7 +247,7 @@ class OnlineConfig(_Strict):
         description="A preset that fills the part fields left out (alignkit/online/presets.py): rloo (leave-one-out "
         "baseline; k = 1: the batch mean), reinforce (batch-mean baseline), reinforce_pp, ppo (value model, GAE, "
         "clipped updates; online.ppo), grpo (group-normalised advantages, clipped updates; online.grpo), dr_grpo, "
-        "dapo, gspo, cispo. The expanded parts are printed and saved in the run's recipe.",
+        "dapo, gspo, cispo, gmpo. The expanded parts are printed and saved in the run's recipe.",
     )
     ppo: PPOConfig | None = Field(None, description="PPO settings (algorithm ppo only; defaults when omitted).")
     grpo: GRPOConfig | None = Field(None, description="GRPO settings (algorithms grpo and dr_grpo; defaults when "

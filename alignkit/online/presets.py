@@ -17,6 +17,7 @@ written before the parts existed expand to the same objective and give the same 
 | dapo | grpo | dapo | token_mean | none |
 | gspo | grpo | gspo | seq_mean_token_mean | none |
 | cispo | grpo | cispo | token_mean | none |
+| gmpo | grpo | gmpo | seq_mean_token_mean | none |
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 __all__ = ["PRESETS", "Preset", "PresetName"]
 
-PresetName = Literal["rloo", "reinforce", "reinforce_pp", "ppo", "grpo", "dr_grpo", "dapo", "gspo", "cispo"]
+PresetName = Literal["rloo", "reinforce", "reinforce_pp", "ppo", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "gmpo"]
 
 # What a preset expands to: the online fields it fills, from the legacy section it reads (or None).
 Expansion = Callable[[Any], dict[str, Any]]
@@ -93,4 +94,5 @@ PRESETS: dict[str, Preset] = {
     "dapo": Preset(None, _group("dapo", "token_mean")),
     "gspo": Preset(None, _group("gspo", "seq_mean_token_mean")),
     "cispo": Preset(None, _group("cispo", "token_mean")),
+    "gmpo": Preset(None, _group("gmpo", "seq_mean_token_mean")),
 }

@@ -28,7 +28,7 @@ from alignkit.recipe.online import load_online_recipe
 PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "my_online_parts.py"
 
 
-@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"])
+@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "cispo", "gmpo", "reinforce_pp"])
 def test_every_new_preset_trains_and_logs_the_sampler_mismatch(preset, tmp_path, gpt2_tokenizer):
     trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": preset, "kl_control": {"kind": "fixed"}},
                              max_steps=1, save_every=None)
