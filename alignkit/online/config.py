@@ -153,6 +153,17 @@ class KLConfig(_Strict):
         return self
 
 
+class DynamicSamplingConfig(_Strict):
+    """DAPO's dynamic sampling: a prompt group whose rewards all agree is dropped and its place sampled again
+    from another prompt, until every group has a signal or the cap of extra rounds is reached
+    (:mod:`alignkit.online.dynamic_sampling`). Logged per step: dropped_groups, uniform_groups, extra_rounds."""
+
+    enabled: bool = Field(False, description="Drop and refill the groups whose k rewards are all equal (needs "
+                          "online.samples_per_prompt >= 2).")
+    max_extra_rounds: int = Field(4, ge=1, description="At most this many extra sampling rounds per step; a "
+                                  "position still uniform then keeps its last group (advantage 0).")
+
+
 class ValueConfig(_Strict):
     """The value model of advantage estimators that need one (gae)."""
 
@@ -271,6 +282,9 @@ class OnlineConfig(_Strict):
         "null: the preset's (for most, the whole rollout).")
     value: ValueConfig | None = Field(None, description="The value model, for an advantage that needs one (gae); "
                                       "null: the preset's, or defaults.")
+    dynamic_sampling: DynamicSamplingConfig | None = Field(
+        None, description="Drop the groups whose rewards all agree and sample their places again (DAPO); null: the "
+        "preset's (on for dapo, off otherwise).")
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
@@ -347,6 +361,11 @@ class OnlineConfig(_Strict):
             self.epochs = expanded["epochs"]
         if self.minibatch_size is None:
             self.minibatch_size = expanded["minibatch_size"]
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = DynamicSamplingConfig(**expanded.get("dynamic_sampling", {}))
+        if self.dynamic_sampling.enabled and self.samples_per_prompt < 2:
+            raise ValueError("online.dynamic_sampling needs online.samples_per_prompt >= 2 (it compares the rewards "
+                             "of each prompt's group)")
         if self.value is None and self.advantage_spec.needs_values:
             self.value = ValueConfig(**expanded.get("value", {}))
         min_group = int(self.advantage_spec.extra.get("min_group_size", 1))
