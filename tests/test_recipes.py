@@ -151,6 +151,8 @@ def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     return [
         (["data.source={kind: kway_jsonl, path: k.jsonl}"], "data.source.kind: 'kway_jsonl' gives K-way comparisons"),
         (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, which only a loss reading logps or scores reads"),
+        (["loss.name=reward_kway"], "loss reward_kway reads kway (K-way comparisons): use a source that gives them "
+         "(kway_jsonl)"),
         (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
         (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
         (["adapter.kind=lora", "reference.mode=adapters_off", "sft.enabled=true"],
