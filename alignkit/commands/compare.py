@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from rich.console import Console
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.commands.compare_online import (
     OnlineEntry,
     online_markdown,
@@ -197,7 +197,7 @@ def run_comparison(
     if online_entries:
         section = online_markdown(online_entries, base)
         console.print(section, markup=False, highlight=False)
-        with open_for_write(files["markdown"], "a") as f:
+        with writing(files["markdown"], "a") as f:
             f.write(section)
     files.update(_plots([*rows, *online_rows], curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
@@ -229,7 +229,7 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
     if training is not None:
         files["training_curves"] = training
     if files:
-        with open_for_write(out_dir / "comparison.md", "a") as f:
+        with writing(out_dir / "comparison.md", "a") as f:
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
     return files
 

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.cache import open_for_write, write_atomic
+from alignkit.cache import write_atomic, writing
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.frontier import front_markdown, plot_online_frontier, proxy_true_markdown
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
@@ -85,7 +85,7 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         md += [time_markdown(report["eval_time_breakdown"], _TIME_TITLES["eval_time_breakdown"].capitalize())]
     text = "\n".join(md)
     if markdown_path is not None:
-        with open_for_write(markdown_path) as f:
+        with writing(markdown_path) as f:
             f.write(text)
     return text
 

@@ -7,7 +7,6 @@ the recipe rule that checks ``early_stopping.metric`` accepts exactly what the t
 
 from __future__ import annotations
 
-import errno
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from alignkit.cache import check_inside, disk_full_error, open_for_write
+from alignkit.cache import check_inside, writing
 from alignkit.jsonio import to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
@@ -208,7 +207,7 @@ class MetricsWriter:
             # any line a kill tore in half.
             kept = [line for line in path.read_text(errors="replace").splitlines()
                     if (step := _step_of(line)) is not None and step <= resume_from_step]
-            with open_for_write(path) as f:
+            with writing(path) as f:
                 f.write("".join(line + "\n" for line in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
@@ -217,11 +216,6 @@ class MetricsWriter:
         if not self.enabled:
             return
         line = to_json(record, indent=None) + "\n"
-        try:
-            with open_for_write(self.path, "a") as f:
-                f.write(line)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise disk_full_error(self.path.parent, self.path.name, len(line)) from None
-            raise
+        with writing(self.path, "a", needed_bytes=len(line)) as f:
+            f.write(line)
         log_scalars(str(record.get("stage", "train")), int(record.get("step", 0)), record)

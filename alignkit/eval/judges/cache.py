@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.jsonio import to_json
 
 __all__ = ["VerdictCache", "verdict_key"]
@@ -59,5 +59,5 @@ class VerdictCache:
                 return
             self._answers[key] = raw
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open_for_write(self.path, "a") as f:
+            with writing(self.path, "a") as f:
                 f.write(to_json({"key": key, "raw": raw}, indent=None, ensure_ascii=False) + "\n")
