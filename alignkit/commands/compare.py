@@ -11,7 +11,6 @@ data, so every run after the first reuses them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -32,7 +31,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.jsonio import read_json
+from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
@@ -81,7 +80,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "preference" / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, what="a metrics record")
 
 
 def _folder_state(recipe: Recipe) -> tuple[str, str]:

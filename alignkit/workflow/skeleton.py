@@ -9,7 +9,6 @@ Only the main process writes files; every process trains.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,6 +23,7 @@ from rich.console import Console
 
 from alignkit.cache import write_atomic
 from alignkit.eval.judges.keys import check_judge_environment
+from alignkit.jsonio import read_json
 from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.models.precision import resolve_precision, stored_precision
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
@@ -295,7 +295,7 @@ def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -
     """:func:`execute_run` once the run folder is held."""
     env, console = ctx.env, ctx.console
     if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
-        return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
+        return RunSummary(run_dir=ctx.run_dir, report=read_json(ctx.run_dir / "report.json", what="a run's report"))
     seed_everything(plan.seed)
     precision = (stored_precision(plan.model_dtype) if plan.precision is None  # the trainer and FSDP decide alike
                  else resolve_precision(plan.precision, ctx.device))
