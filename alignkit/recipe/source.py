@@ -186,7 +186,7 @@ def _place(loc: Sequence[Any], lines: dict) -> int | str | None:
         if place is not None:
             return cast("int | str", place)
         if below := [p for key, p in lines.items() if isinstance(p, str) and key[:n] == prefix]:
-            return cast(str, below[0])
+            return below[0]
     return None
 
 
