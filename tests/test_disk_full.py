@@ -119,7 +119,8 @@ def test_a_run_on_a_full_disk_names_the_file_it_could_not_write(tiny_disk, capsy
         for leftover in tiny_disk.iterdir():
             subprocess.run(["rm", "-rf", str(leftover)], check=True)
         _fill(tiny_disk, free_pages)
-        code = main(["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={tiny_disk / 'run'}", "train.device=cpu"])
+        code = main(["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={tiny_disk / 'run'}", "train.device=cpu",
+                     "model.from_config={model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 1024}"])
         err = capsys.readouterr().err
         assert code == 1, err
         assert "Traceback" not in err and "no space left on the device while saving" in err, err
