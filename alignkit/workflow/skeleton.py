@@ -257,14 +257,14 @@ def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
     with phase("data preparation"):
         plan.prepare(ctx)
     if plan.adapter.kind != "none":
-        apply_adapter(ctx.policy, plan.adapter)
-    trainable, total = count_parameters(ctx.policy)
-    console.print(format_parameter_table(parameter_table(ctx.policy)))
+        apply_adapter(ctx.model, plan.adapter)
+    trainable, total = count_parameters(ctx.model)
+    console.print(format_parameter_table(parameter_table(ctx.model)))
     ctx.report["parameters"] = {"trainable": trainable, "total": total}
     if env.enabled and plan.distributed.strategy == "fsdp":
         cfg = compute_precision(plan.distributed, plan.precision or "fp32", ctx.device)
         ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
-        ctx.sharding.shard_policy(ctx.policy)
+        ctx.sharding.shard_policy(ctx.model)
     with phase("training"):
         plan.train(ctx)
     if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
@@ -272,7 +272,7 @@ def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
     ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
     if env.is_main:
         with phase("saving the model"):
-            save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model",
+            save_model(ctx.model, ctx.tokenizer, ctx.run_dir / "model",
                        copy_base=getattr(plan.adapter, "save_base", False))
         with phase("evaluation"):
             ctx.report.update(plan.evaluate(ctx))
