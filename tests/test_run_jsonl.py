@@ -111,3 +111,18 @@ def test_the_cli_prints_it_as_one_line(tmp_path, capsys):
     assert code == 2, err
     assert f"{comparison}: not a comparison: Infinity is not a JSON number" in err.replace("\n", "")
     assert "Traceback" not in err
+
+
+def test_the_judge_cache_drops_a_torn_tail_and_names_a_planted_line(tmp_path):
+    from alignkit.eval.judges.cache import VerdictCache
+
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text('{"key": "a", "raw": "A"}\n{"key": "b", "raw": "B"}\n{"key": "c", "ra')
+    cache = VerdictCache(path)  # an interrupted write: that answer is asked for again
+    assert (len(cache), cache.get("a"), cache.get("b"), cache.get("c")) == (2, "A", "B", None)
+    path.write_text('{"key": "a", "raw": "A"}\n{"key": "b", "raw": NaN}\n{"key": "c", "raw": "C"}\n')
+    with pytest.raises(RunFileError, match=rf"^{path}:2: not a judge's cached answer: NaN"):
+        VerdictCache(path)
+    path.write_text('{"key": "a", "raw": 3}\n')
+    with pytest.raises(RunFileError, match=rf"^{path}: not a judge's cached answer: .* remove the file"):
+        VerdictCache(path)
