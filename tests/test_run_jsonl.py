@@ -22,6 +22,13 @@ BAD_LINES = {
 }
 
 
+def _refused(path: Path, text: str, message: str, read) -> None:
+    """``read(path)`` of a file holding ``text`` raises a RunFileError whose message matches ``message``."""
+    path.write_text(text)
+    with pytest.raises(RunFileError, match=message):
+        read(path)
+
+
 def _plant(path: Path, bad: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{GOOD}\n\n{bad}\n{GOOD}\n")
@@ -82,12 +89,8 @@ def test_a_comparison_file_with_no_rows_is_named(tmp_path):
     from alignkit.report.frontier import rows_from_comparison
 
     path = tmp_path / "comparison.json"
-    path.write_text('{"rows": [{"label": "dpo", "kl": NaN}]}')
-    with pytest.raises(RunFileError, match=rf"^{path}: not a comparison: NaN"):
-        rows_from_comparison(path)
-    path.write_text('{"rows": 3}')
-    with pytest.raises(RunFileError, match=rf"^{path}: not a comparison: 'rows' is not a list"):
-        rows_from_comparison(path)
+    _refused(path, '{"rows": [{"label": "dpo", "kl": NaN}]}', rf"^{path}: not a comparison: NaN", rows_from_comparison)
+    _refused(path, '{"rows": 3}', rf"^{path}: not a comparison: 'rows' is not a list", rows_from_comparison)
 
 
 def test_a_resumed_log_drops_a_torn_tail_but_refuses_a_planted_nan(tmp_path):
@@ -120,9 +123,7 @@ def test_the_judge_cache_drops_a_torn_tail_and_names_a_planted_line(tmp_path):
     path.write_text('{"key": "a", "raw": "A"}\n{"key": "b", "raw": "B"}\n{"key": "c", "ra')
     cache = VerdictCache(path)  # an interrupted write: that answer is asked for again
     assert (len(cache), cache.get("a"), cache.get("b"), cache.get("c")) == (2, "A", "B", None)
-    path.write_text('{"key": "a", "raw": "A"}\n{"key": "b", "raw": NaN}\n{"key": "c", "raw": "C"}\n')
-    with pytest.raises(RunFileError, match=rf"^{path}:2: not a judge's cached answer: NaN"):
-        VerdictCache(path)
-    path.write_text('{"key": "a", "raw": 3}\n')
-    with pytest.raises(RunFileError, match=rf"^{path}: not a judge's cached answer: .* remove the file"):
-        VerdictCache(path)
+    _refused(path, '{"key": "a", "raw": "A"}\n{"key": "b", "raw": NaN}\n{"key": "c", "raw": "C"}\n',
+             rf"^{path}:2: not a judge's cached answer: NaN", VerdictCache)
+    _refused(path, '{"key": "a", "raw": 3}\n', rf"^{path}: not a judge's cached answer: .* remove the file",
+             VerdictCache)
