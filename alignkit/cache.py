@@ -5,11 +5,11 @@ The cache: ``$ALIGNKIT_CACHE`` when set, else ``$XDG_CACHE_HOME/alignkit``, else
 
 Writing inside a run folder without following a link out of it: a run folder may come from someone else
 (it is data), so a file or folder in it may be a symbolic link planted to point elsewhere
-(``preference/metrics.jsonl -> ~/notes.txt``). Every write into a run folder goes through
-:func:`open_for_write`, :func:`write_atomic` or :func:`atomic_folder` (or :func:`check_inside` for what
-another library writes): the file itself is opened without following a link (``O_NOFOLLOW``), and no
-folder between it and the run folder (the nearest folder above holding :data:`RUN_MARKER`) may be a link
-either. A link is refused with an :class:`UnsafePathError` naming it; what it points to is never touched.
+(``preference/metrics.jsonl -> ~/notes.txt``). Every write into a run folder goes through :func:`writing`
+(:func:`open_for_write` with a full device reported as a :class:`DiskFullError`), :func:`write_atomic` or
+:func:`atomic_folder` (or :func:`check_inside` for what another library writes): the file itself is opened
+without following a link (``O_NOFOLLOW``), and no folder between it and the run folder (the nearest folder
+above holding :data:`RUN_MARKER`) may be a link either. A link is refused with an :class:`UnsafePathError` naming it; what it points to is never touched.
 """
 
 from __future__ import annotations
