@@ -130,7 +130,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from alignkit.commands.export import export_run
 
-    folder = export_run(args.run, args.format, args.out, overwrite=args.overwrite)
+    folder = export_run(args.run, args.format, args.out, overwrite=args.overwrite, model=args.model)
     _err.print(f"[green]exported[/] ({args.format}): {escape(str(folder))}")
     return 0
 
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["peft", "merged", "hf"],
                         help="peft: LoRA adapter for PEFT; merged: transformers folder, LoRA folded in; hf: "
                         "transformers folder of the base plus the alignkit adapter files")
+    export.add_argument("--model", default="policy", choices=["policy", "value"],
+                        help="policy: the trained model; value: a PPO run's value model (--format merged: a "
+                        "transformers token classifier whose one logit is the value)")
     export.add_argument("--out", default=None, help="destination folder (default <run>/export-<format>)")
     export.add_argument("--overwrite", action="store_true", help="replace the destination if it exists")
     export.set_defaults(func=_cmd_export)

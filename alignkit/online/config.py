@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.config_base import SEED_MAX, FieldError, StrictConfig
 from alignkit.models.sampling import Sampling
 from alignkit.online.parts import (
     ADVANTAGES,
@@ -355,8 +355,8 @@ class OnlineConfig(_Strict):
         if self.kl is None:
             self.kl = KLConfig(**expanded["kl"])
         if self.kl.estimator not in KL_ESTIMATORS:
-            raise ValueError(f"online.kl.estimator: unknown KL estimator {self.kl.estimator!r}; registered: "
-                             f"{', '.join(KL_ESTIMATORS.names())}")
+            raise FieldError(("kl", "estimator"), f"unknown KL estimator {self.kl.estimator!r}; registered: "
+                             f"{', '.join(KL_ESTIMATORS.names())}", section="online")
         if self.epochs is None:
             self.epochs = expanded["epochs"]
         if self.minibatch_size is None:
@@ -397,10 +397,14 @@ def _resolved(field: str, registry: Registry[PartSpec], choice: PartChoice | Non
         spec = registry.get(choice.name)
         cfg = spec.config.model_validate(choice.settings)
     except RegistryError as err:
-        raise ValueError(f"online.{field}: {err}") from None
+        raise FieldError((field, "name"), str(err), section="online") from None
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"online.{field} ({choice.name}): {problems}") from None
+        errors = err.errors()
+        if len(errors) == 1:  # at the setting's own line (or override)
+            raise FieldError((field, *errors[0]["loc"]), f"{errors[0]['msg']} ({choice.name})",
+                             section="online") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        raise FieldError((field,), f"{choice.name}: {problems}", section="online") from None
     return PartChoice(name=choice.name, **cfg.model_dump(mode="json"))
 
 

@@ -7,8 +7,6 @@ the recipe rule that checks ``early_stopping.metric`` accepts exactly what the t
 
 from __future__ import annotations
 
-import errno
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +14,8 @@ from typing import Any
 
 import torch
 
-from alignkit.cache import check_inside, disk_full_error, open_for_write
-from alignkit.jsonio import to_json
+from alignkit.cache import check_inside, writing
+from alignkit.jsonio import RunFileError, read_jsonl, to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 from alignkit.train.trackers import log_scalars
@@ -160,13 +158,11 @@ class MetricSums:
         return {n: self._sums[n] / self._counts[n] for n in names if self._counts[n]}
 
 
-def _step_of(line: str) -> int | None:
-    """The step of one metrics.jsonl line; None for a line that is not a whole JSON object."""
-    try:
-        record = json.loads(line)
-        return int(record.get("step", 0)) if isinstance(record, dict) else None
-    except (TypeError, ValueError):
-        return None
+def _step_of(record: dict[str, Any], path: Path) -> int:
+    step = record.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise RunFileError(f"{path}: not a metrics record: step {step!r} is not an integer")
+    return step
 
 
 class MetricsWriter:
@@ -182,11 +178,11 @@ class MetricsWriter:
         check_inside(path)
         if resume_from_step is not None and path.exists():
             # Drop what was logged after the checkpoint we resume from (the resumed run logs it again), and
-            # any line a kill tore in half.
-            kept = [line for line in path.read_text(errors="replace").splitlines()
-                    if (step := _step_of(line)) is not None and step <= resume_from_step]
-            with open_for_write(path) as f:
-                f.write("".join(line + "\n" for line in kept))
+            # a last line a kill tore in half; any other bad line is an error naming it.
+            records = read_jsonl(path, what="a metrics record", torn_tail=True)
+            kept = [record for record in records if _step_of(record, path) <= resume_from_step]
+            with writing(path) as f:
+                f.write("".join(to_json(record, indent=None) + "\n" for record in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
 
@@ -194,11 +190,6 @@ class MetricsWriter:
         if not self.enabled:
             return
         line = to_json(record, indent=None) + "\n"
-        try:
-            with open_for_write(self.path, "a") as f:
-                f.write(line)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise disk_full_error(self.path.parent, self.path.name, len(line)) from None
-            raise
+        with writing(self.path, "a", needed_bytes=len(line)) as f:
+            f.write(line)
         log_scalars(str(record.get("stage", "train")), int(record.get("step", 0)), record)

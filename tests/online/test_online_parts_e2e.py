@@ -51,9 +51,9 @@ def test_explicit_parts_override_the_preset_and_merge_its_settings():
 
 
 def test_bad_parts_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match=r"online\.policy_loss: unknown policy loss 'nope'; registered: .*ppo_clip"):
+    with pytest.raises(ValueError, match=r"online\.policy_loss\.name: unknown policy loss 'nope'; registered: .*ppo_clip"):
         OnlineConfig(reward="x", policy_loss="nope")
-    with pytest.raises(ValueError, match=r"online\.policy_loss \(ppo_clip\): clip_low: .*less than 1"):
+    with pytest.raises(ValueError, match=r"online\.policy_loss\.clip_low: .*less than 1 \(ppo_clip\)"):
         OnlineConfig(reward="x", policy_loss={"name": "ppo_clip", "clip_low": 1.5})
     with pytest.raises(ValueError, match=r"online\.advantage dr_grpo needs online\.samples_per_prompt >= 2"):
         OnlineConfig(reward="x", samples_per_prompt=1, advantage="dr_grpo")
