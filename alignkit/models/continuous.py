@@ -8,8 +8,8 @@ the next prompts are prefilled in a forward of their own and joined to the batch
 - the key/value cache holds one buffer per layer for the whole batch (a
   :class:`~alignkit.models.decode.PreallocatedLayer`); a join right-aligns the batch's rows and the newcomers'
   to the longer of their lengths, zeros and a zero attention mask before each row's first position;
-- positions no row attends to any more (before every row's first one) are cut at each join, so the cache
-  stays as long as its longest row (prompt + tokens so far), not as long as the whole call;
+- positions no row attends to any more (before every row's first one) are cut whenever rows end, so the
+  cache stays as long as its longest row (prompt + tokens so far), not as long as the whole call;
 - each row keeps its own position ids (its own token count) and its own stream of uniforms, indexed by its
   own step: its tokens depend only on its prompt and its stream, the same as decoding that prompt alone, up to
   the float rounding of a different batch shape (see the decode module).
@@ -71,31 +71,43 @@ class _Rows:
         return len(self.rows)
 
     def select(self, keep: Tensor) -> None:
-        """Keep the rows ``keep`` (batch indices), cache included."""
-        if len(keep) < len(self.rows):
-            self.cache.batch_select_indices(keep)
-            self.rows, self.steps, self.tokens = self.rows[keep], self.steps[keep], self.tokens[keep]
-            self.positions, self.mask = self.positions[keep], self.mask[keep]
+        """Keep the rows ``keep`` (batch indices), cache included, and cut the cache's leading positions that
+        none of them attends to: the cache stays as long as its longest row (prompt and tokens so far)."""
+        self.rows, self.steps, self.tokens = self.rows[keep], self.steps[keep], self.tokens[keep]
+        self.positions, mask = self.positions[keep], self.mask[keep]
+        length = self.cache.get_seq_length()
+        drop = unattended_prefix(mask[:, :length]) if len(keep) else 0
+        for layer in self.cache.layers:
+            assert isinstance(layer, PreallocatedLayer)
+            layer.batch_select_indices(keep, drop)
+        # The buffer keeps its width: the positions past the cache stay ones.
+        self.mask = torch.cat([mask[:, drop:], mask.new_ones((len(keep), drop))], dim=1)
+
+
+def unattended_prefix(mask: Tensor) -> int:
+    """How many leading positions no row attends to (the cache can drop them).
+
+    Shape:
+        mask: (B, L) attention mask, B >= 1.
+    """
+    return int(mask.any(dim=0).int().argmax())  # argmax finds the first True
 
 
 def join_rows(batch: _Rows | None, newcomers: _Rows, max_new_tokens: int) -> _Rows:
     """``batch``'s rows followed by ``newcomers``', in one cache right-aligned to the longer of the two.
 
-    The batch's leading positions that none of its rows attends to are cut first. The new cache has room for
-    ``max_new_tokens`` more positions, enough for any row (each has fewer left to sample).
+    The new cache has room for ``max_new_tokens`` more positions, enough for any row (each has fewer left).
     """
     if batch is None:
         return newcomers
     length, new_length = batch.cache.get_seq_length(), newcomers.cache.get_seq_length()
-    drop = int(batch.mask[:, :length].any(dim=0).int().argmax())  # first position a row attends to
-    kept = length - drop
-    joined = max(kept, new_length)
+    joined = max(length, new_length)
     capacity = joined + max_new_tokens
-    batch.cache.layers = [PreallocatedLayer.stacked(top, bottom, drop=drop, capacity=capacity)
+    batch.cache.layers = [PreallocatedLayer.stacked(top, bottom, capacity)
                           for top, bottom in zip(batch.cache.layers, newcomers.cache.layers, strict=True)]
     mask = batch.mask.new_ones((len(batch) + len(newcomers), capacity))
     mask[:, :joined] = 0
-    mask[:len(batch), joined - kept:joined] = batch.mask[:, drop:length]
+    mask[:len(batch), joined - length:joined] = batch.mask[:, :length]
     mask[len(batch):, joined - new_length:joined] = newcomers.mask[:, :new_length]
     return _Rows(torch.cat([batch.rows, newcomers.rows]), torch.cat([batch.steps, newcomers.steps]),
                  torch.cat([batch.tokens, newcomers.tokens]), torch.cat([batch.positions, newcomers.positions]),

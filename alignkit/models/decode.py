@@ -96,40 +96,40 @@ class PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
-    def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep the rows ``indices`` (copying only the filled positions)."""
+    def batch_select_indices(self, indices: Tensor, drop: int = 0) -> None:
+        """Keep the rows ``indices`` (copying only the filled positions), and leave out the first ``drop``
+        positions (which no kept row attends to)."""
         if self._keys is None or self._values is None:
             return
+        self.length -= drop
         keys = self._keys.new_empty((len(indices), *self._keys.shape[1:]))
         values = self._values.new_empty((len(indices), *self._values.shape[1:]))
-        keys[:, :, :self.length] = self._keys[indices, :, :self.length]
-        values[:, :, :self.length] = self._values[indices, :, :self.length]
+        keys[:, :, :self.length] = self._keys[indices, :, drop:drop + self.length]
+        values[:, :, :self.length] = self._values[indices, :, drop:drop + self.length]
         self._keys, self._values = keys, values
         self.keys, self.values = keys[:, :, :self.length], values[:, :, :self.length]
 
     @classmethod
-    def stacked(cls, upper: PreallocatedLayer, lower: PreallocatedLayer, *, drop: int,
-                capacity: int) -> PreallocatedLayer:
-        """A new layer holding ``upper``'s rows (its first ``drop`` positions left out) above ``lower``'s.
+    def stacked(cls, upper: PreallocatedLayer, lower: PreallocatedLayer, capacity: int) -> PreallocatedLayer:
+        """A new layer holding ``upper``'s rows above ``lower``'s, right-aligned to the longer of their lengths.
 
-        Both are right-aligned to a common length, the longer of the two: a row's new positions come after its
-        old ones, and the positions before them are zeros (masked by the caller; finite, so a zero attention
-        weight times them stays zero).
+        A row's next position comes right after its last one, in either part; the positions before a row's
+        first one are zeros (masked by the caller; finite, so a zero attention weight times them stays zero).
 
         Shape:
-            upper: (B1, H, L1) positions, lower: (B2, H, L2) -> (B1 + B2, H, max(L1 - drop, L2)) in a buffer of
+            upper: (B1, H, L1, D), lower: (B2, H, L2, D) -> (B1 + B2, H, max(L1, L2), D) in a buffer of
             ``capacity`` positions.
         """
         if upper._keys is None or upper._values is None or lower._keys is None or lower._values is None:
             raise RuntimeError("cannot stack a key/value cache that holds nothing yet")
-        kept, length = upper.length - drop, max(upper.length - drop, lower.length)
+        length = max(upper.length, lower.length)
         rows = upper._keys.shape[0] + lower._keys.shape[0]
         layer = cls(capacity)
         layer.device, layer.is_initialized, layer.length = upper.device, True, length
-        keys = upper._keys.new_zeros((rows, *upper._keys.shape[1:2], capacity, upper._keys.shape[-1]))
-        values = upper._values.new_zeros((rows, *upper._values.shape[1:2], capacity, upper._values.shape[-1]))
+        keys = upper._keys.new_zeros((rows, upper._keys.shape[1], capacity, upper._keys.shape[-1]))
+        values = upper._values.new_zeros((rows, upper._values.shape[1], capacity, upper._values.shape[-1]))
         for buffer, top, bottom in ((keys, upper._keys, lower._keys), (values, upper._values, lower._values)):
-            buffer[:len(top), :, length - kept:length] = top[:, :, drop:upper.length]
+            buffer[:len(top), :, length - upper.length:length] = top[:, :, :upper.length]
             buffer[len(top):, :, length - lower.length:length] = bottom[:, :, :lower.length]
         layer._keys, layer._values = keys, values
         layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
