@@ -77,11 +77,18 @@ class _Rows:
         self.positions, mask = self.positions[keep], self.mask[keep]
         length = self.cache.get_seq_length()
         drop = unattended_prefix(mask[:, :length]) if len(keep) else 0
-        for layer in self.cache.layers:
-            assert isinstance(layer, PreallocatedLayer)
+        for layer in _layers(self.cache):
             layer.batch_select_indices(keep, drop)
         # The buffer keeps its width: the positions past the cache stay ones.
         self.mask = torch.cat([mask[:, drop:], mask.new_ones((len(keep), drop))], dim=1)
+
+
+def _layers(cache: DynamicCache) -> list[PreallocatedLayer]:
+    """The cache's layers, every one a preallocated full-attention layer (what :func:`decode_continuous` uses)."""
+    layers = [layer for layer in cache.layers if isinstance(layer, PreallocatedLayer)]
+    if len(layers) != len(cache.layers):
+        raise TypeError("continuous batching joins full-attention caches only")
+    return layers
 
 
 def unattended_prefix(mask: Tensor) -> int:
@@ -104,7 +111,7 @@ def join_rows(batch: _Rows | None, newcomers: _Rows, max_new_tokens: int) -> _Ro
     joined = max(length, new_length)
     capacity = joined + max_new_tokens
     batch.cache.layers = [PreallocatedLayer.stacked(top, bottom, capacity)
-                          for top, bottom in zip(batch.cache.layers, newcomers.cache.layers, strict=True)]
+                          for top, bottom in zip(_layers(batch.cache), _layers(newcomers.cache), strict=True)]
     mask = batch.mask.new_ones((len(batch) + len(newcomers), capacity))
     mask[:, :joined] = 0
     mask[:len(batch), joined - length:joined] = batch.mask[:, :length]
