@@ -12,6 +12,9 @@ rows are batched or ordered, or when the others finish, which is what lets the l
 - write keys and values into a buffer allocated for prompt + ``max_new_tokens`` positions (transformers'
   dynamic cache concatenates, copying the whole cache at every step).
 
+:mod:`alignkit.models.continuous` builds continuous batching (finished rows replaced by waiting prompts) on
+these pieces.
+
 Batching changes the floating-point sums slightly (a different matrix shape), so a token whose uniform falls
 within ~1e-7 of a CDF boundary could differ between two batchings; the tests check that the tokens are equal.
 """
