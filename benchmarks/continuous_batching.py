@@ -33,33 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dpo_bench_setup import machine_summary, wait_for_idle  # noqa: E402
-from generation import WORKLOADS  # noqa: E402
+from generation import WORKLOADS, common_arguments, load_workload, sync  # noqa: E402
 
-from alignkit.models.config import ModelConfig  # noqa: E402
 from alignkit.models.continuous import decode_continuous, default_refill_at  # noqa: E402
-from alignkit.models.decode import DecodeStats, decode, row_uniforms  # noqa: E402
+from alignkit.models.decode import DecodeStats, decode  # noqa: E402
 from alignkit.models.flops import matmul_weight_bytes  # noqa: E402
-from alignkit.models.generate import eos_token_ids, format_prompt  # noqa: E402
-from alignkit.models.load import load_causal_lm, load_tokenizer  # noqa: E402
 from alignkit.train.peak_flops import peak_bandwidth  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(workload: str, refill_values: list[int], repeats: int, device: torch.device, dtype: str) -> dict:
     """Time the batch loop and continuous batching (one entry per ``refill_at``) on one workload."""
     spec = WORKLOADS[workload]
-    cfg = ModelConfig(name_or_path="smollm2-135m-instruct", dtype=dtype)
-    tokenizer = load_tokenizer(cfg)
-    model = load_causal_lm(cfg, device).eval()
-    prompts = [format_prompt(tokenizer, p, True) for p in spec["prompts"]()]
-    rows = [p for p in prompts for _ in range(spec["k"])]
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    uniforms = torch.stack([row_uniforms(0, r, spec["new"]) for r in range(len(rows))])
+    model, rows, eos, pad, uniforms = load_workload(workload, device, dtype)
     common = {"max_new_tokens": spec["new"], "temperature": 1.0, "top_p": 1.0, "eos_ids": eos, "pad_id": pad,
               "batch_size": spec["batch"]}
     variants = {"batch loop": lambda stats: decode(model, rows, uniforms, stats=stats, **common)}
@@ -76,7 +61,7 @@ def run(workload: str, refill_values: list[int], repeats: int, device: torch.dev
                 stats = DecodeStats()
                 start = time.perf_counter()
                 outputs[name] = fn(stats)
-                _sync(device)
+                sync(device)
                 best[name] = min(best[name], time.perf_counter() - start)
                 forwards[name] = stats.forwards
     reference = outputs["batch loop"]
@@ -115,11 +100,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="chat,pairs")
     parser.add_argument("--refill-at", default="default,1",
                         help="comma-separated refill_at values ('default': a quarter of the batch)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load below this (0: no)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    common_arguments(parser)
     args = parser.parse_args()
     load = wait_for_idle(args.max_load)
     results = []
