@@ -95,16 +95,18 @@ def test_alignkit_online_trains_on_rollouts_of_alignkit_serve(tmp_path, capfd, s
     assert code == 2 and "did not answer" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("online.rollout={engine: server}", "online.rollout.url is required with engine: server"),
-    ("online.rollout={engine: server, url: 'ftp://x'}", "is not an http(s) URL"),
-    ("online.async={max_staleness: 2}", "online.async.max_staleness"),
-    ("online.async={max_staleness: 1}", "set online.rollout_correction"),
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["online.rollout={engine: server}"], "online.rollout.url is required with engine: server"),
+    (["online.rollout={engine: server, url: 'ftp://x'}"], "is not an http(s) URL"),
+    (["online.async={max_staleness: 2}"], "online.async.max_staleness"),
+    (["online.async={max_staleness: 1}"], "set online.rollout_correction"),
+    (["online.async={max_staleness: 1}", "online.rollout_correction=tis", "online.dynamic_sampling={enabled: true}"],
+     "online.dynamic_sampling resamples from the current weights"),
 ])
-def test_bad_rollout_settings_are_one_line_errors(tmp_path, capfd, override, message):
+def test_bad_rollout_settings_are_one_line_errors(tmp_path, capfd, overrides, message):
     recipe = tmp_path / "online.yaml"
     recipe.write_text(RECIPE.replace("MODEL", str(tmp_path)))
-    assert main(["online", str(recipe), "--validate", override]) == 2
+    assert main(["online", str(recipe), "--validate", *overrides]) == 2
     err = " ".join(capfd.readouterr().err.split())  # the console wraps long lines
     assert message in err and "Traceback" not in err, err
 
