@@ -155,7 +155,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from alignkit.commands.compare import run_comparison
-
     from alignkit.commands.compare_plan import parse_seeds
 
     losses = [name.strip() for name in args.losses.split(",") if name.strip()]

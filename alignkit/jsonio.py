@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFileError", "finite_or_none", "read_json", "to_json"]
+__all__ = ["RunFileError", "finite_or_none", "read_json", "read_records", "to_json"]
 
 
 class RunFileError(ValueError):
@@ -75,3 +75,26 @@ def read_json(path: str | Path, *, expect: type = dict, what: str = "JSON") -> A
     if not isinstance(value, expect):
         raise RunFileError(f"{path}: not {what}: a JSON {type(value).__name__} where a {expect.__name__} belongs")
     return value
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file alignkit wrote (``metrics.jsonl``); [] when there is no file.
+
+    Raises:
+        RunFileError: a line that is not a JSON object, naming the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise RunFileError(f"{path}:{number}: not a JSON line ({err})") from None
+        if not isinstance(record, dict):
+            raise RunFileError(f"{path}:{number}: not a JSON object")
+        records.append(record)
+    return records

@@ -12,7 +12,6 @@ table gains an across-seed summary and paired differences (:mod:`alignkit.report
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -33,7 +32,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.jsonio import read_json
+from alignkit.jsonio import read_json, read_records
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
@@ -80,10 +79,7 @@ class Comparison:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The preference stage's metrics records (``preference/metrics.jsonl``); [] if absent."""
-    path = run_dir / "preference" / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(run_dir / "preference" / "metrics.jsonl")
 
 
 def _folder_state(recipe: Recipe) -> tuple[str, str]:

@@ -158,7 +158,8 @@ def _plan_loss(loss: str, grid: list[Combination], *, fixed_params: list[str], o
         params = dict(combo)
         group = _label(loss, params)
         missing = [p for p in [*fixed_params, *params] if p not in fields]
-        for seed in seeds or [None]:
+        runs: list[int | None] = [*seeds] or [None]  # no --seeds: one run with the recipe's own seed
+        for seed in runs:
             label = group if seed is None else f"{group}_seed{seed}"
             if missing:
                 have = ", ".join(fields) or "none"

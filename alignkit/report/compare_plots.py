@@ -3,7 +3,8 @@
 - The reward-versus-KL frontier (the protocol of the DPO paper's Figure 2): one colour per objective,
   one point per swept value joined by a line, 95% intervals as error bars on both axes, and the reference
   model as a black star. Runs over several seeds: every seed's point faint and small, the method's mean
-  over the seeds with its 95% interval across seeds (Student t) as the error bars.
+  over the seeds with its 95% interval across seeds (Student t) as the error bars. A run evaluated along
+  training (``eval.every``) adds its curve: a thin line from the reference through each evaluated step.
 - Training curves: loss, reward margin and reward accuracy against the optimizer step, one line per run.
 """
 
@@ -80,6 +81,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
             if r["params"]:
                 ax.annotate(_param_text(r["params"]), (x, y), textcoords="offset points", xytext=(5, 5),
                             fontsize=7, color=colour)
+    _draw_curves(ax, evaluated, colours)
     reward_name = points[0].get("reward_name") or "reward"
     ax.set_xlabel("KL(policy || reference), nats per completion")
     ax.set_ylabel(f"mean reward ({reward_name})")
@@ -90,6 +92,18 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
+
+
+def _draw_curves(ax: Any, rows: Sequence[dict[str, Any]], colours: dict[str, Any]) -> None:
+    """Each run's reward and KL along training, from the reference model (step 0) to its last step."""
+    for r in rows:
+        curve = r.get("curve") or []
+        if not curve:
+            continue
+        start = [(r["reference_kl"]["estimate"] if r.get("reference_kl") else 0.0,
+                  r["reference_reward"]["estimate"])] if r.get("reference_reward") else []
+        xy = start + [(p["kl"]["estimate"], p["reward"]["estimate"]) for p in curve]
+        ax.plot(*zip(*xy, strict=True), ".-", color=colours[r["loss"]], alpha=0.45, linewidth=1, markersize=4)
 
 
 _CURVES = (
