@@ -16,7 +16,7 @@ Usage::
 
     python benchmarks/quantized_memory.py                                   # print the table
     python benchmarks/quantized_memory.py --write benchmarks/RESULTS_quantization.md
-    python benchmarks/quantized_memory.py --model 1b                        # a 1.1B-parameter shape
+    python benchmarks/quantized_memory.py --model 1b --batch 1 --length 16  # a 1.1B-parameter shape
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def measure(variant: str, model_name: str = "small") -> dict[str, float]:
+def measure(variant: str, model_name: str = "small", batch: int = BATCH, length: int = LENGTH) -> dict[str, float]:
     """Load, quantize, adapt and train one step in this process; memory figures in MiB."""
     import torch
     import torchao  # noqa: F401 - imported by every variant, so that its own memory is in each baseline
@@ -97,7 +97,7 @@ def measure(variant: str, model_name: str = "small") -> dict[str, float]:
     out = {"weights": _weight_bytes(model) / MIB, "rss_loaded": _status_kib("VmRSS") / 1024,
            "peak_load": _status_kib("VmHWM") / 1024}
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    ids = torch.randint(0, shape["vocab_size"], (BATCH, LENGTH), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, shape["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(1))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
@@ -129,14 +129,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--model", choices=list(MODELS), default="small", help="the model's shape")
+    parser.add_argument("--batch", type=int, default=BATCH, help="sequences in the training step")
+    parser.add_argument("--length", type=int, default=LENGTH, help="tokens per sequence")
     parser.add_argument("--write", type=Path, help="also write the markdown results to this file")
     args = parser.parse_args()
     if args.variant:
-        print(to_json(measure(args.variant, args.model), indent=None))
+        print(to_json(measure(args.variant, args.model, args.batch, args.length), indent=None))
         return
     results = {}
     for variant in VARIANTS:
-        done = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", args.model],
+        done = subprocess.run([sys.executable, __file__, "--variant", variant, "--model", args.model,
+                               "--batch", str(args.batch), "--length", str(args.length)],
                               capture_output=True, text=True, check=True)
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     import torch
@@ -146,7 +149,7 @@ def main() -> None:
     text = (f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs visible; torch {torch.__version__}, "
             f"torchao {torchao.__version__}.\nModel: Llama from a config, {shape['num_hidden_layers']} blocks of "
             f"width {shape['hidden_size']}, vocabulary {shape['vocab_size']}, bf16; LoRA r=8 on q_proj, v_proj; "
-            f"one step on {BATCH} x {LENGTH} tokens. RSS includes ~0.45 GiB of torch, transformers and torchao "
+            f"one step on {args.batch} x {args.length} tokens. RSS includes ~0.45 GiB of torch, transformers and torchao "
             f"code in every variant.\n\n{table(results)}\n")
     print(text)
     if args.write:
