@@ -189,8 +189,8 @@ def run_comparison(
     base = next((p.recipe for p in plans if p.recipe is not None), None)
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
     sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
-    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, seeds,
-                            time.perf_counter() - started)
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started,
+                            seeds)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
     every_row = [*rows, *online_rows]
@@ -261,8 +261,8 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
-                    overrides: Sequence[str], plugins: Sequence[str], seeds: Sequence[int],
-                    seconds: float) -> list[str]:
+                    overrides: Sequence[str], plugins: Sequence[str], seconds: float,
+                    seeds: Sequence[int] = ()) -> list[str]:
     """Bullet lines stating what every run shared."""
     command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
                         *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps),
