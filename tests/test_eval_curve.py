@@ -57,3 +57,13 @@ def test_curve_points_order_by_step_and_end_with_the_final_evaluation():
 def test_eval_every_needs_a_reward(hh_path):
     with pytest.raises(RecipeError, match="eval.every evaluates reward and KL along training: set eval.reward"):
         load_recipe(RECIPE, [*_overrides(hh_path), "eval.reward=null", "eval.every=2"])
+
+
+def test_an_online_recipe_refuses_eval_every(tmp_path):
+    from alignkit.recipe.online import load_online_recipe
+    from tests.test_compare import ONLINE_RECIPE
+
+    path = tmp_path / "rloo.yaml"
+    path.write_text(ONLINE_RECIPE.replace("OUT", str(tmp_path / "run")) + "  every: 1\n")
+    with pytest.raises(RecipeError, match="eval.every.*for offline recipes"):
+        load_online_recipe(path)
