@@ -1,7 +1,7 @@
 """`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed(s) and budget.
 
-The protocol: every run is the base recipe with the same overrides; only the ``loss`` section and the run
-folder (``<out>/<label>``) differ, which :func:`plan_comparison` checks (the planning lives in
+The protocol: every run is the base recipe with the same overrides; only the ``loss`` section, the run
+folder (``<out>/<label>``) and, over ``seeds``, the recipe's ``seed`` differ, which :func:`plan_comparison` checks (the planning lives in
 :mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
 this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
@@ -273,8 +273,8 @@ def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe
         budget = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
         model = (f"{base.model.from_config['model_type']} built from a config" if base.model.from_config
                  else base.model.name_or_path)
-        seed = (f"seeds {', '.join(map(str, seeds))} (each method once per seed: data order, adapter "
-                "initialisation, sampling; the evaluation's prompts and sampling seed stay the same)"
+        seed = (f"seeds {', '.join(map(str, seeds))} (each method once per seed: data sampling and order, "
+                "adapter initialisation, rollouts; the evaluation's prompts and sampling seed stay the same)"
                 if seeds else f"seed {base.seed}")
         facts.append(f"- shared by every run: model `{model}`, {seed}, "
                      f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
