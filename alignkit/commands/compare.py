@@ -1,8 +1,8 @@
 """`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed(s) and budget.
 
 The protocol: every run is the base recipe with the same overrides; only the ``loss`` section, the run
-folder (``<out>/<label>``) and, over ``seeds``, the recipe's ``seed`` differ, which :func:`plan_comparison` checks (the planning lives in
-:mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
+folder (``<out>/<label>``) and, over ``seeds``, the recipe's ``seed`` differ, which :func:`plan_comparison`
+checks (the planning lives in :mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
 this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
 reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
