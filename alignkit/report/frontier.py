@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.jsonio import read_json
+from alignkit.jsonio import read_json, read_records
 from alignkit.report.compare_plots import plot_frontier
 from alignkit.report.format import format_interval
 from alignkit.report.plots import pyplot, save_figure
@@ -115,7 +115,7 @@ def proxy_true_series(metrics: str | Path) -> dict[str, list[float]]:
         path = path / "online" / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{metrics}: no metrics.jsonl (an online run folder or its metrics file)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_records(path)
     keep = sorted((r for r in records if all(k in r for k in ("kl", "reward", "true_reward"))),
                   key=lambda r: r.get("step", 0))
     if not keep:
