@@ -16,7 +16,7 @@ Usage::
 
     python benchmarks/quantized_memory.py                                   # print the table
     python benchmarks/quantized_memory.py --write benchmarks/RESULTS_quantization.md
-    python benchmarks/quantized_memory.py --model 1b --batch 1 --length 16  # a 1.1B-parameter shape
+    python benchmarks/quantized_memory.py --model 1b --batch 1 --length 2   # a 1.1B-parameter shape
 """
 
 from __future__ import annotations
