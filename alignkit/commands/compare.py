@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from rich.console import Console
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.commands.compare_online import (
     OnlineEntry,
     online_markdown,
@@ -32,7 +32,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.jsonio import read_json, read_records
+from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
@@ -79,7 +79,10 @@ class Comparison:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The preference stage's metrics records (``preference/metrics.jsonl``); [] if absent."""
-    return read_records(run_dir / "preference" / "metrics.jsonl")
+    path = run_dir / "preference" / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return read_jsonl(path, what="a metrics record")
 
 
 def _folder_state(recipe: Recipe) -> tuple[str, str]:
@@ -209,7 +212,7 @@ def run_comparison(
     sections.append(seeds_markdown(every_row, baseline))
     for section in filter(None, sections):
         console.print(section, markup=False, highlight=False)
-        with open_for_write(files["markdown"], "a") as f:
+        with writing(files["markdown"], "a") as f:
             f.write(section)
     files.update(_plots(every_row, curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
@@ -255,7 +258,7 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
     if training is not None:
         files["training_curves"] = training
     if files:
-        with open_for_write(out_dir / "comparison.md", "a") as f:
+        with writing(out_dir / "comparison.md", "a") as f:
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
     return files
 
