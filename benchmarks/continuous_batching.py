@@ -41,10 +41,14 @@ from alignkit.models.flops import matmul_weight_bytes  # noqa: E402
 from alignkit.train.peak_flops import peak_bandwidth  # noqa: E402
 
 
-def run(workload: str, refill_values: list[int], repeats: int, device: torch.device, dtype: str) -> dict:
-    """Time the batch loop and continuous batching (one entry per ``refill_at``) on one workload."""
-    spec = WORKLOADS[workload]
+def run(workload: str, refill_values: list[int], repeats: int, device: torch.device, dtype: str,
+        rows_limit: int | None = None, batch: int | None = None, new: int | None = None) -> dict:
+    """Time the batch loop and continuous batching (one entry per ``refill_at``) on one workload, optionally cut
+    to its first ``rows_limit`` rows, ``new`` tokens and another ``batch`` size (a shorter run)."""
+    spec = dict(WORKLOADS[workload])
     model, rows, eos, pad, uniforms = load_workload(workload, device, dtype)
+    rows, spec["batch"], spec["new"] = rows[:rows_limit], batch or spec["batch"], new or spec["new"]
+    uniforms = uniforms[:len(rows), :spec["new"]].contiguous()
     common = {"max_new_tokens": spec["new"], "temperature": 1.0, "top_p": 1.0, "eos_ids": eos, "pad_id": pad,
               "batch_size": spec["batch"]}
     variants = {"batch loop": lambda stats: decode(model, rows, uniforms, stats=stats, **common)}
@@ -90,7 +94,7 @@ def table(results: list[dict], load: float) -> str:
                          f"{100 * r['bandwidth_fraction'][name]:.0f}% | {r['rows_differing'][name]} |")
     r = results[0]
     lines += ["", f"Machine: {machine_summary()}; device {r['device']}; torch {torch.__version__}, "
-              f"{r['threads']} threads; weights in {r['dtype']}; measured read bandwidth "
+              f"{r['threads']} thread(s); weights in {r['dtype']}; measured read bandwidth "
               f"{r['bandwidth'] / 1e9:.1f} GB/s; 1-minute load average {load:.2f} when the run began."]
     return "\n".join(lines)
 
@@ -100,15 +104,18 @@ def main() -> None:
     parser.add_argument("--workloads", default="chat,pairs")
     parser.add_argument("--refill-at", default="default,1",
                         help="comma-separated refill_at values ('default': a quarter of the batch)")
+    parser.add_argument("--rows", type=int, help="only the first ROWS rows of each workload")
+    parser.add_argument("--batch", type=int, help="this batch size instead of the workload's")
+    parser.add_argument("--new", type=int, help="at most this many new tokens instead of the workload's")
     common_arguments(parser)
     args = parser.parse_args()
     load = wait_for_idle(args.max_load)
     results = []
     for workload in args.workloads.split(","):
-        batch = WORKLOADS[workload]["batch"]
+        batch = args.batch or WORKLOADS[workload]["batch"]
         refill = [default_refill_at(batch) if v == "default" else int(v) for v in args.refill_at.split(",")]
         results.append(run(workload, list(dict.fromkeys(refill)), args.repeats, torch.device(args.device),
-                           args.dtype))
+                           args.dtype, args.rows, args.batch, args.new))
         print(table(results, load), flush=True)
     if args.write:
         args.write.write_text("# Continuous batching against the batch-at-a-time decoding loop\n\n"

@@ -138,9 +138,9 @@ def generate_completions(
     Sampling is plain ancestral sampling with ``temperature`` and ``top_p`` only (no top-k, no repetition
     penalty, whatever the model's generation config says), so with ``temperature=1, top_p=1`` the samples
     follow the model's own distribution, as the sample-based KL estimate requires. ``temperature=0`` is greedy.
-    The loop is :func:`alignkit.models.continuous.decode_continuous` (``sampling.continuous_batching``, the
-    default: a finished row is replaced by a waiting prompt) or :func:`alignkit.models.decode.decode` (one batch
-    after the other): rows sorted by prompt length, finished rows dropped, a preallocated key/value cache.
+    The loop is :func:`alignkit.models.decode.decode` (one batch after the other), or with
+    ``sampling.continuous_batching`` :func:`alignkit.models.continuous.decode_continuous` (a finished row is
+    replaced by a waiting prompt): rows sorted by prompt length, finished rows dropped, a preallocated cache.
 
     Reproducibility: completion r (prompt-major: prompt r // K, sample r % K) draws its tokens from its own
     stream, seeded by (``seed``, r). The same seed and prompts give the same completions whatever the batch

@@ -26,7 +26,8 @@ class Sampling:
         seed: sampling seed.
         use_chat_template: None = use the tokenizer's chat template when it has one.
         continuous_batching: replace a finished row by a waiting prompt at once (alignkit.models.continuous)
-            instead of decoding one batch after the other; the completions are the same either way.
+            instead of decoding one batch after the other; the completions are the same either way. Off by
+            default: on 2 CPU cores it was not measured faster (benchmarks/RESULTS_continuous_batching.md).
     """
 
     max_new_tokens: int = 32
@@ -36,7 +37,7 @@ class Sampling:
     batch_size: int = 16
     seed: int = 0
     use_chat_template: bool | None = None
-    continuous_batching: bool = True
+    continuous_batching: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
