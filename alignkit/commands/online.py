@@ -13,6 +13,7 @@ see :mod:`alignkit.online.parallel`); only the main process writes files, evalua
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,20 +21,27 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from alignkit.data.sentiment import sentiment_prompts
+from alignkit.data.prompt_sources import load_prompt_split
+from alignkit.data.prompts import PromptSplit
 from alignkit.data.types import DataError
 from alignkit.eval.heldout import evaluate_heldout, fitting_prompts
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
 from alignkit.models.kl import ReferenceFn
 from alignkit.models.load import load_tokenizer
-from alignkit.models.rewards import resolve_reward
+from alignkit.models.reward_mix import weighted_sum
+from alignkit.models.rewards import (
+    RewardBreakdown,
+    RewardExample,
+    resolve_example_reward,
+    resolve_reward,
+    reward_total,
+)
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
-from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
+from alignkit.online.config import OnlineConfig
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
 from alignkit.online.objective import Objective
 from alignkit.online.parallel import check_world_size
-from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
@@ -57,23 +65,19 @@ __all__ = [
 ]
 
 
-def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
-                   console: Console | None = None) -> tuple[list[str], list[str]]:
-    """(train, held-out) prompts of the recipe's ``prompts:`` section.
+def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None, console: Console | None = None) -> PromptSplit:
+    """The training and held-out prompts of the recipe's ``prompts:`` section, with each prompt's metadata.
 
-    Prompts read from data (``jsonl``, ``hh_rlhf``, ``hf_dataset``: :func:`alignkit.online.prompts.load_prompts`)
-    are rendered for ``tokenizer`` (the recipe's own, loaded when None), and how many rows were read, kept and
-    dropped (and why) is printed to ``console``.
+    The section's kind is looked up in the prompt-source registry (:mod:`alignkit.data.prompt_sources`); prompts
+    are rendered for ``tokenizer`` (the recipe's own, loaded when None), and, for sources that read rows, how
+    many were read, kept and dropped (and why) is printed to ``console``.
     """
     p = recipe.prompts
-    if isinstance(p, SentimentPrompts):
-        return (sentiment_prompts(p.num_prompts, seed=p.seed, split="train"),
-                sentiment_prompts(p.num_eval_prompts, seed=p.seed, split="eval"))
-    if isinstance(p, InlinePrompts):
-        return list(p.train), list(p.eval)
-    split = load_prompts(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
-    (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False, highlight=False)
-    return split.train, split.eval
+    split = load_prompt_split(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
+    if split.train_report.seen:
+        (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False,
+                                                highlight=False)
+    return split
 
 
 def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], cfg: OnlineConfig,
@@ -98,13 +102,34 @@ def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], 
     return kept, dropped
 
 
-def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
-    """The reward as ``score(prompts, texts)``: a registered function (texts only) or a reward-model folder."""
+def build_score(cfg: OnlineConfig, device: torch.device,
+                metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, ScoreFn]:
+    """The reward as ``score(prompts, texts)``: a registered function, a weighted list of them, or a reward-model
+    folder. A reward that reads examples receives each prompt's ``metadata`` (its reference answer)."""
+    meta = metadata or {}
+
+    def examples(prompts: list[str], texts: list[str]) -> list[RewardExample]:
+        return [RewardExample(p, t, meta.get(p, {})) for p, t in zip(prompts, texts, strict=True)]
+
     if cfg.reward is not None:
         # One number per text within the time limit, or an error naming the reward.
-        name, checked = resolve_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
-        return name, lambda prompts, texts: checked(texts)
-    assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
+        name, fn = resolve_example_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
+        return name, lambda prompts, texts: fn(examples(prompts, texts))
+    if cfg.rewards is not None:
+        terms = {t.name: resolve_example_reward(t.name, timeout_s=cfg.reward_timeout_s, settings=t.settings)[1]
+                 for t in cfg.rewards}
+        weights = {t.name: t.weight for t in cfg.rewards}
+        normalise = cfg.normalise_rewards
+
+        def combined(prompts: list[str], texts: list[str]) -> RewardBreakdown:
+            batch = examples(prompts, texts)
+            parts = {name: reward_total(fn(batch)) for name, fn in terms.items()}
+            total = weighted_sum(parts, weights, groups=prompts if normalise else None)
+            return RewardBreakdown(total, parts)
+
+        described = " + ".join(f"{t.weight:g}*{t.name}" for t in cfg.rewards)
+        return described + (" (each normalised per prompt)" if normalise else ""), combined
+    assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward, rewards and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
     return str(cfg.reward_model), lambda prompts, texts: scorer(list(zip(prompts, texts, strict=True)))
 
@@ -217,6 +242,7 @@ class OnlineRun(RecipeRun):
         self.recipe: OnlineRecipe = recipe
         self.train_prompts: list[str] = []
         self.eval_prompts: list[str] = []
+        self.prompt_metadata: dict[str, dict[str, Any]] = {}
         self.score: ScoreFn | None = None
         self.initial: ReferenceFn | None = None
 
@@ -231,10 +257,11 @@ class OnlineRun(RecipeRun):
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
-        train, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        split = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        train, self.eval_prompts, self.prompt_metadata = split.train, split.eval, split.metadata
         self.train_prompts, too_long = fitting_train_prompts(ctx.model, ctx.tokenizer, train, recipe.online,
                                                              ctx.console)
-        reward_name, self.score = build_score(recipe.online, ctx.device)
+        reward_name, self.score = build_score(recipe.online, ctx.device, self.prompt_metadata)
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
                           f"reward {reward_name}{true}")

@@ -26,7 +26,14 @@ from alignkit.online.parts import (
     PartSpec,
 )
 from alignkit.online.presets import PRESETS, PresetName
-from alignkit.online.prompts import HFDatasetPrompts, HHRLHFPrompts, JsonlPrompts
+from alignkit.online.prompts import (
+    HFDatasetPrompts,
+    HHRLHFPrompts,
+    InlinePrompts,
+    JsonlPrompts,
+    SentimentPrompts,
+)
+from alignkit.online.verifiable_prompts import GSM8KPrompts, ReasoningGymPrompts
 from alignkit.registry import Registry, RegistryError
 from alignkit.train.config import OptimizerConfig
 
@@ -41,6 +48,7 @@ __all__ = [
     "OnlineTrainConfig",
     "PPOConfig",
     "PartChoice",
+    "RewardTerm",
     "PromptsConfig",
     "SentimentPrompts",
     "ValueConfig",
@@ -52,25 +60,8 @@ class _Strict(StrictConfig):
     """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
-class SentimentPrompts(_Strict):
-    """The project's neutral prompts of the controlled-sentiment task (train and held-out splits)."""
-
-    kind: Literal["sentiment"] = Field(description="Built-in sentiment prompts (alignkit.data.sentiment).")
-    num_prompts: int | None = Field(None, ge=1, description="Training prompts; null: the whole train split.")
-    num_eval_prompts: int = Field(64, ge=1, description="Held-out prompts for the final evaluation and the front.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Which prompts are drawn (the order of training is the run's seed).")
-
-
-class InlinePrompts(_Strict):
-    """Prompts written in the recipe."""
-
-    kind: Literal["inline"] = Field(description="Prompts listed in the recipe.")
-    train: list[str] = Field(min_length=1, description="Training prompts.")
-    eval: list[str] = Field(min_length=1, description="Held-out prompts for evaluation.")
-
-
-PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts,
-                          Field(discriminator="kind")]
+PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts
+                          | GSM8KPrompts | ReasoningGymPrompts, Field(discriminator="kind")]
 
 
 class AnchorConfig(_Strict):
@@ -129,6 +120,26 @@ class PartChoice(BaseModel):
     @property
     def settings(self) -> dict[str, Any]:
         """Everything but the name."""
+        return dict(self.model_extra or {})
+
+
+class RewardTerm(BaseModel):
+    """One reward of a weighted combination, with its settings beside the name
+    (``{name: exact_match, weight: 1.0, extract: gsm8k}``, or just ``exact_match``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(description="A registered reward function (docs/rewards.md lists the built-in ones).")
+    weight: float = Field(1.0, description="Its weight in the sum.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Everything but the name and the weight: keyword arguments of the reward function."""
         return dict(self.model_extra or {})
 
 
@@ -274,6 +285,13 @@ class OnlineConfig(_Strict):
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
+    rewards: list[RewardTerm] | None = Field(
+        None, min_length=1, description="A weighted sum of registered rewards (instead of `reward`), each with its "
+        "settings, e.g. [{name: exact_match, weight: 1, extract: gsm8k}, {name: format, weight: 0.1}]; each "
+        "component is logged as reward/<name>.")
+    normalise_rewards: bool = Field(
+        False, description="With `rewards`: normalise each reward within the completions of one prompt (minus "
+        "the group's mean, over its standard deviation) before the weighted sum (GDPO).")
     true_reward: str | None = Field(
         None,
         description="A registered reward function measured on every rollout but never trained on (e.g. "
@@ -306,8 +324,13 @@ class OnlineConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_reward(self) -> OnlineConfig:
-        if (self.reward is None) == (self.reward_model is None):
-            raise ValueError("online: set exactly one of 'reward' (a registered function) or 'reward_model' (a folder)")
+        if sum(x is not None for x in (self.reward, self.reward_model, self.rewards)) != 1:
+            raise ValueError("online: set exactly one of 'reward' (a registered function), 'rewards' (a weighted "
+                             "list of them) or 'reward_model' (a folder)")
+        if self.rewards is not None and len({t.name for t in self.rewards}) != len(self.rewards):
+            raise ValueError("online.rewards: each reward may appear once")
+        if self.normalise_rewards and self.rewards is None:
+            raise ValueError("online.normalise_rewards needs online.rewards (a weighted list of rewards)")
         if self.kl_control.kind == "adaptive" and self.beta <= 0:
             raise ValueError("online.beta must be > 0 with an adaptive kl_control (the rule is multiplicative)")
         if self.warp is not None and self.anchor.kind != "ema":

@@ -29,6 +29,7 @@ from torch import nn
 from alignkit.models.generate import eos_token_ids
 from alignkit.models.kl import ReferenceFn
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
+from alignkit.models.rewards import RewardBreakdown, reward_total
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.flops import UpdateFlops
@@ -57,8 +58,9 @@ __all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn"]
 ANCHOR_FILE = "anchor.safetensors"
 VALUE_FILE = "value.safetensors"  # the value head's or model's trainable tensors (never in model/)
 
-# score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
-ScoreFn = Callable[[list[str], list[str]], list[float]]
+# score(prompts, completions) -> one reward per completion (or a breakdown: the total and its components);
+# prompts[i] is completion i's prompt.
+ScoreFn = Callable[[list[str], list[str]], "list[float] | RewardBreakdown"]
 
 PROGRESS_KEYS = ("reward", "true_reward", "kl", "entropy", "length", "beta")
 
@@ -187,7 +189,9 @@ class OnlineTrainer:
         completions = sample_groups(self.policy, self.tokenizer, prompts, range(offset, offset + len(prompts)),
                                     self.cfg.sampling, seed=self.seed, step=step)
         texts = [c.text for c in completions]
-        rewards = self.score([prompts[c.prompt_index] for c in completions], texts)
+        scored = self.score([prompts[c.prompt_index] for c in completions], texts)
+        rewards = reward_total(scored)
+        components = scored.components if isinstance(scored, RewardBreakdown) else {}
         if len(rewards) != len(completions):
             raise ValueError(f"the reward returned {len(rewards)} values for {len(completions)} completions")
         true_rewards = None
@@ -196,13 +200,24 @@ class OnlineTrainer:
             if len(measured) != len(completions):
                 raise ValueError(f"the true reward returned {len(measured)} values for {len(completions)} completions")
             true_rewards = torch.tensor(measured, dtype=torch.float32)
-        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards)
+        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards,
+                       {k: torch.tensor(v, dtype=torch.float32) for k, v in components.items()})
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
-        metrics = self.updater.step(step, self.rollout(step))
-        return {**metrics, "step_seconds": time.perf_counter() - start}
+        roll = self.rollout(step)
+        metrics = self.updater.step(step, roll)
+        return {**metrics, **self.component_metrics(roll), "step_seconds": time.perf_counter() - start}
+
+    def component_metrics(self, roll: Rollout) -> dict[str, float]:
+        """``reward/<name>``: the mean of each component of a combined reward over every process's samples."""
+        if not roll.components:
+            return {}
+        names = sorted(roll.components)  # the same names, in the same order, on every process
+        sums = all_reduce_flags([float(len(roll.completions)),
+                                 *(float(roll.components[n].double().sum()) for n in names)], self.env)
+        return {f"reward/{n}": total / max(sums[0], 1.0) for n, total in zip(names, sums[1:], strict=True)}
 
     def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
         """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids);

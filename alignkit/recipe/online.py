@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.eval.config import EvalConfig
 from alignkit.models.config import ModelConfig
+from alignkit.models.rewards import REWARDS, reads_examples, unknown_settings
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig, PromptsConfig
 from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
 from alignkit.recipe import (
@@ -119,8 +120,14 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
         where = (*section, "value_init") if ppo is not None else ("online", "value", "value_init")
         problems.append((where, f"{value.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
-    problems += reward_problems({("online", "reward"): recipe.online.reward,
-                                 ("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)})
+    terms = {("online", "rewards", i, "name"): t.name for i, t in enumerate(recipe.online.rewards or [])}
+    problems += [(("online", "rewards", i), problem) for i, t in enumerate(recipe.online.rewards or [])
+                 if t.name in REWARDS and (problem := unknown_settings(t.name, t.settings)) is not None]
+    text_only = {("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)}
+    problems += reward_problems({("online", "reward"): recipe.online.reward, **terms, **text_only})
+    problems += [(loc, f"reward {name!r} reads each prompt's metadata (a reference answer), which is only given "
+                  "to online.reward and online.rewards; eval.verifiable measures accuracy")
+                 for loc, name in text_only.items() if name in REWARDS and reads_examples(REWARDS.get(name))]
     problems += model_problems(recipe.model)
     return problems
 
