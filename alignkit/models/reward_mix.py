@@ -31,6 +31,8 @@ def group_normalise(values: Sequence[float], groups: Sequence[str], eps: float =
         vals = [values[i] for i in idx]
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+        if std == 0.0:  # every completion of the prompt scored alike: no preference among them
+            continue
         for i in idx:
             out[i] = (values[i] - mean) / (std + eps)
     return out
