@@ -53,6 +53,7 @@ __all__ = [
     "RewardFn",
     "checked_reward",
     "get_reward",
+    "installed",
     "list_rewards",
     "reads_examples",
     "register_reward",
@@ -129,6 +130,16 @@ def register_reward(name: str, *, examples: bool = False,
     return wrap
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it (a None entry in ``sys.modules`` blocks it)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
 def require_extra(module: str, extra: str, what: str) -> None:
     """Raise a :class:`RewardError` naming ``alignkit[extra]`` when ``module`` cannot be imported.
 
@@ -137,9 +148,7 @@ def require_extra(module: str, extra: str, what: str) -> None:
         extra: the alignkit extra that installs it.
         what: what needs it, for the message (``reward 'math_verify'``).
     """
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
+    if not installed(module):
         raise RewardError(f"{what} needs the {module} package, which is not installed: "
                           f"pip install 'alignkit[{extra}]'")
 

@@ -11,7 +11,6 @@ prompt is dropped and counted.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -22,6 +21,7 @@ from alignkit.data.prompt_sources import register_prompt_source
 from alignkit.data.prompts import Located, PromptSplit, finish_prompts, sampler_prompt
 from alignkit.data.types import DataError, DropReport
 from alignkit.models.answers import extract_gsm8k
+from alignkit.models.rewards import require_extra
 from alignkit.online.prompts import PromptSourceFields, split_located
 
 __all__ = ["GSM8KPrompts", "ReasoningGymPrompts", "gsm8k_rows", "load_gsm8k", "load_reasoning_gym"]
@@ -75,9 +75,7 @@ class ReasoningGymPrompts(StrictConfig):
     @field_validator("task")
     @classmethod
     def _installed(cls, value: str) -> str:
-        if importlib.util.find_spec("reasoning_gym") is None:
-            raise ValueError("prompts.kind reasoning_gym needs the reasoning-gym package, which is not installed: "
-                             "pip install 'alignkit[reasoning]'")
+        require_extra("reasoning_gym", "reasoning", "prompts.kind reasoning_gym")
         return value
 
     def dataset_config(self) -> dict[str, Any]:
