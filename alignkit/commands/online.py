@@ -24,6 +24,7 @@ from torch import nn
 from alignkit.data.prompt_sources import load_prompt_split
 from alignkit.data.prompts import PromptSplit
 from alignkit.data.types import DataError
+from alignkit.eval.accuracy import evaluate_accuracy
 from alignkit.eval.heldout import evaluate_heldout, fitting_prompts
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
@@ -45,6 +46,7 @@ from alignkit.online.parallel import check_world_size
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
+from alignkit.report.accuracy import accuracy_lines
 from alignkit.report.frontier import plot_proxy_vs_true
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
@@ -319,6 +321,8 @@ class OnlineRun(RecipeRun):
                 plot = plot_proxy_vs_true(metrics, ctx.run_dir / "plots" / "proxy_vs_true.png", labels=labels,
                                           title=f"{self.recipe.name}: proxy vs true reward ({true_reward})")
                 out["proxy_vs_true_plot"] = str(plot.relative_to(ctx.run_dir))
+        if self.recipe.accuracy is not None:
+            out["accuracy"] = self.accuracy(ctx)
         if self.recipe.eval is None:
             return out
         assert self.initial is not None
@@ -339,6 +343,24 @@ class OnlineRun(RecipeRun):
                               f"{after['proxy_reward']['estimate']:.3f}, true {before['true_reward']['estimate']:.3f}"
                               f" -> {after['true_reward']['estimate']:.3f} at KL {after['kl']['estimate']:.2f}")
         return out
+
+
+    def accuracy(self, ctx: RunContext) -> dict[str, Any]:
+        """pass@k of the initial and the trained model on the first ``accuracy.num_problems`` held-out problems
+        (the same samples' seed for both), printed and returned for the report."""
+        acc = self.recipe.accuracy
+        assert acc is not None and self.initial is not None
+        name, score = resolve_example_reward(acc.reward.name, settings=acc.reward.settings,
+                                             timeout_s=self.recipe.online.reward_timeout_s)
+        problems = self.eval_prompts[: acc.num_problems]
+        args = (ctx.tokenizer, problems, self.prompt_metadata, score, acc.sampling)
+        with self.initial() as initial_model:
+            before = evaluate_accuracy(initial_model, *args, ks=acc.ks, threshold=acc.threshold, label="initial")
+        after = evaluate_accuracy(ctx.model, *args, ks=acc.ks, threshold=acc.threshold, label="policy")
+        ctx.console.print(f"accuracy ({name}, {len(problems)} held-out problems, {acc.samples} samples each, "
+                          "95% intervals):\n  " + "\n  ".join(accuracy_lines(before, after)),
+                          markup=False, highlight=False)
+        return {"reward": name, "threshold": acc.threshold, "before": before, "after": after}
 
 
 def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: bool = False,

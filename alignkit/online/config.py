@@ -39,6 +39,7 @@ from alignkit.train.config import OptimizerConfig
 
 __all__ = [
     "ALGORITHMS",
+    "AccuracyConfig",
     "AnchorConfig",
     "GRPOConfig",
     "InlinePrompts",
@@ -141,6 +142,37 @@ class RewardTerm(BaseModel):
     def settings(self) -> dict[str, Any]:
         """Everything but the name and the weight: keyword arguments of the reward function."""
         return dict(self.model_extra or {})
+
+
+class AccuracyConfig(_Strict):
+    """Accuracy on the held-out problems of a verifiable task, before and after training: pass@k from n samples."""
+
+    reward: RewardTerm = Field(description="The reward that decides correctness, with its settings (e.g. "
+                               "{name: reasoning_gym} or {name: exact_match, extract: gsm8k}).")
+    threshold: float = Field(1.0, description="A completion is correct when the reward gives it at least this.")
+    num_problems: int = Field(200, ge=1, description="Held-out problems measured (the first N of the held-out "
+                              "prompts).")
+    samples: int = Field(8, ge=1, description="n: completions sampled per problem.")
+    ks: list[int] = Field(default_factory=lambda: [1, 8], min_length=1, description="The k of each pass@k "
+                          "reported (1 <= k <= samples), estimated without bias from the n samples.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens sampled per completion.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy, then only pass@1 is "
+                               "meaningful).")
+    batch_size: int = Field(32, ge=1, description="Completions generated per batch.")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Sampling seed, the same before and after training.")
+
+    @model_validator(mode="after")
+    def _ks_within_samples(self) -> AccuracyConfig:
+        bad = [k for k in self.ks if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(f"accuracy.ks: {bad} outside 1..samples ({self.samples}); pass@k needs k <= n samples")
+        return self
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling of every measurement (n per problem, the same seed before and after)."""
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                        samples_per_prompt=self.samples, batch_size=self.batch_size, seed=self.seed)
 
 
 class KLConfig(_Strict):

@@ -35,6 +35,13 @@ online:
   samples_per_prompt: 4
   max_new_tokens: 6
   beta: 0.01
+accuracy:
+  reward: {name: exact_match, extract: regex, pattern: '\\b(the)\\b'}
+  num_problems: 2
+  samples: 4
+  ks: [1, 4]
+  max_new_tokens: 6
+  batch_size: 8
 train:
   optimizer: adamw
   lr: 0.0003
@@ -63,3 +70,14 @@ def test_verifiable_rewards_rise_and_each_component_is_logged(tmp_path):
     first = sum(h["reward/exact_match"] for h in history[:3]) / 3
     last = sum(h["reward/exact_match"] for h in history[-3:]) / 3
     assert last > first + 0.3, (first, last)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    acc = report["accuracy"]
+    assert acc["reward"] == "exact_match" and acc["before"]["problems"] == 2 and acc["before"]["samples_per_problem"] == 4
+    for key in ("before", "after"):
+        for k in ("1", "4"):
+            r = acc[key]["pass_at"][k]
+            assert 0.0 <= r["low"] <= r["estimate"] <= r["high"] <= 1.0
+        assert acc[key]["pass_at"]["4"]["estimate"] >= acc[key]["pass_at"]["1"]["estimate"]
+    assert acc["after"]["pass_at"]["1"]["estimate"] > acc["before"]["pass_at"]["1"]["estimate"]
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "## Accuracy (exact_match; 2 held-out problems, 4 samples each; 95% intervals)" in markdown
