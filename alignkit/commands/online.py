@@ -331,12 +331,14 @@ class OnlineRun(RecipeRun):
                                     run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device),
                                     base=self.initial))
         if true_reward is not None and self.score is not None:
+            score = self.score
+            proxy = lambda prompts, texts: reward_total(score(prompts, texts))  # noqa: E731 - a combined reward's total
             ev = self.recipe.eval
             prompts = self.eval_prompts[: ev.num_prompts] if ev.num_prompts else self.eval_prompts
             with self.initial() as initial_model:
-                before = evaluate_proxy_and_true(initial_model, None, ctx.tokenizer, prompts, self.score,
+                before = evaluate_proxy_and_true(initial_model, None, ctx.tokenizer, prompts, proxy,
                                                  true_reward, ev.sampling, label="initial")
-            after = evaluate_proxy_and_true(ctx.model, self.initial, ctx.tokenizer, prompts, self.score,
+            after = evaluate_proxy_and_true(ctx.model, self.initial, ctx.tokenizer, prompts, proxy,
                                             true_reward, ev.sampling, label="policy")
             out["proxy_vs_true"] = {"true_reward_name": after["true_reward_name"], "before": before, "after": after}
             ctx.console.print(f"proxy vs true reward: proxy {before['proxy_reward']['estimate']:.3f} -> "

@@ -198,7 +198,7 @@ def resolve_example_reward(reward: str, *, timeout_s: float | None = None,
     Raises:
         RegistryError: an unknown name. RewardError: ``settings`` for a text-only reward.
     """
-    fn = get_reward(reward)
+    fn: Any = get_reward(reward)  # texts -> values, or examples -> values (reads_examples)
     if (needs := getattr(fn, "_alignkit_requires", None)) is not None:
         require_extra(needs[0], needs[1], f"reward {reward!r}")
     kwargs = dict(settings or {})
@@ -206,13 +206,19 @@ def resolve_example_reward(reward: str, *, timeout_s: float | None = None,
         raise RewardError(problem)
     if not reads_examples(fn):
         checked = checked_reward(reward, fn, timeout_s=timeout_s, components=True)
-        return reward, lambda examples: checked([ex.completion for ex in examples])
+
+        def texts_of(examples: list[RewardExample]) -> Any:
+            return checked([ex.completion for ex in examples])
+
+        return reward, texts_of
 
     def call(examples: list[RewardExample]) -> Any:
         return fn(examples, **kwargs)
 
     call.__name__ = reward
-    return reward, checked_reward(reward, call, timeout_s=timeout_s, components=True)  # type: ignore[arg-type]
+    # checked_reward passes its items through whatever they are (here examples, not texts).
+    checked_examples: Any = checked_reward(reward, call, timeout_s=timeout_s, components=True)  # type: ignore[arg-type]
+    return reward, checked_examples
 
 
 def reward_total(value: list[float] | RewardBreakdown) -> list[float]:

@@ -82,8 +82,8 @@ def math_equal(answer: str, reference: str) -> bool:
 
     _quiet_math_verify()
     # Its signal-based timeouts only work in the main thread; the reward's own time limit bounds the call.
-    gold = parse(reference if "$" in reference else f"${reference}$", parsing_timeout=None)  # type: ignore[arg-type]
-    target = parse(answer, parsing_timeout=None)  # type: ignore[arg-type]
+    gold = parse(reference if "$" in reference else f"${reference}$", parsing_timeout=None)
+    target = parse(answer, parsing_timeout=None)
     return bool(gold and target and verify(gold, target, timeout_seconds=None)) or answers_equal(answer, reference)
 
 

@@ -196,7 +196,7 @@ class OnlineTrainer:
             raise ValueError(f"the reward returned {len(rewards)} values for {len(completions)} completions")
         true_rewards = None
         if self.true_score is not None:  # measured, never trained on
-            measured = self.true_score([prompts[c.prompt_index] for c in completions], texts)
+            measured = reward_total(self.true_score([prompts[c.prompt_index] for c in completions], texts))
             if len(measured) != len(completions):
                 raise ValueError(f"the true reward returned {len(measured)} values for {len(completions)} completions")
             true_rewards = torch.tensor(measured, dtype=torch.float32)

@@ -115,7 +115,7 @@ def _rendered(metadata: dict[str, dict[str, Any]], tokenizer: Any) -> dict[str, 
     from alignkit.models.generate import uses_chat_template
 
     chat = tokenizer is not None and uses_chat_template(tokenizer)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for prompt, meta in metadata.items():
         text = sampler_prompt(prompt, chat)
         if text is not None:

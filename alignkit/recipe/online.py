@@ -15,7 +15,7 @@ from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.eval.config import EvalConfig
 from alignkit.models.config import ModelConfig
 from alignkit.models.rewards import REWARDS, reads_examples, unknown_settings
-from alignkit.online.config import AccuracyConfig, OnlineConfig, OnlineTrainConfig, PromptsConfig
+from alignkit.online.config import AccuracyConfig, OnlineConfig, OnlineTrainConfig, PromptsConfig, RewardTerm
 from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
 from alignkit.recipe import (
     Problem,
@@ -39,7 +39,7 @@ from alignkit.recipe.model import (
     recorded_plugins,
     run_name,
 )
-from alignkit.recipe.source import describe
+from alignkit.recipe.source import Location, describe
 from alignkit.train.config import DistributedConfig
 from alignkit.train.tracker_config import LoggingConfig
 
@@ -122,7 +122,8 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
         where = (*section, "value_init") if ppo is not None else ("online", "value", "value_init")
         problems.append((where, f"{value.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
-    located = [(("online", "rewards", i), t) for i, t in enumerate(recipe.online.rewards or [])]
+    located: list[tuple[Location, RewardTerm]] = [(("online", "rewards", i), t)
+                                                  for i, t in enumerate(recipe.online.rewards or [])]
     if recipe.accuracy is not None:
         located.append((("accuracy", "reward"), recipe.accuracy.reward))
     terms = {(*loc, "name"): t.name for loc, t in located}
@@ -132,7 +133,8 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     problems += reward_problems({("online", "reward"): recipe.online.reward, **terms, **text_only})
     problems += [(loc, f"reward {name!r} reads each prompt's metadata (a reference answer), which is only given "
                   "to online.reward, online.rewards and accuracy.reward (pass@k on held-out problems)")
-                 for loc, name in text_only.items() if name in REWARDS and reads_examples(REWARDS.get(name))]
+                 for loc, name in text_only.items() if name is not None and name in REWARDS
+                 and reads_examples(REWARDS.get(name))]
     problems += model_problems(recipe.model)
     return problems
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["accuracy_comparison", "accuracy_lines", "accuracy_markdown", "format_percent"]
@@ -34,7 +34,7 @@ def accuracy_markdown(section: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def accuracy_comparison(runs: list[tuple[str, Mapping[str, Any]]]) -> str:
+def accuracy_comparison(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """The ``compare`` section of runs that measured accuracy: per run, each pass@k before -> after."""
     lines = ["", "### Accuracy on held-out problems (95% intervals)", "",
              "| run | reward | problems x samples | pass@k: before -> after |", "|---|---|---|---|"]
