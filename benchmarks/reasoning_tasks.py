@@ -15,7 +15,6 @@ Writes the figures with the machine's CPU and the wall time of each task.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from alignkit.data.prompt_sources import load_prompt_split
 from alignkit.eval.accuracy import evaluate_accuracy
+from alignkit.jsonio import to_json
 from alignkit.models.load import load_tokenizer
 from alignkit.models.rewards import resolve_example_reward
 from alignkit.models.sampling import Sampling
@@ -85,7 +85,7 @@ def main() -> None:
               f"pass@{args.samples} {100 * pk['estimate']:.1f}% [{100 * pk['low']:.1f}, {100 * pk['high']:.1f}]  "
               f"({out['wall_seconds']:.0f} s)", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(to_json(results) + "\n")
 
 
 if __name__ == "__main__":

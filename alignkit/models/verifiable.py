@@ -154,7 +154,7 @@ def _dataset(task: str, config_json: str) -> Any:
 def reasoning_gym_task(metadata: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The reasoning-gym dataset and item a prompt was generated from (its metadata names the task, the
     dataset's configuration and the item's index; the dataset is rebuilt once and cached)."""
-    config = json.dumps(metadata["rg_config"], sort_keys=True)
+    config = json.dumps(metadata["rg_config"], sort_keys=True, allow_nan=False)  # a cache key
     dataset = _dataset(str(metadata["rg_task"]), config)
     return dataset, dataset[int(metadata["rg_index"])]
 
