@@ -124,24 +124,13 @@ class PartChoice(BaseModel):
         return dict(self.model_extra or {})
 
 
-class RewardTerm(BaseModel):
+class RewardTerm(PartChoice):
     """One reward of a weighted combination, with its settings beside the name
-    (``{name: exact_match, weight: 1.0, extract: gsm8k}``, or just ``exact_match``)."""
+    (``{name: exact_match, weight: 1.0, extract: gsm8k}``, or just ``exact_match``); ``settings`` are the
+    reward function's keyword arguments."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
-
-    name: str = Field(description="A registered reward function (docs/rewards.md lists the built-in ones).")
+    name: str = Field(description="A registered reward function (docs/online.md lists the built-in ones).")
     weight: float = Field(1.0, description="Its weight in the sum.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_alone(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """Everything but the name and the weight: keyword arguments of the reward function."""
-        return dict(self.model_extra or {})
 
 
 class AccuracyConfig(_Strict):

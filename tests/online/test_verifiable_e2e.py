@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import single_thread
-from test_online_e2e import _tiny_model_folder
+from test_online_e2e import RECIPE as RLOO_RECIPE
+from test_online_e2e import _one_thread, _tiny_model_folder  # noqa: F401 - one thread, autouse
 
 from alignkit.commands.online import run_online_recipe
 from alignkit.recipe.online import load_online_recipe
@@ -42,19 +42,7 @@ accuracy:
   ks: [1, 4]
   max_new_tokens: 6
   batch_size: 8
-train:
-  optimizer: adamw
-  lr: 0.0003
-  prompts_per_step: 2
-  max_steps: 12
-  device: cpu
-"""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+""" + RLOO_RECIPE[RLOO_RECIPE.index("\ntrain:") + 1:RLOO_RECIPE.index("\neval:") + 1]  # the RLOO test's optimisation
 
 
 def test_verifiable_rewards_rise_and_each_component_is_logged(tmp_path):
