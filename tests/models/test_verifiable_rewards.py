@@ -113,6 +113,8 @@ def test_math_verify_reward_equal_but_written_differently():
     assert fn([ex("so it is 0.5", "1/2")], extract="none") == [1.0]
     huge = "9" * 5000
     assert fn([ex(rf"\boxed{{{huge}}}", huge), ex(r"\boxed{caf\udce9}", "5")]) == [1.0, 0.0]
+    # As a run calls it: in a thread of its own under the time limit (math-verify's own timeouts need the main thread).
+    assert resolve_example_reward("math_verify", timeout_s=60)[1]([ex(r"\boxed{0.5}", "1/2")]) == [1.0]
 
 
 def test_soft_overlong_penalty_hand_worked():
