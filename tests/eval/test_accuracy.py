@@ -32,3 +32,15 @@ def test_accuracy_words():
     section = {"reward": "exact_match", "before": row, "after": after}
     assert "| policy | 50.0% [25.0, 75.0] | 5.0 |" in accuracy_markdown(section)
     assert "| run1 | exact_match | 2 x 4 | pass@1: 12.5%" in accuracy_comparison([("run1", section)])
+
+
+def test_compare_shows_each_online_runs_accuracy(tmp_path):
+    from alignkit.commands.compare_online import OnlineEntry, online_markdown
+
+    row = {"label": "initial", "problems": 3, "samples_per_problem": 2, "mean_length": 4.0,
+           "pass_at": {"1": {"estimate": 0.5, "low": 0.1, "high": 0.9}}}
+    section = {"reward": "reasoning_gym", "before": row, "after": row}
+    text = online_markdown([OnlineEntry(tmp_path / "grpo_run", None, "reused", rows=[], accuracy=section),
+                            OnlineEntry(tmp_path / "sentiment_run", None, "reused", rows=[])], None)
+    assert "| grpo_run | reasoning_gym | 3 x 2 | pass@1: 50.0% [10.0, 90.0] -> 50.0% [10.0, 90.0] |" in text
+    assert "sentiment_run |" not in text.split("### Accuracy")[1]  # a run without accuracy has no row
