@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--extract", default="tags", help="where the reward reads the answer (tags, last_number...)")
+    parser.add_argument("--instruction", default=None, help="appended to every problem; default: the source's")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM
@@ -63,13 +65,14 @@ def main() -> None:
     from alignkit.models.config import ModelConfig
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(folder)))
-    _, score = resolve_example_reward("reasoning_gym")
+    _, score = resolve_example_reward("reasoning_gym", settings={"extract": args.extract})
     results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "model": "SmolLM2-135M-Instruct (fp32)",
                "problems": args.problems, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
-               "temperature": args.temperature, "tasks": {}}
+               "temperature": args.temperature, "extract": args.extract, "tasks": {}}
     for task in args.tasks.split(","):
+        own = {"instruction": args.instruction} if args.instruction is not None else {}
         cfg = ReasoningGymPrompts(kind="reasoning_gym", task=task, config=TASKS.get(task, {}),
-                                  num_prompts=10, num_eval_prompts=args.problems)
+                                  num_prompts=10, num_eval_prompts=args.problems, **own)
         split = load_prompt_split(cfg, tokenizer)
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             samples_per_prompt=args.samples, batch_size=64, seed=1234)
