@@ -5,11 +5,11 @@ The cache: ``$ALIGNKIT_CACHE`` when set, else ``$XDG_CACHE_HOME/alignkit``, else
 
 Writing inside a run folder without following a link out of it: a run folder may come from someone else
 (it is data), so a file or folder in it may be a symbolic link planted to point elsewhere
-(``preference/metrics.jsonl -> ~/notes.txt``). Every write into a run folder goes through
-:func:`open_for_write`, :func:`write_atomic` or :func:`atomic_folder` (or :func:`check_inside` for what
-another library writes): the file itself is opened without following a link (``O_NOFOLLOW``), and no
-folder between it and the run folder (the nearest folder above holding :data:`RUN_MARKER`) may be a link
-either. A link is refused with an :class:`UnsafePathError` naming it; what it points to is never touched.
+(``preference/metrics.jsonl -> ~/notes.txt``). Every write into a run folder goes through :func:`writing`
+(:func:`open_for_write` with a full device reported as a :class:`DiskFullError`), :func:`write_atomic` or
+:func:`atomic_folder` (or :func:`check_inside` for what another library writes): the file itself is opened
+without following a link (``O_NOFOLLOW``), and no folder between it and the run folder (the nearest folder
+above holding :data:`RUN_MARKER`) may be a link either. A link is refused with an :class:`UnsafePathError` naming it; what it points to is never touched.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["RUN_MARKER", "DiskFullError", "UnsafePathError", "atomic_folder", "build_once", "cache_dir",
-           "check_inside", "disk_full_error", "open_for_write", "write_atomic"]
+           "check_inside", "disk_full_error", "disk_full_guard", "is_disk_full", "open_for_write", "write_atomic", "writing"]
 
 # Written first into every folder a run claims (see alignkit.workflow.run_folder).
 RUN_MARKER = ".alignkit-run"
@@ -95,7 +95,8 @@ class DiskFullError(RuntimeError):
     there before is left as it was (saves go to a temporary sibling first)."""
 
 
-def _is_disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the device is full (or the quota or file size limit is reached)."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return True
     # safetensors' writer reports the OS error as text in its own exception type.
@@ -119,6 +120,54 @@ def disk_full_error(folder: Path, what: str, needed_bytes: int | None) -> DiskFu
     needed = f"about {_size(needed_bytes)} needed" if needed_bytes else "more space needed"
     return DiskFullError(f"{folder}: no space left on the device while saving {what} ({needed}, {free}); nothing "
                          "was replaced: free some space and run again (--resume continues from the last checkpoint)")
+
+
+@contextmanager
+def disk_full_guard(folder: Path, what: str, needed_bytes: int | None = None) -> Iterator[None]:
+    """Turn a full device met inside the block into the one-line :class:`DiskFullError` for ``what``."""
+    try:
+        yield
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(folder, what, needed_bytes) from None
+        raise
+
+
+@contextmanager
+def writing(path: str | Path, mode: str = "w", *, needed_bytes: int | None = None, **kwargs: Any) -> Iterator[IO[Any]]:
+    """:func:`open_for_write` for a ``with`` block that also handles a full device.
+
+    When the device fills up (while writing or closing), what the block wrote is taken back (an append
+    leaves the file as it was before the block; a ``w`` write leaves it empty) and a :class:`DiskFullError`
+    naming the file is raised instead of the bare ``OSError``.
+
+    Args:
+        path: the file (a link is refused, see :func:`check_inside`).
+        mode: ``w``, ``a``, ``wb`` or ``ab``.
+        needed_bytes: about how much the block writes, for the message.
+        **kwargs: passed to ``open`` (``encoding``, ...).
+
+    Raises:
+        DiskFullError: the device ran out of space.
+        UnsafePathError: ``path`` or a folder between it and its run folder is a symbolic link.
+    """
+    path = Path(path)
+    with disk_full_guard(path.parent, path.name, needed_bytes):
+        f = open_for_write(path, mode, **kwargs)
+    start = os.fstat(f.fileno()).st_size if mode.startswith("a") else 0
+    try:
+        with f:
+            yield f
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        # Closing flushed what it could before failing; cut the file back so no torn line is left.
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, start)
+        finally:
+            os.close(fd)
+        raise disk_full_error(path.parent, path.name, needed_bytes) from None
 
 
 def cache_dir(*parts: str) -> Path:
@@ -166,7 +215,7 @@ def atomic_folder(folder: str | Path, *, needed_bytes: int | None = None) -> Ite
         try:
             yield tmp
         except Exception as err:
-            if _is_disk_full(err):
+            if is_disk_full(err):
                 shutil.rmtree(tmp, ignore_errors=True)  # frees the space before the free space is measured
                 raise disk_full_error(target.parent, target.name + "/", needed_bytes) from None
             raise
@@ -196,8 +245,8 @@ def write_atomic(path: Path, text: str) -> None:
         with open_for_write(tmp) as f:
             f.write(text)
     except OSError as err:
-        if _is_disk_full(err):
-            tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            tmp.unlink(missing_ok=True)  # frees the space before the free space is measured
             raise disk_full_error(path.parent, path.name, len(text.encode("utf-8"))) from None
         raise
     os.replace(tmp, path)

@@ -97,7 +97,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
         table.add_column(column, overflow="fold")
     for spec in list_losses():
         params = ", ".join(f"{n}={f.default!r}" for n, f in spec.config.model_fields.items())
-        needs = spec.inputs + (" + reference" if spec.needs_reference else "")
+        needs = spec.inputs.name + (" + reference" if spec.needs_reference else "")
         if spec.reference_rule is not None:  # a parameter decides; the above is the defaults'
             needs += " (by default; see its parameters)"
         table.add_row(spec.name, needs, params or "-", spec.description)
@@ -130,7 +130,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from alignkit.commands.export import export_run
 
-    folder = export_run(args.run, args.format, args.out, overwrite=args.overwrite)
+    folder = export_run(args.run, args.format, args.out, overwrite=args.overwrite, model=args.model)
     _err.print(f"[green]exported[/] ({args.format}): {escape(str(folder))}")
     return 0
 
@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
     online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
-                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo or cispo, or parts of your own; optionally "
-                            "with WARP; see docs/online.md).")
+                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo, cispo or gmpo, or parts of your own; "
+                            "optionally with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=["peft", "merged", "hf"],
                         help="peft: LoRA adapter for PEFT; merged: transformers folder, LoRA folded in; hf: "
                         "transformers folder of the base plus the alignkit adapter files")
+    export.add_argument("--model", default="policy", choices=["policy", "value"],
+                        help="policy: the trained model; value: a PPO run's value model (--format merged: a "
+                        "transformers token classifier whose one logit is the value)")
     export.add_argument("--out", default=None, help="destination folder (default <run>/export-<format>)")
     export.add_argument("--overwrite", action="store_true", help="replace the destination if it exists")
     export.set_defaults(func=_cmd_export)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFileError", "finite_or_none", "read_json", "to_json"]
+__all__ = ["RunFileError", "finite_or_none", "read_json", "read_jsonl", "to_json"]
 
 
 class RunFileError(ValueError):
@@ -49,6 +49,59 @@ def to_json(value: Any, *, indent: int | None = 2, ensure_ascii: bool = True) ->
                       ensure_ascii=ensure_ascii)
 
 
+def _refuse_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _parse(text: str, where: str, what: str) -> Any:
+    """``text`` parsed as strict JSON; every way it fails is a :class:`RunFileError` naming ``where``."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise RunFileError(f"{where}: not {what}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, the integer digit limit, NaN/Infinity
+        raise RunFileError(f"{where}: not {what}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"{path}: cannot read {what}: {type(err).__name__}: {err}") from None
+
+
+def read_jsonl(path: str | Path, *, what: str = "a JSON-lines record", torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The records of the JSON-lines file ``path`` (one JSON object a line; blank lines skipped).
+
+    A line that is not a strict JSON object (NaN or Infinity, garbage, a list) is a :class:`RunFileError`
+    naming the file and the line: a run folder's log is read whole or not at all.
+
+    Args:
+        path: the file (``metrics.jsonl``, ``judged_pairs.jsonl``, ...).
+        what: what each line is, for the message (``"a metrics record"``).
+        torn_tail: skip a last line that has no newline and does not parse: the half a killed writer left
+            (only the last line can be torn; any other bad line is still an error).
+    """
+    path = Path(path)
+    records = []
+    # split("\n"), not splitlines(): a string value may hold U+2028 and other characters splitlines() breaks on
+    lines = _read_text(path, what).split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = _parse(line, f"{path}:{number}", what)
+        except RunFileError:
+            if torn_tail and number == len(lines):  # no newline after it: the write was cut short
+                continue
+            raise
+        if not isinstance(record, dict):
+            raise RunFileError(f"{path}:{number}: not {what}: a JSON {type(record).__name__} where an object "
+                               "belongs")
+        records.append(record)
+    return records
+
+
 def read_json(path: str | Path, *, expect: type = dict, what: str = "JSON") -> Any:
     """The parsed contents of the JSON file ``path``, checked to be an ``expect`` at the top.
 
@@ -61,17 +114,7 @@ def read_json(path: str | Path, *, expect: type = dict, what: str = "JSON") -> A
         expect: the type the top-level value must have (dict, list, ...).
         what: what the file is, for the message (``"a checkpoint state"``).
     """
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not a JSON number")
-
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunFileError(f"{path}: cannot read {what}: {type(err).__name__}: {err}") from None
-    except RecursionError:
-        raise RunFileError(f"{path}: not {what}: JSON nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, the integer digit limit, NaN/Infinity
-        raise RunFileError(f"{path}: not {what}: {str(err).splitlines()[0][:200]}") from None
+    value = _parse(_read_text(Path(path), what), str(path), what)
     if not isinstance(value, expect):
         raise RunFileError(f"{path}: not {what}: a JSON {type(value).__name__} where a {expect.__name__} belongs")
     return value

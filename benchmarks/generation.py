@@ -59,9 +59,33 @@ WORKLOADS = {
 }
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's timing is otherwise only the launches)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def load_workload(workload: str, device: torch.device, dtype: str) -> tuple[torch.nn.Module, list[list[int]],
+                                                                            list[int], int, torch.Tensor]:
+    """SmolLM2 and a workload's rows: (model, rows of prompt ids, EOS ids, pad id, (rows, new) uniforms)."""
+    spec = WORKLOADS[workload]
+    cfg = ModelConfig(name_or_path="smollm2-135m-instruct", dtype=dtype)
+    tokenizer = load_tokenizer(cfg)
+    model = load_causal_lm(cfg, device).eval()
+    prompts = [format_prompt(tokenizer, p, True) for p in spec["prompts"]()]
+    rows = [p for p in prompts for _ in range(spec["k"])]
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return model, rows, eos, pad, torch.stack([row_uniforms(0, r, spec["new"]) for r in range(len(rows))])
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both sampling benchmarks take: repeats, load wait, device, dtype, output file."""
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load below this (0: no)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
 
 
 def _transformers(model, rows: list[list[int]], new: int, batch: int, eos: list[int], pad: int) -> int:
@@ -85,14 +109,7 @@ def _transformers(model, rows: list[list[int]], new: int, batch: int, eos: list[
 
 def run(workload: str, repeats: int, device: torch.device, dtype: str) -> dict:
     spec = WORKLOADS[workload]
-    cfg = ModelConfig(name_or_path="smollm2-135m-instruct", dtype=dtype)
-    tokenizer = load_tokenizer(cfg)
-    model = load_causal_lm(cfg, device).eval()
-    prompts = [format_prompt(tokenizer, p, True) for p in spec["prompts"]()]
-    rows = [p for p in prompts for _ in range(spec["k"])]
-    eos = eos_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    uniforms = torch.stack([row_uniforms(0, r, spec["new"]) for r in range(len(rows))])
+    model, rows, eos, pad, uniforms = load_workload(workload, device, dtype)
     best = {"transformers": float("inf"), "alignkit": float("inf")}
     tokens = {}
     stats = DecodeStats()
@@ -101,13 +118,13 @@ def run(workload: str, repeats: int, device: torch.device, dtype: str) -> dict:
             torch.manual_seed(0)
             start = time.perf_counter()
             tokens["transformers"] = _transformers(model, rows, spec["new"], spec["batch"], eos, pad)
-            _sync(device)
+            sync(device)
             best["transformers"] = min(best["transformers"], time.perf_counter() - start)
             stats = DecodeStats()
             start = time.perf_counter()
             out = decode(model, rows, uniforms, max_new_tokens=spec["new"], temperature=1.0, top_p=1.0,
                          eos_ids=eos, pad_id=pad, batch_size=spec["batch"], stats=stats)
-            _sync(device)
+            sync(device)
             best["alignkit"] = min(best["alignkit"], time.perf_counter() - start)
             tokens["alignkit"] = sum(len(t) for t, _ in out)
     flops = forward_flops(matmul_parameters(model), stats.prompt_tokens + stats.new_tokens)
@@ -140,11 +157,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="pairs,chat")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--max-load", type=float, default=0.5, help="wait for a 1-minute load below this (0: no)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    common_arguments(parser)
     args = parser.parse_args()
     wait_for_idle(args.max_load)
     results = [run(w, args.repeats, torch.device(args.device), args.dtype) for w in args.workloads.split(",")]

@@ -78,3 +78,51 @@ def test_the_model_folder_and_the_cli_message(tiny_disk, gpt2_tokenizer, capsys)
     err = capsys.readouterr().err
     assert code == 1, err
     assert "no space left on the device while saving" in err and "Traceback" not in err
+
+
+def _fill(disk, free_pages: int) -> None:
+    """Fill ``disk`` (a 1 MiB tmpfs) so that ``free_pages`` pages of 4 KiB are left."""
+    (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - free_pages * 4096 - 16))
+
+
+def test_an_append_that_does_not_fit_leaves_the_file_as_it_was(tiny_disk):
+    from alignkit.cache import writing
+
+    pairs = tiny_disk / "judged_pairs.jsonl"
+    pairs.write_text('{"a": 1}\n')
+    _fill(tiny_disk, 1)
+    with pytest.raises(DiskFullError, match=rf"^{tiny_disk}: no space left on the device while saving "
+                                            r"judged_pairs.jsonl \(about 19.5 KiB needed"):
+        with writing(pairs, "a", needed_bytes=20_000) as f:
+            f.writelines('{"b": "' + "x" * 990 + '"}\n' for _ in range(20))
+    assert pairs.read_text() == '{"a": 1}\n'  # no torn line left behind
+
+
+def test_the_judge_cache_and_the_metrics_log_on_a_full_disk(tiny_disk):
+    from alignkit.eval.judges.cache import VerdictCache
+    from alignkit.train.metrics import MetricsWriter
+
+    _fill(tiny_disk, 0)
+    with pytest.raises(DiskFullError, match=r"while saving verdicts.jsonl"):
+        VerdictCache(tiny_disk / "verdicts.jsonl").put("k", "A" * 10_000)
+    with pytest.raises(DiskFullError, match=r"while saving metrics.jsonl \(about 4.9 KiB needed"):
+        MetricsWriter(tiny_disk / "metrics.jsonl").write({"step": 1, "loss": 0.5, "note": "x" * 5000})
+
+
+def test_a_run_on_a_full_disk_names_the_file_it_could_not_write(tiny_disk, capsys):
+    """Whatever the run is writing when the device fills up (its folder's lock, marker, recipe.yaml or its
+    TensorBoard events): one line naming it, exit 1, no traceback."""
+    from alignkit.cli import main
+
+    named = set()
+    for free_pages in range(4):
+        for leftover in tiny_disk.iterdir():
+            subprocess.run(["rm", "-rf", str(leftover)], check=True)
+        _fill(tiny_disk, free_pages)
+        code = main(["run", "recipes/dpo_gpt2_hh.yaml", f"output_dir={tiny_disk / 'run'}", "train.device=cpu",
+                     "model.from_config={model_type: gpt2, n_layer: 1, n_embd: 16, n_head: 2, n_positions: 1024}"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "Traceback" not in err and "no space left on the device while saving" in err, err
+        named.add(err.split("while saving", 1)[1].split()[0])
+    assert {".alignkit-lock", "recipe.yaml"} <= named, named

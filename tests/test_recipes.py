@@ -150,7 +150,9 @@ def _cross_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     a_file.write_text("x")
     return [
         (["data.source={kind: kway_jsonl, path: k.jsonl}"], "data.source.kind: 'kway_jsonl' gives K-way comparisons"),
-        (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, but loss reward_kway reads K-way"),
+        (["loss.name=reward_kway"], "data.source.kind: 'jsonl' gives pairs, which only a loss reading logps or scores reads"),
+        (["loss.name=reward_kway"], "loss reward_kway reads kway (K-way comparisons): use a source that gives them "
+         "(kway_jsonl)"),
         (["reference.mode=none"], "reference.mode: 'none', but loss dpo needs a reference"),
         (["reference.mode=adapters_off", "loss.name=simpo"], "reference.mode: 'adapters_off' uses the policy with"),
         (["adapter.kind=lora", "reference.mode=adapters_off", "sft.enabled=true"],
@@ -258,6 +260,39 @@ def test_an_error_an_override_causes_names_the_override_not_a_line_of_the_file(o
     err = " ".join(capsys.readouterr().err.split())
     assert expected in err
     assert "dpo_smollm2_sentiment.yaml:" not in err.replace("dpo_smollm2_sentiment.yaml: 1 problem", "")
+
+
+GRPO = "recipes/online/grpo_smollm2_sentiment.yaml"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["online.policy_loss={name: ppo_clip, clip_low: -1}"],
+     "override online.policy_loss: online.policy_loss.clip_low: Input should be greater than 0 (ppo_clip)"),
+    (["online.policy_loss.clip_low=-1"], "override online.policy_loss.clip_low: online.policy_loss.name: Field required"),
+    (["online.advantage={name: zzz}"], "override online.advantage: online.advantage.name: unknown advantage estimator 'zzz'"),
+    (["online.kl.estimator=k9"], "override online.kl.estimator: online.kl.estimator: unknown KL estimator 'k9'"),
+    (["online.loss_aggregation={name: token_mean, nosuch: 1}"],
+     "override online.loss_aggregation: online.loss_aggregation.nosuch: Extra inputs are not permitted (token_mean)"),
+])
+def test_an_override_invalid_inside_an_online_part_names_the_override(overrides, expected, capsys):
+    """Before: the part's settings were checked by the online section's validator, so the error was placed at
+    the file's `online:` line (`grpo_smollm2_sentiment.yaml:30: online: online.policy_loss (ppo_clip): ...`)."""
+    assert main(["validate", GRPO, *overrides]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err, err
+    assert "grpo_smollm2_sentiment.yaml:" not in err.replace("grpo_smollm2_sentiment.yaml: 1 problem", "")
+
+
+def test_a_part_error_in_the_file_names_its_own_line(tmp_path, capsys):
+    text = Path(GRPO).read_text().replace("  reward: vader_sentiment\n",
+                                          "  reward: vader_sentiment\n  policy_loss:\n    name: ppo_clip\n"
+                                          "    clip_low: -1\n", 1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    line = text.splitlines().index("    clip_low: -1") + 1
+    assert main(["validate", str(recipe)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"r.yaml:{line}: online.policy_loss.clip_low: Input should be greater than 0 (ppo_clip)" in err, err
 
 
 def test_a_file_error_keeps_its_line_next_to_an_override(tmp_path, capsys):

@@ -11,7 +11,6 @@ data, so every run after the first reuses them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from rich.console import Console
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.commands.compare_online import (
     OnlineEntry,
     online_markdown,
@@ -32,7 +31,7 @@ from alignkit.commands.compare_online import (
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
 from alignkit.commands.run import run_recipe
-from alignkit.jsonio import read_json
+from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
@@ -81,7 +80,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "preference" / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, what="a metrics record")
 
 
 def _folder_state(recipe: Recipe) -> tuple[str, str]:
@@ -197,7 +196,7 @@ def run_comparison(
     if online_entries:
         section = online_markdown(online_entries, base)
         console.print(section, markup=False, highlight=False)
-        with open_for_write(files["markdown"], "a") as f:
+        with writing(files["markdown"], "a") as f:
             f.write(section)
     files.update(_plots([*rows, *online_rows], curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
@@ -229,7 +228,7 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
     if training is not None:
         files["training_curves"] = training
     if files:
-        with open_for_write(out_dir / "comparison.md", "a") as f:
+        with writing(out_dir / "comparison.md", "a") as f:
             f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
     return files
 

@@ -9,6 +9,9 @@
   ``model/`` holds); ``alignkit.peft.load_exported(folder)`` loads the adapted model, plain
   ``from_pretrained`` the base. Without an adapter it is the same as ``merged``.
 
+``--model value`` exports a PPO run's value model instead (``merged`` only: a one-label token classifier, see
+:mod:`alignkit.commands.export_value`).
+
 Every export holds ``alignkit_export.json``: its format, what it holds, the run it came from and how to
 load it. An existing destination is replaced only with ``overwrite``.
 """
@@ -33,9 +36,10 @@ from alignkit.workflow.model_io import load_run_model, read_manifest
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_MANIFEST", "ExportFormat", "export_run"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_MANIFEST", "ExportFormat", "ExportedModel", "export_run"]
 
 ExportFormat = Literal["peft", "merged", "hf"]
+ExportedModel = Literal["policy", "value"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("peft", "merged", "hf")
 EXPORT_MANIFEST = "alignkit_export.json"
 
@@ -78,15 +82,31 @@ def _base_name(folder: Path, model: PreTrainedModel) -> str | None:
     return name or None
 
 
+def _export_value(run: Path, fmt: ExportFormat, dest: Path) -> Path:
+    """The value model of the PPO run ``run`` into ``dest`` (see :mod:`alignkit.commands.export_value`)."""
+    from alignkit.commands.export_value import VALUE_HOW_TO_LOAD, trained_value_model, write_value_model
+
+    if fmt != "merged":
+        raise ValueError(f"--model value: only --format merged (a transformers token classifier), not {fmt}")
+    value, tokenizer = trained_value_model(run)
+    with atomic_folder(dest) as tmp:
+        write_value_model(value, tokenizer, tmp)
+        manifest = {"format": fmt, "format_version": 1, "source": str(run.resolve()), "model": "value_model",
+                    "how_to_load": VALUE_HOW_TO_LOAD, "files": sorted(p.name for p in tmp.iterdir())}
+        (tmp / EXPORT_MANIFEST).write_text(to_json(manifest) + "\n")
+    return dest
+
+
 def export_run(run: str | Path, fmt: ExportFormat, out: str | Path | None = None, *,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, model: ExportedModel = "policy") -> Path:
     """Export the trained model of ``run`` (a run folder or a model folder) as ``fmt`` into ``out``.
 
     Args:
         run: a folder written by ``alignkit run`` / ``online`` (its ``model/`` is exported), or a model folder.
         fmt: ``peft``, ``merged`` or ``hf`` (see the module docstring).
-        out: the destination; default ``<run>/export-<fmt>``.
+        out: the destination; default ``<run>/export-<fmt>`` (``<run>/export-value`` for the value model).
         overwrite: replace ``out`` if it exists.
+        model: ``policy`` (the trained model) or ``value`` (a PPO run's value model; ``merged`` only).
 
     Returns:
         The folder written.
@@ -100,14 +120,16 @@ def export_run(run: str | Path, fmt: ExportFormat, out: str | Path | None = None
         raise ValueError(f"--format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     run = Path(run)
     folder = _model_folder(run)
-    dest = Path(out) if out is not None else run / f"export-{fmt}"
+    dest = Path(out) if out is not None else run / f"export-{fmt if model == 'policy' else 'value'}"
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists; pass --overwrite to replace it (or --out another folder)")
     if dest.resolve() == folder.resolve() or folder.resolve() in dest.resolve().parents:
         raise ValueError(f"--out {dest}: inside the model folder {folder} it exports")
-    model, tokenizer = _load(folder)
-    adapter = adapter_config_of(model).kind
-    base = _base_name(folder, model)
+    if model == "value":
+        return _export_value(run, fmt, dest)
+    policy, tokenizer = _load(folder)
+    adapter = adapter_config_of(policy).kind
+    base = _base_name(folder, policy)
     if fmt == "peft" and adapter != "lora":
         what, use = ("no adapter (full fine-tuning)", "merged or hf") if adapter == "none" else (f"a {adapter} adapter", "hf")
         raise ValueError(f"--format peft needs a LoRA run; {folder} holds {what}: use --format {use}")
@@ -119,12 +141,12 @@ def export_run(run: str | Path, fmt: ExportFormat, out: str | Path | None = None
     with atomic_folder(dest) as tmp:
         if fmt == "peft":
             assert base is not None
-            export_peft_lora(model, tmp, base)
+            export_peft_lora(policy, tmp, base)
             tokenizer.save_pretrained(str(tmp))
         elif fmt == "merged" or adapter == "none":
-            export_merged(model, tokenizer, tmp)
+            export_merged(policy, tokenizer, tmp)
         else:
-            export_with_adapters(model, tokenizer, tmp)
+            export_with_adapters(policy, tokenizer, tmp)
         manifest = {
             "format": fmt,
             "format_version": 1,

@@ -6,7 +6,7 @@ preference training puts in it: the objective, the data, the stages and the refe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +17,10 @@ from alignkit.data import (
     SOURCES,
     PrepareContext,
     PreparedData,
-    collate_preference,
     collate_sft,
-    collate_unpaired,
     label_counts,
     prepare_data,
 )
-from alignkit.data.kway import collate_kway
 from alignkit.data.pipeline import heldout_prompts
 from alignkit.data.truncation import truncation_counts
 from alignkit.eval.agreement import labelled_pairs
@@ -51,10 +48,6 @@ if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the ann
 __all__ = ["PreferenceRun", "run_recipe", "run_recipe_file"]
 
 
-# How a batch is collated, by what the objective reads (pairs otherwise).
-_COLLATES: dict[str, Callable[..., dict[str, Any]]] = {"kway": collate_kway, "unpaired": collate_unpaired}
-
-
 class PreferenceRun(RecipeRun):
     """The :class:`~alignkit.workflow.RunPlan` of an offline recipe: [SFT], then the objective."""
 
@@ -62,7 +55,7 @@ class PreferenceRun(RecipeRun):
         super().__init__(recipe, Recipe, recipe_to_yaml)
         self.recipe: Recipe = recipe
         self.objective = recipe.objective()  # built once, by validation
-        self.is_reward_model = self.objective.inputs in ("scores", "kway")
+        self.is_reward_model = self.objective.inputs.reward_model
         self.data: PreparedData | None = None
         self.reference: Reference | None = None
 
@@ -86,13 +79,13 @@ class PreferenceRun(RecipeRun):
         sampler = ctx.policy
         if self.is_reward_model and SOURCES.get(self.recipe.data.source.kind).needs_model:
             sampler = self.load_causal_lm(ctx.device)
-        split = self.recipe.data.unpaired  # None: split pairs when the objective reads unpaired examples
-        unpaired = split if split is not None else self.objective.inputs == "unpaired"
+        split = self.recipe.data.unpaired  # None: split pairs when the objective reads a kind made by splitting
+        unpaired = split if split is not None else self.objective.inputs.split_from is not None
         context = PrepareContext(model=sampler, seed=self.recipe.seed, console=ctx.console, unpaired=unpaired)
         self.data = data = prepare_data(self.recipe.data, ctx.tokenizer, context)
         del sampler, context
         ctx.console.print(f"data: {len(data.train)} train / {len(data.test)} held-out pairs\n{data.summary()}")
-        if self.objective.inputs == "unpaired":
+        if self.objective.inputs.labelled:
             self._report_labels(ctx, data)
         ctx.report.update({"recipe": self.recipe.name, "objective": self.objective.describe(),
                            "train_pairs": len(data.train), "heldout_pairs": len(data.test),
@@ -126,15 +119,13 @@ class PreferenceRun(RecipeRun):
                                 collate=partial(collate_sft, pad_token_id=pad_id),
                                 seed=recipe.sft.seed if recipe.sft.seed is not None else recipe.seed)
             ctx.results["sft"] = sft.fit(resume=ctx.resume)
-        preference_collate = partial(collate_preference, pad_token_id=pad_id)
-        collate = partial(_COLLATES.get(self.objective.inputs, collate_preference), pad_token_id=pad_id)
-        # Reference log-probs are of both halves of a preference batch (chosen and rejected, or an unpaired
-        # batch's completions and mismatched pairs); the trainer never reads a reference for K-way batches.
-        reference_collate = collate if self.objective.inputs == "unpaired" else preference_collate
+        # Reference log-probs are of both halves of a batch of the objective's kind (chosen and rejected, or an
+        # unpaired batch's completions and mismatched pairs); no reward-model kind reads a reference.
+        collate = partial(self.objective.inputs.collate, pad_token_id=pad_id)
         if (note := unused_reference_note(recipe)) is not None:
             ctx.console.print(f"[yellow]note[/]: {note}")
         self.reference = training_reference(recipe, self.objective, ctx.model, data.train + data.test,
-                                            reference_collate, reference_loader(recipe, ctx.device, ctx.run_dir),
+                                            collate, reference_loader(recipe, ctx.device, ctx.run_dir),
                                             ctx.sharding)
         trainer = self._trainer(ctx, "preference", objective=self.objective, cfg=recipe.train, collate=collate,
                                 reference=self.reference,

@@ -1,4 +1,8 @@
-"""Pad tokenized pairs into batch tensors (right padding; the loss reads response tokens only)."""
+"""Pad tokenized pairs into batch tensors (right padding; the loss reads response tokens only).
+
+Each batch kind's collate function is attached to its kind (``@LOGPS.collates``); callers ask the kind
+(:meth:`~alignkit.losses.batch_kinds.BatchKind.collate`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING
 from alignkit.data.types import TokenizedPair
 from alignkit.data.unpaired import TokenizedUnpaired
 from alignkit.lazy import lazy_module
+from alignkit.losses.batch_kinds import LOGPS, SCORES, UNPAIRED
 from alignkit.models.padding import IGNORE_INDEX, labelled_batch
 
 if TYPE_CHECKING:
@@ -25,6 +30,8 @@ def _meta(pairs: Sequence[TokenizedPair] | Sequence[TokenizedUnpaired]) -> dict[
     }
 
 
+@SCORES.collates
+@LOGPS.collates
 def collate_preference(
     pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int | None = 8
 ) -> dict[str, torch.Tensor]:
@@ -64,6 +71,7 @@ def collate_sft(
     return {**labelled_batch(rows, pad_token_id, pad_to_multiple_of=pad_to_multiple_of), **_meta(pairs)}
 
 
+@UNPAIRED.collates
 def collate_unpaired(
     items: Sequence[TokenizedUnpaired], pad_token_id: int, pad_to_multiple_of: int | None = 8
 ) -> dict[str, torch.Tensor]:

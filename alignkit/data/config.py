@@ -201,7 +201,7 @@ class DataConfig(_Strict):
         "implementation's rule; more prompts keep their whole context. Responses are then cut to fit max_length "
         "in both. report.json's 'truncation' counts what was cut.",
     )
-    test_size: float | int = Field(
+    test_size: int | float = Field(
         0.1,
         description="Held-out share: a fraction in (0, 1) or a number of examples (0 = no held-out set).",
     )

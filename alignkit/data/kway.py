@@ -27,6 +27,7 @@ from alignkit.data.types import (
     PreparedData,
 )
 from alignkit.lazy import lazy_module
+from alignkit.losses.batch_kinds import KWAY
 from alignkit.models.padding import labelled_batch
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def tokenize_kway(
     return out, report
 
 
+@KWAY.collates
 def collate_kway(
     items: Sequence[TokenizedKWay], pad_token_id: int, pad_to_multiple_of: int | None = 8
 ) -> dict[str, torch.Tensor | int]:
@@ -124,7 +126,7 @@ def collate_kway(
     }
 
 
-@register_prepared_source("kway_jsonl", inputs="kway")
+@register_prepared_source("kway_jsonl", feeds=(KWAY,))
 def prepare_kway_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None = None) -> PreparedData:
     """Load, split and tokenize a K-way source (the K-way counterpart of :func:`prepare_pairs`)."""
     src = cfg.source

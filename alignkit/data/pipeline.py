@@ -15,6 +15,7 @@ from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_pairs, tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData
 from alignkit.data.unpaired_sources import split_pairs
+from alignkit.losses.batch_kinds import UNPAIRED
 
 __all__ = ["PreparedData", "heldout_prompts", "prepare_data", "prepare_pairs"]
 
@@ -52,7 +53,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any, context: PrepareContext | None
         raise DataError(f"data.source.kind {cfg.source.kind!r} is generated from the model, not loaded: "
                         "prepare it with the model (PrepareContext(model=...))")
     data = (spec.prepare or prepare_pairs)(cfg, tokenizer, context)
-    if context.unpaired and spec.inputs == "pairs":
+    if context.unpaired and UNPAIRED.split_from in spec.feeds:  # pairs split; unpaired items stay
         data = split_pairs(data, cfg)
     return data
 

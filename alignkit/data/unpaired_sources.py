@@ -18,6 +18,7 @@ from alignkit.data.split import split_train_test
 from alignkit.data.tokenize import tokenize_sft
 from alignkit.data.types import DataError, DropReport, PreferenceExample, PreparedData, TokenizedPair
 from alignkit.data.unpaired import TokenizedUnpaired, UnpairedExample, row_to_unpaired
+from alignkit.losses.batch_kinds import UNPAIRED
 
 __all__ = ["assign_mismatched_prompts", "load_unpaired", "split_pair_items", "split_pairs", "tokenize_unpaired"]
 
@@ -143,5 +144,5 @@ def _prepare_unpaired(cfg: DataConfig, tokenizer: Any, context: PrepareContext) 
     return PreparedData(train, test, train_ex, test_ex, load_report, train_report, test_report)
 
 
-register_prepared_source("unpaired_jsonl", inputs="unpaired")(_prepare_unpaired)
-register_prepared_source("unpaired_hf_dataset", inputs="unpaired")(_prepare_unpaired)
+register_prepared_source("unpaired_jsonl", feeds=(UNPAIRED,))(_prepare_unpaired)
+register_prepared_source("unpaired_hf_dataset", feeds=(UNPAIRED,))(_prepare_unpaired)

@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from torch import nn
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.eval.agreement import LabelledPair, judge_agreement
 from alignkit.eval.before_after import evaluate_before_after
 from alignkit.eval.config import EvalConfig
@@ -146,7 +146,7 @@ def judge_run(
     for warning in warnings:
         console.print(f"[bold red]JUDGE WARNING: {warning}[/]")
     if pairs_path is not None:
-        with open_for_write(pairs_path, "a") as f:
+        with writing(pairs_path, "a") as f:
             f.writelines(to_json(row, indent=None) + "\n" for row in rows)
     return {
         "evaluation": evaluation,

@@ -30,12 +30,30 @@ from alignkit.losses.base import (
     PreferenceStats,
     get_loss,
     list_losses,
+    losses_reading,
     register_loss,
+)
+from alignkit.losses.batch_kinds import (
+    BATCH_KINDS,
+    KWAY,
+    LOGPS,
+    PAIR_KINDS,
+    SCORES,
+    UNPAIRED,
+    BatchKind,
+    batch_kind,
 )
 from alignkit.losses.compose import LossTerm, Objective, ObjectiveError, ObjectiveState, build_objective
 
 __all__ = [
+    "BATCH_KINDS",
+    "KWAY",
+    "LOGPS",
     "LOSSES",
+    "PAIR_KINDS",
+    "SCORES",
+    "UNPAIRED",
+    "BatchKind",
     "LossConfig",
     "LossOutput",
     "LossSpec",
@@ -45,8 +63,10 @@ __all__ = [
     "ObjectiveError",
     "ObjectiveState",
     "PreferenceStats",
+    "batch_kind",
     "build_objective",
     "get_loss",
     "list_losses",
+    "losses_reading",
     "register_loss",
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from pydantic import BaseModel, ConfigDict
 
 from alignkit.lazy import lazy_module
+from alignkit.losses.batch_kinds import LOGPS, BatchKind, batch_kind
+from alignkit.losses.stats import PreferenceStats
 from alignkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -24,28 +26,16 @@ else:
 
 __all__ = [
     "LossConfig",
-    "LossInputs",
     "LossOutput",
     "LossSpec",
     "LossState",
     "PreferenceStats",
     "get_loss",
     "list_losses",
+    "losses_reading",
     "register_loss",
     "LOSSES",
 ]
-
-# What a loss reads from the model. The trainer computes only what the loss declares.
-#   "logps":  policy log-probs of chosen/rejected responses (a causal LM)
-#   "scores": one scalar reward per chosen/rejected sequence (a reward model)
-#   "kway":   K scalar rewards per example and the index of the best (a K-way reward model)
-#   "unpaired": one response per example, labelled desirable or not, with its policy log-prob (KTO, BCO)
-LossInputs = Literal["logps", "scores", "kway", "unpaired"]
-
-# Fields that hold samples of a batch-level estimate rather than one value per example: selecting
-# examples (:meth:`PreferenceStats.examples`) keeps them whole.
-_SAMPLE_FIELDS = ("policy_mismatched_logps", "reference_mismatched_logps")
-
 
 class LossConfig(BaseModel):
     """Base of every loss config: strict (unknown fields are errors, numbers finite) and immutable."""
@@ -59,76 +49,6 @@ class LossConfig(BaseModel):
         says so here, and the run prints it once the data is prepared.
         """
         return []
-
-
-@dataclass
-class PreferenceStats:
-    """Per-sequence statistics of one batch of B examples. Every tensor has shape (B,) unless noted.
-
-    Attributes:
-        policy_chosen_logps: sum of the policy's log-probs over the chosen response tokens.
-        policy_rejected_logps: the same for the rejected response.
-        chosen_lengths: number of chosen response tokens (float, >= 1).
-        rejected_lengths: number of rejected response tokens.
-        reference_chosen_logps: the reference model's summed log-probs; None unless the loss, with its
-            config, needs a reference (:meth:`LossSpec.reads_reference`).
-        reference_rejected_logps: the same for the rejected response.
-        chosen_scores: reward-model score of the chosen sequence (``inputs="scores"``).
-        rejected_scores: reward-model score of the rejected sequence.
-        scores: (B, K) reward-model scores of K candidates (``inputs="kway"``).
-        best_index: (B,) long, index of the preferred candidate in ``scores``.
-        policy_logps: (``inputs="unpaired"``) the policy's summed log-prob of each example's one response.
-        reference_logps: the same under the reference (None unless ``needs_reference``).
-        lengths: response token counts of the unpaired responses.
-        labels: (B,) bool, True where the response is desirable (thumbs up).
-        policy_mismatched_logps: (M,) policy log-probs of mismatched prompt–completion pairs (each
-            completion after another example's prompt), the samples of KTO's reference point
-            (``needs_mismatched``). Not per example: :meth:`examples` keeps them whole.
-        reference_mismatched_logps: (M,) the same under the reference.
-    """
-
-    policy_chosen_logps: torch.Tensor | None = None
-    policy_rejected_logps: torch.Tensor | None = None
-    chosen_lengths: torch.Tensor | None = None
-    rejected_lengths: torch.Tensor | None = None
-    reference_chosen_logps: torch.Tensor | None = None
-    reference_rejected_logps: torch.Tensor | None = None
-    chosen_scores: torch.Tensor | None = None
-    rejected_scores: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    best_index: torch.Tensor | None = None
-    policy_logps: torch.Tensor | None = None
-    reference_logps: torch.Tensor | None = None
-    lengths: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    policy_mismatched_logps: torch.Tensor | None = None
-    reference_mismatched_logps: torch.Tensor | None = None
-
-    def to_fp32(self) -> PreferenceStats:
-        """A copy with every floating tensor in float32 (losses are computed in fp32 under bf16/fp16)."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                value = value.float()
-            out[f.name] = value
-        return PreferenceStats(**out)
-
-    @property
-    def batch_size(self) -> int:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor) and f.name not in _SAMPLE_FIELDS:
-                return int(value.shape[0])
-        raise ValueError("PreferenceStats holds no per-example tensors")
-
-    def examples(self, index: slice | torch.Tensor) -> PreferenceStats:
-        """The statistics of some examples (``index`` into the batch); batch-level samples stay whole."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value if value is None or f.name in _SAMPLE_FIELDS else value[index]
-        return PreferenceStats(**out)
 
 
 @dataclass
@@ -195,7 +115,7 @@ class LossSpec:
         config: its pydantic config class (``config()`` gives the defaults).
         needs_reference: whether ``fn`` reads reference log-probs with the default config; with a
             given config ask :meth:`reads_reference`.
-        inputs: what the model must produce ("logps", "scores", "kway" or "unpaired").
+        inputs: the batch kind the loss reads (:mod:`alignkit.losses.batch_kinds`: what the model must produce).
         description: one line for ``alignkit losses`` and docs/losses.md.
         reference_rule: decides the need from a config, for a loss whose parameters decide it; None
             when ``needs_reference`` holds for every config.
@@ -207,7 +127,7 @@ class LossSpec:
     fn: LossFn
     config: type[LossConfig]
     needs_reference: bool
-    inputs: LossInputs
+    inputs: BatchKind
     description: str
     reference_rule: ReferenceRule | None = None
     needs_mismatched: bool = False
@@ -237,7 +157,7 @@ def register_loss(
     *,
     config: type[ConfigT],
     needs_reference: bool | Callable[[ConfigT], bool] = False,
-    inputs: LossInputs = "logps",
+    inputs: BatchKind | str = LOGPS,
     description: str | None = None,
     needs_mismatched: bool = False,
     state: type[StateT],
@@ -253,7 +173,7 @@ def register_loss(
     *,
     config: type[ConfigT],
     needs_reference: bool | Callable[[ConfigT], bool] = False,
-    inputs: LossInputs = "logps",
+    inputs: BatchKind | str = LOGPS,
     description: str | None = None,
     needs_mismatched: bool = False,
 ) -> Callable[[Callable[[PreferenceStats, ConfigT], LossOutput]], Callable[[PreferenceStats, ConfigT], LossOutput]]: ...
@@ -264,7 +184,7 @@ def register_loss(
     name: str,
     *,
     needs_reference: bool = False,
-    inputs: LossInputs = "logps",
+    inputs: BatchKind | str = LOGPS,
     description: str | None = None,
 ) -> Callable[[LossFn], LossFn]: ...
 
@@ -274,7 +194,7 @@ def register_loss(
     *,
     config: type[ConfigT] | type[LossConfig] = LossConfig,
     needs_reference: bool | Callable[[ConfigT], bool] = False,
-    inputs: LossInputs = "logps",
+    inputs: BatchKind | str = LOGPS,
     description: str | None = None,
     needs_mismatched: bool = False,
     state: type[LossState] | None = None,
@@ -294,10 +214,13 @@ def register_loss(
     ``needs_reference=lambda cfg: not cfg.reference_free``: recipe validation and the trainer then ask
     it with the recipe's config.
 
-    An unpaired loss (``inputs="unpaired"``) may also read mismatched prompt–completion pairs
+    ``inputs`` is the batch kind the loss reads (``LOGPS`` by default; ``SCORES``, ``KWAY``, ``UNPAIRED`` or
+    a kind's name). An unpaired loss (``inputs=UNPAIRED``) may also read mismatched prompt–completion pairs
     (``needs_mismatched=True``, KTO's reference point). A loss that keeps running values across steps
     names its :class:`LossState` class (``state=``) and takes the state as a third argument.
     """
+
+    kind = batch_kind(inputs)
 
     def decorate(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
         doc = description or (fn.__doc__ or "").strip().splitlines()[0:1]
@@ -307,7 +230,7 @@ def register_loss(
         # what both are called with.
         rule = cast(ReferenceRule, needs_reference) if callable(needs_reference) else None
         default_needs = rule(config()) if rule is not None else bool(needs_reference)
-        LOSSES.add(name, LossSpec(name, fn, config, default_needs, inputs, line.strip(), rule,
+        LOSSES.add(name, LossSpec(name, fn, config, default_needs, kind, line.strip(), rule,
                                   needs_mismatched=needs_mismatched, state=state))
         return fn
 
@@ -322,3 +245,8 @@ def get_loss(name: str) -> LossSpec:
 def list_losses() -> list[LossSpec]:
     """Every registered loss, sorted by name (built-ins and loaded plugins)."""
     return [LOSSES.get(n) for n in LOSSES.names()]
+
+
+def losses_reading(kind: BatchKind) -> list[LossSpec]:
+    """Every registered loss that reads batches of ``kind``, sorted by name."""
+    return [spec for spec in list_losses() if spec.inputs is kind]

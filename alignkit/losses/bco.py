@@ -12,6 +12,7 @@ from pydantic import Field
 
 from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, LossState, PreferenceStats, register_loss
+from alignkit.losses.batch_kinds import UNPAIRED
 from alignkit.losses.functional import logratios, rewards_by_label, unpaired_logratios
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class RewardShift(LossState):
 
 
 @register_loss(
-    "bco", config=BCOConfig, needs_reference=True, inputs="unpaired", state=RewardShift,
+    "bco", config=BCOConfig, needs_reference=True, inputs=UNPAIRED, state=RewardShift,
     description="BCO (unpaired): −log σ(r − δ) if desirable, −log σ(δ − r) if not; δ the running mean reward",
 )
 def bco(stats: PreferenceStats, cfg: BCOConfig, state: RewardShift) -> LossOutput:

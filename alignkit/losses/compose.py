@@ -29,6 +29,7 @@ from alignkit.losses.base import (
     PreferenceStats,
     get_loss,
 )
+from alignkit.losses.batch_kinds import BatchKind
 
 if TYPE_CHECKING:
     import torch
@@ -134,7 +135,7 @@ class Objective:
             raise ObjectiveError("an objective needs at least one term")
         kinds = {t.spec.inputs for t in self.terms}
         if len(kinds) > 1:
-            detail = ", ".join(f"{t.name} reads {t.spec.inputs!r}" for t in self.terms)
+            detail = ", ".join(f"{t.name} reads {t.spec.inputs.name!r}" for t in self.terms)
             raise ObjectiveError(f"terms read different model outputs ({detail}); they cannot be summed")
         # Metric prefixes: the loss name, made unique by position when a name repeats.
         names = [t.name for t in self.terms]
@@ -146,8 +147,8 @@ class Objective:
         return any(t.needs_reference for t in self.terms)
 
     @property
-    def inputs(self) -> str:
-        """What the model must produce: "logps", "scores", "kway" or "unpaired" (the same for every term)."""
+    def inputs(self) -> BatchKind:
+        """The batch kind every term reads (what the model must produce)."""
         return self.terms[0].spec.inputs
 
     @property

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
+from alignkit.losses.batch_kinds import UNPAIRED
 from alignkit.losses.functional import require, rewards_by_label, unpaired_logratios
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def kto_reference_point(stats: PreferenceStats, loss: str) -> torch.Tensor:
 
 
 @register_loss(
-    "kto", config=KTOConfig, needs_reference=True, inputs="unpaired", needs_mismatched=True,
+    "kto", config=KTOConfig, needs_reference=True, inputs=UNPAIRED, needs_mismatched=True,
     description="KTO: λ_D·(1 − σ(β·(r − z₀))) for desirable, λ_U·(1 − σ(β·(z₀ − r))) for undesirable responses",
 )
 def kto(stats: PreferenceStats, cfg: KTOConfig) -> LossOutput:

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from alignkit.lazy import lazy_module
 from alignkit.losses.base import LossConfig, LossOutput, PreferenceStats, register_loss
+from alignkit.losses.batch_kinds import KWAY, SCORES
 from alignkit.losses.functional import require
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class RewardBTConfig(LossConfig):
 
 
 @register_loss(
-    "reward_bt", config=RewardBTConfig, inputs="scores",
+    "reward_bt", config=RewardBTConfig, inputs=SCORES,
     description="Bradley–Terry reward model: −log σ(r_w − r_l − m) + c·(r_w + r_l)²",
 )
 def reward_bt(stats: PreferenceStats, cfg: RewardBTConfig) -> LossOutput:
@@ -63,7 +64,7 @@ class RewardKWayConfig(LossConfig):
 
 
 @register_loss(
-    "reward_kway", config=RewardKWayConfig, inputs="kway",
+    "reward_kway", config=RewardKWayConfig, inputs=KWAY,
     description="K-way reward model: cross-entropy over K candidates' scores, the best as label",
 )
 def reward_kway(stats: PreferenceStats, cfg: RewardKWayConfig) -> LossOutput:

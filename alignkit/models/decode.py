@@ -12,6 +12,9 @@ rows are batched or ordered, or when the others finish, which is what lets the l
 - write keys and values into a buffer allocated for prompt + ``max_new_tokens`` positions (transformers'
   dynamic cache concatenates, copying the whole cache at every step).
 
+:mod:`alignkit.models.continuous` builds continuous batching (finished rows replaced by waiting prompts) on
+these pieces.
+
 Batching changes the floating-point sums slightly (a different matrix shape), so a token whose uniform falls
 within ~1e-7 of a CDF boundary could differ between two batchings; the tests check that the tokens are equal.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +34,17 @@ from transformers.cache_utils import DynamicLayer
 from alignkit.models.padding import pad_token_rows
 from alignkit.models.sampling import GREEDY_BELOW_TEMPERATURE
 
-__all__ = ["DecodeStats", "PreallocatedLayer", "decode", "pick_tokens", "row_uniforms"]
+__all__ = [
+    "DecodeStats",
+    "PreallocatedLayer",
+    "cache_argument",
+    "decode",
+    "new_cache",
+    "pick_and_record",
+    "pick_tokens",
+    "prefill",
+    "row_uniforms",
+]
 
 
 @dataclass
@@ -85,16 +99,44 @@ class PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
-    def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep the rows ``indices`` (copying only the filled positions)."""
+    def batch_select_indices(self, indices: Tensor, drop: int = 0) -> None:
+        """Keep the rows ``indices`` (copying only the filled positions), and leave out the first ``drop``
+        positions (which no kept row attends to)."""
         if self._keys is None or self._values is None:
             return
+        self.length -= drop
         keys = self._keys.new_empty((len(indices), *self._keys.shape[1:]))
         values = self._values.new_empty((len(indices), *self._values.shape[1:]))
-        keys[:, :, :self.length] = self._keys[indices, :, :self.length]
-        values[:, :, :self.length] = self._values[indices, :, :self.length]
+        keys[:, :, :self.length] = self._keys[indices, :, drop:drop + self.length]
+        values[:, :, :self.length] = self._values[indices, :, drop:drop + self.length]
         self._keys, self._values = keys, values
         self.keys, self.values = keys[:, :, :self.length], values[:, :, :self.length]
+
+    @classmethod
+    def stacked(cls, upper: PreallocatedLayer, lower: PreallocatedLayer, capacity: int) -> PreallocatedLayer:
+        """A new layer holding ``upper``'s rows above ``lower``'s, right-aligned to the longer of their lengths.
+
+        A row's next position comes right after its last one, in either part; the positions before a row's
+        first one are zeros (masked by the caller; finite, so a zero attention weight times them stays zero).
+
+        Shape:
+            upper: (B1, H, L1, D), lower: (B2, H, L2, D) -> (B1 + B2, H, max(L1, L2), D) in a buffer of
+            ``capacity`` positions.
+        """
+        if upper._keys is None or upper._values is None or lower._keys is None or lower._values is None:
+            raise RuntimeError("cannot stack a key/value cache that holds nothing yet")
+        length = max(upper.length, lower.length)
+        rows = upper._keys.shape[0] + lower._keys.shape[0]
+        layer = cls(capacity)
+        layer.device, layer.is_initialized, layer.length = upper.device, True, length
+        keys = upper._keys.new_zeros((rows, upper._keys.shape[1], capacity, upper._keys.shape[-1]))
+        values = upper._values.new_zeros((rows, upper._values.shape[1], capacity, upper._values.shape[-1]))
+        for buffer, top, bottom in ((keys, upper._keys, lower._keys), (values, upper._values, lower._values)):
+            buffer[:len(top), :, length - upper.length:length] = top[:, :, :upper.length]
+            buffer[len(top):, :, length - lower.length:length] = bottom[:, :, :lower.length]
+        layer._keys, layer._values = keys, values
+        layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+        return layer
 
 
 def new_cache(model: nn.Module, capacity: int) -> DynamicCache:
@@ -108,7 +150,7 @@ def new_cache(model: nn.Module, capacity: int) -> DynamicCache:
     return cache
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """The forward's name for the key/value cache: ``cache`` in recent transformers, ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -138,6 +180,61 @@ def pick_tokens(logits: Tensor, uniforms: Tensor, temperature: float, top_p: flo
     # right=True never lands on a zero-probability token (its cdf equals its predecessor's).
     tokens = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(1), right=True)
     return tokens.squeeze(1).clamp(max=probs.shape[1] - 1)
+
+
+def pick_and_record(logits: Tensor, uniforms: Tensor, temperature: float, top_p: float, eos: Tensor,
+                    rows: list[int], tokens: list[list[int]], logps: list[list[float]],
+                    finished: list[bool]) -> tuple[Tensor, Tensor]:
+    """Pick each row's next token and append it, with its sampler log-prob, to that row's record.
+
+    Args:
+        logits: (B, V) next-token logits of the rows ``rows``.
+        uniforms: (B,) each row's draw for this token.
+        eos: the ids that end a completion.
+        rows: B indices into ``tokens``, ``logps`` and ``finished``, which are updated in place.
+
+    Returns:
+        (B,) the picked tokens and (B,) whether each is an EOS.
+    """
+    logits = logits.float()
+    picked = pick_tokens(logits, uniforms, temperature, top_p)
+    picked_logps = torch.log_softmax(logits.double() / (temperature or 1.0), dim=-1).gather(
+        1, picked.unsqueeze(1)).squeeze(1)
+    ended = torch.isin(picked, eos)
+    for r, token, end, logp in zip(rows, picked.tolist(), ended.tolist(), picked_logps.tolist(), strict=True):
+        tokens[r].append(token)
+        logps[r].append(logp)
+        finished[r] = end
+    return picked, ended
+
+
+def prefill(model: nn.Module, prompts: Sequence[Sequence[int]], pad_id: int, max_new_tokens: int,
+            device: torch.device, stats: DecodeStats, cache_arg: str) -> tuple[Any, DynamicCache, Tensor, Tensor]:
+    """One forward over the left-padded prompts, filling a cache with room for ``max_new_tokens`` more positions.
+
+    Args:
+        prompts: B rows of prompt token ids.
+        cache_arg: the forward's name for the cache (:func:`cache_argument`).
+
+    Returns:
+        The model's output (its logits at the last position only), the cache, the attention mask buffer
+        (B, W + max_new_tokens), ones past the prompts, and the position id of each row's next token (B, 1).
+    """
+    ids, mask = pad_token_rows(prompts, pad_id, left=True)
+    ids, mask, width = ids.to(device), mask.to(device), ids.shape[1]
+    position = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    cache = new_cache(model, width + max_new_tokens)
+    # Full-length mask buffer: a step only extends the view, as the cache does.
+    full_mask = torch.ones((len(prompts), width + max_new_tokens), dtype=torch.long, device=device)
+    full_mask[:, :width] = mask
+    padded = not bool(mask.all())  # without padding the mask is left out: attention takes its causal fast path
+    out = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=position, use_cache=True,
+                logits_to_keep=1, **{cache_arg: cache})
+    if cache.get_seq_length() != width:  # a forward that ignored the cache would decode from nothing, silently
+        raise RuntimeError(f"{type(model).__name__} did not fill the key/value cache it was given")
+    stats.forwards += 1
+    stats.prompt_tokens += int(mask.sum())
+    return out, cache, full_mask, position[:, -1:] + 1
 
 
 # Called after each batch with the number of rows done so far.
@@ -204,38 +301,18 @@ def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tens
                   stats: DecodeStats, logps: list[list[float]],
                   stop: Callable[[], bool] | None = None) -> list[tuple[list[int], bool]]:
     """One batch: a prefill of the left-padded prompts, then one forward per new token for the rows still open."""
-    ids, mask = pad_token_rows(prompts, pad_id, left=True)
-    ids, mask, width = ids.to(device), mask.to(device), ids.shape[1]
-    position = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    cache = new_cache(model, width + max_new_tokens)
-    # Full-length mask buffer: a step only extends the view, as the cache does.
-    full_mask = torch.ones((len(prompts), width + max_new_tokens), dtype=torch.long, device=device)
-    full_mask[:, :width] = mask
+    cache_arg = cache_argument(model)
+    out, cache, full_mask, next_position = prefill(model, prompts, pad_id, max_new_tokens, device, stats, cache_arg)
+    width = cache.get_seq_length()
+    padded = not bool(full_mask[:, :width].all())  # without padding the mask is left out: the causal fast path
     uniforms = uniforms.to(device)
     open_rows = torch.arange(len(prompts), device=device)  # batch row of each row still decoding
     tokens: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
-    cache_arg = {_cache_argument(model): cache}
-    padded = not bool(mask.all())  # without padding the mask is left out: attention takes its causal fast path
-    out = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=position, use_cache=True, logits_to_keep=1,
-                **cache_arg)
-    if cache.get_seq_length() != width:  # a forward that ignored the cache would decode from nothing, silently
-        raise RuntimeError(f"{type(model).__name__} did not fill the key/value cache it was given")
-    stats.forwards += 1
-    stats.prompt_tokens += int(mask.sum())
-    next_position = position[:, -1:] + 1
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
-        picked = pick_tokens(logits, uniforms[open_rows, step], temperature, top_p)
-        picked_logps = torch.log_softmax(logits.double() / (temperature or 1.0), dim=-1).gather(
-            1, picked.unsqueeze(1)).squeeze(1)
+        picked, ended = pick_and_record(out.logits[:, -1], uniforms[open_rows, step], temperature, top_p, eos,
+                                        open_rows.tolist(), tokens, logps, finished)
         stats.new_tokens += len(picked)
-        ended = torch.isin(picked, eos)
-        for r, token, end, logp in zip(open_rows.tolist(), picked.tolist(), ended.tolist(), picked_logps.tolist(),
-                                       strict=True):
-            tokens[r].append(token)
-            logps[r].append(logp)
-            finished[r] = end
         if step == max_new_tokens - 1 or (stop is not None and stop()):
             break
         keep = (~ended).nonzero().squeeze(1)
@@ -246,7 +323,7 @@ def _decode_batch(model: nn.Module, prompts: list[Sequence[int]], uniforms: Tens
             open_rows, picked, next_position = open_rows[keep], picked[keep], next_position[keep]
             full_mask = full_mask[keep]
         out = model(input_ids=picked.unsqueeze(1), attention_mask=full_mask[:, :width + step + 1] if padded else None,
-                    position_ids=next_position, use_cache=True, **cache_arg)
+                    position_ids=next_position, use_cache=True, **{cache_arg: cache})
         stats.forwards += 1
         next_position = next_position + 1
     return list(zip(tokens, finished, strict=True))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from alignkit.models.continuous import decode_continuous
 from alignkit.models.decode import DecodeStats, decode, row_uniforms
 from alignkit.models.flops import forward_flops, matmul_parameters, matmul_weight_bytes
 from alignkit.models.reference import eval_mode
@@ -137,8 +138,9 @@ def generate_completions(
     Sampling is plain ancestral sampling with ``temperature`` and ``top_p`` only (no top-k, no repetition
     penalty, whatever the model's generation config says), so with ``temperature=1, top_p=1`` the samples
     follow the model's own distribution, as the sample-based KL estimate requires. ``temperature=0`` is greedy.
-    The loop is :func:`alignkit.models.decode.decode`: rows sorted by prompt length, finished rows dropped,
-    a preallocated key/value cache.
+    The loop is :func:`alignkit.models.continuous.decode_continuous` (``sampling.continuous_batching``, the
+    default: a finished row is replaced by a waiting prompt) or :func:`alignkit.models.decode.decode` (one batch
+    after the other): rows sorted by prompt length, finished rows dropped, a preallocated key/value cache.
 
     Reproducibility: completion r (prompt-major: prompt r // K, sample r % K) draws its tokens from its own
     stream, seeded by (``seed``, r). The same seed and prompts give the same completions whatever the batch
@@ -150,7 +152,7 @@ def generate_completions(
         tokenizer: its tokenizer; needs a pad or an EOS token.
         prompts: P user requests.
         sampling: the sampling settings (default :class:`Sampling`()).
-        progress: optional ``fn(done, total)`` called after each batch.
+        progress: optional ``fn(done, total)`` called as completions finish.
         uniforms: (P * K, max_new_tokens) draws to use instead of the per-row streams (online rollouts give
             each prompt group its own stream).
         **changes: settings of ``sampling`` to change for this call (``max_new_tokens=8``...).
@@ -178,10 +180,11 @@ def generate_completions(
     stats = DecodeStats()
     sampler_logps: list[list[float]] = []
     with eval_mode(model):
-        decoded = decode(model, [prompt_ids[i] for i in rows], uniforms, max_new_tokens=max_new_tokens,
-                         temperature=sampling.temperature, top_p=sampling.top_p, eos_ids=eos_ids, pad_id=pad_id,
-                         batch_size=sampling.batch_size, stats=stats, token_logps=sampler_logps,
-                         on_batch=None if progress is None else lambda done: progress(done, len(rows)))
+        loop = decode_continuous if sampling.continuous_batching else decode
+        decoded = loop(model, [prompt_ids[i] for i in rows], uniforms, max_new_tokens=max_new_tokens,
+                       temperature=sampling.temperature, top_p=sampling.top_p, eos_ids=eos_ids, pad_id=pad_id,
+                       batch_size=sampling.batch_size, stats=stats, token_logps=sampler_logps,
+                       on_batch=None if progress is None else lambda done: progress(done, len(rows)))
     out: list[Completion] = []
     for i, (ids, finished), logps in zip(rows, decoded, sampler_logps, strict=True):
         text = tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)

@@ -7,8 +7,8 @@ For a completion y sampled from the policy given prompt x,
 so the per-sample sequence sum of log-ratios is an unbiased estimate (in nats) of the sequence-level
 KL; its mean over samples and prompts is the KL reported next to the reward, as in the DPO and WARP
 papers. Individual samples can be negative; only the mean estimates a KL. The estimate is unbiased only
-when the samples come from the policy itself (temperature 1, top_p 1). :func:`kl_estimate` holds the
-estimators of one log-ratio (Schulman 2020): ``k1`` (the log-ratio itself, what the report uses), ``k2``
+when the samples come from the policy itself (temperature 1, top_p 1). :func:`kl_estimate` (from
+:mod:`alignkit.models.kl_estimators`) holds the estimators of one log-ratio (Schulman 2020): ``k1`` (the log-ratio itself, what the report uses), ``k2``
 (half its square) and ``k3`` (``exp(-d) + d - 1``, never negative).
 
 The reference is passed as ``reference: Callable[[], AbstractContextManager[nn.Module]]``: a
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.generate import Completion, eval_mode
+from alignkit.models.kl_estimators import KLEstimator, kl_estimate
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions, sequence_logps
 from alignkit.models.padding import labelled_batch
 from alignkit.timing import count_flops, phase, timed
@@ -36,32 +37,6 @@ __all__ = ["KLEstimator", "ReferenceFn", "as_reference", "completion_batch", "co
            "sequence_kl"]
 
 ReferenceFn = Callable[[], AbstractContextManager[nn.Module]]
-KLEstimator = Literal["k1", "k2", "k3"]
-
-
-def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: KLEstimator = "k1") -> Tensor:
-    """One sample's estimate of KL(pi || pi_ref) from the log-probs of what pi sampled.
-
-    With d = logps - ref_logps: ``k1`` = d (unbiased, can be negative), ``k2`` = d²/2 (biased, low
-    variance), ``k3`` = exp(-d) + d - 1 (unbiased and never negative). Gradient flows through ``logps``;
-    ``ref_logps`` is detached.
-
-    Shape:
-        logps, ref_logps: any shape, the same for both (per token or per sequence) -> the same, float32.
-    """
-    if logps.shape != ref_logps.shape:
-        raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} must have the same "
-                         "shape")
-    delta = logps.float() - ref_logps.detach().float()
-    if estimator == "k1":
-        return delta
-    if estimator == "k2":
-        return 0.5 * delta.square()
-    if estimator == "k3":
-        # expm1(-d) + d, not exp(-d) + d - 1: the latter cancels to small negative numbers for |d| < ~1e-3
-        # in float32; the clamp keeps the last rounding error from making it negative.
-        return (torch.expm1(-delta) + delta).clamp(min=0.0)
-    raise ValueError(f"unknown KL estimator {estimator!r}; use k1, k2 or k3")
 
 
 def as_reference(reference: nn.Module | ReferenceFn | Any) -> ReferenceFn:

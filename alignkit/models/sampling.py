@@ -25,6 +25,8 @@ class Sampling:
         batch_size: rows (completions, not prompts) generated per ``generate`` call.
         seed: sampling seed.
         use_chat_template: None = use the tokenizer's chat template when it has one.
+        continuous_batching: replace a finished row by a waiting prompt at once (alignkit.models.continuous)
+            instead of decoding one batch after the other; the completions are the same either way.
     """
 
     max_new_tokens: int = 32
@@ -34,6 +36,7 @@ class Sampling:
     batch_size: int = 16
     seed: int = 0
     use_chat_template: bool | None = None
+    continuous_batching: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.config_base import SEED_MAX, FieldError, StrictConfig
 from alignkit.models.sampling import Sampling
 from alignkit.online.parts import (
     ADVANTAGES,
@@ -185,6 +185,17 @@ class KLConfig(_Strict):
         return self
 
 
+class DynamicSamplingConfig(_Strict):
+    """DAPO's dynamic sampling: a prompt group whose rewards all agree is dropped and its place sampled again
+    from another prompt, until every group has a signal or the cap of extra rounds is reached
+    (:mod:`alignkit.online.dynamic_sampling`). Logged per step: dropped_groups, uniform_groups, extra_rounds."""
+
+    enabled: bool = Field(False, description="Drop and refill the groups whose k rewards are all equal (needs "
+                          "online.samples_per_prompt >= 2).")
+    max_extra_rounds: int = Field(4, ge=1, description="At most this many extra sampling rounds per step; a "
+                                  "position still uniform then keeps its last group (advantage 0).")
+
+
 class ValueConfig(_Strict):
     """The value model of advantage estimators that need one (gae)."""
 
@@ -279,7 +290,7 @@ class OnlineConfig(_Strict):
         description="A preset that fills the part fields left out (alignkit/online/presets.py): rloo (leave-one-out "
         "baseline; k = 1: the batch mean), reinforce (batch-mean baseline), reinforce_pp, ppo (value model, GAE, "
         "clipped updates; online.ppo), grpo (group-normalised advantages, clipped updates; online.grpo), dr_grpo, "
-        "dapo, gspo, cispo. The expanded parts are printed and saved in the run's recipe.",
+        "dapo, gspo, cispo, gmpo. The expanded parts are printed and saved in the run's recipe.",
     )
     ppo: PPOConfig | None = Field(None, description="PPO settings (algorithm ppo only; defaults when omitted).")
     grpo: GRPOConfig | None = Field(None, description="GRPO settings (algorithms grpo and dr_grpo; defaults when "
@@ -303,6 +314,9 @@ class OnlineConfig(_Strict):
         "null: the preset's (for most, the whole rollout).")
     value: ValueConfig | None = Field(None, description="The value model, for an advantage that needs one (gae); "
                                       "null: the preset's, or defaults.")
+    dynamic_sampling: DynamicSamplingConfig | None = Field(
+        None, description="Drop the groups whose rewards all agree and sample their places again (DAPO); null: the "
+        "preset's (on for dapo, off otherwise).")
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
@@ -385,12 +399,17 @@ class OnlineConfig(_Strict):
         if self.kl is None:
             self.kl = KLConfig(**expanded["kl"])
         if self.kl.estimator not in KL_ESTIMATORS:
-            raise ValueError(f"online.kl.estimator: unknown KL estimator {self.kl.estimator!r}; registered: "
-                             f"{', '.join(KL_ESTIMATORS.names())}")
+            raise FieldError(("kl", "estimator"), f"unknown KL estimator {self.kl.estimator!r}; registered: "
+                             f"{', '.join(KL_ESTIMATORS.names())}", section="online")
         if self.epochs is None:
             self.epochs = expanded["epochs"]
         if self.minibatch_size is None:
             self.minibatch_size = expanded["minibatch_size"]
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = DynamicSamplingConfig(**expanded.get("dynamic_sampling", {}))
+        if self.dynamic_sampling.enabled and self.samples_per_prompt < 2:
+            raise ValueError("online.dynamic_sampling needs online.samples_per_prompt >= 2 (it compares the rewards "
+                             "of each prompt's group)")
         if self.value is None and self.advantage_spec.needs_values:
             self.value = ValueConfig(**expanded.get("value", {}))
         min_group = int(self.advantage_spec.extra.get("min_group_size", 1))
@@ -422,10 +441,14 @@ def _resolved(field: str, registry: Registry[PartSpec], choice: PartChoice | Non
         spec = registry.get(choice.name)
         cfg = spec.config.model_validate(choice.settings)
     except RegistryError as err:
-        raise ValueError(f"online.{field}: {err}") from None
+        raise FieldError((field, "name"), str(err), section="online") from None
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"online.{field} ({choice.name}): {problems}") from None
+        errors = err.errors()
+        if len(errors) == 1:  # at the setting's own line (or override)
+            raise FieldError((field, *errors[0]["loc"]), f"{errors[0]['msg']} ({choice.name})",
+                             section="online") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        raise FieldError((field,), f"{choice.name}: {problems}", section="online") from None
     return PartChoice(name=choice.name, **cfg.model_dump(mode="json"))
 
 

@@ -1,7 +1,8 @@
 """The presets of ``online.algorithm``: each names the parts it expands to (the only place algorithms have names).
 
 A preset fills the part fields a recipe leaves out (``online.advantage``, ``online.policy_loss``,
-``online.loss_aggregation``, ``online.kl``, ``online.epochs``, ``online.minibatch_size``, ``online.value``);
+``online.loss_aggregation``, ``online.kl``, ``online.epochs``, ``online.minibatch_size``, ``online.value``,
+``online.dynamic_sampling``);
 a part the recipe sets explicitly wins (its settings merged over the preset's when it names the same part).
 The legacy sections ``online.ppo`` and ``online.grpo`` are read by the presets that own them, so recipes
 written before the parts existed expand to the same objective and give the same numbers.
@@ -14,9 +15,10 @@ written before the parts existed expand to the same objective and give the same 
 | ppo | gae (+ value model) | ppo_clip | token_mean | k1 in the reward (per token) |
 | grpo | grpo | ppo_clip | seq_mean_token_mean | k3 in the loss |
 | dr_grpo | dr_grpo | ppo_clip | seq_mean_token_sum_norm | k3 in the loss |
-| dapo | grpo | dapo | token_mean | none |
+| dapo | grpo | dapo (+ dynamic sampling) | token_mean | none |
 | gspo | grpo | gspo | seq_mean_token_mean | none |
 | cispo | grpo | cispo | token_mean | none |
+| gmpo | grpo | gmpo | seq_mean_token_mean | none |
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 __all__ = ["PRESETS", "Preset", "PresetName"]
 
-PresetName = Literal["rloo", "reinforce", "reinforce_pp", "ppo", "grpo", "dr_grpo", "dapo", "gspo", "cispo"]
+PresetName = Literal["rloo", "reinforce", "reinforce_pp", "ppo", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "gmpo"]
 
 # What a preset expands to: the online fields it fills, from the legacy section it reads (or None).
 Expansion = Callable[[Any], dict[str, Any]]
@@ -76,10 +78,10 @@ def _grpo(g: Any, *, dr: bool = False) -> dict[str, Any]:
     }
 
 
-def _group(loss: str, aggregation: str) -> Expansion:
+def _group(loss: str, aggregation: str, *, dynamic_sampling: bool = False) -> Expansion:
     return lambda _: {"advantage": {"name": "grpo"}, "policy_loss": {"name": loss},
                       "loss_aggregation": {"name": aggregation}, "kl": {"estimator": "k1", "placement": "none"},
-                      "epochs": 1, "minibatch_size": None}
+                      "epochs": 1, "minibatch_size": None, "dynamic_sampling": {"enabled": dynamic_sampling}}
 
 
 PRESETS: dict[str, Preset] = {
@@ -90,7 +92,8 @@ PRESETS: dict[str, Preset] = {
     "ppo": Preset("ppo", _ppo),
     "grpo": Preset("grpo", _grpo),
     "dr_grpo": Preset("grpo", lambda g: _grpo(g, dr=True)),
-    "dapo": Preset(None, _group("dapo", "token_mean")),
+    "dapo": Preset(None, _group("dapo", "token_mean", dynamic_sampling=True)),
     "gspo": Preset(None, _group("gspo", "seq_mean_token_mean")),
     "cispo": Preset(None, _group("cispo", "token_mean")),
+    "gmpo": Preset(None, _group("gmpo", "seq_mean_token_mean")),
 }

@@ -32,6 +32,7 @@ from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
 from alignkit.models.rewards import RewardBreakdown, reward_total
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
+from alignkit.online.dynamic_sampling import FillCounts, fill_batch
 from alignkit.online.flops import UpdateFlops
 from alignkit.online.kl_control import KLController
 from alignkit.online.parallel import check_world_size, local_share
@@ -141,6 +142,7 @@ class OnlineTrainer:
         self.anchor, self.controller, self.initial = anchor, controller, initial
         self.run_dir, self.seed, self.stage, self.logps = Path(run_dir), seed, stage, logps
         self.console = console or Console(stderr=True)
+        self.fill_counts: FillCounts | None = None  # dynamic sampling's counts of the latest rollout
         self.guard = DivergenceGuard(stage, divergence_hint("train", train_cfg))
         if len(self.prompts) < train_cfg.prompts_per_step:
             raise ValueError(f"{stage}: {len(self.prompts)} training prompts are fewer than one step "
@@ -184,10 +186,27 @@ class OnlineTrainer:
         return [self.prompts[i] for i in order[position * b:(position + 1) * b]]
 
     def rollout(self, step: int) -> Rollout:
-        """Sample k completions for each of this process's prompts of the step from the current policy; reward them."""
+        """Sample k completions for each of this process's prompts of the step from the current policy; reward them.
+
+        With ``online.dynamic_sampling`` the groups whose rewards all agree are sampled again from other prompts
+        (:func:`~alignkit.online.dynamic_sampling.fill_batch`); what that took is kept in :attr:`fill_counts`.
+        """
         offset, prompts = local_share(self.step_prompts(step), self.env)
-        completions = sample_groups(self.policy, self.tokenizer, prompts, range(offset, offset + len(prompts)),
-                                    self.cfg.sampling, seed=self.seed, step=step)
+        positions = list(range(offset, offset + len(prompts)))
+        roll = self._sampled(prompts, positions, step)
+        dynamic = self.cfg.dynamic_sampling
+        if dynamic is None or not dynamic.enabled:
+            return roll
+        roll, self.fill_counts = fill_batch(
+            roll, positions, lambda chosen, streams: self._sampled(chosen, streams, step), self.prompts,
+            k=self.cfg.samples_per_prompt, seed=self.seed, step=step, total=self.train_cfg.prompts_per_step,
+            max_extra_rounds=dynamic.max_extra_rounds)
+        return roll
+
+    def _sampled(self, prompts: list[str], streams: Sequence[int], step: int) -> Rollout:
+        """k completions of each prompt, each group from the sampling stream of its position; rewarded."""
+        completions = sample_groups(self.policy, self.tokenizer, prompts, streams, self.cfg.sampling, seed=self.seed,
+                                    step=step)
         texts = [c.text for c in completions]
         scored = self.score([prompts[c.prompt_index] for c in completions], texts)
         rewards = reward_total(scored)
@@ -208,6 +227,8 @@ class OnlineTrainer:
         start = time.perf_counter()
         roll = self.rollout(step)
         metrics = self.updater.step(step, roll)
+        if self.fill_counts is not None:
+            metrics.update(self._fill_metrics(self.fill_counts))
         return {**metrics, **self.component_metrics(roll), "step_seconds": time.perf_counter() - start}
 
     def component_metrics(self, roll: Rollout) -> dict[str, float]:
@@ -218,6 +239,15 @@ class OnlineTrainer:
         sums = all_reduce_flags([float(len(roll.completions)),
                                  *(float(roll.components[n].double().sum()) for n in names)], self.env)
         return {f"reward/{n}": total / max(sums[0], 1.0) for n, total in zip(names, sums[1:], strict=True)}
+
+    def _fill_metrics(self, counts: FillCounts) -> dict[str, float]:
+        """Dynamic sampling's counts over every process: groups dropped (sampled again), groups still uniform at
+        the cap, and the most extra rounds any process ran (one all-reduce)."""
+        cap = self.cfg.dynamic_sampling.max_extra_rounds if self.cfg.dynamic_sampling is not None else 0
+        ran = [float(counts.rounds > r) for r in range(cap)]  # summed: > 0 up to the largest count of rounds
+        summed = all_reduce_flags([counts.resampled, counts.uniform, *ran], self.env)
+        return {"dropped_groups": summed[0], "uniform_groups": summed[1],
+                "extra_rounds": float(sum(v > 0 for v in summed[2:]))}
 
     def sample_metrics(self, batch: BatchSums, ids: list[list[int]], *, beta: float) -> dict[str, float]:
         """The metrics of the step's samples every algorithm logs (``ids``: every process's completion ids);

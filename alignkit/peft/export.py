@@ -33,7 +33,7 @@ from alignkit.peft.modules import AdapterWrapper, adapter_wrappers, set_module
 if TYPE_CHECKING:  # importing transformers' modeling code is slow; only the annotations need it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["export_merged", "export_peft_lora", "export_with_adapters", "load_exported"]
+__all__ = ["export_merged", "export_peft_lora", "export_with_adapters", "load_exported", "merged_state_dict"]
 
 
 @contextmanager
@@ -79,6 +79,19 @@ def _is_tied(model: nn.Module, weight: torch.Tensor) -> bool:
     """Whether another module of ``model`` holds the same weight tensor (a tied embedding)."""
     holders = {id(m) for m in model.modules() for p in m.parameters(recurse=False) if p is weight}
     return len(holders) > 1
+
+
+def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``module`` (a model, or a part of one such as its decoder body) under the plain
+    architecture's names, LoRA folded into the weights (copies; ``module`` is left as it was).
+
+    Raises:
+        ValueError: ``module`` holds bottleneck adapters, which no weight of the architecture can hold.
+    """
+    if any(not isinstance(w, LoRALayer) for _, w in adapter_wrappers(module)):
+        raise ValueError("bottleneck adapters cannot be merged into the weights")
+    with _base_modules(module, merge_lora=True):
+        return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
 def _save_transformers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from alignkit.config_base import FieldError
 from alignkit.losses import Objective, ObjectiveError, build_objective
 from alignkit.plugins import PluginError, file_sha256, load_plugins, plugin_record
 from alignkit.recipe.model import Recipe, plugin_list, recorded_plugins
@@ -250,7 +251,14 @@ def validation_problems(err: ValidationError, lines: dict, source: str, schema: 
 
 
 def _pydantic_problems(err: ValidationError, schema: type[BaseModel]) -> list[Problem]:
-    return [(clean_loc(tuple(e["loc"]), schema), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+    """Each error at its path: a validator's :class:`~alignkit.config_base.FieldError` at the field it names."""
+    def problem(e: Any) -> Problem:
+        error = (e.get("ctx") or {}).get("error")
+        if isinstance(error, FieldError):
+            return clean_loc((*e["loc"], *error.where), schema), error.detail
+        return clean_loc(tuple(e["loc"]), schema), e["msg"].removeprefix("Value error, ")
+
+    return [problem(e) for e in err.errors()]
 
 
 def raise_problems(problems: list[str], source: str) -> None:

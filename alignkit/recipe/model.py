@@ -18,7 +18,7 @@ from alignkit.train.config import DistributedConfig, SFTConfig, TrainConfig
 from alignkit.train.tracker_config import LoggingConfig
 
 __all__ = ["PLUGINS_DESCRIPTION", "RUN_NAME_DESCRIPTION", "LossSection", "PluginFile", "PluginSpec", "Recipe",
-           "plugin_list", "recorded_plugins", "run_name"]
+           "RunRecipe", "plugin_list", "recorded_plugins", "run_name"]
 
 LossSection = dict[str, Any] | list[dict[str, Any]]
 
@@ -41,9 +41,9 @@ class PluginFile(StrictConfig):
 PluginSpec = str | PluginFile
 
 PLUGINS_DESCRIPTION = (
-    "Python files (relative to the recipe) or modules that register {what}. They are imported, so a recipe "
+    "Python files (relative to the recipe) or modules that register losses, rewards or online parts. They are imported, so a recipe "
     "from someone else runs their code: read them first. One name alone is a list of one. The recipe a run "
-    "saves lists every plugin it imported (these and --plugin ones) as {{path, sha256}}; `alignkit eval` and "
+    "saves lists every plugin it imported (these and --plugin ones) as {path, sha256}; `alignkit eval` and "
     "`serve` never import a run folder's plugins: name them with --plugin."
 )
 
@@ -76,16 +76,41 @@ def run_name(value: str) -> str:
     return value
 
 
-class Recipe(StrictConfig):
-    """One experiment: data, model, adapter, stages, objective and evaluation."""
+class RunRecipe(StrictConfig):
+    """The fields every recipe that trains has, first in its file: the run, its plugins, the model, the adapter.
+
+    :class:`Recipe` (offline) and :class:`~alignkit.recipe.online.OnlineRecipe` add their own sections after
+    these.
+    """
 
     name: str = Field(description=RUN_NAME_DESCRIPTION)
     output_dir: str | None = Field(None, description="Run folder (checkpoints, metrics, report).")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, initialisation and sampling.")
-    plugins: list[PluginSpec] = Field(default_factory=list, description=PLUGINS_DESCRIPTION.format(what="losses"))
+    plugins: list[PluginSpec] = Field(default_factory=list, description=PLUGINS_DESCRIPTION)
     model: ModelConfig = Field(description="The policy model and tokenizer.")
-    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Where reference log-probs come from.")
     adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
+
+    # The plugin files imported for this recipe: set by validation, not part of the YAML.
+    _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
+
+    _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
+    _name_is_a_folder_name = field_validator("name")(run_name)
+
+    @property
+    def plugin_files(self) -> list[dict[str, str] | str]:
+        """The plugins imported while validating this recipe, in order: ``{path, sha256}`` of a file, the
+        name of a module."""
+        return list(self._plugin_files)
+
+    def run_dir(self) -> Path:
+        """``output_dir``, or ``runs/<name>`` when it is not set."""
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+class Recipe(RunRecipe):
+    """One experiment: data, model, adapter, stages, objective and evaluation."""
+
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Where reference log-probs come from.")
     data: DataConfig = Field(description="Preference data and tokenization.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Optional SFT stage before preference training.")
     loss: LossSection = Field(description="Objective: {name, **params} or a weighted list of them.")
@@ -96,14 +121,10 @@ class Recipe(StrictConfig):
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
                                    description="Experiment trackers (TensorBoard, W&B, trackio).")
 
-    # The objective built from `loss` (with the section it was built from) and the plugin files imported
-    # for this recipe: set by validation, not part of the YAML.
+    # The objective built from `loss` (with the section it was built from): set by validation, not part of
+    # the YAML.
     _objective: Objective | None = PrivateAttr(default=None)
     _objective_section: Any = PrivateAttr(default=None)
-    _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
-
-    _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
-    _name_is_a_folder_name = field_validator("name")(run_name)
 
     def objective(self) -> Objective:
         """The objective of ``loss``: the one validation built, the same object on every call.
@@ -118,13 +139,3 @@ class Recipe(StrictConfig):
     def _set_objective(self, objective: Objective) -> None:
         self._objective = objective
         self._objective_section = copy.deepcopy(self.loss)
-
-    @property
-    def plugin_files(self) -> list[dict[str, str] | str]:
-        """The plugins imported while validating this recipe, in order: ``{path, sha256}`` of a file, the
-        name of a module."""
-        return list(self._plugin_files)
-
-    def run_dir(self) -> Path:
-        """``output_dir``, or ``runs/<name>`` when it is not set."""
-        return Path(self.output_dir or f"runs/{self.name}")

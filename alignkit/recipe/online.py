@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.eval.config import EvalConfig
-from alignkit.models.config import ModelConfig
 from alignkit.models.rewards import REWARDS, reads_examples, unknown_settings
 from alignkit.online.config import AccuracyConfig, OnlineConfig, OnlineTrainConfig, PromptsConfig, RewardTerm
-from alignkit.peft.config import AdapterConfig, LoRAConfig, NoAdapter
+from alignkit.peft.config import LoRAConfig
 from alignkit.recipe import (
     Problem,
     RecipeError,
@@ -25,20 +23,13 @@ from alignkit.recipe import (
     eval_rewards,
     load_recipe_plugins,
     model_problems,
-    plugin_list,
     quantization_problems,
     raise_problems,
     read_recipe_file,
     reward_problems,
     validation_problems,
 )
-from alignkit.recipe.model import (
-    PLUGINS_DESCRIPTION,
-    RUN_NAME_DESCRIPTION,
-    PluginSpec,
-    recorded_plugins,
-    run_name,
-)
+from alignkit.recipe.model import RunRecipe, recorded_plugins
 from alignkit.recipe.source import Location, describe
 from alignkit.train.config import DistributedConfig
 from alignkit.train.tracker_config import LoggingConfig
@@ -46,15 +37,9 @@ from alignkit.train.tracker_config import LoggingConfig
 __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_recipe_to_yaml"]
 
 
-class OnlineRecipe(StrictConfig):
+class OnlineRecipe(RunRecipe):
     """One online experiment: model, adapter, prompts, the online objective, optimisation, evaluation."""
 
-    name: str = Field(description=RUN_NAME_DESCRIPTION)
-    output_dir: str | None = Field(None, description="Run folder (metrics, checkpoints, report).")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for initialisation, prompt order and sampling.")
-    plugins: list[PluginSpec] = Field(default_factory=list, description=PLUGINS_DESCRIPTION.format(what="rewards"))
-    model: ModelConfig = Field(description="The policy model and tokenizer (the initial / SFT model).")
-    adapter: AdapterConfig = Field(default_factory=NoAdapter, description="Parameter-efficient module, or none.")
     prompts: PromptsConfig = Field(description="Training and held-out prompts.")
     online: OnlineConfig = Field(description="Rollouts, reward, KL penalty, anchor, optional WARP.")
     train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig, description="Optimisation.")
@@ -67,10 +52,6 @@ class OnlineRecipe(StrictConfig):
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
                                    description="Experiment trackers (TensorBoard, W&B, trackio).")
 
-    _plugin_files: list[dict[str, str] | str] = PrivateAttr(default_factory=list)
-    _plugins_as_list = field_validator("plugins", mode="before")(plugin_list)
-    _name_is_a_folder_name = field_validator("name")(run_name)
-
     @field_validator("distributed")
     @classmethod
     def _replicated_only(cls, value: DistributedConfig) -> DistributedConfig:
@@ -79,16 +60,6 @@ class OnlineRecipe(StrictConfig):
             raise ValueError("online training runs with strategy ddp only (replicated weights); fsdp sampling "
                              "is not supported yet")
         return value
-
-    @property
-    def plugin_files(self) -> list[dict[str, str] | str]:
-        """The plugins imported while validating this recipe, in order: ``{path, sha256}`` of a file, the
-        name of a module."""
-        return list(self._plugin_files)
-
-    def run_dir(self) -> Path:
-        """``output_dir``, or ``runs/<name>`` when it is not set."""
-        return Path(self.output_dir or f"runs/{self.name}")
 
 
 def is_online_recipe(path: str | Path | RecipeFile) -> bool:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignkit.data import SOURCES
+from alignkit.data.sources import sources_feeding
 from alignkit.eval.config import EvalConfig
 from alignkit.lazy import lazy_module
-from alignkit.losses import Objective, build_objective, list_losses
+from alignkit.losses import BATCH_KINDS, BatchKind, Objective, build_objective, losses_reading
 from alignkit.models.config import ModelConfig
 from alignkit.models.rewards import REWARDS
 from alignkit.recipe.model import Recipe
@@ -169,50 +170,48 @@ def _early_stopping_problems(recipe: Recipe, objective: Objective) -> list[Probl
     return problems
 
 
+def _readers(kinds: tuple[BatchKind, ...]) -> str:
+    return ", ".join(s.name for k in kinds for s in losses_reading(k)) or "(none registered)"
+
+
 def _data_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
+    """A data source feeds the batch kind the objective reads (its own items, or pairs split)."""
     problems: list[Problem] = []
-    kway_losses = ", ".join(s.name for s in list_losses() if s.inputs == "kway") or "(none registered)"
+    kind = objective.inputs
     for field in ("source", "test_source"):
         source = getattr(recipe.data, field)
         if source is None or source.kind not in SOURCES:
             continue
         spec = SOURCES.get(source.kind)
-        loc: Location = ("data", field, "kind")
-        if spec.inputs == "kway" and objective.inputs != "kway":
-            problems.append((loc, f"{source.kind!r} gives K-way comparisons, which only a K-way loss reads "
-                             f"({kway_losses}); loss {objective.name} reads pairs"))
-        elif spec.inputs != "kway" and objective.inputs == "kway":
-            kway_kinds = ", ".join(k for k in SOURCES.names() if SOURCES.get(k).inputs == "kway")
-            problems.append((loc, f"{source.kind!r} gives pairs, but loss {objective.name} reads K-way comparisons; "
-                             f"use a K-way source ({kway_kinds})"))
+        if not kind.fed_by(spec.feeds):
+            gives = spec.feeds[0].items
+            problems.append((("data", field, "kind"), f"{source.kind!r} gives {gives}, which only a loss reading "
+                             f"{' or '.join(map(str, spec.feeds))} reads ({_readers(spec.feeds)}); loss "
+                             f"{objective.name} reads {kind} ({kind.items}): use a source that gives them "
+                             f"({', '.join(sources_feeding(kind))})"))
         # A source that samples its pairs (spec.needs_model) under a reward-model loss samples them from the
         # causal LM of the same weights (alignkit.commands.run), e.g. the SFT model a reward model starts from.
     return problems
 
 
-def _unpaired_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
-    """Unpaired examples go to unpaired losses only; pairs reach them split (``data.unpaired``)."""
+def _split_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
+    """``data.unpaired`` splits pairs only for a kind made by splitting them; such a kind has no SFT stage."""
     problems: list[Problem] = []
-    reads_unpaired = objective.inputs == "unpaired"
-    unpaired_losses = ", ".join(s.name for s in list_losses() if s.inputs == "unpaired") or "(none registered)"
-    for field in ("source", "test_source"):
-        source = getattr(recipe.data, field)
-        if source is None or source.kind not in SOURCES:
-            continue
-        if SOURCES.get(source.kind).inputs == "unpaired" and not reads_unpaired:
-            problems.append((("data", field, "kind"), f"{source.kind!r} gives unpaired examples (one labelled "
-                             f"response each), which only an unpaired loss reads ({unpaired_losses}); loss "
-                             f"{objective.name} reads {objective.inputs}"))
-    split = recipe.data.unpaired
-    if split is True and not reads_unpaired:
-        problems.append((("data", "unpaired"), f"true splits pairs into unpaired examples, which only an unpaired "
-                         f"loss reads ({unpaired_losses}); loss {objective.name} reads {objective.inputs}"))
-    if split is False and reads_unpaired and SOURCES.get(recipe.data.source.kind).inputs == "pairs":
-        problems.append((("data", "unpaired"), f"false, but loss {objective.name} reads unpaired examples and "
-                         f"data.source ({recipe.data.source.kind}) gives pairs; set it to true (or leave it unset) "
-                         "to split each pair into a desirable and an undesirable example"))
-    if reads_unpaired and recipe.sft.enabled:
-        problems.append((("sft", "enabled"), f"an SFT stage before the unpaired loss {objective.name} is not "
+    kind, split = objective.inputs, recipe.data.unpaired
+    made_by_split = tuple(BATCH_KINDS.get(k) for k in BATCH_KINDS if BATCH_KINDS.get(k).split_from is not None)
+    if split is True and kind.split_from is None:
+        items = " or ".join(k.items for k in made_by_split)
+        problems.append((("data", "unpaired"), f"true splits pairs into {items}, which only a loss reading "
+                         f"{' or '.join(map(str, made_by_split))} reads ({_readers(made_by_split)}); loss "
+                         f"{objective.name} reads {kind}"))
+    source = SOURCES.get(recipe.data.source.kind) if recipe.data.source.kind in SOURCES else None
+    pairs = kind.split_from
+    if split is False and source is not None and pairs is not None and pairs in source.feeds and kind not in source.feeds:
+        problems.append((("data", "unpaired"), f"false, but loss {objective.name} reads {kind.items} and "
+                         f"data.source ({recipe.data.source.kind}) gives {pairs.items}; set it to true "
+                         "(or leave it unset) to split each pair into a desirable and an undesirable example"))
+    if not kind.sft_first and recipe.sft.enabled:
+        problems.append((("sft", "enabled"), f"an SFT stage before loss {objective.name} (it reads {kind}) is not "
                          "supported; set sft.enabled to false"))
     return problems
 
@@ -220,7 +219,7 @@ def _unpaired_problems(recipe: Recipe, objective: Objective) -> list[Problem]:
 def cross_section_problems(recipe: Recipe) -> list[Problem]:
     """Rules between sections of a validated recipe, each at the location to change."""
     objective = recipe.objective()
-    problems = _data_problems(recipe, objective) + _unpaired_problems(recipe, objective)
+    problems = _data_problems(recipe, objective) + _split_problems(recipe, objective)
     mode = recipe.reference.mode
     if mode == "none" and objective.needs_reference:
         needing = ", ".join(t.name for t in objective.terms if t.needs_reference)
@@ -239,7 +238,7 @@ def cross_section_problems(recipe: Recipe) -> list[Problem]:
     rewards.update(eval_rewards(recipe.eval))
     problems += reward_problems(rewards)
     problems += _early_stopping_problems(recipe, objective)
-    problems += model_problems(recipe.model, reward_model=objective.inputs != "logps",
+    problems += model_problems(recipe.model, reward_model=objective.inputs.reward_model,
                                max_length=recipe.data.max_length)
     problems += quantization_problems(recipe.model, recipe.adapter.kind, recipe.train.device,
                                       reference_mode=mode if objective.needs_reference else None,

@@ -177,10 +177,16 @@ def mark_overrides(lines: dict, overrides: Sequence[tuple[tuple[Any, ...], str]]
 
 
 def _place(loc: Sequence[Any], lines: dict) -> int | str | None:
+    """Where ``loc`` was set: its own line, else the nearest section above it that the file writes; a section
+    the file does not write but an override sets something inside is that override's (``online.policy_loss``
+    made by ``online.policy_loss.clip_low=-1`` lacks its ``name`` because of the override, not line 30)."""
     for n in range(len(loc), 0, -1):
-        place = lines.get(tuple(loc[:n]))
+        prefix = tuple(loc[:n])
+        place = lines.get(prefix)
         if place is not None:
             return cast("int | str", place)
+        if below := [p for key, p in lines.items() if isinstance(p, str) and key[:n] == prefix]:
+            return below[0]
     return None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.report.format import format_interval, to_json
 from alignkit.report.judge import latest_win_rate, latest_win_rate_section, unreliable_flag
 
@@ -197,10 +197,10 @@ def render_comparison(
         console.print(line, markup=False, highlight=False)
     text = rows_to_markdown(rows, title=title, facts=facts)
     if markdown_path is not None:
-        with open_for_write(markdown_path) as f:
+        with writing(markdown_path) as f:
             f.write(text)
     if json_path is not None:
         payload = {**(extra_json or {}), "rows": list(rows)}
-        with open_for_write(json_path) as f:
+        with writing(json_path) as f:
             f.write(to_json(payload))
     return text

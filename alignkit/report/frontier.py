@@ -8,12 +8,11 @@ WARP front is a curve over eta. KL is in nats per completion (sequence sum), to 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.jsonio import read_json
+from alignkit.jsonio import RunFileError, read_json, read_jsonl
 from alignkit.report.compare_plots import plot_frontier
 from alignkit.report.format import format_interval
 from alignkit.report.plots import pyplot, save_figure
@@ -65,8 +64,15 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
 
 
 def rows_from_comparison(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of an ``alignkit compare`` folder's ``comparison.json`` (the offline objectives)."""
-    return list(json.loads(Path(path).read_text())["rows"])
+    """The rows of an ``alignkit compare`` folder's ``comparison.json`` (the offline objectives).
+
+    Raises:
+        RunFileError: the file is not a comparison (not strict JSON, or no list of row objects under ``rows``).
+    """
+    rows = read_json(path, what="a comparison").get("rows")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise RunFileError(f"{path}: not a comparison: 'rows' is not a list of objects")
+    return rows
 
 
 def plot_online_frontier(run_dirs: Sequence[str | Path], path: Path, *, title: str = "",
@@ -115,7 +121,7 @@ def proxy_true_series(metrics: str | Path) -> dict[str, list[float]]:
         path = path / "online" / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{metrics}: no metrics.jsonl (an online run folder or its metrics file)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(path, what="a metrics record")
     keep = sorted((r for r in records if all(k in r for k in ("kl", "reward", "true_reward"))),
                   key=lambda r: r.get("step", 0))
     if not keep:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alignkit.cache import open_for_write
+from alignkit.cache import writing
 from alignkit.report.format import bound, format_interval
 
 __all__ = ["interval_error", "plot_reward_kl", "plot_win_rate", "pyplot", "save_figure", "win_rate_figure"]
@@ -36,7 +36,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG (creating the folder) and release it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open_for_write(path, "wb") as f:
+    with writing(path, "wb") as f:
         fig.savefig(f, dpi=dpi, format="png")
     pyplot().close(fig)
     return path

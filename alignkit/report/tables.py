@@ -5,16 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
-from alignkit.cache import open_for_write, write_atomic
+from alignkit.cache import write_atomic, writing
 from alignkit.report.accuracy import accuracy_markdown
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.frontier import front_markdown, plot_online_frontier, proxy_true_markdown
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
 from alignkit.report.plots import plot_reward_kl, plot_win_rate
-from alignkit.report.timing import TIME_HEADER, phase_precisions, time_markdown, time_rows
+from alignkit.report.timing import (
+    TIME_CONSOLE_CAPTION,
+    TIME_CONSOLE_HEADER,
+    phase_precisions,
+    time_console_rows,
+    time_markdown,
+)
 
 __all__ = ["render_report", "report_rows", "write_report"]
 
@@ -77,7 +85,7 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
                      + (f" ({sps:.3f} steps/s)" if sps else ""))
     console.print("\n".join(facts))
     if report.get(printed_time):
-        console.print(_time_table(report[printed_time], _TIME_TITLES[printed_time]))
+        console.print(_time_table(report[printed_time], _TIME_TITLES[printed_time], console))
     md = [f"# {report.get('recipe', 'run')}", "", f"Objective: `{report.get('objective', '')}`", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
@@ -86,7 +94,7 @@ def render_report(report: dict[str, Any], *, console: Console, markdown_path: Pa
         md += [time_markdown(report["eval_time_breakdown"], _TIME_TITLES["eval_time_breakdown"].capitalize())]
     text = "\n".join(md)
     if markdown_path is not None:
-        with open_for_write(markdown_path) as f:
+        with writing(markdown_path) as f:
             f.write(text)
     return text
 
@@ -95,12 +103,18 @@ _TIME_TITLES = {"time_breakdown": "where the time went",
                 "eval_time_breakdown": "where the time of the latest `alignkit eval` went"}
 
 
-def _time_table(section: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
-    for name in TIME_HEADER:
-        table.add_column(name, justify="left" if name == "phase" else "right")
-    for row in time_rows(section):
-        table.add_row(*row)
+def _time_table(section: dict[str, Any], title: str, console: Console) -> Table:
+    """The printed time table, whole at 80 columns: no side borders, each rate with its fraction in one cell,
+    and where that is still too wide for ``console``, each fraction on a line below its rate. Nothing is cut."""
+    for stacked in (False, True):
+        table = Table(title=title, caption=TIME_CONSOLE_CAPTION, box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, collapse_padding=True)
+        for name in TIME_CONSOLE_HEADER:
+            table.add_column(name, justify="left" if name == "phase" else "right", no_wrap=True, overflow="fold")
+        for row in time_console_rows(section, stacked=stacked):
+            table.add_row(*row)
+        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+            break
     return table
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TIME_HEADER", "phase_precisions", "time_markdown", "time_rows"]
+__all__ = ["TIME_CONSOLE_CAPTION", "TIME_CONSOLE_HEADER", "TIME_HEADER", "phase_precisions", "time_console_rows", "time_markdown", "time_rows"]
 
 TIME_HEADER = ["phase", "precision", "seconds", "share", "model GFLOP/s", "of peak", "tokens/s", "of bandwidth bound"]
+# The printed table pairs each rate with its fraction in one cell, so that it fits 80 columns (a log file, a
+# terminal of default width) without cutting a phase name; report.md keeps every column of its own.
+TIME_CONSOLE_HEADER = ["phase", "dtype", "seconds", "share", "GFLOP/s", "tokens/s"]
+TIME_CONSOLE_CAPTION = ("in brackets: model FLOP/s as a share of the peak matmul throughput measured here, tokens/s as "
+                        "a share of the memory-bandwidth bound")
 
 
 def _gflops(value: float | None) -> str:
@@ -18,8 +23,11 @@ def _percent(value: float | None) -> str:
 
 
 def _fraction(value: float | None) -> str:
-    """A fraction of peak: tiny models reach a few thousandths of it, which must not print as 0.0%."""
-    return "" if value is None else f"{100 * value:.2g}%"
+    """A fraction of peak: tiny models reach a few thousandths of it, which must not print as 0.0%; from 10%
+    on, whole percent (99.99% is 100%, never 1e+02%)."""
+    if value is None:
+        return ""
+    return f"{100 * value:.0f}%" if 100 * value >= 9.95 else f"{100 * value:.2g}%"
 
 
 _SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -58,6 +66,17 @@ def time_rows(section: dict[str, Any]) -> list[list[str]]:
             for row in section["phases"]]
     rows.append(["wall time", "", f"{section['wall_seconds']:.2f}", _percent(1.0), "", "", "", ""])
     return rows
+
+
+def time_console_rows(section: dict[str, Any], *, stacked: bool = False) -> list[list[str]]:
+    """:func:`time_rows` under :data:`TIME_CONSOLE_HEADER`: each rate and its fraction in one cell, the fraction
+    in brackets after the rate (or, ``stacked``, on a line of its own below it, for a narrow console)."""
+    gap = "\n" if stacked else " "
+
+    def paired(rate: str, fraction: str) -> str:
+        return f"{rate}{gap}({fraction})" if rate and fraction else rate
+
+    return [[*row[:4], paired(row[4], row[5]), paired(row[6], row[7])] for row in time_rows(section)]
 
 
 def time_markdown(section: dict[str, Any] | None, title: str = "Where the time went") -> str:

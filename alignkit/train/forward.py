@@ -1,7 +1,8 @@
 """From a collated batch to the statistics a loss reads: the only place the model meets the objective.
 
-The trainer never tests a loss by name: it asks the objective what it reads (`inputs`) and whether it needs
-a reference, and computes exactly that.
+The trainer never tests a loss by name: it asks the objective which batch kind it reads (`inputs`) and whether
+it needs a reference, and computes exactly that. Each kind's statistics function is attached to the kind here
+(``@SCORES.computes_stats``); :func:`preference_stats` asks the kind.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from alignkit.losses import LossOutput, Objective, ObjectiveState, PreferenceStats
+from alignkit.losses import (
+    KWAY,
+    LOGPS,
+    SCORES,
+    UNPAIRED,
+    LossOutput,
+    Objective,
+    ObjectiveState,
+    PreferenceStats,
+)
 from alignkit.models.logps import (
     DEFAULT_LOGPS,
     LogpsOptions,
@@ -42,7 +52,7 @@ def preference_stats(
         batch: SFT batches (``collate_sft``) hold one row per example (B rows for B weights); preference
             batches (``collate_preference``) hold 2B rows, chosen first; K-way batches (``collate_kway``)
             hold B*K rows, each example's K candidates together.
-        objective: what the loss reads (``objective.inputs``) and whether it needs a reference.
+        objective: the batch kind the loss reads (``objective.inputs``) and whether it needs a reference.
         reference: the reference log-probs, when the objective needs them.
         logps: chunk size and packing of the log-prob forwards.
         pool: pool batch-level samples (the mismatched pairs of an unpaired batch) over these processes;
@@ -51,16 +61,31 @@ def preference_stats(
     Returns:
         The statistics, each (B,) (K-way scores (B, K)).
     """
-    if objective.inputs == "scores":
-        scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
-        chosen, rejected = chosen_rejected(scores)  # (B,) each
-        return PreferenceStats(chosen_scores=chosen, rejected_scores=rejected)
-    if objective.inputs == "kway":
-        scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (B*K,)
-        k = int(batch["num_candidates"])
-        return PreferenceStats(scores=rearrange(scores, "(b k) -> b k", k=k), best_index=batch["best_index"])
-    if objective.inputs == "unpaired":
-        return _unpaired_stats(model, batch, objective, reference, logps, pool)
+    return objective.inputs.stats(model, batch, objective, reference, logps=logps, pool=pool)
+
+
+@SCORES.computes_stats
+def _score_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], objective: Objective,
+                 reference: Reference | None, logps: LogpsOptions, pool: DistEnv | None) -> PreferenceStats:
+    """A reward model's scores of a preference batch's chosen and rejected sequences."""
+    scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (2B,)
+    chosen, rejected = chosen_rejected(scores)  # (B,) each
+    return PreferenceStats(chosen_scores=chosen, rejected_scores=rejected)
+
+
+@KWAY.computes_stats
+def _kway_stats(model: torch.nn.Module, batch: dict[str, Any], objective: Objective,
+                reference: Reference | None, logps: LogpsOptions, pool: DistEnv | None) -> PreferenceStats:
+    """A reward model's scores of each example's K candidates, (B, K), and the best one's index."""
+    scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])  # (B*K,)
+    k = int(batch["num_candidates"])
+    return PreferenceStats(scores=rearrange(scores, "(b k) -> b k", k=k), best_index=batch["best_index"])
+
+
+@LOGPS.computes_stats
+def _logp_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], objective: Objective,
+                reference: Reference | None, logps: LogpsOptions, pool: DistEnv | None) -> PreferenceStats:
+    """The policy's (and, when read, the reference's) summed log-probs of a preference or SFT batch."""
     if batch["input_ids"].shape[0] == batch["weights"].shape[0]:  # chosen responses only (SFT)
         sums, lengths = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], logps=logps)
         return PreferenceStats(policy_chosen_logps=sums, chosen_lengths=lengths)
@@ -79,6 +104,7 @@ def preference_stats(
     return stats
 
 
+@UNPAIRED.computes_stats
 def _unpaired_stats(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],

@@ -7,8 +7,6 @@ the recipe rule that checks ``early_stopping.metric`` accepts exactly what the t
 
 from __future__ import annotations
 
-import errno
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +14,8 @@ from typing import Any
 
 import torch
 
-from alignkit.cache import check_inside, disk_full_error, open_for_write
-from alignkit.jsonio import to_json
+from alignkit.cache import check_inside, writing
+from alignkit.jsonio import RunFileError, read_jsonl, to_json
 from alignkit.losses import LossOutput, Objective, PreferenceStats
 from alignkit.train.distributed import DistEnv, all_reduce_sum
 from alignkit.train.trackers import log_scalars
@@ -91,33 +89,6 @@ def step_metrics(*, tokens_per_second: float, grad_norm: float, learning_rate: f
     return dict(zip(STEP_METRICS, values, strict=True))
 
 
-def _made_up_stats(objective: Objective, *, paired: bool) -> PreferenceStats:
-    """Statistics of a tiny batch (B=2) with the fields :func:`~alignkit.train.forward.preference_stats`
-    fills for ``objective`` on a paired (preference, K-way) or unpaired (SFT) batch."""
-    logps = torch.tensor([-5.0, -7.0])
-    lengths = torch.full((2,), 3.0)
-    if objective.inputs == "kway":
-        scores = torch.tensor([[0.5, -0.5, 0.1], [0.2, 0.3, -1.0]])  # (B, K)
-        return PreferenceStats(scores=scores, best_index=torch.tensor([0, 1]))
-    if objective.inputs == "scores":
-        return PreferenceStats(chosen_scores=logps + 5.5, rejected_scores=logps + 6.0)
-    if objective.inputs == "unpaired":
-        stats = PreferenceStats(policy_logps=logps, lengths=lengths, labels=torch.tensor([True, False]))
-        if objective.needs_mismatched:
-            stats.policy_mismatched_logps = logps - 2.0
-        if objective.needs_reference:
-            stats.reference_logps = logps - 0.5
-            stats.reference_mismatched_logps = None if stats.policy_mismatched_logps is None else logps - 2.5
-        return stats
-    if not paired:
-        return PreferenceStats(policy_chosen_logps=logps, chosen_lengths=lengths)
-    stats = PreferenceStats(policy_chosen_logps=logps, policy_rejected_logps=logps - 1.0,
-                            chosen_lengths=lengths, rejected_lengths=lengths + 1.0)
-    if objective.needs_reference:
-        stats.reference_chosen_logps, stats.reference_rejected_logps = logps - 0.5, logps - 0.75
-    return stats
-
-
 @dataclass(frozen=True)
 class StageMetricNames:
     """The metric names an offline stage writes to metrics.jsonl (besides ``stage`` and ``step``).
@@ -144,12 +115,16 @@ def stage_metric_names(objective: Objective, *, paired: bool) -> StageMetricName
         objective: the stage's objective.
         paired: whether the stage's batches are paired (preference pairs, K-way) rather than SFT batches.
     """
+    def made_up() -> PreferenceStats:  # fresh each time: a plugin loss may have changed the first in place
+        return objective.inputs.made_up_stats(needs_reference=objective.needs_reference,
+                                              needs_mismatched=objective.needs_mismatched, paired=paired)
+
     try:
         with torch.no_grad():
-            stats = _made_up_stats(objective, paired=paired)
+            stats = made_up()
             names, complete = list(batch_metrics(objective(stats), stats)), True
     except Exception:  # noqa: BLE001 - a plugin loss may not accept made-up numbers; its own names are unknown
-        stats = _made_up_stats(objective, paired=paired)
+        stats = made_up()
         zeros = torch.zeros(2)
         names, complete = list(batch_metrics(LossOutput(zeros, zeros, zeros), stats)), False
     per_batch = ["loss", *names]
@@ -183,13 +158,11 @@ class MetricSums:
         return {n: self._sums[n] / self._counts[n] for n in names if self._counts[n]}
 
 
-def _step_of(line: str) -> int | None:
-    """The step of one metrics.jsonl line; None for a line that is not a whole JSON object."""
-    try:
-        record = json.loads(line)
-        return int(record.get("step", 0)) if isinstance(record, dict) else None
-    except (TypeError, ValueError):
-        return None
+def _step_of(record: dict[str, Any], path: Path) -> int:
+    step = record.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise RunFileError(f"{path}: not a metrics record: step {step!r} is not an integer")
+    return step
 
 
 class MetricsWriter:
@@ -205,11 +178,11 @@ class MetricsWriter:
         check_inside(path)
         if resume_from_step is not None and path.exists():
             # Drop what was logged after the checkpoint we resume from (the resumed run logs it again), and
-            # any line a kill tore in half.
-            kept = [line for line in path.read_text(errors="replace").splitlines()
-                    if (step := _step_of(line)) is not None and step <= resume_from_step]
-            with open_for_write(path) as f:
-                f.write("".join(line + "\n" for line in kept))
+            # a last line a kill tore in half; any other bad line is an error naming it.
+            records = read_jsonl(path, what="a metrics record", torn_tail=True)
+            kept = [record for record in records if _step_of(record, path) <= resume_from_step]
+            with writing(path) as f:
+                f.write("".join(to_json(record, indent=None) + "\n" for record in kept))
         elif resume_from_step is None and path.exists():
             path.unlink()
 
@@ -217,11 +190,6 @@ class MetricsWriter:
         if not self.enabled:
             return
         line = to_json(record, indent=None) + "\n"
-        try:
-            with open_for_write(self.path, "a") as f:
-                f.write(line)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise disk_full_error(self.path.parent, self.path.name, len(line)) from None
-            raise
+        with writing(self.path, "a", needed_bytes=len(line)) as f:
+            f.write(line)
         log_scalars(str(record.get("stage", "train")), int(record.get("step", 0)), record)

@@ -15,7 +15,6 @@ Encoding of what JSON cannot say by itself::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignkit.jsonio import to_json
+from alignkit.jsonio import read_json, to_json
 
 __all__ = ["load_tree", "save_tree", "tree_from_json", "tree_to_json"]
 
@@ -96,4 +95,5 @@ def save_tree(tree: Any, json_path: Path, tensors_path: Path) -> None:
 
 def load_tree(json_path: Path, tensors_path: Path) -> Any:
     """Read what :func:`save_tree` wrote (no code runs: JSON and safetensors only)."""
-    return tree_from_json(json.loads(json_path.read_text()), load_file(str(tensors_path)))
+    skeleton = read_json(json_path, expect=object, what="a saved tree's skeleton")
+    return tree_from_json(skeleton, load_file(str(tensors_path)))

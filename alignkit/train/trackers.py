@@ -10,14 +10,16 @@ with the stage in front so that one tracker run holds every stage of an alignkit
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
-from alignkit.cache import check_inside
+from alignkit.cache import check_inside, disk_full_guard, is_disk_full
 from alignkit.train.tracker_config import LoggingConfig, TrackioConfig, WandbConfig, missing_tracker_packages
 
 __all__ = ["TensorBoardTracker", "TrackioTracker", "Tracker", "WandbTracker", "log_scalars", "open_trackers",
@@ -42,23 +44,39 @@ def _tagged(stage: str, scalars: Mapping[str, float]) -> dict[str, float]:
     return {f"{stage}/{name}": value for name, value in scalars.items()}
 
 
+def _quiet_writer_thread_disk_full(args: threading.ExceptHookArgs, *, default: Any) -> None:
+    """A TensorBoard writer thread's full-device error is re-raised in the main thread, which reports it as
+    one line (:class:`~alignkit.cache.DiskFullError`); the thread's own traceback would only repeat it."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError) \
+            and is_disk_full(args.exc_value):
+        return
+    default(args)
+
+
 class TensorBoardTracker:
     """Event files in ``log_dir``; the recipe as a text summary named ``recipe`` (step 0)."""
 
     def __init__(self, log_dir: Path, hparams: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(check_inside(log_dir)))
-        # Indented four spaces: TensorBoard renders text as Markdown, and this keeps the YAML a code block.
-        text = yaml.safe_dump(dict(hparams), sort_keys=False)
-        self._writer.add_text("recipe", "".join(f"    {line}\n" for line in text.splitlines()), 0)
+        # A full device surfaces from TensorBoard's writer thread as a bare OSError: say what filled up.
+        self._full = partial(disk_full_guard, log_dir.parent, log_dir.name + "/")
+        if getattr(threading.excepthook, "func", None) is not _quiet_writer_thread_disk_full:
+            threading.excepthook = partial(_quiet_writer_thread_disk_full, default=threading.excepthook)
+        with self._full():
+            self._writer = SummaryWriter(str(check_inside(log_dir)))
+            # Indented four spaces: TensorBoard renders text as Markdown, and this keeps the YAML a code block.
+            text = yaml.safe_dump(dict(hparams), sort_keys=False)
+            self._writer.add_text("recipe", "".join(f"    {line}\n" for line in text.splitlines()), 0)
 
     def log(self, stage: str, step: int, scalars: Mapping[str, float]) -> None:
-        for tag, value in _tagged(stage, scalars).items():
-            self._writer.add_scalar(tag, value, step)
+        with self._full():
+            for tag, value in _tagged(stage, scalars).items():
+                self._writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
-        self._writer.close()
+        with self._full():
+            self._writer.close()
 
 
 class WandbTracker:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from alignkit.cache import disk_full_guard
 from alignkit.jsonio import to_json
 from alignkit.recipe import RecipeError
 
@@ -71,10 +72,12 @@ def run_folder_lock(run_dir: Path, console: Console | None = None) -> Iterator[N
         RunFolderBusy: another process holds it; the message names that process.
     """
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with disk_full_guard(run_dir.parent, run_dir.name + "/"):
+        run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     try:
-        fd = _open_locked(path, run_dir)
+        with disk_full_guard(run_dir, LOCK_FILE):
+            fd = _open_locked(path, run_dir)
     except BaseException:
         if created:
             _remove_if_empty(run_dir)
@@ -85,7 +88,8 @@ def run_folder_lock(run_dir: Path, console: Console | None = None) -> Iterator[N
                           f"releasing it ({_holder(fd)})")
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, to_json(record, indent=None).encode(), 0)
+        with disk_full_guard(run_dir, LOCK_FILE):
+            os.pwrite(fd, to_json(record, indent=None).encode(), 0)
         yield
     finally:
         try:

@@ -1,15 +1,17 @@
 """The one sequence every run follows, offline or online; what differs is a :class:`RunPlan`.
 
-    device and processes -> claim the run folder (start, resume, or refuse) -> plan.preflight -> recipe.yaml
-    -> seeds -> tokenizer and policy -> plan.prepare
+    device and processes -> lock the run folder -> decide (start, resume, or refuse) -> plan.preflight
+    -> seeds -> tokenizer and policy -> claim the folder (marker, recipe.yaml) -> trackers -> plan.prepare
     -> adapter -> plan.train (stages) -> model/ -> plan.evaluate -> report.json, report.md, plots
+
+Nothing is written into the folder before the model has loaded: a model that fails to load leaves the folder
+as it was (an empty one is removed again with its lock), so the same command runs again without --overwrite.
 
 Only the main process writes files; every process trains.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,6 +26,7 @@ from rich.console import Console
 
 from alignkit.cache import write_atomic
 from alignkit.eval.judges.keys import check_judge_environment
+from alignkit.jsonio import read_json
 from alignkit.models.load import check_vocabulary, load_causal_lm
 from alignkit.models.precision import resolve_precision, stored_precision
 from alignkit.peft import apply_adapter, count_parameters, format_parameter_table, parameter_table
@@ -202,9 +205,9 @@ class RecipeRun:
         return model
 
 
-def _claim_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -> Action:
-    """Decide what the run folder allows, check what would fail later, then (main process) mark it and
-    save the recipe. Every process takes the same decision from the folder as it was before any change."""
+def _decide_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -> Action:
+    """Decide what the run folder allows and check what would fail later; nothing is written. Every process
+    takes the same decision from the folder as it was before any change."""
     folder = plan.inspect_folder()
     if ctx.env.enabled:
         torch.distributed.barrier()
@@ -214,6 +217,12 @@ def _claim_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bo
                           "nothing changed[/]")
         return action
     plan.preflight()  # what would fail after training: checked before the folder is written or a model loaded
+    return action
+
+
+def _claim_folder(plan: RunPlan, ctx: RunContext, action: Action) -> None:
+    """(Main process) clear the folder when replacing a run, mark it and save the recipe; once the model has
+    loaded, so that a model that does not load leaves the folder as it was."""
     if ctx.env.is_main:
         if action == "replace":
             ctx.console.print(f"[yellow]{ctx.run_dir}: replacing the run it held (--overwrite)[/]")
@@ -223,7 +232,6 @@ def _claim_folder(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bo
         write_atomic(ctx.run_dir / "recipe.yaml", plan.recipe_yaml())
     if ctx.env.enabled:
         torch.distributed.barrier()
-    return action
 
 
 def _rebuild_policy(plan: RunPlan, ctx: RunContext) -> PreTrainedModel:
@@ -236,23 +244,27 @@ def _rebuild_policy(plan: RunPlan, ctx: RunContext) -> PreTrainedModel:
     return policy
 
 
-def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
-    """Load, prepare, [shard], train, save and evaluate, each step timed as a phase of the run."""
-    env, console = ctx.env, ctx.console
+def _load(plan: RunPlan, ctx: RunContext) -> None:
+    """The tokenizer and the policy into ``ctx``, timed as the run's ``loading`` phase."""
     with phase("loading"):
         ctx.tokenizer, ctx.policy = plan.load(ctx)
     check_vocabulary(ctx.policy, ctx.tokenizer)  # an id past the embedding fails deep in a forward pass
+
+
+def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
+    """Prepare, [shard], train, save and evaluate (the model loaded), each step timed as a phase of the run."""
+    env, console = ctx.env, ctx.console
     with phase("data preparation"):
         plan.prepare(ctx)
     if plan.adapter.kind != "none":
-        apply_adapter(ctx.policy, plan.adapter)
-    trainable, total = count_parameters(ctx.policy)
-    console.print(format_parameter_table(parameter_table(ctx.policy)))
+        apply_adapter(ctx.model, plan.adapter)
+    trainable, total = count_parameters(ctx.model)
+    console.print(format_parameter_table(parameter_table(ctx.model)))
     ctx.report["parameters"] = {"trainable": trainable, "total": total}
     if env.enabled and plan.distributed.strategy == "fsdp":
         cfg = compute_precision(plan.distributed, plan.precision or "fp32", ctx.device)
         ctx.sharding = RunSharding(cfg, env, ctx.device, rebuild=partial(_rebuild_policy, plan, ctx))
-        ctx.sharding.shard_policy(ctx.policy)
+        ctx.sharding.shard_policy(ctx.model)
     with phase("training"):
         plan.train(ctx)
     if ctx.sharding is not None:  # the main process saves and evaluates an ordinary model, as in one process
@@ -260,7 +272,7 @@ def _run_phases(plan: RunPlan, ctx: RunContext) -> None:
     ctx.report["stages"] = {name: result.summary().to_dict() for name, result in ctx.results.items()}
     if env.is_main:
         with phase("saving the model"):
-            save_model(ctx.policy, ctx.tokenizer, ctx.run_dir / "model",
+            save_model(ctx.model, ctx.tokenizer, ctx.run_dir / "model",
                        copy_base=getattr(plan.adapter, "save_base", False))
         with phase("evaluation"):
             ctx.report.update(plan.evaluate(ctx))
@@ -294,8 +306,9 @@ def execute_run(plan: RunPlan, *, resume: bool = False, overwrite: bool = False,
 def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -> RunSummary:
     """:func:`execute_run` once the run folder is held."""
     env, console = ctx.env, ctx.console
-    if _claim_folder(plan, ctx, resume=resume, overwrite=overwrite) == "finished":
-        return RunSummary(run_dir=ctx.run_dir, report=json.loads((ctx.run_dir / "report.json").read_text()))
+    action = _decide_folder(plan, ctx, resume=resume, overwrite=overwrite)
+    if action == "finished":
+        return RunSummary(run_dir=ctx.run_dir, report=read_json(ctx.run_dir / "report.json", what="a run's report"))
     seed_everything(plan.seed)
     precision = (stored_precision(plan.model_dtype) if plan.precision is None  # the trainer and FSDP decide alike
                  else resolve_precision(plan.precision, ctx.device))
@@ -305,8 +318,11 @@ def _execute(plan: RunPlan, ctx: RunContext, *, resume: bool, overwrite: bool) -
     ctx.report["world_size"] = env.world_size  # processes that trained it (--nproc / torchrun)
     clock = PhaseClock()
     started = time.perf_counter()
-    with recording(clock), tracking(plan.open_trackers() if env.is_main else []):
-        _run_phases(plan, ctx)
+    with recording(clock):
+        _load(plan, ctx)
+        _claim_folder(plan, ctx, action)
+        with tracking(plan.open_trackers() if env.is_main else []):
+            _run_phases(plan, ctx)
     ctx.report["wall_seconds"] = time.perf_counter() - started
     if env.is_main:  # after the wall time: a first run on this machine measures its peak throughput here
         ctx.report["time_breakdown"] = time_breakdown(clock, ctx.report["wall_seconds"], ctx.device)

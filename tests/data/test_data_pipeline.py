@@ -48,3 +48,17 @@ def test_prepare_data_with_test_source_and_empty_source(tmp_path: Path, gpt2_tok
     train.write_text("not json\n")
     with pytest.raises(DataError, match=r"no usable training pairs(.|\n)*train\.jsonl:1"):
         prepare_data(cfg, gpt2_tokenizer)
+
+
+@pytest.mark.parametrize(("given", "kept"), [(4, 4), (0, 0), (0.25, 0.25)])
+def test_a_held_out_count_stays_a_count_through_the_saved_recipe(given, kept):
+    """Before, at the lowest supported pydantic (2.7, constraints-floor.txt): `test_size: 4` was read as the float
+    4.0 (`float | int` tried float first), which the check then refused as a fraction out of (0, 1) when a saved
+    recipe.yaml was read back. A count stays an int, a fraction a float."""
+    import yaml
+
+    cfg = DataConfig.model_validate({"source": {"kind": "jsonl", "path": "x.jsonl"}, "test_size": given})
+    assert cfg.test_size == kept and type(cfg.test_size) is type(kept)
+    saved = yaml.safe_dump(cfg.model_dump(mode="json"))
+    again = DataConfig.model_validate(yaml.safe_load(saved))
+    assert again.test_size == kept and type(again.test_size) is type(kept)

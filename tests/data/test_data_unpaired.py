@@ -13,6 +13,7 @@ from alignkit.data import DataConfig, PrepareContext, collate_unpaired, label_co
 from alignkit.data.config import HHRLHFSource, UnpairedHFDatasetSource, UnpairedJsonlSource
 from alignkit.data.types import MALFORMED, NO_ASSISTANT
 from alignkit.data.unpaired_sources import load_unpaired
+from alignkit.losses import UNPAIRED
 from alignkit.recipe import RecipeError, load_recipe
 
 GOOD_ROWS = [
@@ -119,7 +120,7 @@ RECIPE = "recipes/dpo_gpt2_hh.yaml"
         (["data.source={kind: unpaired_jsonl, path: FEEDBACK}", "data.test_source=null"], "data.source.kind",
          "gives unpaired examples"),
         (["loss={name: kto}", "data.unpaired=false", "sft.enabled=false"], "data.unpaired", "set it to true"),
-        (["data.unpaired=true"], "data.unpaired", "only an unpaired loss reads"),
+        (["data.unpaired=true"], "data.unpaired", "which only a loss reading unpaired reads (bco, kto)"),
         (["loss={name: kto}", "sft.enabled=true"], "sft.enabled", "not supported"),
     ],
 )
@@ -135,4 +136,4 @@ def test_a_paired_recipe_runs_kto_without_a_switch(hh_path):
     """Unset, data.unpaired follows the loss: swapping the objective is enough (as for any loss)."""
     recipe = load_recipe(RECIPE, [f"data.source.path={hh_path}", f"data.test_source.path={hh_path}",
                                   "loss={name: kto}", "sft.enabled=false"])
-    assert recipe.data.unpaired is None and recipe.objective().inputs == "unpaired"
+    assert recipe.data.unpaired is None and recipe.objective().inputs is UNPAIRED

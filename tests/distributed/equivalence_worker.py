@@ -55,7 +55,7 @@ from train_data import tiny_pairs  # noqa: E402
 from alignkit.data import collate_preference, collate_sft, collate_unpaired  # noqa: E402
 from alignkit.data.kway import KWayExample, collate_kway, tokenize_kway  # noqa: E402
 from alignkit.data.unpaired_sources import assign_mismatched_prompts, split_pair_items  # noqa: E402
-from alignkit.losses import build_objective  # noqa: E402
+from alignkit.losses import KWAY, UNPAIRED, build_objective  # noqa: E402
 from alignkit.models.gpt2_tokenizer import offline_gpt2_tokenizer  # noqa: E402
 from alignkit.models.logps import LogpsOptions  # noqa: E402
 from alignkit.models.reference import AdaptersOffReference, CachedReference, FrozenCopyReference  # noqa: E402
@@ -97,7 +97,7 @@ def _kway_items(tokenizer: Any, n: int) -> list[Any]:
 
 
 def _model(case: dict[str, Any], objective: Any) -> torch.nn.Module:
-    model = _reward_model() if objective.inputs in ("scores", "kway") else make_tiny_gpt2(seed=0)
+    model = _reward_model() if objective.inputs.reward_model else make_tiny_gpt2(seed=0)
     kind = case.get("adapter", "none")
     if kind == "lora":
         apply_adapter(model, parse_adapter_config({"kind": "lora", "r": 4, "alpha": 8}))
@@ -181,9 +181,9 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
     torch.manual_seed(0)
     objective = build_objective(case["loss"])
     pad = tokenizer.pad_token_id
-    if objective.inputs == "kway":
+    if objective.inputs is KWAY:
         pairs, collate = _kway_items(tokenizer, 16), partial(collate_kway, pad_token_id=pad)
-    elif objective.inputs == "unpaired":  # each pair -> a desirable and an undesirable example, as a run splits them
+    elif objective.inputs is UNPAIRED:  # each pair -> a desirable and an undesirable example, as a run splits them
         tiny = tiny_pairs(tokenizer, 16)
         pairs = [*_unpaired(tiny[:12], seed=0), *_unpaired(tiny[12:], seed=1)]
         collate = partial(collate_unpaired, pad_token_id=pad)
@@ -214,7 +214,7 @@ def run_case(case: dict[str, Any], out: Path, env: DistEnv, tokenizer: Any) -> N
                         # step checkpoints only where a run is stopped or resumed (the last step saves anyway)
                         save_every=1 if case.get("stop_after") is not None or case.get("resume") else None)
     run_dir = Path(case.get("run_dir") or folder / "run")
-    n_train = 24 if objective.inputs == "unpaired" else 12  # the first 12 pairs train, split or not
+    n_train = 24 if objective.inputs is UNPAIRED else 12  # the first 12 pairs train, split or not
     trainer = Trainer(model, objective, train, train_pairs=pairs[:n_train], eval_pairs=pairs[n_train:], collate=collate,
                       run_dir=run_dir, reference=reference, env=env, stage="equivalence",
                       logps=LogpsOptions(padding_free=case.get("padding_free", True)))

@@ -112,3 +112,15 @@ def test_training_flag_is_restored(tiny_gpt2, gpt2_tokenizer):
 def test_a_model_that_is_not_a_causal_lm_is_refused(gpt2_tokenizer):
     with pytest.raises(TypeError, match="not a transformers causal LM"):
         generate_completions(torch.nn.Linear(2, 2), gpt2_tokenizer, PROMPTS[:1], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("make", ["gpt2", "llama"])
+def test_continuous_batching_gives_the_batch_loops_completions(make, tiny_gpt2, gpt2_tokenizer):
+    model = (tiny_gpt2 if make == "gpt2" else make_tiny_llama(seed=1)).float()
+    kwargs = dict(max_new_tokens=6, temperature=1.0, samples_per_prompt=3, batch_size=2, seed=5)
+    continuous = generate_completions(model, gpt2_tokenizer, PROMPTS, continuous_batching=True, **kwargs)
+    batch_loop = generate_completions(model, gpt2_tokenizer, PROMPTS, continuous_batching=False, **kwargs)
+    assert [(c.prompt_index, c.completion_ids, c.finished, c.text) for c in continuous] == \
+        [(c.prompt_index, c.completion_ids, c.finished, c.text) for c in batch_loop]
+    for a, b in zip(continuous, batch_loop, strict=True):
+        assert a.sampler_logps == pytest.approx(b.sampler_logps, abs=1e-6)

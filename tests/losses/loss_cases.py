@@ -13,7 +13,17 @@ import torch
 from conftest import single_thread  # noqa: F401  (the loss suites import it from here)
 from hypothesis import strategies as st
 
-from alignkit.losses import LossConfig, LossOutput, LossSpec, PreferenceStats, list_losses
+from alignkit.losses import (
+    KWAY,
+    LOGPS,
+    SCORES,
+    UNPAIRED,
+    LossConfig,
+    LossOutput,
+    LossSpec,
+    PreferenceStats,
+    list_losses,
+)
 from alignkit.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +91,7 @@ def unpaired_stats(draw: st.DrawFn, max_batch: int = 4) -> PreferenceStats:
 
 def stats_for(spec: LossSpec) -> st.SearchStrategy[PreferenceStats]:
     """The strategy producing the statistics a loss reads (by its declared ``inputs``)."""
-    strategies = {"logps": logps_stats(), "scores": scores_stats(), "kway": kway_stats(), "unpaired": unpaired_stats()}
+    strategies = {LOGPS: logps_stats(), SCORES: scores_stats(), KWAY: kway_stats(), UNPAIRED: unpaired_stats()}
     return strategies[spec.inputs]
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from loss_cases import EXAMPLE_PLUGIN, PROPERTY_IDS, ROOT, check_output_contract, fixed_batch, make_stats
 
-from alignkit.losses import LOSSES, build_objective, get_loss
+from alignkit.losses import LOGPS, LOSSES, build_objective, get_loss
 from alignkit.plugins import load_plugins
 
 DOC = ROOT / "docs" / "custom_loss.md"
@@ -21,7 +21,7 @@ def test_example_file_loads_as_a_plugin_and_registers() -> None:
     load_plugins([str(EXAMPLE_PLUGIN)])
     assert "sigmoid_hinge" in LOSSES
     spec = get_loss("sigmoid_hinge")
-    assert spec.needs_reference and spec.inputs == "logps"
+    assert spec.needs_reference and spec.inputs is LOGPS
     assert spec.description.startswith("Blend of DPO's logistic loss")
 
 

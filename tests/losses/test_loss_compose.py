@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loss_cases import fixed_batch, logps_stats, single_thread
 
-from alignkit.losses import LossTerm, Objective, ObjectiveError, PreferenceStats, build_objective, get_loss
+from alignkit.losses import (
+    KWAY,
+    LOGPS,
+    LossTerm,
+    Objective,
+    ObjectiveError,
+    PreferenceStats,
+    build_objective,
+    get_loss,
+)
 from alignkit.losses.dpo import DPOConfig
 
 
@@ -49,7 +58,7 @@ def test_single_term_behaves_like_the_loss() -> None:
     out = obj(stats)
     torch.testing.assert_close(out.losses, ref.losses)
     assert set(out.metrics) == {"penalty"}  # a lone term's metrics keep their names
-    assert obj.needs_reference and obj.inputs == "logps" and obj.name == "dpop"
+    assert obj.needs_reference and obj.inputs is LOGPS and obj.name == "dpop"
 
 
 def test_repeated_names_get_distinct_metric_prefixes() -> None:
@@ -61,7 +70,7 @@ def test_repeated_names_get_distinct_metric_prefixes() -> None:
 def test_needs_reference_and_inputs() -> None:
     assert not build_objective([{"name": "simpo"}, {"name": "sft"}]).needs_reference
     assert build_objective([{"name": "sft"}, {"name": "dpo", "weight": 0.5}]).needs_reference
-    assert build_objective("reward_kway").inputs == "kway"
+    assert build_objective("reward_kway").inputs is KWAY
     with pytest.raises(ObjectiveError, match=r"dpo reads 'logps', reward_bt reads 'scores'"):
         build_objective([{"name": "dpo"}, {"name": "reward_bt"}])
 

@@ -22,7 +22,7 @@ from loss_cases import (
     with_grad,
 )
 
-from alignkit.losses import LossSpec, PreferenceStats
+from alignkit.losses import LOGPS, SCORES, UNPAIRED, LossSpec, PreferenceStats
 
 FAST = settings(max_examples=30, deadline=None)
 params = pytest.mark.parametrize("spec", PROPERTY_LOSSES, ids=PROPERTY_IDS)
@@ -80,7 +80,7 @@ def test_half_precision_inputs_give_fp32(spec: LossSpec, data: st.DataObject, dt
 
 
 @pytest.mark.parametrize(
-    "spec", [s for s in PROPERTY_LOSSES if not s.needs_reference and s.inputs == "logps"],
+    "spec", [s for s in PROPERTY_LOSSES if not s.needs_reference and s.inputs is LOGPS],
     ids=lambda s: s.name,
 )
 @FAST
@@ -99,7 +99,7 @@ def test_reference_free_ignores_reference(spec: LossSpec, stats: PreferenceStats
 
 
 @pytest.mark.parametrize(
-    "spec", [s for s in PROPERTY_LOSSES if s.inputs in ("logps", "scores")], ids=lambda s: s.name
+    "spec", [s for s in PROPERTY_LOSSES if s.inputs in (LOGPS, SCORES)], ids=lambda s: s.name
 )
 @FAST
 @given(data=st.data())
@@ -114,7 +114,7 @@ def test_swapping_chosen_and_rejected_flips_the_reward_margin(spec: LossSpec, da
     )
 
 
-@pytest.mark.parametrize("spec", [s for s in PROPERTY_LOSSES if s.inputs == "unpaired"], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s for s in PROPERTY_LOSSES if s.inputs is UNPAIRED], ids=lambda s: s.name)
 @FAST
 @given(data=st.data())
 def test_swapping_labels_swaps_the_rewards(spec: LossSpec, data: st.DataObject) -> None:
@@ -137,12 +137,12 @@ def test_gradient_prefers_the_chosen_response(spec: LossSpec, data: st.DataObjec
     response's log-prob by its label: desirable raised, undesirable lowered)."""
     stats = with_grad(data.draw(stats_for(spec)))
     spec(stats).losses.sum().backward()
-    if spec.inputs == "unpaired":
+    if spec.inputs is UNPAIRED:
         g = grad_of(stats, "policy_logps")
         chosen, rejected = g[stats.labels], g[~stats.labels]
-    elif spec.inputs == "logps":
+    elif spec.inputs is LOGPS:
         chosen, rejected = grad_of(stats, "policy_chosen_logps"), grad_of(stats, "policy_rejected_logps")
-    elif spec.inputs == "scores":
+    elif spec.inputs is SCORES:
         chosen, rejected = grad_of(stats, "chosen_scores"), grad_of(stats, "rejected_scores")
     else:
         g = grad_of(stats, "scores")  # (B, K)

@@ -76,7 +76,8 @@ CASES: dict[str, list[str]] = {
     "grpo": ["online.algorithm=grpo", "online.grpo={iterations: 2}", "online.samples_per_prompt=2",
              "online.update_batch_size=3", "online.beta=0.1", "train.prompts_per_step=4", "train.max_steps=2"],
     # Parts whose sums cross processes: REINFORCE++'s global whitening, token_mean over uneven minibatch shares,
-    # an importance-weighted k3 in the loss, the entropy bonus and a truncated rollout correction.
+    # an importance-weighted k3 in the loss, the entropy bonus, a truncated rollout correction and (the dapo
+    # preset's) dynamic sampling, which refills each process's own places of the step.
     "parts": ["online.algorithm=dapo", "online.advantage=reinforce_pp", "online.epochs=2", "online.minibatch_size=4",
               "online.kl={estimator: k3, placement: loss, importance_weighted: true}", "online.entropy_coef=0.01",
               "online.rollout_correction={name: tis, cap: 2.0}", "online.samples_per_prompt=2",

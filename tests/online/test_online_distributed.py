@@ -52,6 +52,8 @@ SAMPLE_METRICS = {"reward": 0.0, "length": 0.0, "finished": 0.0, "distinct_1": 0
 CLIPPED_METRICS = {"approx_kl": 1e-6, "clip_fraction": 0.0, "ratio_mean": 1e-6, "policy_loss": 1e-6,
                    "value_loss": 1e-6, "value_clip_fraction": 0.0, "explained_variance": 1e-5, "token_entropy": 1e-6,
                    "k3_kl": 1e-6, "optimizer_steps": 0.0}
+# Dynamic sampling's counts (the parts case's dapo preset turns it on): of the sampled rewards, so exact.
+DYNAMIC_METRICS = ("dropped_groups", "uniform_groups", "extra_rounds")
 WEIGHT_RTOL, UPDATE_RTOL, MAX_ABS = 1e-5, 1e-3, 0.05 * LR
 
 
@@ -119,6 +121,9 @@ def test_two_processes_log_the_same_steps_as_one(launches, case):
                 assert (key in a) == (key in b), key
                 if key in a:
                     assert b[key] == pytest.approx(a[key], rel=RTOL, abs=atol), (stage, a["step"], key)
+            for key in DYNAMIC_METRICS:
+                assert (key in a) == (key in b) == (case == "parts"), key
+                assert b.get(key) == a.get(key), (stage, a["step"], key)
         assert len({round(m["reward"], 6) for m in one}) > 1 or case == "warp"  # the steps sample differently
 
 

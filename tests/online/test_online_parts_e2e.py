@@ -28,7 +28,7 @@ from alignkit.recipe.online import load_online_recipe
 PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "my_online_parts.py"
 
 
-@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"])
+@pytest.mark.parametrize("preset", ["dr_grpo", "dapo", "gspo", "cispo", "gmpo", "reinforce_pp"])
 def test_every_new_preset_trains_and_logs_the_sampler_mismatch(preset, tmp_path, gpt2_tokenizer):
     trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": preset, "kl_control": {"kind": "fixed"}},
                              max_steps=1, save_every=None)
@@ -51,9 +51,9 @@ def test_explicit_parts_override_the_preset_and_merge_its_settings():
 
 
 def test_bad_parts_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match=r"online\.policy_loss: unknown policy loss 'nope'; registered: .*ppo_clip"):
+    with pytest.raises(ValueError, match=r"online\.policy_loss\.name: unknown policy loss 'nope'; registered: .*ppo_clip"):
         OnlineConfig(reward="x", policy_loss="nope")
-    with pytest.raises(ValueError, match=r"online\.policy_loss \(ppo_clip\): clip_low: .*less than 1"):
+    with pytest.raises(ValueError, match=r"online\.policy_loss\.clip_low: .*less than 1 \(ppo_clip\)"):
         OnlineConfig(reward="x", policy_loss={"name": "ppo_clip", "clip_low": 1.5})
     with pytest.raises(ValueError, match=r"online\.advantage dr_grpo needs online\.samples_per_prompt >= 2"):
         OnlineConfig(reward="x", samples_per_prompt=1, advantage="dr_grpo")

@@ -195,3 +195,60 @@ def test_corrections_by_hand():
     assert weights("mis") == pytest.approx([0.0, 1.5, 0.5])  # w past the cap: dropped
     assert weights("seq_mask") == [0.0, 0.0, 0.0]  # W = 3 * 1.5 * 0.5 = 2.25 > 2: the sequence is dropped
     assert weights("seq_mask", cap=3.0) == pytest.approx([2.25, 2.25, 2.25])
+
+
+@pytest.mark.parametrize("name", ["k1", "k2", "k3"])
+def test_kl_estimators_are_the_models_kl_estimate(name: str) -> None:
+    """The registered online estimators are the one implementation in models: bit-equal values, and the same
+    refusal of log-probs whose shapes differ (broadcasting would silently pair the wrong tokens)."""
+    from alignkit.models.kl_estimators import kl_estimate
+
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(4, 7, generator=g) * 3, -torch.rand(4, 7, generator=g) * 3
+    assert torch.equal(KL_ESTIMATORS.get(name).fn(logp, ref), kl_estimate(logp, ref, name))
+    with pytest.raises(ValueError, match="same shape"):
+        KL_ESTIMATORS.get(name).fn(logp, ref[0])
+
+
+def test_gmpo_by_hand():
+    # log-ratios d = [log 1.5, log 0.5, 0] = [0.405, -0.693, 0]; eps 0.4 both ways.
+    # A > 0 rows cap d at 0.4: R+ = (e^0.4 * 0.5 * 1)^(1/3); A < 0 floors d at -0.4: R- = (1.5 * e^-0.4 * 1)^(1/3).
+    # Token 0 (A 1, d 0.405 > 0.4) and token 1 (A -1, d -0.693 < -0.4) are clipped (grad 0); token 2 is free.
+    r_pos, r_neg = (math.exp(0.4) * 0.5) ** (1 / 3), (1.5 * math.exp(-0.4)) ** (1 / 3)
+    loss, grad = _loss("gmpo")
+    assert loss == pytest.approx([-r_pos, r_neg, -2 * r_pos], rel=1e-6)
+    assert grad == pytest.approx([0.0, 0.0, -2 * r_pos], rel=1e-6)
+    # A wide clip (eps 1) clips nothing: R = 0.75^(1/3) for every token, and each token's gradient is -A R.
+    r = 0.75 ** (1 / 3)
+    loss, grad = _loss("gmpo", clip_low=1.0, clip_high=1.0)
+    assert loss == pytest.approx([-r, r, -2 * r], rel=1e-6) and grad == pytest.approx([-r, r, -2 * r], rel=1e-6)
+
+
+def test_gmpo_with_its_aggregation_is_the_papers_sequence_objective():
+    """Token form + seq_mean_token_mean == -mean_i A_i (prod_t clipped rho_i,t)^(1/|y_i|), value and gradient,
+    with one advantage per sequence (the formula written directly, sequence by sequence)."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, False, False, False]])
+    logp = -torch.rand(mask.shape, generator=g) * 2
+    old = logp + 0.6 * torch.randn(mask.shape, generator=g)
+    adv_seq = torch.tensor([1.3, -0.7, 0.4])
+    adv = adv_seq[:, None].expand(mask.shape).clone()
+    spec, cfg = POLICY_LOSSES.get("gmpo"), POLICY_LOSSES.get("gmpo").config()
+    agg = AGGREGATIONS.get("seq_mean_token_mean")
+    sizes = BatchSizes(tokens=float(mask.sum()), sequences=3.0, max_tokens=4.0)
+
+    x = logp.clone().requires_grad_(True)
+    out = spec.fn(PolicyLossInputs(x, old, adv, mask), cfg)
+    ours = agg.fn(out.per_token, mask, sizes, agg.config())
+    ours.backward()
+
+    y = logp.clone().requires_grad_(True)
+    terms = []
+    for i in range(3):
+        d = y[i][mask[i]] - old[i][mask[i]]
+        clipped = d.clamp(max=cfg.clip_high) if adv_seq[i] > 0 else d.clamp(min=-cfg.clip_low)
+        terms.append(-adv_seq[i] * torch.exp(clipped.mean()))
+    direct = torch.stack(terms).mean()
+    direct.backward()
+    assert float(ours.detach()) == pytest.approx(float(direct.detach()), rel=1e-6)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-7)

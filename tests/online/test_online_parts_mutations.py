@@ -93,3 +93,27 @@ def test_an_uncapped_importance_weight_is_caught_by_the_cap_property():
     sampler = LOGPS - 1.0  # every weight e = 2.7 > the default cap 2
     with pytest.raises(AssertionError, match="passes the cap"):
         check_correction_cap(mutant, LOGPS, sampler, MASK)
+
+
+def test_gmpo_without_its_clip_or_with_the_clip_of_the_wrong_sign_is_caught_by_the_weight_bound():
+    """GMPO caps a token's log-ratio where A > 0; a geometric mean of raw ratios, or the floor (A < 0's clip)
+    applied to A > 0, lets a positive-advantage token's gradient grow past e^eps_high x |A|."""
+
+    def geometric(clip):
+        def fn(inputs, cfg):  # GMPO's token form with the given clip of the log-ratios, every token free
+            m = inputs.mask
+            kept = clip(torch.where(m, inputs.logps.detach() - inputs.old_logps, 0.0), cfg)
+            mean = torch.where(m, kept, 0.0).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True)
+            ratio = torch.exp(mean + torch.where(m, inputs.logps - inputs.logps.detach(), 0.0))
+            return PolicyLossOutput(torch.where(m, -inputs.advantages * ratio, 0.0), torch.zeros_like(m),
+                                    ratio.detach())
+        return fn
+
+    old = LOGPS - torch.where(MASK, 1.5, 0.0)  # every ratio e^1.5, far past e^0.4
+    adv = torch.where(MASK, 1.0, 0.0)
+    check_bounded_weights(POLICY_LOSSES.get("gmpo"), LOGPS, old, adv, MASK)  # the real one passes
+    for wrong in (lambda d, cfg: d, lambda d, cfg: d.clamp(min=-cfg.clip_low)):
+        mutant = _mutant(POLICY_LOSSES, "gmpo", geometric(wrong))
+        check_ratio_one_is_policy_gradient(mutant, LOGPS, ADV, MASK)  # passes: at ratio 1 nothing is clipped
+        with pytest.raises(AssertionError, match="passes its bound"):
+            check_bounded_weights(mutant, LOGPS, old, adv, MASK)

@@ -10,7 +10,7 @@ import torch
 
 from alignkit.cli import main
 from alignkit.recipe import RecipeError
-from alignkit.recipe.online import is_online_recipe, load_online_recipe
+from alignkit.recipe.online import OnlineRecipe, is_online_recipe, load_online_recipe
 from alignkit.report.frontier import online_frontier_rows, plot_online_frontier
 
 ONLINE_RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "online").glob("*.yaml"))
@@ -151,3 +151,17 @@ def test_sharded_weights_are_refused_online(tmp_path):
     with pytest.raises(RecipeError, match="distributed"):
         load_online_recipe(_write(tmp_path, BASE), ["distributed.strategy=fsdp"])
     assert load_online_recipe(_write(tmp_path, BASE), ["distributed.strategy=ddp"]).distributed.strategy == "ddp"
+
+
+def test_offline_and_online_recipes_share_one_base_of_run_fields() -> None:
+    """The fields every training recipe has are declared once (RunRecipe): the same names, types, defaults and
+    descriptions in both schemas, first in both, so the saved recipes and the reference read alike."""
+    from alignkit.recipe.model import Recipe, RunRecipe
+
+    shared = list(RunRecipe.model_fields)
+    assert shared == ["name", "output_dir", "seed", "plugins", "model", "adapter"]
+    for schema in (Recipe, OnlineRecipe):
+        assert issubclass(schema, RunRecipe)
+        assert list(schema.model_fields)[: len(shared)] == shared
+        for name in shared:  # a field declared again in a subclass (its own description or default) fails here
+            assert repr(schema.model_fields[name]) == repr(RunRecipe.model_fields[name]), (schema.__name__, name)

@@ -28,7 +28,7 @@ def score_e(prompts: list[str], texts: list[str]) -> list[float]:
 
 
 def direct_trainer(run_dir: Path, tokenizer, online: dict[str, Any], *, max_steps: int = 3, save_every: int = 1,
-                   policy=None, schedule: str = "constant", ema: bool = True) -> OnlineTrainer:
+                   policy=None, schedule: str = "constant", ema: bool = True, score=score_e) -> OnlineTrainer:
     """A trainer on a fresh tiny GPT-2 (or ``policy``): 2 prompts x 2 samples per step, micro-batches of 1, an
     EMA anchor and an adaptive beta (so the anchor, beta and the initial-model KL all take part; ``online`` may
     set another ``kl_control``)."""
@@ -40,7 +40,7 @@ def direct_trainer(run_dir: Path, tokenizer, online: dict[str, Any], *, max_step
                                   schedule=schedule)
     anchor = EMAAnchor(policy, 0.5) if ema else FrozenAnchor(policy)
     initial = FrozenAnchor(policy).model_context if ema else None
-    return OnlineTrainer(policy, tokenizer, score_e, cfg, train_cfg, prompts=PROMPTS, anchor=anchor,
+    return OnlineTrainer(policy, tokenizer, score, cfg, train_cfg, prompts=PROMPTS, anchor=anchor,
                          controller=AdaptiveKLController(0.1, 0.5) if cfg.kl_control.kind == "adaptive"
                          else FixedKLController(0.1), run_dir=run_dir, initial=initial)
 

@@ -18,7 +18,7 @@ from conftest import make_tiny_gpt2
 from train_data import tiny_pairs
 
 from alignkit.data import collate_preference, collate_sft
-from alignkit.losses import build_objective
+from alignkit.losses import SCORES, build_objective
 from alignkit.models.reference import FrozenCopyReference
 from alignkit.recipe import RecipeError, load_recipe
 from alignkit.train.config import TrainConfig
@@ -57,7 +57,7 @@ def _tiny_reward_model():
 def _logged_names(tmp_path: Path, tokenizer, loss, paired: bool) -> tuple[set[str], set[str]]:
     """The names of the training and of the held-out records of a one-step stage on ``loss``."""
     objective = build_objective(loss)
-    model = _tiny_reward_model() if objective.inputs == "scores" else make_tiny_gpt2()
+    model = _tiny_reward_model() if objective.inputs is SCORES else make_tiny_gpt2()
     collate = collate_preference if paired else collate_sft
     pairs = tiny_pairs(tokenizer, 6)
     reference = FrozenCopyReference(model) if objective.needs_reference else None

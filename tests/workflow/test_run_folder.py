@@ -211,3 +211,28 @@ def test_planted_links_in_a_run_folder_are_refused_and_their_targets_untouched(f
     assert main(["run", str(recipe), f"output_dir={folder}", "--resume"]) == 2
     assert "metrics.jsonl:itisasymboliclink" in _err(capsys).replace(" ", "")
     assert notes.read_text() == "my notes\n"
+
+
+def test_a_model_that_fails_to_load_claims_nothing(finished, tmp_path, capsys):
+    """Before: the folder was marked and recipe.yaml (and TensorBoard's folder) written before the model loaded,
+    so the same command, once the model was fixed, was refused as an interrupted run without --overwrite. Now the
+    folder is claimed only once the model has loaded: a new folder is gone again, a finished run that
+    --overwrite would replace is untouched, and a fixed model then runs in the same folder."""
+    recipe, before = finished
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "gpt2", "n_layer": "many"}')
+    bad = [f"model.name_or_path={broken}", "model.from_config=null"]
+    new = tmp_path / "new"
+    for _ in range(2):  # the second time is not refused as an interrupted run: the first claimed nothing
+        assert main(["run", str(recipe), f"output_dir={new}", *bad]) == 2
+        err = _err(capsys)
+        assert str(broken) in err and "interrupted" not in err, err
+        assert not new.exists()
+    assert main(["run", str(recipe), f"output_dir={new}"]) == 0  # the model fixed: runs, no --overwrite needed
+    assert (new / "report.json").is_file()
+
+    folder = tmp_path / "copy"
+    shutil.copytree(recipe.parent / "run", folder)
+    assert main(["run", str(recipe), f"output_dir={folder}", "--overwrite", *bad]) == 2
+    assert _snapshot(folder) == before  # the finished run it would have replaced is all there

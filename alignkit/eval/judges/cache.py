@@ -2,25 +2,23 @@
 
 One JSON line per answer, appended under a lock; the key is a SHA-256 of everything that determines the
 answer (judge model, prompt version, sampling settings, the prompt and both responses in their order).
-Only answers the server actually gave are stored: transport failures are retried on the next run.
+Only answers the server actually gave are stored: transport failures are retried on the next run. The file is
+read strictly (:func:`alignkit.jsonio.read_jsonl`): a last line an interrupted write tore is dropped (that answer
+is asked for again); any other line that is not a ``{"key": str, "raw": str}`` record is an error naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any
 
-from alignkit.cache import open_for_write
-from alignkit.jsonio import to_json
+from alignkit.cache import writing
+from alignkit.jsonio import RunFileError, read_jsonl, to_json
 
 __all__ = ["VerdictCache", "verdict_key"]
-
-log = logging.getLogger(__name__)
-
 
 def verdict_key(**parts: Any) -> str:
     """A stable hex key of ``parts`` (JSON with sorted keys)."""
@@ -38,13 +36,11 @@ class VerdictCache:
         self._lock = threading.Lock()
         self._answers: dict[str, str] = {}
         if self.path.exists():
-            for number, line in enumerate(self.path.read_text().splitlines(), 1):
-                try:
-                    row = json.loads(line)
-                    self._answers[row["key"]] = row["raw"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    # A line cut by an interrupted write: skip it, the answer is asked for again.
-                    log.warning("%s:%d: skipping an unreadable cache line", self.path, number)
+            for row in read_jsonl(self.path, what="a judge's cached answer", torn_tail=True):
+                if not isinstance(row.get("key"), str) or not isinstance(row.get("raw"), str):
+                    raise RunFileError(f"{self.path}: not a judge's cached answer: {sorted(row)[:4]} is not a "
+                                       "{key, raw} pair of strings; remove the file to ask again")
+                self._answers[row["key"]] = row["raw"]
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -59,5 +55,5 @@ class VerdictCache:
                 return
             self._answers[key] = raw
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open_for_write(self.path, "a") as f:
+            with writing(self.path, "a") as f:
                 f.write(to_json({"key": key, "raw": raw}, indent=None, ensure_ascii=False) + "\n")

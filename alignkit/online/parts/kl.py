@@ -1,18 +1,16 @@
 """The registered per-token KL estimators of KL(pi || pi_ref) on tokens sampled from pi (Schulman 2020,
-"Approximating KL Divergence"). ``logps`` carries the gradient; ``ref_logps`` is detached."""
+"Approximating KL Divergence"). ``logps`` carries the gradient; ``ref_logps`` is detached. Each computes
+:func:`alignkit.models.kl_estimators.kl_estimate`, the one implementation of the three."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alignkit.lazy import lazy_module
+from alignkit.models.kl_estimators import kl_estimate
 from alignkit.online.parts.base import register_kl_estimator
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
-else:
-    torch = lazy_module("torch")
 
 __all__ = ["k1", "k2", "k3"]
 
@@ -25,7 +23,7 @@ def k1(logps: Tensor, ref_logps: Tensor) -> Tensor:
 
         k1_t = log pi_t - log pi_ref_t
     """
-    return logps.float() - ref_logps.detach().float()
+    return kl_estimate(logps, ref_logps, "k1")
 
 
 @register_kl_estimator("k2")
@@ -36,7 +34,7 @@ def k2(logps: Tensor, ref_logps: Tensor) -> Tensor:
 
         k2_t = 1/2 * (log pi_t - log pi_ref_t)^2
     """
-    return 0.5 * (logps.float() - ref_logps.detach().float()) ** 2
+    return kl_estimate(logps, ref_logps, "k2")
 
 
 @register_kl_estimator("k3")
@@ -48,5 +46,4 @@ def k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
         d_t  = log pi_ref_t - log pi_t
         k3_t = exp(d_t) - d_t - 1      (computed as expm1(d) - d, clamped at 0 against rounding)
     """
-    delta = ref_logps.detach().float() - logps.float()
-    return (torch.expm1(delta) - delta).clamp(min=0.0)
+    return kl_estimate(logps, ref_logps, "k3")
