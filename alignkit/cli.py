@@ -155,10 +155,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from alignkit.commands.compare import run_comparison
+    from alignkit.commands.compare_plan import parse_seeds
 
     losses = [name.strip() for name in args.losses.split(",") if name.strip()]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else []
     result = run_comparison(args.recipe, losses, sweeps=args.sweep, overrides=args.overrides, plugins=args.plugin,
-                            out=args.out, overwrite=args.overwrite, online=args.online, console=_err)
+                            out=args.out, overwrite=args.overwrite, online=args.online, seeds=seeds,
+                            baseline=args.baseline, console=_err)
     failed = [o.plan.label for o in result.outcomes if o.status == "failed"]
     failed += [e.run_dir.name for e in result.online if e.status == "failed"]
     _err.print(f"[green]done[/]: {result.out_dir}" + (f" ([red]failed: {', '.join(failed)}[/])" if failed else ""))
@@ -212,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--online", action="append", default=[],
                          help="online run folder or online recipe (RLOO, WARP) to place on the same reward-vs-KL "
                          "plot; a recipe is run first unless its folder is complete (repeatable)")
+    compare.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                         help="train every method once per seed, e.g. 0,1,2; the table adds the mean and a 95%% "
+                         "interval across seeds and paired differences against --baseline")
+    compare.add_argument("--baseline", default=None, metavar="METHOD",
+                         help="with --seeds: the method (label without _seed<s>, e.g. dpo_beta0.1) every other "
+                         "one is compared with, seed by seed (default: the first)")
     compare.set_defaults(func=_cmd_compare)
 
     losses = sub.add_parser("losses", help="List registered objectives with their parameters.")

@@ -1,12 +1,13 @@
-"""`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed and budget.
+"""`alignkit compare`: several objectives (and loss-parameter sweeps) on the same data, model, seed(s) and budget.
 
-The protocol: every run is the base recipe with the same overrides; only the ``loss`` section and the run
-folder (``<out>/<label>``) differ, which :func:`plan_comparison` checks (the planning lives in
-:mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
+The protocol: every run is the base recipe with the same overrides; only the ``loss`` section, the run
+folder (``<out>/<label>``) and, over ``seeds``, the recipe's ``seed`` differ, which :func:`plan_comparison`
+checks (the planning lives in :mod:`alignkit.commands.compare_plan`; this module runs the plan). Runs are trained one after another in
 this process; a run folder that already holds the same resolved recipe and a ``report.json`` is reused,
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
 reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
-data, so every run after the first reuses them.
+data, so every run after the first reuses them. With ``seeds`` every method runs once per seed and the
+table gains an across-seed summary and paired differences (:mod:`alignkit.report.seeds`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
 from alignkit.report.compare_plots import plot_frontier, plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
+from alignkit.report.seeds import paired_differences, seed_summary, seeded_rows, seeds_markdown
 from alignkit.workflow.run_folder import inspect_run_folder
 
 if TYPE_CHECKING:
@@ -153,6 +155,7 @@ def run_comparison(
     *,
     overwrite: bool = False,
     online: Sequence[str | Path] = (),
+    baseline: str | None = None,
     console: Console | None = None,
     **planning: Unpack[PlanOptions],
 ) -> Comparison:
@@ -163,15 +166,19 @@ def run_comparison(
     :func:`~alignkit.commands.compare_plan.plan_comparison` (``sweeps``, ``overrides``, ``plugins``,
     ``out``), plus ``overwrite`` (retrain a run folder that holds a different recipe), ``online`` (online
     run folders or online recipes, run after the offline ones and placed on the same reward-versus-KL plot
-    and in an "Online runs" section; see :mod:`alignkit.commands.compare_online`) and the console progress
-    goes to.
+    and in an "Online runs" section; see :mod:`alignkit.commands.compare_online`), ``baseline`` (with
+    ``seeds``: the method every other one is compared with seed by seed; default the first) and the console
+    progress goes to. With ``seeds``, ``comparison.md`` gains "Across seeds" and "Paired differences"
+    sections and ``comparison.json`` their figures (``across_seeds``, ``paired``).
 
     Raises:
-        RecipeError: a bad recipe, override, sweep or loss name, before anything runs.
+        RecipeError: a bad recipe, override, sweep, seed, baseline or loss name, before anything runs.
     """
     console = console or Console(stderr=True)
     out_dir, plans = plan_comparison(recipe_path, losses, **planning)
-    online_plans = plan_online_runs(online, planning.get("plugins", ()))
+    seeds = list(planning.get("seeds", ()))
+    online_plans = plan_online_runs(online, planning.get("plugins", ()), seeds)
+    _check_baseline(baseline, plans, online_plans, seeded=bool(seeds))
     _clear_stale_folders(plans, overwrite=overwrite, console=console)
     out_dir.mkdir(parents=True, exist_ok=True)
     runnable = [p for p in plans if p.recipe is not None]
@@ -185,22 +192,44 @@ def run_comparison(
     base = next((p.recipe for p in plans if p.recipe is not None), None)
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
     sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
-    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started)
+    facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started,
+                            seeds)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
+    every_row = [*rows, *online_rows]
+    if baseline is not None and baseline not in {r["group"] for r in seeded_rows(every_row)}:
+        console.print(f"[yellow]--baseline {baseline}: no seeded method has that label; paired against the first[/]")
+        baseline = None
     render_comparison(rows, console=console, title=title, facts=facts, markdown_path=files["markdown"],
                       json_path=files["json"],
                       extra_json={"recipe": str(recipe_path), "losses": list(losses), "sweeps": list(sweeps),
-                                  "overrides": list(overrides), "shared_recipe": common_part(base) if base else None,
-                                  "online": [str(e.run_dir) for e in online_entries], "online_rows": online_rows})
-    if online_entries:
-        section = online_markdown(online_entries, base)
+                                  "overrides": list(overrides), "seeds": seeds,
+                                  "shared_recipe": common_part(base, seeded=bool(seeds)) if base else None,
+                                  "online": [str(e.run_dir) for e in online_entries], "online_rows": online_rows,
+                                  "across_seeds": seed_summary(every_row),
+                                  "paired": paired_differences(every_row, baseline)})
+    sections = [online_markdown(online_entries, base)] if online_entries else []
+    sections.append(seeds_markdown(every_row, baseline))
+    for section in filter(None, sections):
         console.print(section, markup=False, highlight=False)
         with writing(files["markdown"], "a") as f:
             f.write(section)
-    files.update(_plots([*rows, *online_rows], curves, out_dir, title))
+    files.update(_plots(every_row, curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
     return Comparison(out_dir, outcomes, rows, files, online_entries)
+
+
+def _check_baseline(baseline: str | None, plans: Sequence[PlannedRun], online_plans: Sequence[Any], *,
+                    seeded: bool) -> None:
+    """Refuse a ``--baseline`` without seeds or that names no offline method, before anything runs (an
+    online method's label is known only once its report is read, so it is checked then)."""
+    if baseline is None:
+        return
+    if not seeded:
+        raise RecipeError("--baseline: a paired comparison needs --seeds (the same seeds on both sides)")
+    groups = list(dict.fromkeys(p.group for p in plans))
+    if baseline not in groups and not online_plans:
+        raise RecipeError(f"--baseline {baseline!r}: not a compared method; methods: {', '.join(groups)}")
 
 
 def _table_rows(outcomes: Sequence[RunOutcome]) -> tuple[list[dict[str, Any]], dict[str, tuple[str, list]]]:
@@ -209,8 +238,9 @@ def _table_rows(outcomes: Sequence[RunOutcome]) -> tuple[list[dict[str, Any]], d
     for outcome in outcomes:
         plan = outcome.plan
         metrics = read_metrics(plan.recipe.run_dir()) if plan.recipe is not None and outcome.report else []
-        rows.append(comparison_row(label=plan.label, loss=plan.loss, params=plan.params, status=outcome.status,
-                                   report=outcome.report, metrics=metrics, note=outcome.note))
+        row = comparison_row(label=plan.label, loss=plan.loss, params=plan.params, status=outcome.status,
+                             report=outcome.report, metrics=metrics, note=outcome.note)
+        rows.append({**row, "group": plan.group or plan.label, "seed": plan.seed})
         if metrics:
             curves[plan.label] = (plan.loss, metrics)
     return rows, curves
@@ -234,17 +264,22 @@ def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
-                    overrides: Sequence[str], plugins: Sequence[str], seconds: float) -> list[str]:
+                    overrides: Sequence[str], plugins: Sequence[str], seconds: float,
+                    seeds: Sequence[int] = ()) -> list[str]:
     """Bullet lines stating what every run shared."""
     command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
-                        *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps), *overrides])
+                        *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps),
+                        *([f"--seeds {','.join(map(str, seeds))}"] if seeds else []), *overrides])
     facts = [f"- command: `{command}`"]
     if base is not None:
         t = base.train
         budget = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
         model = (f"{base.model.from_config['model_type']} built from a config" if base.model.from_config
                  else base.model.name_or_path)
-        facts.append(f"- shared by every run: model `{model}`, seed {base.seed}, "
+        seed = (f"seeds {', '.join(map(str, seeds))} (each method once per seed: data sampling and order, "
+                "adapter initialisation, rollouts; the evaluation's prompts and sampling seed stay the same)"
+                if seeds else f"seed {base.seed}")
+        facts.append(f"- shared by every run: model `{model}`, {seed}, "
                      f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
     facts.append(f"- this invocation took {seconds:.0f} s (reused runs cost nothing)")
     facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")

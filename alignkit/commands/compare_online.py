@@ -4,7 +4,9 @@ This is the DPO paper's Figure 2 protocol: every method is a point at (KL to the
 reward) on the same held-out prompts with the same reward; runs of one method that differ in a parameter
 (beta) form a trajectory and a WARP front is a curve over eta. The offline runs of a comparison share
 every setting by construction; an online run brings its own recipe, so its evaluation settings are
-checked against the offline ones and every difference is stated next to the table.
+checked against the offline ones and every difference is stated next to the table. Over ``--seeds`` an
+online recipe is run once per seed (its ``seed``: initialisation, prompt order, sampling) into
+``<output_dir>_seed<s>``, and its rows carry the seed and the method's shared label (``group``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class OnlineEntry:
     note: str = ""
     seconds: float = 0.0
     rows: list[dict[str, Any]] | None = None
+    seed: int | None = None
     accuracy: dict[str, Any] | None = None  # the report's pass@k before and after (verifiable tasks)
 
 
@@ -58,13 +61,29 @@ def _same_recipe(run_dir: Path, recipe: OnlineRecipe) -> bool:
     return old == new
 
 
-OnlinePlan = tuple[Path, "OnlineRecipe | None"]
+# (the --online entry, its recipe (None: a finished folder used as it is), the seed it runs with, or None)
+OnlinePlan = tuple[Path, "OnlineRecipe | None", "int | None"]
 
 
-def plan_online_runs(entries: Sequence[str | Path], plugins: Sequence[str] = ()) -> list[OnlinePlan]:
+def _seeded_recipes(entry: Path, plugins: Sequence[str], seeds: Sequence[int]) -> list[OnlinePlan]:
+    """The recipe of ``entry`` once (its own seed), or once per seed into ``<output_dir>_seed<s>``."""
+    recipe = load_online_recipe(entry, extra_plugins=list(plugins))
+    planned: list[OnlinePlan] = [(entry, recipe, None)]
+    if seeds:
+        planned = [(entry, load_online_recipe(entry, [f"seed={s}", f"output_dir={recipe.run_dir()}_seed{s}"],
+                                              extra_plugins=list(plugins)), s) for s in seeds]
+    for _, each, _ in planned:
+        if each is not None and not _same_recipe(each.run_dir(), each):
+            raise RecipeError(f"--online {entry}: {each.run_dir()} holds a different recipe; "
+                              "move it or set output_dir")
+    return planned
+
+
+def plan_online_runs(entries: Sequence[str | Path], plugins: Sequence[str] = (),
+                     seeds: Sequence[int] = ()) -> list[OnlinePlan]:
     """Check the ``--online`` entries before anything runs: each is an online run folder with a report
-    (used as it is) or an online recipe (its plugins and ``plugins``, e.g. ``--plugin`` files registering an
-    advantage or a policy loss, imported first).
+    (used as it is, whatever ``seeds``) or an online recipe (its plugins and ``plugins``, e.g. ``--plugin``
+    files registering an advantage or a policy loss, imported first), planned once per seed of ``seeds``.
 
     Raises:
         RecipeError: an entry that is neither, or a recipe whose folder holds a different recipe.
@@ -74,13 +93,9 @@ def plan_online_runs(entries: Sequence[str | Path], plugins: Sequence[str] = ())
         if entry.is_dir():
             if not (entry / "report.json").is_file():
                 raise RecipeError(f"--online {entry}: the folder has no report.json (has the run finished?)")
-            recipes.append((entry, None))
+            recipes.append((entry, None, None))
         elif entry.is_file() and is_online_recipe(entry):
-            recipe = load_online_recipe(entry, extra_plugins=list(plugins))
-            if not _same_recipe(recipe.run_dir(), recipe):
-                raise RecipeError(f"--online {entry}: {recipe.run_dir()} holds a different recipe; "
-                                  "move it or set output_dir")
-            recipes.append((entry, recipe))
+            recipes += _seeded_recipes(entry, plugins, seeds)
         else:
             raise RecipeError(f"--online {entry}: not an online run folder nor a recipe with an 'online:' section")
     return recipes
@@ -91,13 +106,13 @@ def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> lis
     resumed when interrupted) and read every run's plot rows. A failing run is reported, the others go on.
     """
     out: list[OnlineEntry] = []
-    for entry, recipe in plans:
+    for entry, recipe, seed in plans:
         if recipe is None:
             out.append(OnlineEntry(entry, _saved_recipe(entry), "reused"))
             continue
         run_dir = recipe.run_dir()
         if (run_dir / "report.json").is_file():
-            out.append(OnlineEntry(run_dir, recipe, "reused"))
+            out.append(OnlineEntry(run_dir, recipe, "reused", seed=seed))
             continue
         status = "resumed" if (run_dir / "recipe.yaml").is_file() else "trained"
         console.rule(f"online: {recipe.name}")
@@ -109,14 +124,25 @@ def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> lis
         except Exception as err:  # noqa: BLE001 - one failing run must not lose the others
             console.print(f"[red]{recipe.name} failed[/]: {type(err).__name__}: {err}")
             out.append(OnlineEntry(run_dir, recipe, "failed", f"{type(err).__name__}: {err}".splitlines()[0],
-                                   time.perf_counter() - started))
+                                   time.perf_counter() - started, seed=seed))
             continue
-        out.append(OnlineEntry(run_dir, recipe, status, seconds=time.perf_counter() - started))
+        out.append(OnlineEntry(run_dir, recipe, status, seconds=time.perf_counter() - started, seed=seed))
     for item in out:
         if item.status != "failed":
-            item.rows = online_frontier_rows([item.run_dir])
+            item.rows = _with_seed(online_frontier_rows([item.run_dir]), item)
             item.accuracy = read_json(item.run_dir / "report.json").get("accuracy")
     return out
+
+
+def _with_seed(rows: list[dict[str, Any]], entry: OnlineEntry) -> list[dict[str, Any]]:
+    """Rows of a seeded run labelled with the method's shared label (the folder name without ``_seed<s>``)."""
+    suffix = f"_seed{entry.seed}"
+    for row in rows:
+        row["seed"] = entry.seed
+        row["group"] = row["label"]
+        if entry.seed is not None and entry.run_dir.name.endswith(suffix):
+            row["group"] = entry.run_dir.name[:-len(suffix)] + row["label"][len(entry.run_dir.name):]
+    return rows
 
 
 def eval_differences(offline: Recipe, online: OnlineRecipe) -> list[str]:

@@ -1,8 +1,9 @@
-"""Planning of `alignkit compare`: losses x sweep values, each a resolved recipe in its own run folder.
+"""Planning of `alignkit compare`: losses x sweep values (x seeds), each a resolved recipe in its own run folder.
 
-Every planned run is the base recipe with the same overrides; only the ``loss`` section and the run folder
-(``<out>/<label>``) differ, which :func:`plan_comparison` checks rather than assumes. A combination that
-cannot run (a swept or overridden parameter the loss lacks) is planned as skipped, with the reason.
+Every planned run is the base recipe with the same overrides; only the ``loss`` section, the run folder
+(``<out>/<label>``) and, with ``--seeds``, the recipe's ``seed`` differ, which :func:`plan_comparison` checks
+rather than assumes. A combination that cannot run (a swept or overridden parameter the loss lacks) is
+planned as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from alignkit.losses import get_loss, list_losses
 from alignkit.recipe import Recipe, RecipeError, load_recipe
 from alignkit.workflow.run_folder import recipe_differences
 
-__all__ = ["PlanOptions", "PlannedRun", "common_part", "parse_sweep", "plan_comparison"]
+__all__ = ["PlanOptions", "PlannedRun", "common_part", "parse_seeds", "parse_sweep", "plan_comparison"]
 
 # One run's loss parameters from the sweeps: ((name, raw value), ...), one entry per swept parameter.
 Combination = tuple[tuple[str, str], ...]
@@ -30,11 +31,13 @@ class PlannedRun:
     """One cell of the comparison grid.
 
     Attributes:
-        label: folder name and table label, e.g. ``dpo`` or ``dpo_beta0.1``.
+        label: folder name and table label, e.g. ``dpo``, ``dpo_beta0.1`` or ``dpo_beta0.1_seed2``.
         loss: registered objective name.
         params: loss parameters set by ``--sweep`` for this run (raw command-line text as value).
         recipe: the resolved recipe, or None when the run is skipped.
         skip_reason: why the combination cannot run (a swept parameter the loss lacks), else None.
+        seed: the recipe's seed when the comparison runs over ``--seeds``, else None.
+        group: the label every seed of this method shares (``label`` without seeds).
     """
 
     label: str
@@ -42,6 +45,8 @@ class PlannedRun:
     params: dict[str, str]
     recipe: Recipe | None
     skip_reason: str | None = None
+    seed: int | None = None
+    group: str = ""
 
 
 class PlanOptions(TypedDict, total=False):
@@ -52,6 +57,22 @@ class PlanOptions(TypedDict, total=False):
     overrides: Sequence[str]
     plugins: Sequence[str]
     out: str | Path | None
+    seeds: Sequence[int]
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``.
+
+    Raises:
+        RecipeError: a value that is not a whole number >= 0, or a repeated one.
+    """
+    items = [v.strip() for v in spec.split(",") if v.strip()]
+    if not items or not all(v.isdigit() for v in items):
+        raise RecipeError(f"--seeds {spec!r}: expected whole numbers >= 0 separated by commas, e.g. 0,1,2")
+    seeds = [int(v) for v in items]
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(f"--seeds {spec!r}: a seed is repeated")
+    return seeds
 
 
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
@@ -73,11 +94,14 @@ def parse_sweep(spec: str) -> tuple[str, list[str]]:
     return key, items
 
 
-def common_part(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe without what may differ between runs of one comparison."""
+def common_part(recipe: Recipe, *, seeded: bool = False) -> dict[str, Any]:
+    """The resolved recipe without what may differ between runs of one comparison (``seed`` too when
+    ``seeded``: the comparison runs over several)."""
     data = recipe.model_dump(mode="json")
     data.pop("loss")
     data.pop("output_dir")
+    if seeded:
+        data.pop("seed")
     return data
 
 
@@ -126,32 +150,41 @@ def _sweep_grid(sweeps: Sequence[str]) -> list[Combination]:
 
 
 def _plan_loss(loss: str, grid: list[Combination], *, fixed_params: list[str], overrides: Sequence[str],
-               out_dir: Path, load: Callable[[list[str]], Recipe]) -> list[PlannedRun]:
-    """The runs of one objective: one per combination, skipped where the loss lacks a parameter."""
+               out_dir: Path, load: Callable[[list[str]], Recipe], seeds: Sequence[int]) -> list[PlannedRun]:
+    """The runs of one objective: one per combination (and seed), skipped where the loss lacks a parameter."""
     fields = get_loss(loss).config.model_fields
     plans = []
     for combo in grid:
         params = dict(combo)
-        label = _label(loss, params)
+        group = _label(loss, params)
         missing = [p for p in [*fixed_params, *params] if p not in fields]
-        if missing:
-            have = ", ".join(fields) or "none"
-            plans.append(PlannedRun(label, loss, params, None,
-                                    f"{loss} has no parameter {', '.join(missing)} (its parameters: {have})"))
-            continue
-        run_overrides = [f"loss={{name: {loss}}}", *overrides,
-                         *(f"loss.{k}={v}" for k, v in params.items()), f"output_dir={out_dir / label}"]
-        plans.append(PlannedRun(label, loss, params, load(run_overrides)))
+        runs: list[int | None] = [*seeds] or [None]  # no --seeds: one run with the recipe's own seed
+        for seed in runs:
+            label = group if seed is None else f"{group}_seed{seed}"
+            if missing:
+                have = ", ".join(fields) or "none"
+                plans.append(PlannedRun(label, loss, params, None,
+                                        f"{loss} has no parameter {', '.join(missing)} (its parameters: {have})",
+                                        seed, group))
+                continue
+            run_overrides = [f"loss={{name: {loss}}}", *overrides, *(f"loss.{k}={v}" for k, v in params.items()),
+                             *([] if seed is None else [f"seed={seed}"]), f"output_dir={out_dir / label}"]
+            plans.append(PlannedRun(label, loss, params, load(run_overrides), None, seed, group))
     return plans
 
 
-def _check_same_protocol(base: Recipe, plans: Sequence[PlannedRun]) -> None:
-    """The protocol's promise, checked rather than assumed: runs differ only in ``loss`` and their folder."""
-    reference = common_part(base)
+def _check_same_protocol(base: Recipe, plans: Sequence[PlannedRun], seeded: bool) -> None:
+    """The protocol's promise, checked rather than assumed: runs differ only in ``loss``, their folder and
+    (over ``--seeds``) their planned seed."""
+    reference = common_part(base, seeded=seeded)
     for plan in plans:
-        if plan.recipe is not None and common_part(plan.recipe) != reference:
-            diff = recipe_differences(reference, common_part(plan.recipe))
+        if plan.recipe is None:
+            continue
+        if common_part(plan.recipe, seeded=seeded) != reference:
+            diff = recipe_differences(reference, common_part(plan.recipe, seeded=seeded))
             raise RecipeError(f"run {plan.label} differs from the others outside `loss`: {diff}")
+        if seeded and plan.recipe.seed != plan.seed:
+            raise RecipeError(f"run {plan.label}: planned with seed {plan.seed}, its recipe has {plan.recipe.seed}")
 
 
 def plan_comparison(
@@ -162,8 +195,9 @@ def plan_comparison(
     overrides: Sequence[str] = (),
     plugins: Sequence[str] = (),
     out: str | Path | None = None,
+    seeds: Sequence[int] = (),
 ) -> tuple[Path, list[PlannedRun]]:
-    """Expand losses x sweep values into resolved recipes, one run folder each under ``out``.
+    """Expand losses x sweep values (x seeds) into resolved recipes, one run folder each under ``out``.
 
     Args:
         recipe_path: the base recipe; its ``loss`` section is replaced by ``{name: <loss>}``.
@@ -173,6 +207,8 @@ def plan_comparison(
         overrides: dotted overrides applied to every run (``loss.<param>`` ones only to losses that have it).
         plugins: extra plugin files or modules.
         out: comparison folder; default ``runs/compare_<recipe name>`` (``runs/<name>`` if it starts with compare_).
+        seeds: train every combination once per seed (the recipe's ``seed``: data order, adapter
+            initialisation, sampling), labelled ``<label>_seed<s>``; empty: once, with the recipe's seed.
 
     Returns:
         (comparison folder, planned runs).
@@ -181,6 +217,8 @@ def plan_comparison(
         RecipeError: bad recipe, override, sweep or loss name (nothing has run yet).
     """
     _check_losses_listed(losses)
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(f"--seeds {','.join(map(str, seeds))}: a seed is repeated")
     fixed_params = _loss_param_overrides(overrides)
     grid = _sweep_grid(sweeps)
     # Loading the base recipe imports its plugins and --plugin ones: only then are their losses known.
@@ -190,6 +228,7 @@ def plan_comparison(
     out_dir = Path(out) if out is not None else Path("runs") / default
     load = partial(load_recipe, recipe_path, extra_plugins=list(plugins))
     plans = [plan for loss in losses for plan in _plan_loss(loss, grid, fixed_params=fixed_params,
-                                                            overrides=overrides, out_dir=out_dir, load=load)]
-    _check_same_protocol(base, plans)
+                                                            overrides=overrides, out_dir=out_dir, load=load,
+                                                            seeds=seeds)]
+    _check_same_protocol(base, plans, bool(seeds))
     return out_dir, plans

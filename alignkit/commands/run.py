@@ -24,7 +24,9 @@ from alignkit.data import (
 from alignkit.data.pipeline import heldout_prompts
 from alignkit.data.truncation import truncation_counts
 from alignkit.eval.agreement import labelled_pairs
+from alignkit.eval.curve import curve_evaluator, curve_points
 from alignkit.eval.heldout import evaluate_heldout
+from alignkit.jsonio import read_jsonl
 from alignkit.losses import build_objective
 from alignkit.models.load import load_reward_model, load_tokenizer
 from alignkit.models.reference import Reference
@@ -32,6 +34,7 @@ from alignkit.recipe import Recipe, RecipeFile, load_recipe, recipe_to_yaml
 from alignkit.recipe.online import is_online_recipe, load_online_recipe
 from alignkit.recipe.rules import unused_reference_note
 from alignkit.train.dropout import disable_dropout
+from alignkit.train.loop import CurveEvaluation
 from alignkit.train.trainer import Trainer
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
 from alignkit.workflow.reference import (
@@ -128,9 +131,24 @@ class PreferenceRun(RecipeRun):
                                             collate, reference_loader(recipe, ctx.device, ctx.run_dir),
                                             ctx.sharding)
         trainer = self._trainer(ctx, "preference", objective=self.objective, cfg=recipe.train, collate=collate,
-                                reference=self.reference,
+                                reference=self.reference, curve=self._curve(ctx),
                                 seed=recipe.train.seed if recipe.train.seed is not None else recipe.seed)
         ctx.results["preference"] = trainer.fit(resume=ctx.resume)
+
+    def _curve(self, ctx: RunContext) -> CurveEvaluation | None:
+        """Reward and KL every ``eval.every`` steps (one process; a reward model does not generate)."""
+        cfg = self.recipe.eval
+        if cfg is None or cfg.every is None or self.is_reward_model:
+            return None
+        if ctx.env.world_size > 1 or ctx.sharding is not None:
+            ctx.console.print("[yellow]note[/]: eval.every is skipped with several processes; the final "
+                              "evaluation runs as usual")
+            return None
+        assert self.data is not None
+        prompts, _ = heldout_prompts(self.data.test_examples)
+        reference = evaluation_reference(self.recipe, ctx.model, reference_loader(self.recipe, ctx.device, ctx.run_dir),
+                                         self.reference)
+        return CurveEvaluation(curve_evaluator(cfg, ctx.model, reference, ctx.tokenizer, prompts), cfg.every)
 
     def evaluate(self, ctx: RunContext) -> dict[str, Any]:
         cfg = self.recipe.eval
@@ -147,9 +165,14 @@ class PreferenceRun(RecipeRun):
         reference = evaluation_reference(self.recipe, ctx.model,
                                          reference_loader(self.recipe, ctx.device, ctx.run_dir), training)
         base = evaluation_base(self.recipe, ctx.model, reference, base_loader(self.recipe, ctx.device))
-        return evaluate_heldout(cfg, ctx.model, reference, ctx.tokenizer, prompts, chosen, run_dir=ctx.run_dir,
-                                console=ctx.console, device=str(ctx.device), base=base,
-                                labelled=labelled_pairs(self.data.test_examples))
+        out = evaluate_heldout(cfg, ctx.model, reference, ctx.tokenizer, prompts, chosen, run_dir=ctx.run_dir,
+                               console=ctx.console, device=str(ctx.device), base=base,
+                               labelled=labelled_pairs(self.data.test_examples))
+        if cfg.every is not None and "reward_kl" in out and "preference" in ctx.results:
+            out["reward_kl_curve"] = curve_points(
+                read_jsonl(ctx.run_dir / "preference" / "metrics.jsonl", what="a metrics record"),
+                out["reward_kl"]["after"], ctx.results["preference"].summary().steps)
+        return out
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,

@@ -149,6 +149,12 @@ class EvalConfig(StrictConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     batch_size: int = Field(16, ge=1, description="Completions generated (and scored for KL) per batch.")
     seed: int = Field(1234, ge=0, le=SEED_MAX, description="Sampling seed, shared by the before and after evaluations.")
+    every: int | None = Field(
+        None, ge=1,
+        description="Also evaluate reward and KL every N optimizer steps of the preference stage (same prompts "
+        "and sampling seed), so one run draws a curve on the reward-versus-KL frontier; null: only after "
+        "training. Offline recipes, one process.",
+    )
     judge: JudgeConfig = Field(
         default_factory=NoJudge,
         description="Pairwise judge of policy versus baseline: {kind: none | local | openai | reward, ...}.",
@@ -179,6 +185,12 @@ class EvalConfig(StrictConfig):
                              f"eval.baselines=[{old}]")
         data["baselines"] = [old]
         return data
+
+    @model_validator(mode="after")
+    def _curve_needs_a_reward(self) -> EvalConfig:
+        if self.every is not None and self.reward is None:
+            raise ValueError("eval.every evaluates reward and KL along training: set eval.reward too")
+        return self
 
     @model_validator(mode="after")
     def _distinct_baselines(self) -> EvalConfig:

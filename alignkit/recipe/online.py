@@ -76,6 +76,9 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
     if recipe.online.warp is not None and isinstance(recipe.adapter, LoRAConfig):
         problems.append((("adapter", "kind"), "WARP merges trainable tensors one by one, which is not the merge "
                          "of LoRA's product B A; use adapter.kind bottleneck or none with online.warp"))
+    if recipe.eval is not None and recipe.eval.every is not None:
+        problems.append((("eval", "every"), "evaluation along training is for offline recipes; an online run "
+                         "logs reward and KL on every update in online/metrics.jsonl"))
     if recipe.eval is not None and "chosen" in recipe.eval.baselines:
         problems.append((("eval", "baselines"), "'chosen' judges the policy against the dataset's chosen responses, "
                          "but online prompts have none; use base or reference"))

@@ -2,7 +2,9 @@
 
 - The reward-versus-KL frontier (the protocol of the DPO paper's Figure 2): one colour per objective,
   one point per swept value joined by a line, 95% intervals as error bars on both axes, and the reference
-  model as a black star.
+  model as a black star. Runs over several seeds: every seed's point faint and small, the method's mean
+  over the seeds with its 95% interval across seeds (Student t) as the error bars. A run evaluated along
+  training (``eval.every``) adds its curve: a thin line from the reference through each evaluated step.
 - Training curves: loss, reward margin and reward accuracy against the optimizer step, one line per run.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.report.plots import interval_error, pyplot, save_figure
+from alignkit.report.seeds import seed_summary
 
 plt = pyplot()  # Agg backend: render to files only
 
@@ -39,18 +42,27 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
 
     Args:
         rows: comparison rows (see :func:`alignkit.report.compare_table.comparison_row`); rows without
-            ``reward`` and ``kl`` are left out.
+            ``reward`` and ``kl`` are left out. Rows with a ``seed`` are drawn faint, and their method's
+            mean over seeds (:func:`alignkit.report.seeds.seed_summary`) as the point with intervals.
         path: the PNG file to write.
         title: figure title.
 
     Returns:
         ``path``, or None when no row has a reward and a KL (nothing is written then).
     """
-    points = [r for r in rows if r.get("reward") and r.get("kl")]
+    evaluated = [r for r in rows if r.get("reward") and r.get("kl")]
+    seeded = [r for r in evaluated if r.get("seed") is not None]
+    points = [r for r in evaluated if r.get("seed") is None]
+    points += [s for s in seed_summary(seeded) if s["reward"] and s["kl"]]
     if not points:
         return None
     colours = _colours([r["loss"] for r in points])
     fig, ax = plt.subplots(figsize=(7, 5))
+    for loss, colour in colours.items():
+        mine = [r for r in seeded if r["loss"] == loss]
+        if mine:
+            ax.scatter([r["kl"]["estimate"] for r in mine], [r["reward"]["estimate"] for r in mine], s=14,
+                       color=colour, alpha=0.35, marker="o", label=f"{loss}: each seed")
     reference = next((r for r in points if r.get("reference_reward")), None)
     if reference is not None:
         ref_kl = reference["reference_kl"]["estimate"] if reference.get("reference_kl") else 0.0
@@ -69,14 +81,29 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
             if r["params"]:
                 ax.annotate(_param_text(r["params"]), (x, y), textcoords="offset points", xytext=(5, 5),
                             fontsize=7, color=colour)
+    _draw_curves(ax, evaluated, colours)
     reward_name = points[0].get("reward_name") or "reward"
     ax.set_xlabel("KL(policy || reference), nats per completion")
     ax.set_ylabel(f"mean reward ({reward_name})")
     ax.set_title(title or "reward vs KL frontier (95% intervals)")
+    if seeded:
+        fig.text(0.01, 0.01, "faint: each seed; solid: mean over seeds, 95% interval across seeds", fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
+
+
+def _draw_curves(ax: Any, rows: Sequence[dict[str, Any]], colours: dict[str, Any]) -> None:
+    """Each run's reward and KL along training, from the reference model (step 0) to its last step."""
+    for r in rows:
+        curve = r.get("curve") or []
+        if not curve:
+            continue
+        start = [(r["reference_kl"]["estimate"] if r.get("reference_kl") else 0.0,
+                  r["reference_reward"]["estimate"])] if r.get("reference_reward") else []
+        xy = start + [(p["kl"]["estimate"], p["reward"]["estimate"]) for p in curve]
+        ax.plot(*zip(*xy, strict=True), ".-", color=colours[r["loss"]], alpha=0.45, linewidth=1, markersize=4)
 
 
 _CURVES = (

@@ -101,12 +101,13 @@ def comparison_row(
     Returns:
         A JSON-ready dict with the keys of :data:`COLUMNS` plus ``loss``, ``params``, ``note``,
         ``reward_name``, ``reference_reward``, ``reference_kl``, ``memory_kind``, ``steps``,
-        ``win_rate_baseline`` and ``win_rate_flag`` (the judge's :func:`~alignkit.report.judge.unreliable_flag`).
+        ``win_rate_baseline``, ``win_rate_flag`` (the judge's :func:`~alignkit.report.judge.unreliable_flag`)
+        and ``curve`` (reward and KL along training, ``eval.every``; None without).
     """
     row: dict[str, Any] = {key: None for key, _ in COLUMNS}
     row.update(label=label, loss=loss, params=dict(params), status=status, note=note, reward_name=None,
                reference_reward=None, reference_kl=None, memory_kind=None, steps=None,
-               win_rate_baseline=None, win_rate_flag="")
+               win_rate_baseline=None, win_rate_flag="", curve=None)
     if not report:
         return row
     pref = (report.get("stages") or {}).get("preference") or {}
@@ -121,6 +122,7 @@ def comparison_row(
         row["kl"] = _interval(rk["after"]["kl"])
         row["reference_reward"] = _interval(rk["before"]["reward"])
         row["reference_kl"] = _interval(rk["before"].get("kl"))
+    row["curve"] = report.get("reward_kl_curve")
     row["win_rate"] = find_win_rate(report)
     latest = latest_win_rate(report)
     row["win_rate_baseline"] = latest[1].get("baseline") if latest is not None else None

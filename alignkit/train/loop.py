@@ -39,7 +39,7 @@ from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.metrics import MetricsWriter
 from alignkit.train.sharding import gather_optimizer_state, gather_trainable_state, is_sharded
 
-__all__ = ["Evaluation", "FitLoop", "LoopOutcome", "LoopState", "StepFn", "optimizer_step"]
+__all__ = ["CurveEvaluation", "Evaluation", "FitLoop", "LoopOutcome", "LoopState", "StepFn", "optimizer_step"]
 
 
 @dataclass
@@ -110,6 +110,20 @@ class Evaluation:
 
 
 @dataclass
+class CurveEvaluation:
+    """An evaluation along training (reward and KL of the policy so far), logged to ``metrics.jsonl``.
+
+    Attributes:
+        evaluate: returns flat metrics (``curve/``-prefixed); it must leave the training's random state as
+            it found it, so that a run with a curve trains exactly as one without.
+        every: evaluate after every N steps, except the last (the run's own final evaluation is that point).
+    """
+
+    evaluate: Callable[[], dict[str, float]]
+    every: int
+
+
+@dataclass
 class LoopOutcome:
     """What :meth:`FitLoop.run` did.
 
@@ -172,6 +186,7 @@ class FitLoop:
         save_every: write a checkpoint every N steps; always at the last step and on early stopping.
         keep_checkpoints: ``step-*`` checkpoints kept (``best`` is kept besides).
         evaluation: held-out evaluation, best checkpoint and early stopping; None for none.
+        curve: evaluation along training (reward and KL); None for none.
         progress_keys: metrics shown in the progress bar and in the plain progress lines.
         checkpoint_files: extra tensors each checkpoint keeps, by file name (the online anchor).
         on_resume: called with the checkpoint folder and its state after a resume loaded them.
@@ -190,6 +205,7 @@ class FitLoop:
     save_every: int | None = None
     keep_checkpoints: int = 1
     evaluation: Evaluation | None = None
+    curve: CurveEvaluation | None = None
     progress_keys: tuple[str, ...] = ()
     checkpoint_files: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None
     on_resume: Callable[[Path, LoopState], None] | None = None
@@ -259,8 +275,17 @@ class FitLoop:
         ev = self.evaluation
         if ev is not None and ((ev.every and step % ev.every == 0) or last):
             self._evaluate(state, writer)
+        if self.curve is not None and step % self.curve.every == 0 and not last and not state.stopped_early:
+            self._curve_point(step, writer)
         if (self.save_every and step % self.save_every == 0) or last or state.stopped_early:
             self._save(state)
+
+    def _curve_point(self, step: int, writer: MetricsWriter) -> None:
+        assert self.curve is not None
+        metrics = self.curve.evaluate()
+        for key, number in metrics.items():
+            self.guard.check(key, number, step, before="it was logged")
+        writer.write({"stage": self.stage, "step": step, **metrics})
 
     def _evaluate(self, state: LoopState, writer: MetricsWriter) -> None:
         """Evaluate; after step 0, keep the ``best`` checkpoint and decide on early stopping."""

@@ -35,7 +35,7 @@ from alignkit.train.distributed import (
 )
 from alignkit.train.divergence import DivergenceGuard
 from alignkit.train.forward import objective_step
-from alignkit.train.loop import Evaluation, FitLoop, LoopState, optimizer_step
+from alignkit.train.loop import CurveEvaluation, Evaluation, FitLoop, LoopState, optimizer_step
 from alignkit.train.metrics import MetricSums, batch_metrics, step_metrics
 from alignkit.train.schedule import make_scheduler
 from alignkit.train.sharding import is_sharded, set_gradient_sync
@@ -121,6 +121,7 @@ class Trainer:
         env: the data-parallel environment.
         logps: chunk size and packing of the log-prob forwards (``recipe.model.logps``).
         console: where progress and messages go.
+        curve: reward and KL evaluated along training (``eval.every``), logged to ``metrics.jsonl``.
     """
 
     def __init__(
@@ -140,8 +141,10 @@ class Trainer:
         env: DistEnv | None = None,
         logps: LogpsOptions = DEFAULT_LOGPS,
         console: Console | None = None,
+        curve: CurveEvaluation | None = None,
     ) -> None:
         self.model = model
+        self.curve = curve
         self.objective = objective
         self.cfg = cfg
         self.train_pairs = list(train_pairs)
@@ -344,7 +347,8 @@ class Trainer:
         evaluation = Evaluation(self.evaluate, cfg.eval_every, cfg.early_stopping) if self.eval_pairs else None
         loop = FitLoop(self.stage, self.run_dir, self.total_steps, self.model, self.optimizer, self.scheduler,
                        self.guard, log_every=cfg.log_every, save_every=cfg.save_every,
-                       keep_checkpoints=cfg.keep_checkpoints, evaluation=evaluation, progress_keys=PROGRESS_KEYS,
+                       keep_checkpoints=cfg.keep_checkpoints, evaluation=evaluation, curve=self.curve,
+                       progress_keys=PROGRESS_KEYS,
                        on_resume=self._resume_loss_state, env=self.env, console=self.console)
         out = loop.run(self._fit_step, resume=resume)
         state = out.state
