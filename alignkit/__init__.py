@@ -2,7 +2,8 @@
 
 The extension points a user's code needs are importable from here (docs/extending.md shows each one):
 ``register_loss`` (objectives), ``register_source`` and ``register_prepared_source`` (data sources),
-``register_reward`` (reward functions) and ``register_judge`` (pairwise judges), with the types they
+``register_prompt_source`` (prompts of online recipes), ``register_reward`` (reward functions, with
+``RewardExample`` for rewards that read each prompt's reference answer) and ``register_judge`` (pairwise judges), with the types they
 receive and return. The names are loaded on first use, so ``import alignkit`` stays light (no torch).
 """
 
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
         register_prepared_source,
         register_source,
     )
+    from alignkit.data.prompt_sources import list_prompt_sources, load_prompt_split, register_prompt_source
+    from alignkit.data.prompts import PromptSplit
     from alignkit.eval.judges import Judge, Verdict, build_judge, register_judge
     from alignkit.losses import LossConfig, LossOutput, PreferenceStats, get_loss, list_losses, register_loss
-    from alignkit.models.rewards import get_reward, list_rewards, register_reward
+    from alignkit.models.rewards import RewardExample, get_reward, list_rewards, register_reward
 
 __all__ = [
     "DropReport",
@@ -35,16 +38,21 @@ __all__ = [
     "PreferenceStats",
     "PrepareContext",
     "PreparedData",
+    "PromptSplit",
+    "RewardExample",
     "Verdict",
     "build_judge",
     "get_loss",
     "get_reward",
     "list_losses",
+    "list_prompt_sources",
     "list_rewards",
     "load_examples",
+    "load_prompt_split",
     "register_judge",
     "register_loss",
     "register_prepared_source",
+    "register_prompt_source",
     "register_reward",
     "register_source",
 ]
@@ -54,7 +62,9 @@ __version__ = "0.1.0"
 __getattr__ = lazy_exports(__name__, {
     "data": ("DropReport", "PrepareContext", "PreferenceExample", "PreparedData", "load_examples",
              "register_prepared_source", "register_source"),
+    "data.prompt_sources": ("list_prompt_sources", "load_prompt_split", "register_prompt_source"),
+    "data.prompts": ("PromptSplit",),
     "eval.judges": ("Judge", "Verdict", "build_judge", "register_judge"),
     "losses": ("LossConfig", "LossOutput", "PreferenceStats", "get_loss", "list_losses", "register_loss"),
-    "models.rewards": ("get_reward", "list_rewards", "register_reward"),
+    "models.rewards": ("RewardExample", "get_reward", "list_rewards", "register_reward"),
 })

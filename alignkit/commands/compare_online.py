@@ -20,8 +20,10 @@ from typing import Any
 from rich.console import Console
 
 from alignkit.commands.online import run_online_recipe
+from alignkit.jsonio import read_json
 from alignkit.recipe import Recipe, RecipeError, comparable_recipes, read_saved_recipe
 from alignkit.recipe.online import OnlineRecipe, is_online_recipe, load_online_recipe, online_recipe_to_yaml
+from alignkit.report.accuracy import accuracy_comparison
 from alignkit.report.format import format_interval
 from alignkit.report.frontier import online_frontier_rows
 
@@ -42,6 +44,7 @@ class OnlineEntry:
     seconds: float = 0.0
     rows: list[dict[str, Any]] | None = None
     seed: int | None = None
+    accuracy: dict[str, Any] | None = None  # the report's pass@k before and after (verifiable tasks)
 
 
 def _saved_recipe(run_dir: Path) -> OnlineRecipe | None:
@@ -127,6 +130,7 @@ def resolve_online_runs(plans: Sequence[OnlinePlan], *, console: Console) -> lis
     for item in out:
         if item.status != "failed":
             item.rows = _with_seed(online_frontier_rows([item.run_dir]), item)
+            item.accuracy = read_json(item.run_dir / "report.json").get("accuracy")
     return out
 
 
@@ -184,4 +188,5 @@ def online_markdown(entries: Sequence[OnlineEntry], offline: Recipe | None) -> s
             notes.append(f"- {entry.run_dir.name}: no recipe.yaml in the folder, evaluation settings not checked")
     if notes:
         lines += ["", *notes]
-    return "\n".join(lines) + "\n"
+    measured = [(e.run_dir.name, e.accuracy) for e in entries if e.accuracy]
+    return "\n".join(lines) + "\n" + (accuracy_comparison(measured) if measured else "")

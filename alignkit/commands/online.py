@@ -13,6 +13,7 @@ see :mod:`alignkit.online.parallel`); only the main process writes files, evalua
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,23 +21,32 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from alignkit.data.sentiment import sentiment_prompts
+from alignkit.data.prompt_sources import load_prompt_split
+from alignkit.data.prompts import PromptSplit
 from alignkit.data.types import DataError
+from alignkit.eval.accuracy import evaluate_accuracy
 from alignkit.eval.heldout import evaluate_heldout, fitting_prompts
 from alignkit.eval.judges.reward import reward_model_scorer
 from alignkit.eval.reward_kl import evaluate_proxy_and_true, evaluate_reward_kl
 from alignkit.models.kl import ReferenceFn
 from alignkit.models.load import load_tokenizer
-from alignkit.models.rewards import resolve_reward
+from alignkit.models.reward_mix import weighted_sum
+from alignkit.models.rewards import (
+    RewardBreakdown,
+    RewardExample,
+    resolve_example_reward,
+    resolve_reward,
+    reward_total,
+)
 from alignkit.online.anchor import EMAAnchor, FrozenAnchor, trainable_tensors
-from alignkit.online.config import InlinePrompts, OnlineConfig, SentimentPrompts
+from alignkit.online.config import OnlineConfig
 from alignkit.online.kl_control import AdaptiveKLController, FixedKLController, KLController
 from alignkit.online.objective import Objective
 from alignkit.online.parallel import check_world_size
-from alignkit.online.prompts import load_prompts
 from alignkit.online.trainer import OnlineResult, OnlineTrainer, ScoreFn
 from alignkit.online.warp import interpolate, liti, slerp_merge
 from alignkit.recipe.online import OnlineRecipe, online_recipe_to_yaml
+from alignkit.report.accuracy import accuracy_lines
 from alignkit.report.frontier import plot_proxy_vs_true
 from alignkit.train.distributed import DistEnv, broadcast_parameters
 from alignkit.workflow import RecipeRun, RunContext, RunSummary, execute_run
@@ -57,23 +67,19 @@ __all__ = [
 ]
 
 
-def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None,
-                   console: Console | None = None) -> tuple[list[str], list[str]]:
-    """(train, held-out) prompts of the recipe's ``prompts:`` section.
+def online_prompts(recipe: OnlineRecipe, tokenizer: Any = None, console: Console | None = None) -> PromptSplit:
+    """The training and held-out prompts of the recipe's ``prompts:`` section, with each prompt's metadata.
 
-    Prompts read from data (``jsonl``, ``hh_rlhf``, ``hf_dataset``: :func:`alignkit.online.prompts.load_prompts`)
-    are rendered for ``tokenizer`` (the recipe's own, loaded when None), and how many rows were read, kept and
-    dropped (and why) is printed to ``console``.
+    The section's kind is looked up in the prompt-source registry (:mod:`alignkit.data.prompt_sources`); prompts
+    are rendered for ``tokenizer`` (the recipe's own, loaded when None), and, for sources that read rows, how
+    many were read, kept and dropped (and why) is printed to ``console``.
     """
     p = recipe.prompts
-    if isinstance(p, SentimentPrompts):
-        return (sentiment_prompts(p.num_prompts, seed=p.seed, split="train"),
-                sentiment_prompts(p.num_eval_prompts, seed=p.seed, split="eval"))
-    if isinstance(p, InlinePrompts):
-        return list(p.train), list(p.eval)
-    split = load_prompts(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
-    (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False, highlight=False)
-    return split.train, split.eval
+    split = load_prompt_split(p, tokenizer if tokenizer is not None else load_tokenizer(recipe.model))
+    if split.train_report.seen:
+        (console or Console(stderr=True)).print(f"prompts ({p.kind}):\n{split.summary()}", markup=False,
+                                                highlight=False)
+    return split
 
 
 def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], cfg: OnlineConfig,
@@ -98,13 +104,34 @@ def fitting_train_prompts(model: nn.Module, tokenizer: Any, prompts: list[str], 
     return kept, dropped
 
 
-def build_score(cfg: OnlineConfig, device: torch.device) -> tuple[str, ScoreFn]:
-    """The reward as ``score(prompts, texts)``: a registered function (texts only) or a reward-model folder."""
+def build_score(cfg: OnlineConfig, device: torch.device,
+                metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, ScoreFn]:
+    """The reward as ``score(prompts, texts)``: a registered function, a weighted list of them, or a reward-model
+    folder. A reward that reads examples receives each prompt's ``metadata`` (its reference answer)."""
+    meta = metadata or {}
+
+    def examples(prompts: list[str], texts: list[str]) -> list[RewardExample]:
+        return [RewardExample(p, t, meta.get(p, {})) for p, t in zip(prompts, texts, strict=True)]
+
     if cfg.reward is not None:
         # One number per text within the time limit, or an error naming the reward.
-        name, checked = resolve_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
-        return name, lambda prompts, texts: checked(texts)
-    assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward and reward_model
+        name, fn = resolve_example_reward(cfg.reward, timeout_s=cfg.reward_timeout_s)
+        return name, lambda prompts, texts: fn(examples(prompts, texts))
+    if cfg.rewards is not None:
+        terms = {t.name: resolve_example_reward(t.name, timeout_s=cfg.reward_timeout_s, settings=t.settings)[1]
+                 for t in cfg.rewards}
+        weights = {t.name: t.weight for t in cfg.rewards}
+        normalise = cfg.normalise_rewards
+
+        def combined(prompts: list[str], texts: list[str]) -> RewardBreakdown:
+            batch = examples(prompts, texts)
+            parts = {name: reward_total(fn(batch)) for name, fn in terms.items()}
+            total = weighted_sum(parts, weights, groups=prompts if normalise else None)
+            return RewardBreakdown(total, parts)
+
+        described = " + ".join(f"{t.weight:g}*{t.name}" for t in cfg.rewards)
+        return described + (" (each normalised per prompt)" if normalise else ""), combined
+    assert cfg.reward_model is not None  # OnlineConfig requires exactly one of reward, rewards and reward_model
     scorer = reward_model_scorer(cfg.reward_model, batch_size=cfg.reward_batch_size, device=device)
     return str(cfg.reward_model), lambda prompts, texts: scorer(list(zip(prompts, texts, strict=True)))
 
@@ -217,6 +244,7 @@ class OnlineRun(RecipeRun):
         self.recipe: OnlineRecipe = recipe
         self.train_prompts: list[str] = []
         self.eval_prompts: list[str] = []
+        self.prompt_metadata: dict[str, dict[str, Any]] = {}
         self.score: ScoreFn | None = None
         self.initial: ReferenceFn | None = None
 
@@ -235,10 +263,11 @@ class OnlineRun(RecipeRun):
 
     def prepare(self, ctx: RunContext) -> None:
         recipe = self.recipe
-        train, self.eval_prompts = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        split = online_prompts(recipe, ctx.tokenizer, ctx.console)
+        train, self.eval_prompts, self.prompt_metadata = split.train, split.eval, split.metadata
         self.train_prompts, too_long = fitting_train_prompts(ctx.model, ctx.tokenizer, train, recipe.online,
                                                              ctx.console)
-        reward_name, self.score = build_score(recipe.online, ctx.device)
+        reward_name, self.score = build_score(recipe.online, ctx.device, self.prompt_metadata)
         true = f" (true reward, measured only: {recipe.online.true_reward})" if recipe.online.true_reward else ""
         ctx.console.print(f"online: {len(self.train_prompts)} train / {len(self.eval_prompts)} held-out prompts, "
                           f"reward {reward_name}{true}")
@@ -296,6 +325,8 @@ class OnlineRun(RecipeRun):
                 plot = plot_proxy_vs_true(metrics, ctx.run_dir / "plots" / "proxy_vs_true.png", labels=labels,
                                           title=f"{self.recipe.name}: proxy vs true reward ({true_reward})")
                 out["proxy_vs_true_plot"] = str(plot.relative_to(ctx.run_dir))
+        if self.recipe.accuracy is not None:
+            out["accuracy"] = self.accuracy(ctx)
         if self.recipe.eval is None:
             return out
         assert self.initial is not None
@@ -304,18 +335,38 @@ class OnlineRun(RecipeRun):
                                     run_dir=ctx.run_dir, console=ctx.console, device=str(ctx.device),
                                     base=self.initial))
         if true_reward is not None and self.score is not None:
+            score = self.score
+            proxy = lambda prompts, texts: reward_total(score(prompts, texts))  # noqa: E731 - a combined reward's total
             ev = self.recipe.eval
             prompts = self.eval_prompts[: ev.num_prompts] if ev.num_prompts else self.eval_prompts
             with self.initial() as initial_model:
-                before = evaluate_proxy_and_true(initial_model, None, ctx.tokenizer, prompts, self.score,
+                before = evaluate_proxy_and_true(initial_model, None, ctx.tokenizer, prompts, proxy,
                                                  true_reward, ev.sampling, label="initial")
-            after = evaluate_proxy_and_true(ctx.model, self.initial, ctx.tokenizer, prompts, self.score,
+            after = evaluate_proxy_and_true(ctx.model, self.initial, ctx.tokenizer, prompts, proxy,
                                             true_reward, ev.sampling, label="policy")
             out["proxy_vs_true"] = {"true_reward_name": after["true_reward_name"], "before": before, "after": after}
             ctx.console.print(f"proxy vs true reward: proxy {before['proxy_reward']['estimate']:.3f} -> "
                               f"{after['proxy_reward']['estimate']:.3f}, true {before['true_reward']['estimate']:.3f}"
                               f" -> {after['true_reward']['estimate']:.3f} at KL {after['kl']['estimate']:.2f}")
         return out
+
+
+    def accuracy(self, ctx: RunContext) -> dict[str, Any]:
+        """pass@k of the initial and the trained model on the first ``accuracy.num_problems`` held-out problems
+        (the same samples' seed for both), printed and returned for the report."""
+        acc = self.recipe.accuracy
+        assert acc is not None and self.initial is not None
+        name, score = resolve_example_reward(acc.reward.name, settings=acc.reward.settings,
+                                             timeout_s=self.recipe.online.reward_timeout_s)
+        problems = self.eval_prompts[: acc.num_problems]
+        args = (ctx.tokenizer, problems, self.prompt_metadata, score, acc.sampling)
+        with self.initial() as initial_model:
+            before = evaluate_accuracy(initial_model, *args, ks=acc.ks, threshold=acc.threshold, label="initial")
+        after = evaluate_accuracy(ctx.model, *args, ks=acc.ks, threshold=acc.threshold, label="policy")
+        ctx.console.print(f"accuracy ({name}, {len(problems)} held-out problems, {acc.samples} samples each, "
+                          "95% intervals):\n  " + "\n  ".join(accuracy_lines(before, after)),
+                          markup=False, highlight=False)
+        return {"reward": name, "threshold": acc.threshold, "before": before, "after": after}
 
 
 def run_online_recipe(recipe: OnlineRecipe, *, resume: bool = False, overwrite: bool = False,

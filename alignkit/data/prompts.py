@@ -212,12 +212,15 @@ class PromptSplit:
     Attributes:
         train, eval: the prompts, in source order.
         train_report, eval_report: rows seen and dropped (with why) on the way to each list.
+        metadata: prompt -> what its source carries to the reward (``answer``: a reference answer); prompts
+            without any are absent.
     """
 
     train: list[str]
     eval: list[str]
     train_report: DropReport = field(default_factory=DropReport)
     eval_report: DropReport = field(default_factory=DropReport)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Two blocks: the training prompts' account, then the held-out prompts'."""

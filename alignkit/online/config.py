@@ -26,13 +26,21 @@ from alignkit.online.parts import (
     PartSpec,
 )
 from alignkit.online.presets import PRESETS, PresetName
-from alignkit.online.prompts import HFDatasetPrompts, HHRLHFPrompts, JsonlPrompts
+from alignkit.online.prompts import (
+    HFDatasetPrompts,
+    HHRLHFPrompts,
+    InlinePrompts,
+    JsonlPrompts,
+    SentimentPrompts,
+)
 from alignkit.online.rollout_config import AsyncConfig, RolloutConfig
+from alignkit.online.verifiable_prompts import GSM8KPrompts, ReasoningGymPrompts
 from alignkit.registry import Registry, RegistryError
 from alignkit.train.config import OptimizerConfig
 
 __all__ = [
     "ALGORITHMS",
+    "AccuracyConfig",
     "AnchorConfig",
     "AsyncConfig",
     "GRPOConfig",
@@ -43,6 +51,7 @@ __all__ = [
     "OnlineTrainConfig",
     "PPOConfig",
     "PartChoice",
+    "RewardTerm",
     "PromptsConfig",
     "RolloutConfig",
     "SentimentPrompts",
@@ -55,25 +64,8 @@ class _Strict(StrictConfig):
     """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
-class SentimentPrompts(_Strict):
-    """The project's neutral prompts of the controlled-sentiment task (train and held-out splits)."""
-
-    kind: Literal["sentiment"] = Field(description="Built-in sentiment prompts (alignkit.data.sentiment).")
-    num_prompts: int | None = Field(None, ge=1, description="Training prompts; null: the whole train split.")
-    num_eval_prompts: int = Field(64, ge=1, description="Held-out prompts for the final evaluation and the front.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Which prompts are drawn (the order of training is the run's seed).")
-
-
-class InlinePrompts(_Strict):
-    """Prompts written in the recipe."""
-
-    kind: Literal["inline"] = Field(description="Prompts listed in the recipe.")
-    train: list[str] = Field(min_length=1, description="Training prompts.")
-    eval: list[str] = Field(min_length=1, description="Held-out prompts for evaluation.")
-
-
-PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts,
-                          Field(discriminator="kind")]
+PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts
+                          | GSM8KPrompts | ReasoningGymPrompts, Field(discriminator="kind")]
 
 
 class AnchorConfig(_Strict):
@@ -133,6 +125,46 @@ class PartChoice(BaseModel):
     def settings(self) -> dict[str, Any]:
         """Everything but the name."""
         return dict(self.model_extra or {})
+
+
+class RewardTerm(PartChoice):
+    """One reward of a weighted combination, with its settings beside the name
+    (``{name: exact_match, weight: 1.0, extract: gsm8k}``, or just ``exact_match``); ``settings`` are the
+    reward function's keyword arguments."""
+
+    name: str = Field(description="A registered reward function (docs/online.md lists the built-in ones).")
+    weight: float = Field(1.0, description="Its weight in the sum.")
+
+
+class AccuracyConfig(_Strict):
+    """Accuracy on the held-out problems of a verifiable task, before and after training: pass@k from n samples."""
+
+    reward: RewardTerm = Field(description="The reward that decides correctness, with its settings (e.g. "
+                               "{name: reasoning_gym} or {name: exact_match, extract: gsm8k}).")
+    threshold: float = Field(1.0, description="A completion is correct when the reward gives it at least this.")
+    num_problems: int = Field(200, ge=1, description="Held-out problems measured (the first N of the held-out "
+                              "prompts).")
+    samples: int = Field(8, ge=1, description="n: completions sampled per problem.")
+    ks: list[int] = Field(default_factory=lambda: [1, 8], min_length=1, description="The k of each pass@k "
+                          "reported (1 <= k <= samples), estimated without bias from the n samples.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens sampled per completion.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy, then only pass@1 is "
+                               "meaningful).")
+    batch_size: int = Field(32, ge=1, description="Completions generated per batch.")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Sampling seed, the same before and after training.")
+
+    @model_validator(mode="after")
+    def _ks_within_samples(self) -> AccuracyConfig:
+        bad = [k for k in self.ks if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(f"accuracy.ks: {bad} outside 1..samples ({self.samples}); pass@k needs k <= n samples")
+        return self
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampling of every measurement (n per problem, the same seed before and after)."""
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                        samples_per_prompt=self.samples, batch_size=self.batch_size, seed=self.seed)
 
 
 class KLConfig(_Strict):
@@ -295,6 +327,13 @@ class OnlineConfig(_Strict):
 
     reward: str | None = Field(None, description="Registered reward function, e.g. vader_sentiment.")
     reward_model: str | None = Field(None, description="Folder of an alignkit reward model (instead of `reward`).")
+    rewards: list[RewardTerm] | None = Field(
+        None, min_length=1, description="A weighted sum of registered rewards (instead of `reward`), each with its "
+        "settings, e.g. [{name: exact_match, weight: 1, extract: gsm8k}, {name: format, weight: 0.1}]; each "
+        "component is logged as reward/<name>.")
+    normalise_rewards: bool = Field(
+        False, description="With `rewards`: normalise each reward within the completions of one prompt (minus "
+        "the group's mean, over its standard deviation) before the weighted sum (GDPO).")
     true_reward: str | None = Field(
         None,
         description="A registered reward function measured on every rollout but never trained on (e.g. "
@@ -331,8 +370,13 @@ class OnlineConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_reward(self) -> OnlineConfig:
-        if (self.reward is None) == (self.reward_model is None):
-            raise ValueError("online: set exactly one of 'reward' (a registered function) or 'reward_model' (a folder)")
+        if sum(x is not None for x in (self.reward, self.reward_model, self.rewards)) != 1:
+            raise ValueError("online: set exactly one of 'reward' (a registered function), 'rewards' (a weighted "
+                             "list of them) or 'reward_model' (a folder)")
+        if self.rewards is not None and len({t.name for t in self.rewards}) != len(self.rewards):
+            raise ValueError("online.rewards: each reward may appear once")
+        if self.normalise_rewards and self.rewards is None:
+            raise ValueError("online.normalise_rewards needs online.rewards (a weighted list of rewards)")
         if self.kl_control.kind == "adaptive" and self.beta <= 0:
             raise ValueError("online.beta must be > 0 with an adaptive kl_control (the rule is multiplicative)")
         if self.warp is not None and self.anchor.kind != "ema":

@@ -102,16 +102,20 @@ class _Group:
     completions: list
     rewards: Tensor
     true_rewards: Tensor | None
+    components: dict[str, Tensor]
 
 
 def _group(rollout: Rollout, index: int, k: int) -> _Group:
     rows = slice(index * k, (index + 1) * k)
     true = rollout.true_rewards[rows] if rollout.true_rewards is not None else None
-    return _Group(rollout.prompts[index], rollout.completions[rows], rollout.rewards[rows], true)
+    return _Group(rollout.prompts[index], rollout.completions[rows], rollout.rewards[rows], true,
+                  {name: values[rows] for name, values in rollout.components.items()})
 
 
 def _joined(groups: list[_Group], has_true: bool) -> Rollout:
     completions = [replace(c, prompt_index=i) for i, g in enumerate(groups) for c in g.completions]
     rewards = torch.cat([g.rewards for g in groups]) if groups else torch.zeros(0)
     true = torch.cat([g.true_rewards for g in groups if g.true_rewards is not None]) if has_true else None
-    return Rollout([g.prompt for g in groups], completions, rewards, true)
+    names = groups[0].components if groups else {}  # a combined reward's components, kept for logging
+    components = {name: torch.cat([g.components[name] for g in groups]) for name in names}
+    return Rollout([g.prompt for g in groups], completions, rewards, true, components=components)

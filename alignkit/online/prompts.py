@@ -1,11 +1,12 @@
-"""Prompts from data for online recipes: the ``prompts:`` kinds ``jsonl``, ``hh_rlhf`` and ``hf_dataset``.
+"""The built-in prompt sources of online recipes (registered in :mod:`alignkit.data.prompt_sources`):
+``sentiment`` and ``inline``, and prompts read from data, the kinds ``jsonl``, ``hh_rlhf`` and ``hf_dataset``.
 
 Each kind reads prompts (no responses: the policy samples its own) from a file, HH-RLHF or a ``datasets``
 dataset, turns them into the strings the sampler renders (:mod:`alignkit.data.prompts`: a chat template's
 user turn, or plain text), drops what cannot be used (counted with why, never raised), removes identical
 prompts, and splits train from held-out prompts: a seeded ``test_size`` share of one source, or a separate
-held-out source (``eval_path``, ``eval_split``). The built-in ``sentiment`` and ``inline`` kinds live in
-:mod:`alignkit.online.config`.
+held-out source (``eval_path``, ``eval_split``). Verifiable tasks (prompts with reference answers) are in
+:mod:`alignkit.online.verifiable_prompts`.
 
 Relative paths are relative to the current directory, as ``data.source.path`` of a preference recipe.
 """
@@ -19,6 +20,7 @@ from pydantic import Field, model_validator
 
 from alignkit.config_base import SEED_MAX, StrictConfig
 from alignkit.data.config import HHRLHFSource, HHSubset
+from alignkit.data.prompt_sources import load_prompt_split, register_prompt_source
 from alignkit.data.prompts import (
     Located,
     PromptSplit,
@@ -31,10 +33,41 @@ from alignkit.data.prompts import (
 from alignkit.data.sources import open_dataset
 from alignkit.data.types import DataError, DropReport
 
-__all__ = ["FilePromptsConfig", "HFDatasetPrompts", "HHRLHFPrompts", "JsonlPrompts", "load_prompts"]
+__all__ = ["FilePromptsConfig", "PromptSourceFields", "split_located", "HFDatasetPrompts", "HHRLHFPrompts", "InlinePrompts", "JsonlPrompts",
+           "SentimentPrompts", "load_file_prompts", "load_prompts"]
 
 
-class _PromptSource(StrictConfig):
+class SentimentPrompts(StrictConfig):
+    """The project's neutral prompts of the controlled-sentiment task (train and held-out splits)."""
+
+    kind: Literal["sentiment"] = Field(description="Built-in sentiment prompts (alignkit.data.sentiment).")
+    num_prompts: int | None = Field(None, ge=1, description="Training prompts; null: the whole train split.")
+    num_eval_prompts: int = Field(64, ge=1, description="Held-out prompts for the final evaluation and the front.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Which prompts are drawn (the order of training is the run's seed).")
+
+
+class InlinePrompts(StrictConfig):
+    """Prompts written in the recipe."""
+
+    kind: Literal["inline"] = Field(description="Prompts listed in the recipe.")
+    train: list[str] = Field(min_length=1, description="Training prompts.")
+    eval: list[str] = Field(min_length=1, description="Held-out prompts for evaluation.")
+
+
+@register_prompt_source("sentiment")
+def _sentiment(cfg: SentimentPrompts, tokenizer: Any) -> PromptSplit:
+    from alignkit.data.sentiment import sentiment_prompts  # its module imports the reward and model layers
+
+    return PromptSplit(sentiment_prompts(cfg.num_prompts, seed=cfg.seed, split="train"),
+                       sentiment_prompts(cfg.num_eval_prompts, seed=cfg.seed, split="eval"))
+
+
+@register_prompt_source("inline")
+def _inline(cfg: InlinePrompts, tokenizer: Any) -> PromptSplit:
+    return PromptSplit(list(cfg.train), list(cfg.eval))
+
+
+class PromptSourceFields(StrictConfig):
     """What every prompt kind read from data shares: caps, the held-out split, de-duplication."""
 
     num_prompts: int | None = Field(None, ge=1, description="Training prompts: the first N of the training part "
@@ -52,7 +85,7 @@ class _PromptSource(StrictConfig):
                                           "sampler formats them (chat template included); null keeps every one.")
 
     @model_validator(mode="after")
-    def _test_size(self) -> _PromptSource:
+    def _test_size(self) -> PromptSourceFields:
         size = self.test_size
         if isinstance(size, bool) or (isinstance(size, float) and not 0.0 < size < 1.0) or (
                 isinstance(size, int) and size < 1):
@@ -70,7 +103,7 @@ class _PromptFields(StrictConfig):
                                 "reference answer, are not part of the prompt).")
 
 
-class JsonlPrompts(_PromptSource, _PromptFields):
+class JsonlPrompts(PromptSourceFields, _PromptFields):
     """Prompts from a JSON-lines file: ``{"prompt": "..."}`` or ``{"messages": [{"role": "user", ...}, ...]}``.
 
     With a chat template, a prompt is rendered as one user turn (a conversation of one user message); a
@@ -83,8 +116,19 @@ class JsonlPrompts(_PromptSource, _PromptFields):
     eval_path: str | None = Field(None, description="A separate file of held-out prompts (same fields); "
                                   "test_size is then ignored.")
 
+    def has_eval_source(self) -> bool:
+        """Whether held-out prompts come from a file of their own."""
+        return self.eval_path is not None
 
-class HHRLHFPrompts(_PromptSource):
+    def read(self, held_out: bool) -> tuple[list[Located], DropReport]:
+        """The located prompts of the training file, or of the held-out file."""
+        path = self.eval_path if held_out else self.path
+        assert path is not None
+        return jsonl_prompts(path, self.prompt_field, self.messages_field,
+                             field="prompts.eval_path" if held_out else "prompts.path")
+
+
+class HHRLHFPrompts(PromptSourceFields):
     """The prompts of Anthropic HH-RLHF: each dialogue up to its last ``Assistant:`` cue (the HH loader's prompt).
 
     Rows the loader drops (empty or identical responses, dialogues that disagree) are counted, as in
@@ -113,8 +157,21 @@ class HHRLHFPrompts(_PromptSource):
         """The HH loader's config for one split."""
         return HHRLHFSource(path=self.path, subsets=self.subsets, split=split, single_turn=self.single_turn)
 
+    def has_eval_source(self) -> bool:
+        """Whether held-out prompts come from a split of their own."""
+        return self.eval_split is not None
 
-class HFDatasetPrompts(_PromptSource, _PromptFields):
+    def read(self, held_out: bool) -> tuple[list[Located], DropReport]:
+        """The located prompts of the training split, or of the held-out split."""
+        hh_split = self.eval_split if held_out else self.split
+        assert hh_split is not None
+        if held_out and Path(self.path).expanduser().is_file():
+            raise DataError(f"prompts.eval_split: {self.path!r} is one file (one split); use a folder of "
+                            "<subset>/<split>.jsonl.gz or drop eval_split to hold out test_size")
+        return hh_prompts(self.source(hh_split), "prompts")
+
+
+class HFDatasetPrompts(PromptSourceFields, _PromptFields):
     """Prompts from a column of a Hugging Face ``datasets`` dataset: a folder saved with ``save_to_disk``, a
     builder with local files (``name: json``, ``data_files: prompts.jsonl``), a dataset folder or a hub name."""
 
@@ -135,33 +192,20 @@ class HFDatasetPrompts(_PromptSource, _PromptFields):
             raise ValueError(f"prompts.eval_split must differ from prompts.split ({self.split!r})")
         return self
 
+    def has_eval_source(self) -> bool:
+        """Whether held-out prompts come from a split of their own."""
+        return self.eval_split is not None
+
+    def read(self, held_out: bool) -> tuple[list[Located], DropReport]:
+        """The located prompts of the training split, or of the held-out split."""
+        split = self.eval_split if held_out else self.split
+        assert split is not None
+        ds = open_dataset(self.name, split, config_name=self.config_name, data_dir=self.data_dir,
+                          data_files=self.data_files, field="prompts", split_key="eval_split" if held_out else "split")
+        return dataset_prompts(ds, self.prompt_field, self.messages_field, field="prompts")
+
 
 FilePromptsConfig = JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts
-
-
-def _read(cfg: FilePromptsConfig, held_out: bool) -> tuple[list[Located], DropReport]:
-    """The located prompts of the training source, or of the separate held-out source."""
-    if isinstance(cfg, JsonlPrompts):
-        path = cfg.eval_path if held_out else cfg.path
-        assert path is not None
-        return jsonl_prompts(path, cfg.prompt_field, cfg.messages_field,
-                             field="prompts.eval_path" if held_out else "prompts.path")
-    if isinstance(cfg, HHRLHFPrompts):
-        hh_split = cfg.eval_split if held_out else cfg.split
-        assert hh_split is not None
-        if held_out and Path(cfg.path).expanduser().is_file():
-            raise DataError(f"prompts.eval_split: {cfg.path!r} is one file (one split); use a folder of "
-                            "<subset>/<split>.jsonl.gz or drop eval_split to hold out test_size")
-        return hh_prompts(cfg.source(hh_split), "prompts")
-    split = cfg.eval_split if held_out else cfg.split
-    assert split is not None
-    ds = open_dataset(cfg.name, split, config_name=cfg.config_name, data_dir=cfg.data_dir, data_files=cfg.data_files,
-                      field="prompts", split_key="eval_split" if held_out else "split")
-    return dataset_prompts(ds, cfg.prompt_field, cfg.messages_field, field="prompts")
-
-
-def _has_eval_source(cfg: FilePromptsConfig) -> bool:
-    return (cfg.eval_path if isinstance(cfg, JsonlPrompts) else cfg.eval_split) is not None
 
 
 def _no_prompts(cfg: FilePromptsConfig, report: DropReport, which: str) -> DataError:
@@ -169,7 +213,15 @@ def _no_prompts(cfg: FilePromptsConfig, report: DropReport, which: str) -> DataE
     return DataError(f"prompts ({cfg.kind}): no usable {which} prompts in {where}\n{report.summary()}")
 
 
-def load_prompts(cfg: FilePromptsConfig, tokenizer: Any) -> PromptSplit:
+def load_prompts(cfg: Any, tokenizer: Any) -> PromptSplit:
+    """Training and held-out prompts of any registered ``prompts:`` section (the registry's loader of its kind)."""
+    return load_prompt_split(cfg, tokenizer)
+
+
+@register_prompt_source("jsonl")
+@register_prompt_source("hh_rlhf")
+@register_prompt_source("hf_dataset")
+def load_file_prompts(cfg: FilePromptsConfig, tokenizer: Any) -> PromptSplit:
     """Training and held-out prompt strings of a ``prompts:`` section read from data, with what was dropped.
 
     Args:
@@ -181,15 +233,33 @@ def load_prompts(cfg: FilePromptsConfig, tokenizer: Any) -> PromptSplit:
         DataError: naming the field, for a missing file, dataset, split or prompt field, or when no usable
             training or held-out prompt is left.
     """
+    located, report = cfg.read(held_out=False)
+    held = cfg.read(held_out=True) if cfg.has_eval_source() else None
+    return split_located(cfg, tokenizer, located, report, held)
+
+
+def split_located(cfg: Any, tokenizer: Any, located: list[Located], report: DropReport,
+                  held: tuple[list[Located], DropReport] | None) -> PromptSplit:
+    """Rendered, filtered and de-duplicated training and held-out prompts of located rows.
+
+    Args:
+        cfg: a section with :class:`PromptSourceFields` (caps, test_size, seed, dedupe) and a ``kind``.
+        tokenizer: renders and counts tokens (None: plain text).
+        located, report: the training rows and their account.
+        held: the rows of a separate held-out source and their account; None holds ``test_size`` out of
+            ``located``.
+
+    Raises:
+        DataError: no usable training or held-out prompt is left.
+    """
     options: dict[str, Any] = {"max_prompt_tokens": cfg.max_prompt_tokens, "dedupe": cfg.dedupe}
-    located, report = _read(cfg, held_out=False)
-    if not _has_eval_source(cfg):
+    if held is None:
         prompts = finish_prompts(located, tokenizer, report, **options)
         if not prompts:
             raise _no_prompts(cfg, report, "training")
         return split_prompts(prompts, report, test_size=cfg.test_size, seed=cfg.seed, num_prompts=cfg.num_prompts,
                              num_eval_prompts=cfg.num_eval_prompts)
-    eval_located, eval_report = _read(cfg, held_out=True)
+    eval_located, eval_report = held
     held_out = finish_prompts(eval_located, tokenizer, eval_report, **options)
     if len(held_out) > cfg.num_eval_prompts:
         eval_report.drop(f"beyond prompts.num_eval_prompts ({cfg.num_eval_prompts})",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -31,13 +31,15 @@ __all__ = ["BatchSums", "Rollout", "group_seed", "group_uniforms", "sample_group
 class Rollout:
     """One process's samples of a step: P prompts x k completions, prompt-major, and their rewards (P * k,);
     ``true_rewards`` (P * k,): the ``online.true_reward`` of each, measured but not trained on (None when off);
-    ``staleness``: updates between the weights that sampled it and the trained ones."""
+    ``staleness``: updates between the weights that sampled it and the trained ones;
+    ``components``: name -> (P * k,), the rewards a combined reward was summed from (logged, not trained on)."""
 
     prompts: list[str]
     completions: list[Completion]
     rewards: torch.Tensor
     true_rewards: torch.Tensor | None = None
     staleness: int = 0  # updates between the weights that sampled it and the trained ones
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from torch import nn
 from alignkit.models.generate import eos_token_ids
 from alignkit.models.kl import ReferenceFn
 from alignkit.models.logps import DEFAULT_LOGPS, LogpsOptions
+from alignkit.models.rewards import RewardBreakdown, reward_total
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.dynamic_sampling import FillCounts, fill_batch
@@ -66,8 +67,9 @@ __all__ = ["OnlineResult", "OnlineTrainer", "Rollout", "ScoreFn", "rollout_engin
 ANCHOR_FILE = "anchor.safetensors"
 VALUE_FILE = "value.safetensors"  # the value head's or model's trainable tensors (never in model/)
 
-# score(prompts, completions) -> one reward per completion; prompts[i] is completion i's prompt.
-ScoreFn = Callable[[list[str], list[str]], list[float]]
+# score(prompts, completions) -> one reward per completion (or a breakdown: the total and its components);
+# prompts[i] is completion i's prompt.
+ScoreFn = Callable[[list[str], list[str]], "list[float] | RewardBreakdown"]
 
 PROGRESS_KEYS = ("reward", "true_reward", "kl", "entropy", "length", "beta")
 WEIGHTS_DIR = "rollout_weights"  # under the stage folder: the weights a rollout server loads
@@ -272,29 +274,42 @@ class OnlineTrainer:
     def _scored(self, prompts: list[str], completions: list) -> Rollout:
         """The rollout of ``completions`` with their rewards (and true rewards when measured)."""
         texts = [c.text for c in completions]
-        rewards = self.score([prompts[c.prompt_index] for c in completions], texts)
+        scored = self.score([prompts[c.prompt_index] for c in completions], texts)
+        rewards = reward_total(scored)
+        components = scored.components if isinstance(scored, RewardBreakdown) else {}
         if len(rewards) != len(completions):
             raise ValueError(f"the reward returned {len(rewards)} values for {len(completions)} completions")
         true_rewards = None
         if self.true_score is not None:  # measured, never trained on
-            measured = self.true_score([prompts[c.prompt_index] for c in completions], texts)
+            measured = reward_total(self.true_score([prompts[c.prompt_index] for c in completions], texts))
             if len(measured) != len(completions):
                 raise ValueError(f"the true reward returned {len(measured)} values for {len(completions)} completions")
             true_rewards = torch.tensor(measured, dtype=torch.float32)
-        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards)
+        return Rollout(prompts, completions, torch.tensor(rewards, dtype=torch.float32), true_rewards,
+                       components={k: torch.tensor(v, dtype=torch.float32) for k, v in components.items()})
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of rollouts and its update; returns the step's metrics (over every process's samples)."""
         start = time.perf_counter()
         if self.max_staleness == 0:
-            metrics = self.updater.step(step, self.rollout(step))
+            roll = self.rollout(step)
+            metrics = self.updater.step(step, roll)
         else:
-            metrics = self._off_policy_step(step)
+            roll, metrics = self._off_policy_step(step)
         if self.fill_counts is not None:
             metrics.update(self._fill_metrics(self.fill_counts))
-        return {**metrics, "step_seconds": time.perf_counter() - start}
+        return {**metrics, **self.component_metrics(roll), "step_seconds": time.perf_counter() - start}
 
-    def _off_policy_step(self, step: int) -> dict[str, float]:
+    def component_metrics(self, roll: Rollout) -> dict[str, float]:
+        """``reward/<name>``: the mean of each component of a combined reward over every process's samples."""
+        if not roll.components:
+            return {}
+        names = sorted(roll.components)  # the same names, in the same order, on every process
+        sums = all_reduce_flags([float(len(roll.completions)),
+                                 *(float(roll.components[n].double().sum()) for n in names)], self.env)
+        return {f"reward/{n}": total / max(sums[0], 1.0) for n, total in zip(names, sums[1:], strict=True)}
+
+    def _off_policy_step(self, step: int) -> tuple[Rollout, dict[str, float]]:
         """One step off-policy: this step's rollout was sampled (from the weights one update old) while the last
         step trained, and the next one is sampled while this one trains; the first step (and the first after a
         resume) samples its own, from the current weights."""
@@ -314,7 +329,7 @@ class OnlineTrainer:
             with phase("rollout wait"):
                 self._pending.thread.join()  # it samples from the engine's weights: they change next
             self._push(step + 1)
-        return {**metrics, "rollout_staleness": float(step - weights_step)}
+        return roll, {**metrics, "rollout_staleness": float(step - weights_step)}
 
     def _fill_metrics(self, counts: FillCounts) -> dict[str, float]:
         """Dynamic sampling's counts over every process: groups dropped (sampled again), groups still uniform at

@@ -12,7 +12,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from alignkit.eval.config import EvalConfig
-from alignkit.online.config import OnlineConfig, OnlineTrainConfig, PromptsConfig
+from alignkit.models.rewards import REWARDS, reads_examples, unknown_settings
+from alignkit.online.config import AccuracyConfig, OnlineConfig, OnlineTrainConfig, PromptsConfig, RewardTerm
 from alignkit.peft.config import BottleneckConfig, LoRAConfig
 from alignkit.recipe import (
     Problem,
@@ -29,7 +30,7 @@ from alignkit.recipe import (
     validation_problems,
 )
 from alignkit.recipe.model import RunRecipe, recorded_plugins
-from alignkit.recipe.source import describe
+from alignkit.recipe.source import Location, describe
 from alignkit.train.config import DistributedConfig
 from alignkit.train.tracker_config import LoggingConfig
 
@@ -46,6 +47,8 @@ class OnlineRecipe(RunRecipe):
                                            description="How several processes share training (ddp; fsdp is not "
                                            "supported online yet).")
     eval: EvalConfig | None = Field(None, description="Reward and KL to the initial model on held-out prompts.")
+    accuracy: AccuracyConfig | None = Field(None, description="Accuracy (pass@k with 95% intervals) on the held-out "
+                                            "problems of a verifiable task, before and after training; null: off.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
                                    description="Experiment trackers (TensorBoard, W&B, trackio).")
 
@@ -96,8 +99,19 @@ def _cross_checks(recipe: OnlineRecipe) -> list[Problem]:
         where = (*section, "value_init") if ppo is not None else ("online", "value", "value_init")
         problems.append((where, f"{value.value_init} is not a reward-model folder (no "
                          "config.json); use 'policy' or the folder of an alignkit reward model"))
-    problems += reward_problems({("online", "reward"): recipe.online.reward,
-                                 ("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)})
+    located: list[tuple[Location, RewardTerm]] = [(("online", "rewards", i), t)
+                                                  for i, t in enumerate(recipe.online.rewards or [])]
+    if recipe.accuracy is not None:
+        located.append((("accuracy", "reward"), recipe.accuracy.reward))
+    terms = {(*loc, "name"): t.name for loc, t in located}
+    problems += [(loc, problem) for loc, t in located
+                 if t.name in REWARDS and (problem := unknown_settings(t.name, t.settings)) is not None]
+    text_only = {("online", "true_reward"): recipe.online.true_reward, **eval_rewards(recipe.eval)}
+    problems += reward_problems({("online", "reward"): recipe.online.reward, **terms, **text_only})
+    problems += [(loc, f"reward {name!r} reads each prompt's metadata (a reference answer), which is only given "
+                  "to online.reward, online.rewards and accuracy.reward (pass@k on held-out problems)")
+                 for loc, name in text_only.items() if name is not None and name in REWARDS
+                 and reads_examples(REWARDS.get(name))]
     problems += model_problems(recipe.model)
     return problems
 

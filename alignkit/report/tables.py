@@ -11,6 +11,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from alignkit.cache import write_atomic, writing
+from alignkit.report.accuracy import accuracy_markdown
 from alignkit.report.format import format_interval, format_value, to_json
 from alignkit.report.frontier import front_markdown, plot_online_frontier, proxy_true_markdown
 from alignkit.report.judge import judge_markdown, judge_report_rows, judged_evaluations
@@ -136,7 +137,7 @@ def write_report(report: dict[str, Any], run_dir: Path, *, console: Console,
 def _online_markdown(report: dict[str, Any], run_dir: Path) -> str:
     """The sections only online runs have: proxy versus true reward, and WARP's front (plotted here from the
     report.json just written)."""
-    text = ""
+    text = accuracy_markdown(report["accuracy"]) if report.get("accuracy") else ""
     if report.get("proxy_vs_true"):
         text += proxy_true_markdown(report["proxy_vs_true"], report.get("proxy_vs_true_plot"))
     if report.get("warp_front"):

@@ -110,3 +110,18 @@ def test_a_dapo_run_on_a_tiny_model_refills_and_logs_what_it_took(tmp_path, gpt2
     assert {"dropped_groups", "uniform_groups", "extra_rounds"} <= set(metrics)
     assert 0 <= metrics["extra_rounds"] <= 4 and all(math.isfinite(v) for k, v in metrics.items()
                                                      if k != "explained_variance")
+
+
+def test_refilled_groups_keep_a_combined_rewards_components_in_place():
+    prompts = ["a", "b", "c", "d"]
+    base, _ = _scripted({("a", 0): [1.0, 1.0]})
+
+    def sample(chosen: list[str], streams: list[int]) -> Rollout:
+        roll = base(chosen, streams)  # one component equal to the total, one its negative
+        return Rollout(roll.prompts, roll.completions, roll.rewards, None,
+                       {"x": roll.rewards.clone(), "neg": -roll.rewards})
+
+    roll, _ = fill_batch(sample(["a", "b"], [0, 1]), [0, 1], sample, prompts, k=K, seed=7, step=3, total=2,
+                         max_extra_rounds=3)
+    assert roll.components["x"].tolist() == roll.rewards.tolist()
+    assert roll.components["neg"].tolist() == (-roll.rewards).tolist()

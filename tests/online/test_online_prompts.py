@@ -261,7 +261,7 @@ def test_every_prompts_example_of_the_docs_validates():
     lines = [line for line in doc.splitlines() if line.startswith("prompts: {")]
     assert len(lines) >= 5
     kinds = {TypeAdapter(PromptsConfig).validate_python(yaml.safe_load(line)["prompts"]).kind for line in lines}
-    assert kinds == {"jsonl", "hh_rlhf", "hf_dataset"}
+    assert kinds == {"jsonl", "hh_rlhf", "hf_dataset", "gsm8k_jsonl", "reasoning_gym"}
 
 
 def test_real_hh_rlhf_single_turn_prompts(real_hh_path, gpt2_tokenizer):

@@ -37,7 +37,11 @@ def _write(tmp_path, text: str) -> Path:
 def test_every_shipped_online_recipe_validates(path):
     recipe = load_online_recipe(path)
     assert is_online_recipe(path)
-    assert recipe.online.reward == "vader_sentiment"
+    if recipe.prompts.kind == "reasoning_gym":  # a verifiable task: its own scorer, and accuracy measured
+        assert recipe.online.rewards is not None and recipe.online.rewards[0].name == "reasoning_gym"
+        assert recipe.accuracy is not None and recipe.accuracy.num_problems >= 200
+    else:
+        assert recipe.online.reward == "vader_sentiment"
 
 
 def test_there_are_rloo_and_warp_recipes():
