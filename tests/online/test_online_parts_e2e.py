@@ -139,6 +139,6 @@ def test_a_plugin_advantage_and_policy_loss_drive_alignkit_online(tmp_path, caps
     lines = (tmp_path / "run" / "online" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(math.isfinite(json.loads(line)["policy_loss"]) for line in lines)
     # compare --online takes the same --plugin
-    ((_, planned),) = plan_online_runs([recipe], [str(PLUGIN)])
-    assert planned is not None and planned.online.policy_loss is not None
+    ((_, planned, seed),) = plan_online_runs([recipe], [str(PLUGIN)])
+    assert seed is None and planned is not None and planned.online.policy_loss is not None
     assert planned.online.policy_loss.name == "tanh_ratio"
