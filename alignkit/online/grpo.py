@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alignkit.lazy import lazy_module
+from alignkit.models.kl_estimators import kl_estimate
 from alignkit.online.ppo import masked_mean
 
 if TYPE_CHECKING:
@@ -78,13 +79,7 @@ def k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     On tokens sampled from pi its mean is an unbiased estimate of KL(pi || pi_ref). Gradient flows through
     ``logprobs``; ``ref_logprobs`` is detached. Shapes: any, the same for both; float32 out.
     """
-    if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} "
-                         "must have the same shape")
-    delta = ref_logprobs.detach().float() - logprobs.float()
-    # expm1(d) - d, not exp(d) - d - 1: the latter cancels to small negative numbers for |d| < ~1e-3 in
-    # float32; the clamp keeps the last rounding error from making it negative.
-    return (torch.expm1(delta) - delta).clamp(min=0.0)
+    return kl_estimate(logprobs, ref_logprobs, "k3")  # the one k3 (models.kl_estimators)
 
 
 @dataclass(frozen=True)
