@@ -140,7 +140,7 @@ def choose_precision(requested: str, hw: Hardware, speed: PhaseSpeed | None = No
             return PrecisionChoice(requested, torch.bfloat16, native, phase=phase)
         return PrecisionChoice(requested, None, no_native_bf16(hw), phase=phase)
     facts = native or no_native_bf16(hw)
-    measured = f"bf16 measured {speed.bf16_speedup:.2f}x fp32's speed on {speed.kernel or phase}"
+    measured = f"bf16 measured {speed.bf16_speedup:.2g}x fp32's speed on {speed.kernel or phase}"
     if speed.bf16_speedup >= BF16_MIN_SPEEDUP:
         return PrecisionChoice(requested, torch.bfloat16, f"{facts}; {measured}", phase=phase, speed=speed)
     return PrecisionChoice(requested, None, f"{facts}; {measured} (under {BF16_MIN_SPEEDUP}x)", phase=phase,
