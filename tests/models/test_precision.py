@@ -122,8 +122,8 @@ def test_training_and_decoding_may_differ():
     training = choose_precision("auto", EPYC, PhaseSpeed("training", 100.0, 180.0), "training")
     decoding = choose_precision("auto", EPYC, PhaseSpeed("decoding", 10.0, 9.0), "decoding")
     phases = PhasePrecisions(training, decoding)
-    assert phases.lines()[0].startswith("precision: bf16 autocast (CPU has AVX512-BF16; bf16 measured 1.80x")
-    assert phases.lines()[1].startswith("decoding precision: fp32 (CPU has AVX512-BF16; bf16 measured 0.90x")
+    assert phases.lines()[0].startswith("precision: bf16 autocast (CPU has AVX512-BF16; bf16 measured 1.8x")
+    assert phases.lines()[1].startswith("decoding precision: fp32 (CPU has AVX512-BF16; bf16 measured 0.9x")
     assert phases.to_dict()["training"]["used"] == "bf16 autocast"
     assert phases.to_dict()["decoding"]["used"] == "fp32"
     with pytest.raises(ValueError, match="phase must be one of training, decoding"):
