@@ -38,8 +38,9 @@ class Rollout:
     completions: list[Completion]
     rewards: torch.Tensor
     true_rewards: torch.Tensor | None = None
-    staleness: int = 0  # updates between the weights that sampled it and the trained ones
-    components: dict[str, torch.Tensor] = field(default_factory=dict)
+    # keyword-only, so that neither can take the other's place in a positional call
+    staleness: int = field(default=0, kw_only=True)  # updates between the weights that sampled it and the trained ones
+    components: dict[str, torch.Tensor] = field(default_factory=dict, kw_only=True)
 
 
 @dataclass(frozen=True)

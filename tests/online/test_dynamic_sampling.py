@@ -119,7 +119,7 @@ def test_refilled_groups_keep_a_combined_rewards_components_in_place():
     def sample(chosen: list[str], streams: list[int]) -> Rollout:
         roll = base(chosen, streams)  # one component equal to the total, one its negative
         return Rollout(roll.prompts, roll.completions, roll.rewards, None,
-                       {"x": roll.rewards.clone(), "neg": -roll.rewards})
+                       components={"x": roll.rewards.clone(), "neg": -roll.rewards})
 
     roll, _ = fill_batch(sample(["a", "b"], [0, 1]), [0, 1], sample, prompts, k=K, seed=7, step=3, total=2,
                          max_extra_rounds=3)
