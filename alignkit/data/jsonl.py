@@ -22,11 +22,19 @@ def require_file(path: str | Path, field: str) -> Path:
     return p
 
 
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity or -Infinity in a line: Python's json reads them, JSON has no such numbers."""
+
+
+def _refuse_constant(constant: str) -> Any:
+    raise _NotJsonNumber(constant)
+
+
 def read_jsonl(path: Path, report: DropReport) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("file:line", row)`` for every JSON object line of a .jsonl or .jsonl.gz file.
 
-    Blank lines are skipped silently. Lines that are not valid JSON (an integer over Python's 4,300 digits
-    and nesting too deep for the parser included), or not a JSON object, are counted in ``report`` as
+    Blank lines are skipped silently. Lines that are not valid JSON (NaN or Infinity, an integer over Python's
+    4,300 digits and nesting too deep for the parser included), or not a JSON object, are counted in ``report`` as
     malformed with their ``file:line`` and skipped. Every non-blank line counts as seen.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
@@ -38,7 +46,10 @@ def read_jsonl(path: Path, report: DropReport) -> Iterator[tuple[str, dict[str, 
                 where = f"{path.name}:{line_no}"
                 report.seen += 1
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line, parse_constant=_refuse_constant)
+                except _NotJsonNumber as err:  # a non-finite weight or score must not reach a loss
+                    report.drop(MALFORMED, f"{where}: {err} is not a JSON number")
+                    continue
                 except json.JSONDecodeError as err:
                     report.drop(MALFORMED, f"{where}: invalid JSON ({err.msg})")
                     continue

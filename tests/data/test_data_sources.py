@@ -74,6 +74,18 @@ def test_an_integer_over_4300_digits_or_deep_nesting_drops_its_row_only(tmp_path
                                            f"{path.name}:3: JSON nested too deeply"]
 
 
+def test_a_nan_or_infinity_in_a_row_drops_that_row_by_line(tmp_path: Path) -> None:
+    good = json.dumps({"prompt": "Q", "chosen": " good", "rejected": " bad"})
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join([good, '{"prompt": "Q2", "chosen": " a", "rejected": " b", "w": NaN}',
+                               '{"prompt": "Q3", "chosen": " a", "rejected": " b", "w": -Infinity}',
+                               good.replace("Q", "Q4")]) + "\n")
+    examples, report = load_examples(JsonlSource(path=str(path)))
+    assert [e.prompt for e in examples] == ["Q", "Q4"]
+    assert report.locations[MALFORMED] == [f"{path.name}:2: NaN is not a JSON number",
+                                           f"{path.name}:3: -Infinity is not a JSON number"]
+
+
 def test_jsonl_custom_columns_and_weights(tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
     rows = [
