@@ -119,7 +119,8 @@ def disk_full_error(folder: Path, what: str, needed_bytes: int | None) -> DiskFu
         free = "free space unknown"
     needed = f"about {_size(needed_bytes)} needed" if needed_bytes else "more space needed"
     return DiskFullError(f"{folder}: no space left on the device while saving {what} ({needed}, {free}); nothing "
-                         "was replaced: free some space and run again (--resume continues from the last checkpoint)")
+                         "was replaced: free some space and run again (a training run continues from its last "
+                         "checkpoint with --resume)")
 
 
 @contextmanager
