@@ -4,7 +4,7 @@ Both frameworks get the same model weights, the same real HH-RLHF pairs (tokeniz
 the same order, so step k sees the same pairs), batch, sequence limits, precision, sigmoid DPO with beta
 0.1, AdamW with a linear decay, gradient clipping at 1.0, no evaluation, no checkpoints, no logging, no
 dropout, and the same activation-checkpointing setting. Each framework runs in its own fresh interpreter,
-so its peak memory (``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is its own.
+so its peak memory (``VmHWM``, else ``ru_maxrss``, on CPU, ``torch.cuda.max_memory_allocated`` on CUDA) is its own.
 Warm-up steps are run first and not timed.
 
     python benchmarks/dpo_vs_trl.py --case tiny-gpt2                      # both reference modes
@@ -54,8 +54,21 @@ FRAMEWORKS = ("alignkit", "trl")
 
 
 def _peak_rss_mib() -> float:
-    # Linux reports kilobytes.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The resident high-water mark. ``VmHWM`` first: it is read from the same counters as ``VmRSS`` (so a peak
+    is never below an earlier current reading), where ``ru_maxrss`` is synced lazily and can trail it."""
+    kib = _proc_status_kib("VmHWM")
+    # ru_maxrss is in kilobytes on Linux.
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _peak_memory_mib(spec: BenchSpec) -> float:
@@ -69,13 +82,8 @@ def _peak_memory_mib(spec: BenchSpec) -> float:
 
 def _current_rss_mib() -> float:
     """Resident memory now (not the high-water mark), from /proc; falls back to the peak elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _peak_rss_mib()
+    kib = _proc_status_kib("VmRSS")
+    return kib / 1024 if kib is not None else _peak_rss_mib()
 
 
 def _summarize(spec: BenchSpec, pairs, step_ends: list[float], losses: list[float], baseline: float,
