@@ -53,6 +53,11 @@ def accuracy_over_seeds(sections: Mapping[int, Mapping[str, Any]], confidence: f
     return {"seeds": seeds, "confidence": confidence, "pass_at": out}
 
 
+def _cell(entry: Mapping[str, float]) -> str:
+    # One seed has no spread to measure: its bounds are NaN, so only the value is shown.
+    return format_percent(entry) if entry["n"] > 1 else f"{100 * entry['estimate']:.1f}% (one seed)"
+
+
 def accuracy_seeds_markdown(summary: Mapping[str, Any]) -> str:
     """The summary as a Markdown table: one row per k, mean before, after and paired gain (percent)."""
     seeds = ", ".join(str(s) for s in summary["seeds"])
@@ -60,6 +65,6 @@ def accuracy_seeds_markdown(summary: Mapping[str, Any]) -> str:
              "across seeds (the gain paired seed by seed)", "",
              "| k | before | after | gain |", "|---|---|---|---|"]
     for k, row in summary["pass_at"].items():
-        lines.append(f"| pass@{k} | {format_percent(row['before'])} | {format_percent(row['after'])} | {format_percent(row['gain'])} |")
+        lines.append(f"| pass@{k} | {_cell(row['before'])} | {_cell(row['after'])} | {_cell(row['gain'])} |")
     return "\n".join(lines) + "\n"
 

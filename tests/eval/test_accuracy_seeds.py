@@ -51,6 +51,8 @@ def test_int_keys_and_mismatched_k():
     row = {"pass_at": {1: {"estimate": 0.5, "low": 0.4, "high": 0.6}}}
     out = accuracy_over_seeds({0: {"before": row, "after": row}, 1: {"before": row, "after": row}})
     assert out["pass_at"]["1"]["gain"]["estimate"] == 0.0
+    one = accuracy_over_seeds({3: {"before": row, "after": row}})
+    assert "| pass@1 | 50.0% (one seed) | 50.0% (one seed) | 0.0% (one seed) |" in accuracy_seeds_markdown(one)
     other = {"pass_at": {2: {"estimate": 0.5, "low": 0.4, "high": 0.6}}}
     with pytest.raises(ValueError, match="seed 1 measured pass@k for other k"):
         accuracy_over_seeds({0: {"before": row, "after": row}, 1: {"before": other, "after": other}})
