@@ -170,7 +170,7 @@ def test_compare_over_seeds_end_to_end_with_an_online_method(seeded_comparison):
 
 def test_frontier_of_a_seeded_comparison_draws_what_compare_drew_offline_and_online(seeded_comparison, tmp_path):
     out, payload = seeded_comparison
-    front, data = tmp_path / "front.png", tmp_path / "front.json"
+    front, data = tmp_path / "front.png", tmp_path / "points" / "front.json"  # a folder made for it, as for the PNG
     args = ["frontier", "--comparison", str(out / "comparison.json"), "--out", str(front), "--data", str(data)]
     assert main(args) == 0
     assert front.stat().st_size > 0

@@ -101,6 +101,7 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
     if layout is None:
         return None
     if data_path is not None:
+        Path(data_path).parent.mkdir(parents=True, exist_ok=True)  # as save_figure does for the PNG
         with writing(data_path) as f:
             f.write(to_json(layout))
     points, seeds = layout["points"], layout["seeds"]
