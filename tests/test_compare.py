@@ -297,7 +297,7 @@ def test_compare_without_losses_compares_online_recipes_alone(tmp_path, capsys):
     assert [(r["label"], r["loss"]) for r in payload["online_rows"]] == [("rloo_run", "rloo"), ("grpo_run", "grpo")]
     assert payload["rows"] == [] and payload["losses"] == []
     md = (out / "comparison.md").read_text()
-    assert "| run | status |" not in md  # no empty offline table
+    assert "| run | status |" not in md and "tokens/s" not in md  # no empty offline table, nor its legend
     assert "| rloo_run | rloo | beta=0.05 | trained |" in md and "| grpo_run | grpo |" in md
     assert f"alignkit compare {rloo} --online {grpo}" in md  # the recorded command reruns it
     assert (out / "frontier.png").stat().st_size > 0

@@ -312,5 +312,6 @@ def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe
         facts.append(f"- shared by every run: model `{model}`, {seed}, "
                      f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
     facts.append(f"- this invocation took {seconds:.0f} s (reused runs cost nothing)")
-    facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
+    if losses:  # the offline table's columns; an online-only comparison has none
+        facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
     return facts
