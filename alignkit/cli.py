@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "
                              "tabulate and plot them side by side.")
-    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo")
+    compare.add_argument("--losses", default="",
+                         help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo; omitted: the recipe is "
+                         "an online recipe (or run folder) compared with the --online ones alone")
     compare.add_argument("--sweep", action="append", default=[],
                          help="loss parameter values, e.g. loss.beta=0.05,0.1,0.5 (repeatable: a grid)")
     compare.add_argument("--out", default=None, help="comparison folder (default runs/compare_<recipe name>)")

@@ -7,7 +7,9 @@ this process; a run folder that already holds the same resolved recipe and a ``r
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
 reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
 data, so every run after the first reuses them. With ``seeds`` every method runs once per seed and the
-table gains an across-seed summary and paired differences (:mod:`alignkit.report.seeds`).
+table gains an across-seed summary and paired differences (:mod:`alignkit.report.seeds`). Without
+``losses`` the recipe is an online recipe (or a finished online run folder) and the comparison holds online
+runs alone: it and the ``online`` entries, on one reward-versus-KL plot.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from alignkit.commands.frontier import draw_frontier
 from alignkit.commands.run import run_recipe
 from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
+from alignkit.recipe.online import is_online_recipe
 from alignkit.report.compare_plots import plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
 from alignkit.report.seeds import paired_differences, seed_summary, seeded_rows, seeds_markdown
@@ -178,7 +181,11 @@ def run_comparison(
         RecipeError: a bad recipe, override, sweep, seed, baseline or loss name, before anything runs.
     """
     console = console or Console(stderr=True)
-    out_dir, plans = plan_comparison(recipe_path, losses, **planning)
+    online_only = not losses and _is_online_entry(recipe_path)
+    if online_only:
+        out_dir, plans, online = _plan_online_only(recipe_path, online, planning)
+    else:
+        out_dir, plans = plan_comparison(recipe_path, losses, **planning)
     seeds = list(planning.get("seeds", ()))
     online_plans = plan_online_runs(online, planning.get("plugins", ()), seeds)
     _check_baseline(baseline, plans, online_plans, seeded=bool(seeds))
@@ -196,7 +203,7 @@ def run_comparison(
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
     sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
     facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started,
-                            seeds)
+                            seeds, online=online[1:] if online_only else online)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
     every_row = [*rows, *online_rows]
@@ -220,6 +227,28 @@ def run_comparison(
     files.update(_plots(curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
     return Comparison(out_dir, outcomes, rows, files, online_entries)
+
+
+def _is_online_entry(path: str | Path) -> bool:
+    """Whether ``path`` is an online recipe or a run folder (the recipe of an online-only comparison)."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and is_online_recipe(path))
+
+
+def _plan_online_only(recipe_path: str | Path, online: Sequence[str | Path],
+                      planning: PlanOptions) -> tuple[Path, list[PlannedRun], list[str | Path]]:
+    """The folder and entries of a comparison of online runs alone: the recipe is the first ``--online`` entry.
+
+    Raises:
+        RecipeError: a sweep or override, which only the offline runs of ``--losses`` take.
+    """
+    for name in ("sweeps", "overrides"):
+        if planning.get(name):
+            option = "--sweep" if name == "sweeps" else "overrides"
+            raise RecipeError(f"{option}: apply to the offline runs of --losses; an online recipe sets its own")
+    out = planning.get("out")
+    out_dir = Path(out) if out is not None else Path("runs") / f"compare_{Path(recipe_path).stem}"
+    return out_dir, [], [recipe_path, *online]
 
 
 def _check_baseline(baseline: str | None, plans: Sequence[PlannedRun], online_plans: Sequence[Any], *,
@@ -269,9 +298,10 @@ def _plots(curves: dict[str, tuple[str, list]], out_dir: Path, title: str) -> di
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
                     overrides: Sequence[str], plugins: Sequence[str], seconds: float,
-                    seeds: Sequence[int] = ()) -> list[str]:
+                    seeds: Sequence[int] = (), online: Sequence[str | Path] = ()) -> list[str]:
     """Bullet lines stating what every run shared."""
-    command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
+    command = " ".join([f"alignkit compare {recipe_path}", *([f"--losses {','.join(losses)}"] if losses else []),
+                        *(f"--online {o}" for o in online),
                         *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps),
                         *([f"--seeds {','.join(map(str, seeds))}"] if seeds else []), *overrides])
     facts = [f"- command: `{command}`"]
@@ -286,5 +316,6 @@ def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe
         facts.append(f"- shared by every run: model `{model}`, {seed}, "
                      f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
     facts.append(f"- this invocation took {seconds:.0f} s (reused runs cost nothing)")
-    facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
+    if losses:  # the offline table's columns; an online-only comparison has none
+        facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
     return facts
