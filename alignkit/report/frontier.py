@@ -36,6 +36,17 @@ def _row(label: str, loss: str, params: dict[str, Any], reward: dict, kl: dict, 
             "reference_kl": before.get("kl") if before else None}
 
 
+def _kl_setting(online: dict[str, Any]) -> dict[str, Any]:
+    """What weighs the run's KL term, for its table cell and plot label: ``{"beta": b}`` (``online.kl.coef``
+    when set, else ``online.beta``), or ``{"kl": "none"}`` for a run without a KL term (dapo, gspo, cispo,
+    gmpo), whose ``online.beta`` weighs nothing. Reports from before the parts existed hold only ``beta``."""
+    kl = online.get("kl") or {}
+    if kl.get("placement") == "none":
+        return {"kl": "none"}
+    coef = kl.get("coef")
+    return {"beta": coef if coef is not None else online.get("beta")}
+
+
 def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Frontier rows of online run folders (their ``report.json``): one per run (labelled by its algorithm,
     ``rloo``, ``reinforce``, ``ppo`` or ``grpo``), one per WARP eta.
@@ -51,14 +62,14 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
         report = read_json(path, what="a run's report")
         rk = report.get("reward_kl") or {}
         before = rk.get("before")
-        beta = (report.get("online") or {}).get("beta")
+        kl_setting = _kl_setting(report.get("online") or {})
         if report.get("warp_front"):
             for point in report["warp_front"]:
                 rows.append(_row(f"{run_dir.name}_eta{point['eta']:g}", "warp front", {"eta": point["eta"]},
                                  point["reward"], point["kl"], point.get("reward_name"), before))
         elif rk:
             method = report.get("method") or "rloo"  # rloo, reinforce, ppo or grpo (older reports: rloo)
-            rows.append(_row(run_dir.name, method, {"beta": beta}, rk["after"]["reward"], rk["after"]["kl"],
+            rows.append(_row(run_dir.name, method, kl_setting, rk["after"]["reward"], rk["after"]["kl"],
                              rk.get("reward"), before))
     return rows
 
