@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.cache import cache_dir as default_cache_dir
-from alignkit.jsonio import to_json
+from alignkit.jsonio import RunFileError, read_jsonl, to_json
 from alignkit.lazy import lazy_module
 from alignkit.models.sampling import Sampling
 
@@ -135,20 +135,20 @@ def write_cache(path: Path, prompts: Sequence[str], texts: list[list[str]], meta
 
 
 def read_cache(path: Path, prompts: Sequence[str], k: int) -> list[list[str]] | None:
-    """The cached (P, K) completion texts, or None when the file is missing or does not match."""
+    """The cached (P, K) completion texts, or None when the file is missing, unreadable, not strict JSON lines
+    (garbage, NaN) or does not match: a miss, sampled again and rewritten."""
     if not path.exists():
         return None
     try:
-        # split("\n"), not splitlines(): completions may hold U+2028 and other characters splitlines() breaks on
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("ignoring unreadable pair cache %s: %s", path, err)
+        rows = read_jsonl(path, what="a pair-cache record")
+    except RunFileError as err:
+        log.warning("ignoring unreadable pair cache (it is sampled again): %s", err)
         return None
     texts = [row.get("completions") for row in rows[1:]]
-    if len(texts) != len(prompts) or any(
-        row.get("prompt") != p or not isinstance(t, list) or len(t) != k
+    if not rows or "meta" not in rows[0] or len(texts) != len(prompts) or any(
+        row.get("prompt") != p or not isinstance(t, list) or len(t) != k or not all(isinstance(c, str) for c in t)
         for row, p, t in zip(rows[1:], prompts, texts, strict=True)
     ):
-        log.warning("ignoring pair cache %s: it does not match the prompts", path)
+        log.warning("ignoring pair cache %s: it does not match the prompts (it is sampled again)", path)
         return None
     return texts
