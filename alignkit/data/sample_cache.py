@@ -144,7 +144,7 @@ def read_cache(path: Path, prompts: Sequence[str], k: int) -> list[list[str]] | 
     except RunFileError as err:
         log.warning("ignoring unreadable pair cache (it is sampled again): %s", err)
         return None
-    texts = [row.get("completions") for row in rows[1:]]
+    texts: list[Any] = [row.get("completions") for row in rows[1:]]
     if not rows or "meta" not in rows[0] or len(texts) != len(prompts) or any(
         row.get("prompt") != p or not isinstance(t, list) or len(t) != k or not all(isinstance(c, str) for c in t)
         for row, p, t in zip(rows[1:], prompts, texts, strict=True)
