@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from alignkit.cache import DiskFullError
+from alignkit.online.presets import PRESETS
 
 __all__ = ["main"]
 
@@ -195,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
-                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo, cispo or gmpo, or parts of your own; "
-                            "optionally with WARP; see docs/online.md).")
+    presets = ", ".join(PRESETS)
+    online = recipe_command("online", f"Train and evaluate an online recipe (online.algorithm: {presets}, or parts "
+                            "of your own; optionally with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
