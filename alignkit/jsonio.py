@@ -55,11 +55,11 @@ def _refuse_constant(constant: str) -> Any:
 
 def parse_json(text: str | bytes, where: str, what: str = "JSON") -> Any:
     """``text`` parsed as strict JSON (no NaN or Infinity); every way it fails (garbage, an integer over
-    Python's digit limit, nesting too deep, bytes that are not UTF-8) is a :class:`RunFileError` naming
+    Python's digit limit, nesting too deep, bytes that do not decode) is a :class:`RunFileError` naming
     ``where`` on one line.
 
     Args:
-        text: the JSON text (bytes are decoded as UTF-8).
+        text: the JSON text (bytes are decoded as json.loads does: UTF-8, -16 or -32).
         where: the file (or ``file:line``) the text came from, for the message.
         what: what the text is, for the message.
     """
