@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.cache import cache_dir as default_cache_dir
+from alignkit.cache import writing
 from alignkit.jsonio import RunFileError, read_jsonl, to_json
 from alignkit.lazy import lazy_module
 from alignkit.models.sampling import Sampling
@@ -114,18 +113,11 @@ def cache_file(model: nn.Module, tokenizer, prompts: Sequence[str], settings: di
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write to a temporary sibling, then rename: readers never see a half-written file."""
+    """Write to a temporary sibling, then rename (:func:`~alignkit.cache.writing`): readers never see a
+    half-written file, and a write that fails leaves the previous file as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(to_json(row, indent=None, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is an ordinary cache file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, encoding="utf-8") as f:
+        f.writelines(to_json(row, indent=None, ensure_ascii=False) + "\n" for row in rows)
 
 
 def write_cache(path: Path, prompts: Sequence[str], texts: list[list[str]], meta: dict[str, Any]) -> None:
