@@ -72,8 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from alignkit.commands.frontier import draw_frontier
 
-    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title)
-    _err.print(f"[green]written[/]: {path}" if path else "[yellow]no run has a reward and a KL to plot[/]")
+    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title, args.data)
+    written = f"{path}" + (f", {args.data}" if args.data else "")
+    _err.print(f"[green]written[/]: {written}" if path else "[yellow]no run has a reward and a KL to plot[/]")
     return 0 if path else 1
 
 
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     frontier.add_argument("--comparison", action="append", default=[], help="comparison.json of `alignkit compare`")
     frontier.add_argument("--out", default="frontier.png", help="PNG file to write")
     frontier.add_argument("--title", default="", help="figure title")
+    frontier.add_argument("--data", default=None, help="also write the plotted points (every seed, means with "
+                          "intervals, reference, curves) to this JSON file")
     frontier.set_defaults(func=_cmd_frontier)
 
     compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "

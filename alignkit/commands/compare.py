@@ -31,10 +31,11 @@ from alignkit.commands.compare_online import (
     resolve_online_runs,
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
+from alignkit.commands.frontier import draw_frontier
 from alignkit.commands.run import run_recipe
 from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
-from alignkit.report.compare_plots import plot_frontier, plot_training_curves
+from alignkit.report.compare_plots import plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
 from alignkit.report.seeds import paired_differences, seed_summary, seeded_rows, seeds_markdown
 from alignkit.workflow.run_folder import inspect_run_folder
@@ -162,7 +163,9 @@ def run_comparison(
     """Plan, run (or reuse) every combination, then write the table (md, json) and plots into ``out``.
 
     Files written in the comparison folder: ``comparison.md``, ``comparison.json``, ``training_curves.png``
-    and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
+    and, when the runs evaluate reward and KL, ``frontier.png`` with its plotted figures in ``frontier.json``
+    (drawn from ``comparison.json`` by :func:`~alignkit.commands.frontier.draw_frontier`, as ``alignkit
+    frontier --comparison`` draws it). Arguments are those of
     :func:`~alignkit.commands.compare_plan.plan_comparison` (``sweeps``, ``overrides``, ``plugins``,
     ``out``), plus ``overwrite`` (retrain a run folder that holds a different recipe), ``online`` (online
     run folders or online recipes, run after the offline ones and placed on the same reward-versus-KL plot
@@ -214,7 +217,7 @@ def run_comparison(
         console.print(section, markup=False, highlight=False)
         with writing(files["markdown"], "a") as f:
             f.write(section)
-    files.update(_plots(every_row, curves, out_dir, title))
+    files.update(_plots(curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
     return Comparison(out_dir, outcomes, rows, files, online_entries)
 
@@ -246,21 +249,22 @@ def _table_rows(outcomes: Sequence[RunOutcome]) -> tuple[list[dict[str, Any]], d
     return rows, curves
 
 
-def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_dir: Path,
-           title: str) -> dict[str, Path]:
-    """Draw the reward-versus-KL frontier and the training curves (those there is data for), and link
-    them from comparison.md."""
-    files = {}
-    frontier = plot_frontier(rows, out_dir / "frontier.png", title=f"{title}: reward vs KL")
+def _plots(curves: dict[str, tuple[str, list]], out_dir: Path, title: str) -> dict[str, Path]:
+    """Draw the reward-versus-KL frontier (with its figures in frontier.json) and the training curves (those
+    there is data for), and link the pictures from comparison.md."""
+    images, data = {}, out_dir / "frontier.json"
+    # Drawn from the comparison.json just written, as `alignkit frontier --comparison` draws it.
+    frontier = draw_frontier((), [out_dir / "comparison.json"], out_dir / "frontier.png", f"{title}: reward vs KL",
+                             data=data)
     if frontier is not None:
-        files["frontier"] = frontier
+        images["frontier"] = frontier
     training = plot_training_curves(curves, out_dir / "training_curves.png", title=f"{title}: training")
     if training is not None:
-        files["training_curves"] = training
-    if files:
+        images["training_curves"] = training
+    if images:
         with writing(out_dir / "comparison.md", "a") as f:
-            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
-    return files
+            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in images.items()))
+    return {**images, **({"frontier_data": data} if frontier is not None else {})}
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
