@@ -124,7 +124,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluate_run(args.run_dir, args.overrides, plugins=args.plugin, console=_err, device=args.device,
                      redo_reward_kl=args.redo_reward_kl)
     except (ValueError, JudgeRequestError) as err:  # settings that cannot work: a message, not a traceback
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         return 2
     _err.print(f"[green]done[/]: {args.run_dir}/report.md")
     return 0
@@ -321,17 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
     except DiskFullError as err:  # not the input's fault (exit 1), but nothing a traceback would explain
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         return 1
     except RuntimeError as err:
         from alignkit.train.distributed import describe_timeout
 
         if (timed_out := describe_timeout(err)) is not None:
-            _err.print(f"[bold red]error:[/] {escape(timed_out)}", highlight=False)
+            _error(timed_out)
             return 1
         if not _peer_failed(err):
             raise
@@ -342,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # soft_wrap: the command stays on one line, to be copied as printed
         _err.print(f"[yellow]interrupted[/]: {escape(_continue_hint(args))}", highlight=False, soft_wrap=True)
         return 130
+
+
+def _error(message: str) -> None:
+    """``message`` as one line on stderr, however wide the terminal (or a log file: no wrapping at 80 columns)."""
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
