@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from alignkit.cache import DiskFullError
+from alignkit.online.presets import PRESETS
 
 __all__ = ["main"]
 
@@ -71,8 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from alignkit.commands.frontier import draw_frontier
 
-    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title)
-    _err.print(f"[green]written[/]: {path}" if path else "[yellow]no run has a reward and a KL to plot[/]")
+    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title, args.data)
+    written = f"{path}" + (f", {args.data}" if args.data else "")
+    _err.print(f"[green]written[/]: {written}" if path else "[yellow]no run has a reward and a KL to plot[/]")
     return 0 if path else 1
 
 
@@ -195,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     recipe_command("validate", "Check a recipe (and overrides) without training it. It imports the recipe's "
                    "plugins (code that runs, as `run` would) and names each one.").set_defaults(func=_cmd_validate)
-    online = recipe_command("online", "Train and evaluate an online recipe (online.algorithm: rloo, reinforce, "
-                            "reinforce_pp, ppo, grpo, dr_grpo, dapo, gspo, cispo or gmpo, or parts of your own; "
-                            "optionally with WARP; see docs/online.md).")
+    presets = ", ".join(PRESETS)
+    online = recipe_command("online", f"Train and evaluate an online recipe (online.algorithm: {presets}, or parts "
+                            "of your own; optionally with WARP; see docs/online.md).")
     online.add_argument("--validate", action="store_true", help="only check the recipe")
     online.add_argument("--resume", action="store_true", help="continue every run from its latest checkpoint")
     online.add_argument("--overwrite", action="store_true", help="replace the run the run folder holds (cleared first)")
@@ -208,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     frontier.add_argument("--comparison", action="append", default=[], help="comparison.json of `alignkit compare`")
     frontier.add_argument("--out", default="frontier.png", help="PNG file to write")
     frontier.add_argument("--title", default="", help="figure title")
+    frontier.add_argument("--data", default=None, help="also write the plotted points (every seed, means with "
+                          "intervals, reference, curves) to this JSON file")
     frontier.set_defaults(func=_cmd_frontier)
 
     compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "
                              "tabulate and plot them side by side.")
-    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo")
+    compare.add_argument("--losses", default="",
+                         help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo; omitted: the recipe is "
+                         "an online recipe (or run folder) compared with the --online ones alone")
     compare.add_argument("--sweep", action="append", default=[],
                          help="loss parameter values, e.g. loss.beta=0.05,0.1,0.5 (repeatable: a grid)")
     compare.add_argument("--out", default=None, help="comparison folder (default runs/compare_<recipe name>)")

@@ -64,22 +64,30 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
 
 
 def rows_from_comparison(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of an ``alignkit compare`` folder's ``comparison.json`` (the offline objectives).
+    """Every row an ``alignkit compare`` folder's ``comparison.json`` holds: the offline runs (``rows``) then
+    the online ones (``online_rows``), each seed's row of a ``--seeds`` comparison included, so that a
+    frontier drawn from them is the one ``compare`` drew (which draws from this file).
 
     Raises:
-        RunFileError: the file is not a comparison (not strict JSON, or no list of row objects under ``rows``).
+        RunFileError: the file is not a comparison (not strict JSON, or ``rows`` or ``online_rows`` is not a
+            list of row objects).
     """
-    rows = read_json(path, what="a comparison").get("rows")
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise RunFileError(f"{path}: not a comparison: 'rows' is not a list of objects")
+    payload = read_json(path, what="a comparison")
+    rows: list[dict[str, Any]] = []
+    for key, required in (("rows", True), ("online_rows", False)):
+        part = payload.get(key, None if required else [])
+        if not isinstance(part, list) or not all(isinstance(row, dict) for row in part):
+            raise RunFileError(f"{path}: not a comparison: {key!r} is not a list of objects")
+        rows += part
     return rows
 
 
 def plot_online_frontier(run_dirs: Sequence[str | Path], path: Path, *, title: str = "",
-                         extra_rows: Sequence[dict[str, Any]] = ()) -> Path | None:
-    """Plot online runs (and ``extra_rows``, e.g. from :func:`rows_from_comparison`) on one frontier PNG."""
+                         extra_rows: Sequence[dict[str, Any]] = (), data_path: Path | None = None) -> Path | None:
+    """Plot online runs (and ``extra_rows``, e.g. from :func:`rows_from_comparison`) on one frontier PNG,
+    and its figures as JSON to ``data_path`` when given (see :func:`~alignkit.report.compare_plots.plot_frontier`)."""
     rows = [*extra_rows, *online_frontier_rows(run_dirs)]
-    return plot_frontier(rows, path, title=title or "reward vs KL to the initial model")
+    return plot_frontier(rows, path, title=title or "reward vs KL to the initial model", data_path=data_path)
 
 
 def front_markdown(report: dict[str, Any]) -> str:
