@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,11 +138,13 @@ def disk_full_guard(folder: Path, what: str, needed_bytes: int | None = None) ->
 
 @contextmanager
 def writing(path: str | Path, mode: str = "w", *, needed_bytes: int | None = None, **kwargs: Any) -> Iterator[IO[Any]]:
-    """:func:`open_for_write` for a ``with`` block that also handles a full device.
+    """:func:`open_for_write` for a ``with`` block that leaves ``path`` as it was when the block fails.
 
-    When the device fills up (while writing or closing), what the block wrote is taken back (an append
-    leaves the file as it was before the block; a ``w`` write leaves it empty) and a :class:`DiskFullError`
-    naming the file is raised instead of the bare ``OSError``.
+    A ``w``/``wb`` block writes a temporary sibling that replaces ``path`` in one rename when the block ends
+    well: whatever stops it (a full device, an exception, Ctrl-C) leaves ``path`` absent if it was absent and
+    with its old contents if it existed. An ``a``/``ab`` block that fails is cut back to the file's size before
+    it (no torn line is left), or removed if the block created it. A full device is raised as a
+    :class:`DiskFullError` naming the file instead of the bare ``OSError``.
 
     Args:
         path: the file (a link is refused, see :func:`check_inside`).
@@ -153,22 +157,64 @@ def writing(path: str | Path, mode: str = "w", *, needed_bytes: int | None = Non
         UnsafePathError: ``path`` or a folder between it and its run folder is a symbolic link.
     """
     path = Path(path)
-    with disk_full_guard(path.parent, path.name, needed_bytes):
-        f = open_for_write(path, mode, **kwargs)
-    start = os.fstat(f.fileno()).st_size if mode.startswith("a") else 0
+    if mode.startswith("a"):
+        created = not os.path.lexists(path)
+        with disk_full_guard(path.parent, path.name, needed_bytes):
+            f = open_for_write(path, mode, **kwargs)
+        start = os.fstat(f.fileno()).st_size
+        target = path
+    else:
+        check_inside(path)
+        with disk_full_guard(path.parent, path.name, needed_bytes):
+            f, target = _temporary_sibling(path, mode, **kwargs)
     try:
         with f:
             yield f
-    except OSError as err:
-        if not is_disk_full(err):
-            raise
-        # Closing flushed what it could before failing; cut the file back so no torn line is left.
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except BaseException as err:
+        if target is path and created:
+            path.unlink(missing_ok=True)
+        elif target is path:
+            # Closing flushed what it could before failing; cut the file back so no torn line is left.
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, start)
+            finally:
+                os.close(fd)
+        else:
+            target.unlink(missing_ok=True)  # before the free space is measured
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full_error(path.parent, path.name, needed_bytes) from None
+        raise
+    if target is not path:
         try:
-            os.ftruncate(fd, start)
-        finally:
-            os.close(fd)
-        raise disk_full_error(path.parent, path.name, needed_bytes) from None
+            os.replace(target, path)  # a link planted at ``path`` meanwhile is replaced, never followed
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
+
+def _temporary_sibling(path: Path, mode: str, **kwargs: Any) -> tuple[IO[Any], Path]:
+    """A new hidden file next to ``path`` (never an existing one or a link), open for writing, and its path; it
+    takes ``path``'s permissions when ``path`` exists."""
+    try:
+        permissions: int | None = stat.S_IMODE(os.stat(path, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        permissions = None  # a new file: 0o644 less the umask, as open() makes it
+    while True:
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue
+        break
+    try:
+        if permissions is not None:
+            os.fchmod(fd, permissions)  # the replaced file's permissions, not narrowed by the umask
+        return open(fd, mode, **kwargs), tmp
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cache_dir(*parts: str) -> Path:

@@ -72,8 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from alignkit.commands.frontier import draw_frontier
 
-    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title)
-    _err.print(f"[green]written[/]: {path}" if path else "[yellow]no run has a reward and a KL to plot[/]")
+    path = draw_frontier(args.run_dirs, args.comparison, args.out, args.title, args.data)
+    written = f"{path}" + (f", {args.data}" if args.data else "")
+    _err.print(f"[green]written[/]: {written}" if path else "[yellow]no run has a reward and a KL to plot[/]")
     return 0 if path else 1
 
 
@@ -123,7 +124,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluate_run(args.run_dir, args.overrides, plugins=args.plugin, console=_err, device=args.device,
                      redo_reward_kl=args.redo_reward_kl)
     except (ValueError, JudgeRequestError) as err:  # settings that cannot work: a message, not a traceback
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         return 2
     _err.print(f"[green]done[/]: {args.run_dir}/report.md")
     return 0
@@ -209,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     frontier.add_argument("--comparison", action="append", default=[], help="comparison.json of `alignkit compare`")
     frontier.add_argument("--out", default="frontier.png", help="PNG file to write")
     frontier.add_argument("--title", default="", help="figure title")
+    frontier.add_argument("--data", default=None, help="also write the plotted points (every seed, means with "
+                          "intervals, reference, curves) to this JSON file")
     frontier.set_defaults(func=_cmd_frontier)
 
     compare = recipe_command("compare", "Run several objectives on the same data, model, seed and budget; "
                              "tabulate and plot them side by side.")
-    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo")
+    compare.add_argument("--losses", default="",
+                         help="comma-separated objectives, e.g. dpo,ipo,slic_hf,simpo,orpo; omitted: the recipe is "
+                         "an online recipe (or run folder) compared with the --online ones alone")
     compare.add_argument("--sweep", action="append", default=[],
                          help="loss parameter values, e.g. loss.beta=0.05,0.1,0.5 (repeatable: a grid)")
     compare.add_argument("--out", default=None, help="comparison folder (default runs/compare_<recipe name>)")
@@ -316,17 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("ALIGNKIT_DEBUG"):
             raise
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         _err.print("(set ALIGNKIT_DEBUG=1 for the traceback)", style="dim")
         return 2
     except DiskFullError as err:  # not the input's fault (exit 1), but nothing a traceback would explain
-        _err.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        _error(str(err))
         return 1
     except RuntimeError as err:
         from alignkit.train.distributed import describe_timeout
 
         if (timed_out := describe_timeout(err)) is not None:
-            _err.print(f"[bold red]error:[/] {escape(timed_out)}", highlight=False)
+            _error(timed_out)
             return 1
         if not _peer_failed(err):
             raise
@@ -337,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # soft_wrap: the command stays on one line, to be copied as printed
         _err.print(f"[yellow]interrupted[/]: {escape(_continue_hint(args))}", highlight=False, soft_wrap=True)
         return 130
+
+
+def _error(message: str) -> None:
+    """``message`` as one line on stderr, however wide the terminal (or a log file: no wrapping at 80 columns)."""
+    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

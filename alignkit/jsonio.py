@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunFileError", "finite_or_none", "read_json", "read_jsonl", "to_json"]
+__all__ = ["RunFileError", "finite_or_none", "parse_json", "read_json", "read_jsonl", "to_json"]
 
 
 class RunFileError(ValueError):
@@ -53,8 +53,16 @@ def _refuse_constant(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number")
 
 
-def _parse(text: str, where: str, what: str) -> Any:
-    """``text`` parsed as strict JSON; every way it fails is a :class:`RunFileError` naming ``where``."""
+def parse_json(text: str | bytes, where: str, what: str = "JSON") -> Any:
+    """``text`` parsed as strict JSON (no NaN or Infinity); every way it fails (garbage, an integer over
+    Python's digit limit, nesting too deep, bytes that do not decode) is a :class:`RunFileError` naming
+    ``where`` on one line.
+
+    Args:
+        text: the JSON text (bytes are decoded as json.loads does: UTF-8, -16 or -32).
+        where: the file (or ``file:line``) the text came from, for the message.
+        what: what the text is, for the message.
+    """
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
@@ -90,7 +98,7 @@ def read_jsonl(path: str | Path, *, what: str = "a JSON-lines record", torn_tail
         if not line.strip():
             continue
         try:
-            record = _parse(line, f"{path}:{number}", what)
+            record = parse_json(line, f"{path}:{number}", what)
         except RunFileError:
             if torn_tail and number == len(lines):  # no newline after it: the write was cut short
                 continue
@@ -114,7 +122,7 @@ def read_json(path: str | Path, *, expect: type = dict, what: str = "JSON") -> A
         expect: the type the top-level value must have (dict, list, ...).
         what: what the file is, for the message (``"a checkpoint state"``).
     """
-    value = _parse(_read_text(Path(path), what), str(path), what)
+    value = parse_json(_read_text(Path(path), what), str(path), what)
     if not isinstance(value, expect):
         raise RunFileError(f"{path}: not {what}: a JSON {type(value).__name__} where a {expect.__name__} belongs")
     return value

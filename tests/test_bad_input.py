@@ -93,6 +93,15 @@ def test_a_string_where_the_plugin_list_goes_is_one_plugin(tmp_path, capsys):
            "plugin 'nosuch_module': no such .py file or importable module")
 
 
+def test_an_error_is_one_line_however_long_even_in_a_log(tmp_path, capsys):
+    """stderr here is not a terminal (as in a log file or CI): the error is still one line, not wrapped at the
+    console's 80 columns, so a log can be searched for it."""
+    plugin = "no_such_module_" + "x" * 120
+    err = _fails(capsys, ["validate", str(_recipe(tmp_path)), f"plugins={plugin}"])
+    line = err.splitlines()[0]
+    assert line.startswith("error: ") and line.endswith(f"plugin '{plugin}': no such .py file or importable module"), err
+
+
 def test_switching_a_kinded_section_by_override_drops_the_old_kinds_settings(tmp_path, capsys):
     text = BASE.format(out=tmp_path / "run", pairs=_pairs(tmp_path)) + (
         "eval:\n  num_prompts: 2\n  judge:\n    kind: reward\n    reward: vader_sentiment\n    batch_size: 2\n"

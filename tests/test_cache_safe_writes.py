@@ -69,3 +69,41 @@ def test_a_leftover_temporary_link_is_not_written_through(run, notes):
     write_atomic(run / "report.json", "{}")
     assert (run / "report.json").read_text() == "{}" and notes.read_text() == "my notes\n"
     assert not os.path.lexists(run / ".report.json.tmp")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["w", "wb", "a"])
+@pytest.mark.parametrize("existed", [False, True], ids=["absent", "existing"])
+def test_a_write_that_fails_midway_leaves_the_file_as_it_was(run, mode, existed):
+    """Whatever stops a block (here an exception after part of the file is written and flushed), the file is
+    afterwards exactly as it was before: absent, or its old contents."""
+    from alignkit.cache import writing
+
+    path = run / "comparison.md"
+    if existed:
+        path.write_bytes(b"old\n")
+        path.chmod(0o600)
+    with pytest.raises(_Stop), writing(path, mode) as f:
+        f.write(b"new, part 1\n" if "b" in mode else "new, part 1\n")
+        f.flush()
+        raise _Stop
+    if existed:
+        assert path.read_bytes() == b"old\n" and path.stat().st_mode & 0o777 == 0o600
+    else:
+        assert not path.exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted([RUN_MARKER, "preference"] + ["comparison.md"] * existed)
+
+
+def test_a_rewrite_that_ends_well_replaces_the_file_and_keeps_its_permissions(run):
+    from alignkit.cache import writing
+
+    path = run / "comparison.md"
+    path.write_text("old\n")
+    path.chmod(0o640)
+    with writing(path) as f:
+        f.write("new\n")
+    assert path.read_text() == "new\n" and path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in run.iterdir()) == sorted([RUN_MARKER, "preference", "comparison.md"])

@@ -285,6 +285,31 @@ def test_compare_places_online_runs_on_the_frontier_and_states_how_their_evaluat
     assert "--online recipes/dpo_gpt2_hh.yaml: not an online run folder nor a recipe with an 'online:' section" in err
 
 
+def test_compare_without_losses_compares_online_recipes_alone(tmp_path, capsys):
+    """An online recipe as the recipe and no --losses: its run and the --online ones, one table and plot."""
+    rloo, grpo = tmp_path / "rloo.yaml", tmp_path / "grpo.yaml"
+    rloo.write_text(ONLINE_RECIPE.replace("OUT", str(tmp_path / "rloo_run")))
+    grpo.write_text(ONLINE_RECIPE.replace("OUT", str(tmp_path / "grpo_run")).replace("online:\n",
+                                                                                      "online:\n  algorithm: grpo\n"))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(rloo), "--online", str(grpo), "--out", str(out)]) == 0
+    payload = json.loads((out / "comparison.json").read_text())
+    assert [(r["label"], r["loss"]) for r in payload["online_rows"]] == [("rloo_run", "rloo"), ("grpo_run", "grpo")]
+    assert payload["rows"] == [] and payload["losses"] == []
+    md = (out / "comparison.md").read_text()
+    assert "| run | status |" not in md and "tokens/s" not in md  # no empty offline table, nor its legend
+    assert "| rloo_run | rloo | beta=0.05 | trained |" in md and "| grpo_run | grpo |" in md
+    assert f"alignkit compare {rloo} --online {grpo}" in md  # the recorded command reruns it
+    assert (out / "frontier.png").stat().st_size > 0
+
+    # Overrides and sweeps are the offline runs' (each online recipe sets its own); an offline recipe needs --losses.
+    capsys.readouterr()
+    assert main(["compare", str(rloo), "--out", str(out), "train.max_steps=2"]) == 2
+    assert "overrides: apply to the offline runs of --losses" in capsys.readouterr().err
+    assert main(["compare", RECIPE, "--online", str(grpo), "--out", str(out)]) == 2
+    assert "--losses: name at least one objective" in " ".join(capsys.readouterr().err.split())
+
+
 def test_eval_differences_between_the_shipped_offline_and_online_sentiment_recipes():
     from alignkit.commands.compare_online import eval_differences
     from alignkit.recipe import load_recipe

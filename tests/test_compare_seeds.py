@@ -128,14 +128,22 @@ def test_cli_refuses_bad_seeds_and_a_baseline_without_seeds_before_anything_runs
     assert not (tmp_path / "cmp").exists()
 
 
-def test_compare_over_seeds_end_to_end_with_an_online_method(hh_path, tmp_path):
+@pytest.fixture(scope="module")
+def seeded_comparison(hh_path, tmp_path_factory):
+    """A tiny `compare --seeds 0,1` of DPO and an online RLOO recipe: (its folder, comparison.json)."""
+    tmp_path = tmp_path_factory.mktemp("seeded")
     online = tmp_path / "rloo.yaml"
     online.write_text(ONLINE_RECIPE.replace("OUT", str(tmp_path / "rloo_run")))
     out = tmp_path / "cmp"
     args = ["compare", RECIPE, "--losses", "dpo", "--seeds", "0,1", *_overrides(hh_path), "--out", str(out),
             "--online", str(online), "--baseline", "rloo_run"]
     assert main(args) == 0
-    payload = json.loads((out / "comparison.json").read_text())
+    return out, json.loads((out / "comparison.json").read_text())
+
+
+def test_compare_over_seeds_end_to_end_with_an_online_method(seeded_comparison):
+    out, payload = seeded_comparison
+    tmp_path = out.parent
     rows = {r["label"]: r for r in payload["rows"]}
     assert list(rows) == ["dpo_seed0", "dpo_seed1"]
     assert [yaml.safe_load((out / lab / "recipe.yaml").read_text())["seed"] for lab in rows] == [0, 1]
@@ -158,3 +166,28 @@ def test_compare_over_seeds_end_to_end_with_an_online_method(hh_path, tmp_path):
     md = (out / "comparison.md").read_text()
     assert "--seeds 0,1" in md and "## Across seeds" in md and "## Paired differences against rloo_run" in md
     assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_frontier_of_a_seeded_comparison_draws_what_compare_drew_offline_and_online(seeded_comparison, tmp_path):
+    out, payload = seeded_comparison
+    front, data = tmp_path / "front.png", tmp_path / "points" / "front.json"  # a folder made for it, as for the PNG
+    args = ["frontier", "--comparison", str(out / "comparison.json"), "--out", str(front), "--data", str(data)]
+    assert main(args) == 0
+    assert front.stat().st_size > 0
+    layout = json.loads(data.read_text())
+    # The same drawing path as compare's own frontier: the same figures, point for point.
+    assert layout == json.loads((out / "frontier.json").read_text())
+    # Every seed's point, offline (rows) and online (online_rows), where its run put it.
+    seeds = {(p["group"], p["seed"]): p for p in layout["seeds"]}
+    assert set(seeds) == {("dpo", 0), ("dpo", 1), ("rloo_run", 0), ("rloo_run", 1)}
+    for row in [*payload["rows"], *payload["online_rows"]]:
+        point = seeds[(row["group"], row["seed"])]
+        assert (point["reward"], point["kl"], point["loss"]) == (row["reward"], row["kl"], row["loss"])
+    # Each method's mean over the seeds, with its across-seed interval, is the point with error bars.
+    means = {p["label"]: p for p in layout["points"]}
+    assert set(means) == {"dpo", "rloo_run"}
+    for summary in payload["across_seeds"]:
+        mean = means[summary["label"]]
+        assert (mean["reward"], mean["kl"], mean["seeds"]) == (summary["reward"], summary["kl"], [0, 1])
+        assert mean["reward"]["low"] < mean["reward"]["estimate"] < mean["reward"]["high"]
+    assert layout["reference"]["reward"] == payload["rows"][0]["reference_reward"]

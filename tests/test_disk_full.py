@@ -126,3 +126,19 @@ def test_a_run_on_a_full_disk_names_the_file_it_could_not_write(tiny_disk, capsy
         assert "Traceback" not in err and "no space left on the device while saving" in err, err
         named.add(err.split("while saving", 1)[1].split()[0])
     assert {".alignkit-lock", "recipe.yaml"} <= named, named
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["absent", "existing"])
+def test_a_rewrite_that_does_not_fit_leaves_the_file_as_it_was(tiny_disk, existed):
+    from alignkit.cache import writing
+
+    table = tiny_disk / "comparison.md"
+    if existed:
+        table.write_text("| old |\n")
+    _fill(tiny_disk, 1)
+    with pytest.raises(DiskFullError, match=rf"^{tiny_disk}: no space left on the device while saving "
+                                            r"comparison.md \(about 19.5 KiB needed"):
+        with writing(table, needed_bytes=20_000) as f:
+            f.writelines("| " + "x" * 990 + " |\n" for _ in range(20))
+    assert (table.read_text() == "| old |\n") if existed else not table.exists()
+    assert sorted(p.name for p in tiny_disk.iterdir()) == (["comparison.md", "filler"] if existed else ["filler"])

@@ -91,6 +91,8 @@ def test_a_comparison_file_with_no_rows_is_named(tmp_path):
     path = tmp_path / "comparison.json"
     _refused(path, '{"rows": [{"label": "dpo", "kl": NaN}]}', rf"^{path}: not a comparison: NaN", rows_from_comparison)
     _refused(path, '{"rows": 3}', rf"^{path}: not a comparison: 'rows' is not a list", rows_from_comparison)
+    _refused(path, '{"rows": [], "online_rows": [1]}', rf"^{path}: not a comparison: 'online_rows' is not a list",
+             rows_from_comparison)
 
 
 def test_a_resumed_log_drops_a_torn_tail_but_refuses_a_planted_nan(tmp_path):

@@ -125,11 +125,17 @@ def test_weight_loading_is_bounded_to_its_folder_and_checked_before_anything_cha
     next(iter(tensors.values()))[0, 0] = float("nan")
     save_file(tensors, str(bad / "adapter_model.safetensors"))
     (root / "empty").mkdir()
+    (root / "deep").mkdir()
+    (root / "deep" / "adapter_config.json").write_text("[" * 20_000 + "]" * 20_000)
+    (root / "inf").mkdir()
+    (root / "inf" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": Infinity}')
     cases = [
         ({"lora_name": "a", "lora_path": str(outside)}, "outside the folder"),
         ({"lora_name": "a", "lora_path": str(root / "link")}, "outside the folder"),
         ({"lora_name": "a", "lora_path": str(root / "missing")}, "is not a folder"),
         ({"lora_name": "a", "lora_path": str(root / "empty")}, "adapter_config.json: missing"),
+        ({"lora_name": "a", "lora_path": str(root / "deep")}, "adapter_config.json: not JSON: JSON nested too deeply"),
+        ({"lora_name": "a", "lora_path": str(root / "inf")}, "adapter_config.json: not JSON: Infinity is not a JSON"),
         ({"lora_name": "a", "lora_path": str(bad)}, "NaN or Inf"),
         ({"lora_name": "", "lora_path": str(bad)}, "'lora_name'"),
         ({"lora_name": "a", "lora_path": 3}, "'lora_path'"),

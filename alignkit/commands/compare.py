@@ -7,7 +7,9 @@ this process; a run folder that already holds the same resolved recipe and a ``r
 one that holds the same recipe without a report is resumed from its last checkpoint, and a failing run is
 reported while the others go on. The data pipeline and reference log-prob caches are keyed by model and
 data, so every run after the first reuses them. With ``seeds`` every method runs once per seed and the
-table gains an across-seed summary and paired differences (:mod:`alignkit.report.seeds`).
+table gains an across-seed summary and paired differences (:mod:`alignkit.report.seeds`). Without
+``losses`` the recipe is an online recipe (or a finished online run folder) and the comparison holds online
+runs alone: it and the ``online`` entries, on one reward-versus-KL plot.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from alignkit.commands.compare_online import (
     resolve_online_runs,
 )
 from alignkit.commands.compare_plan import PlannedRun, PlanOptions, common_part, parse_sweep, plan_comparison
+from alignkit.commands.frontier import draw_frontier
 from alignkit.commands.run import run_recipe
 from alignkit.jsonio import read_json, read_jsonl
 from alignkit.recipe import Recipe, RecipeError, recipe_to_yaml
-from alignkit.report.compare_plots import plot_frontier, plot_training_curves
+from alignkit.recipe.online import is_online_recipe
+from alignkit.report.compare_plots import plot_training_curves
 from alignkit.report.compare_table import comparison_row, render_comparison
 from alignkit.report.seeds import paired_differences, seed_summary, seeded_rows, seeds_markdown
 from alignkit.workflow.run_folder import inspect_run_folder
@@ -162,7 +166,9 @@ def run_comparison(
     """Plan, run (or reuse) every combination, then write the table (md, json) and plots into ``out``.
 
     Files written in the comparison folder: ``comparison.md``, ``comparison.json``, ``training_curves.png``
-    and, when the runs evaluate reward and KL, ``frontier.png``. Arguments are those of
+    and, when the runs evaluate reward and KL, ``frontier.png`` with its plotted figures in ``frontier.json``
+    (drawn from ``comparison.json`` by :func:`~alignkit.commands.frontier.draw_frontier`, as ``alignkit
+    frontier --comparison`` draws it). Arguments are those of
     :func:`~alignkit.commands.compare_plan.plan_comparison` (``sweeps``, ``overrides``, ``plugins``,
     ``out``), plus ``overwrite`` (retrain a run folder that holds a different recipe), ``online`` (online
     run folders or online recipes, run after the offline ones and placed on the same reward-versus-KL plot
@@ -175,7 +181,11 @@ def run_comparison(
         RecipeError: a bad recipe, override, sweep, seed, baseline or loss name, before anything runs.
     """
     console = console or Console(stderr=True)
-    out_dir, plans = plan_comparison(recipe_path, losses, **planning)
+    online_only = not losses and _is_online_entry(recipe_path)
+    if online_only:
+        out_dir, plans, online = _plan_online_only(recipe_path, online, planning)
+    else:
+        out_dir, plans = plan_comparison(recipe_path, losses, **planning)
     seeds = list(planning.get("seeds", ()))
     online_plans = plan_online_runs(online, planning.get("plugins", ()), seeds)
     _check_baseline(baseline, plans, online_plans, seeded=bool(seeds))
@@ -193,7 +203,7 @@ def run_comparison(
     title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
     sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
     facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started,
-                            seeds)
+                            seeds, online=online[1:] if online_only else online)
     online_rows = [row for entry in online_entries for row in entry.rows or []]
     files = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json"}
     every_row = [*rows, *online_rows]
@@ -214,9 +224,31 @@ def run_comparison(
         console.print(section, markup=False, highlight=False)
         with writing(files["markdown"], "a") as f:
             f.write(section)
-    files.update(_plots(every_row, curves, out_dir, title))
+    files.update(_plots(curves, out_dir, title))
     console.print("written: " + ", ".join(str(p) for p in files.values()))
     return Comparison(out_dir, outcomes, rows, files, online_entries)
+
+
+def _is_online_entry(path: str | Path) -> bool:
+    """Whether ``path`` is an online recipe or a run folder (the recipe of an online-only comparison)."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and is_online_recipe(path))
+
+
+def _plan_online_only(recipe_path: str | Path, online: Sequence[str | Path],
+                      planning: PlanOptions) -> tuple[Path, list[PlannedRun], list[str | Path]]:
+    """The folder and entries of a comparison of online runs alone: the recipe is the first ``--online`` entry.
+
+    Raises:
+        RecipeError: a sweep or override, which only the offline runs of ``--losses`` take.
+    """
+    for name in ("sweeps", "overrides"):
+        if planning.get(name):
+            option = "--sweep" if name == "sweeps" else "overrides"
+            raise RecipeError(f"{option}: apply to the offline runs of --losses; an online recipe sets its own")
+    out = planning.get("out")
+    out_dir = Path(out) if out is not None else Path("runs") / f"compare_{Path(recipe_path).stem}"
+    return out_dir, [], [recipe_path, *online]
 
 
 def _check_baseline(baseline: str | None, plans: Sequence[PlannedRun], online_plans: Sequence[Any], *,
@@ -246,28 +278,30 @@ def _table_rows(outcomes: Sequence[RunOutcome]) -> tuple[list[dict[str, Any]], d
     return rows, curves
 
 
-def _plots(rows: list[dict[str, Any]], curves: dict[str, tuple[str, list]], out_dir: Path,
-           title: str) -> dict[str, Path]:
-    """Draw the reward-versus-KL frontier and the training curves (those there is data for), and link
-    them from comparison.md."""
-    files = {}
-    frontier = plot_frontier(rows, out_dir / "frontier.png", title=f"{title}: reward vs KL")
+def _plots(curves: dict[str, tuple[str, list]], out_dir: Path, title: str) -> dict[str, Path]:
+    """Draw the reward-versus-KL frontier (with its figures in frontier.json) and the training curves (those
+    there is data for), and link the pictures from comparison.md."""
+    images, data = {}, out_dir / "frontier.json"
+    # Drawn from the comparison.json just written, as `alignkit frontier --comparison` draws it.
+    frontier = draw_frontier((), [out_dir / "comparison.json"], out_dir / "frontier.png", f"{title}: reward vs KL",
+                             data=data)
     if frontier is not None:
-        files["frontier"] = frontier
+        images["frontier"] = frontier
     training = plot_training_curves(curves, out_dir / "training_curves.png", title=f"{title}: training")
     if training is not None:
-        files["training_curves"] = training
-    if files:
+        images["training_curves"] = training
+    if images:
         with writing(out_dir / "comparison.md", "a") as f:
-            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in files.items()))
-    return files
+            f.write("\n" + "".join(f"![{name}]({path.name})\n\n" for name, path in images.items()))
+    return {**images, **({"frontier_data": data} if frontier is not None else {})}
 
 
 def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe | None, sweeps: Sequence[str],
                     overrides: Sequence[str], plugins: Sequence[str], seconds: float,
-                    seeds: Sequence[int] = ()) -> list[str]:
+                    seeds: Sequence[int] = (), online: Sequence[str | Path] = ()) -> list[str]:
     """Bullet lines stating what every run shared."""
-    command = " ".join([f"alignkit compare {recipe_path} --losses {','.join(losses)}",
+    command = " ".join([f"alignkit compare {recipe_path}", *([f"--losses {','.join(losses)}"] if losses else []),
+                        *(f"--online {o}" for o in online),
                         *(f"--plugin {p}" for p in plugins), *(f"--sweep {s}" for s in sweeps),
                         *([f"--seeds {','.join(map(str, seeds))}"] if seeds else []), *overrides])
     facts = [f"- command: `{command}`"]
@@ -282,5 +316,6 @@ def _protocol_facts(recipe_path: str | Path, losses: Sequence[str], base: Recipe
         facts.append(f"- shared by every run: model `{model}`, {seed}, "
                      f"{budget} of batch {t.batch_size}, lr {t.lr}, reference mode `{base.reference.mode}`")
     facts.append(f"- this invocation took {seconds:.0f} s (reused runs cost nothing)")
-    facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
+    if losses:  # the offline table's columns; an online-only comparison has none
+        facts.append("- wall s, peak MiB: per run as recorded in its report.json; tokens/s: median training throughput")
     return facts

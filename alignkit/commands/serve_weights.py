@@ -16,7 +16,6 @@ values) before any weight of the served model changes.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from alignkit.commands.serve_requests import RequestError
+from alignkit.jsonio import RunFileError, parse_json
 from alignkit.peft import (
     LoRAConfig,
     adapter_state_dict,
@@ -175,9 +175,9 @@ class WeightVersions:
         if not path.is_file() or path.stat().st_size > MAX_ADAPTER_FILE_BYTES:
             raise RequestError(f"{path.name}: missing, or over {MAX_ADAPTER_FILE_BYTES} bytes")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise RequestError(f"{path.name}: not JSON ({str(err)[:100]})") from None
+            data = parse_json(path.read_bytes(), path.name)
+        except RunFileError as err:  # garbage, NaN, nesting too deep, not UTF-8
+            raise RequestError(str(err)[:200]) from None
         if not isinstance(data, dict) or data.get("peft_type") != "LORA":
             raise RequestError(f"{path.name}: peft_type must be LORA")
         if data.get("use_dora") or data.get("use_rslora") or data.get("bias", "none") != "none":

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignkit.cache import cache_dir as default_cache_dir
-from alignkit.jsonio import to_json
+from alignkit.cache import writing
+from alignkit.jsonio import RunFileError, read_jsonl, to_json
 from alignkit.lazy import lazy_module
 from alignkit.models.sampling import Sampling
 
@@ -114,18 +113,11 @@ def cache_file(model: nn.Module, tokenizer, prompts: Sequence[str], settings: di
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write to a temporary sibling, then rename: readers never see a half-written file."""
+    """Write to a temporary sibling, then rename (:func:`~alignkit.cache.writing`): readers never see a
+    half-written file, and a write that fails leaves the previous file as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(to_json(row, indent=None, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; it is an ordinary cache file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, encoding="utf-8") as f:
+        f.writelines(to_json(row, indent=None, ensure_ascii=False) + "\n" for row in rows)
 
 
 def write_cache(path: Path, prompts: Sequence[str], texts: list[list[str]], meta: dict[str, Any]) -> None:
@@ -135,20 +127,20 @@ def write_cache(path: Path, prompts: Sequence[str], texts: list[list[str]], meta
 
 
 def read_cache(path: Path, prompts: Sequence[str], k: int) -> list[list[str]] | None:
-    """The cached (P, K) completion texts, or None when the file is missing or does not match."""
+    """The cached (P, K) completion texts, or None when the file is missing, unreadable, not strict JSON lines
+    (garbage, NaN) or does not match: a miss, sampled again and rewritten."""
     if not path.exists():
         return None
     try:
-        # split("\n"), not splitlines(): completions may hold U+2028 and other characters splitlines() breaks on
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("ignoring unreadable pair cache %s: %s", path, err)
+        rows = read_jsonl(path, what="a pair-cache record")
+    except RunFileError as err:
+        log.warning("ignoring unreadable pair cache (it is sampled again): %s", err)
         return None
-    texts = [row.get("completions") for row in rows[1:]]
-    if len(texts) != len(prompts) or any(
-        row.get("prompt") != p or not isinstance(t, list) or len(t) != k
+    texts: list[Any] = [row.get("completions") for row in rows[1:]]
+    if not rows or "meta" not in rows[0] or len(texts) != len(prompts) or any(
+        row.get("prompt") != p or not isinstance(t, list) or len(t) != k or not all(isinstance(c, str) for c in t)
         for row, p, t in zip(rows[1:], prompts, texts, strict=True)
     ):
-        log.warning("ignoring pair cache %s: it does not match the prompts", path)
+        log.warning("ignoring pair cache %s: it does not match the prompts (it is sampled again)", path)
         return None
     return texts

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, cast
 import torch
 
 from alignkit.cache import cache_dir, write_atomic
-from alignkit.jsonio import to_json
+from alignkit.jsonio import RunFileError, read_json, to_json
 from alignkit.models.hardware import detect_hardware
 
 __all__ = ["DTYPES", "MIN_REPEATS", "PHASE_KERNELS", "best_seconds", "cached_measure", "machine_key", "measure_matmul_flops",
@@ -79,16 +80,22 @@ def measure_matmul_flops(device: torch.device, dtype: str, *, size: int | None =
     return 2.0 * a.shape[0] * size**2 / best_seconds(device, lambda: torch.matmul(a, b), seconds), size
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def _read(path: Path, key: dict[str, Any], field: str) -> dict[str, Any] | None:
-    """The cached record for ``key`` (its ``field`` a positive number), or None when the file is missing,
-    unreadable or of another key."""
+    """The cached record for ``key`` (its ``field`` a positive finite number), or None when the file is
+    missing, not strict JSON (garbage, NaN, Infinity), of another key or holds a figure that is not one."""
+    if not path.exists():
+        return None
     try:
-        data = json.loads(path.read_text())
-        value = data[field]
-        if data.get("key") == key and isinstance(value, (int, float)) and value > 0:
-            return cast(dict[str, Any], data)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        data = read_json(path, what="a measure record")
+    except RunFileError:
+        return None
+    checked = data.get("checked_against", 0.0)
+    if data.get("key") == key and _positive(data.get(field)) and (checked == 0 or _positive(checked)):
+        return cast(dict[str, Any], data)
     return None
 
 

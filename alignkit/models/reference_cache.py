@@ -146,12 +146,20 @@ class ReferenceLogpsCache:
 
     @classmethod
     def load(cls, key: str) -> ReferenceLogpsCache | None:
-        """The cached values of ``key``, or None if they were never computed."""
+        """The cached values of ``key``, or None if they were never computed or the file is not what
+        :meth:`build` writes (unreadable, other tensors, a value that is not finite): computed again then."""
         path = cls.path_for(key)
         if not path.exists():
             return None
-        tensors = load_file(str(path))
-        return cls(path, tensors["chosen"], tensors["rejected"])
+        try:
+            tensors = load_file(str(path))
+            chosen, rejected = tensors["chosen"], tensors["rejected"]
+            ok = (chosen.dtype == rejected.dtype == torch.float32 and chosen.dim() == 1
+                  and chosen.shape == rejected.shape and bool(torch.isfinite(chosen).all())
+                  and bool(torch.isfinite(rejected).all()))
+        except Exception:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            ok = False
+        return cls(path, chosen, rejected) if ok else None
 
     @classmethod
     def build(

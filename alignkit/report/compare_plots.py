@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignkit.cache import writing
+from alignkit.report.format import to_json
 from alignkit.report.plots import interval_error, pyplot, save_figure
 from alignkit.report.seeds import seed_summary
 
 plt = pyplot()  # Agg backend: render to files only
 
-__all__ = ["plot_frontier", "plot_training_curves"]
+__all__ = ["frontier_layout", "plot_frontier", "plot_training_curves"]
 
 _LINESTYLES = ("-", "--", ":", "-.")
 
@@ -37,18 +39,26 @@ def _param_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path | None:
-    """Mean reward against KL to the reference, per objective and swept value.
+def _point(row: dict[str, Any]) -> dict[str, Any]:
+    """A drawn point: where it sits (reward and KL with their intervals) and what it is."""
+    keys = ("label", "group", "loss", "params", "seed", "seeds", "reward", "kl")
+    return {key: row[key] for key in keys if key in row}
+
+
+def frontier_layout(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """What :func:`plot_frontier` draws from ``rows``, as JSON-ready data (no drawing).
 
     Args:
         rows: comparison rows (see :func:`alignkit.report.compare_table.comparison_row`); rows without
-            ``reward`` and ``kl`` are left out. Rows with a ``seed`` are drawn faint, and their method's
-            mean over seeds (:func:`alignkit.report.seeds.seed_summary`) as the point with intervals.
-        path: the PNG file to write.
-        title: figure title.
+            ``reward`` and ``kl`` are left out. Rows with a ``seed`` are each seed's point, and their method's
+            mean over seeds (:func:`alignkit.report.seeds.seed_summary`) is the point with intervals.
 
     Returns:
-        ``path``, or None when no row has a reward and a KL (nothing is written then).
+        ``{"reward_name", "reference", "seeds", "points", "curves"}``: the reference model (``reward`` and
+        ``kl``, or None), every seed's point (``label``, ``group``, ``loss``, ``seed``, ``reward``, ``kl``),
+        the points with error bars (a method's mean over seeds with its across-seed interval, or an unseeded
+        run), and each run's curve along training (``label``, ``loss``, ``kl`` and ``reward`` lists, from the
+        reference); None when no row has a reward and a KL.
     """
     evaluated = [r for r in rows if r.get("reward") and r.get("kl")]
     seeded = [r for r in evaluated if r.get("seed") is not None]
@@ -56,18 +66,56 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
     points += [s for s in seed_summary(seeded) if s["reward"] and s["kl"]]
     if not points:
         return None
+    with_reference = next((r for r in points if r.get("reference_reward")), None)
+    reference = None if with_reference is None else {
+        "reward": with_reference["reference_reward"],
+        "kl": with_reference.get("reference_kl") or {"estimate": 0.0, "low": None, "high": None}}
+    curves = [_curve(r) for r in evaluated if r.get("curve")]
+    return {"reward_name": points[0].get("reward_name") or "reward", "reference": reference,
+            "seeds": [_point(r) for r in seeded], "points": [_point(r) for r in points], "curves": curves}
+
+
+def _curve(row: dict[str, Any]) -> dict[str, Any]:
+    """A run's reward and KL along training, from the reference model (step 0) to its last step."""
+    xy = [(p["kl"]["estimate"], p["reward"]["estimate"]) for p in row["curve"]]
+    if row.get("reference_reward"):
+        reference_kl = row["reference_kl"]["estimate"] if row.get("reference_kl") else 0.0
+        xy.insert(0, (reference_kl, row["reference_reward"]["estimate"]))
+    return {"label": row["label"], "loss": row["loss"], "kl": [x for x, _ in xy], "reward": [y for _, y in xy]}
+
+
+def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "",
+                  data_path: Path | None = None) -> Path | None:
+    """Mean reward against KL to the reference, per objective and swept value.
+
+    Args:
+        rows: comparison rows, drawn as :func:`frontier_layout` lays them out.
+        path: the PNG file to write.
+        title: figure title.
+        data_path: also write the layout there as JSON (the plot's figures as data).
+
+    Returns:
+        ``path``, or None when no row has a reward and a KL (nothing is written then).
+    """
+    layout = frontier_layout(rows)
+    if layout is None:
+        return None
+    if data_path is not None:
+        Path(data_path).parent.mkdir(parents=True, exist_ok=True)  # as save_figure does for the PNG
+        with writing(data_path) as f:
+            f.write(to_json(layout))
+    points, seeds = layout["points"], layout["seeds"]
     colours = _colours([r["loss"] for r in points])
     fig, ax = plt.subplots(figsize=(7, 5))
     for loss, colour in colours.items():
-        mine = [r for r in seeded if r["loss"] == loss]
+        mine = [r for r in seeds if r["loss"] == loss]
         if mine:
             ax.scatter([r["kl"]["estimate"] for r in mine], [r["reward"]["estimate"] for r in mine], s=14,
                        color=colour, alpha=0.35, marker="o", label=f"{loss}: each seed")
-    reference = next((r for r in points if r.get("reference_reward")), None)
+    reference = layout["reference"]
     if reference is not None:
-        ref_kl = reference["reference_kl"]["estimate"] if reference.get("reference_kl") else 0.0
-        ax.errorbar([ref_kl], [reference["reference_reward"]["estimate"]],
-                    yerr=interval_error(reference["reference_reward"]), fmt="*", color="black", markersize=12,
+        ax.errorbar([reference["kl"]["estimate"]], [reference["reward"]["estimate"]],
+                    yerr=interval_error(reference["reward"]), fmt="*", color="black", markersize=12,
                     capsize=3, label="reference (before training)")
     for loss, colour in colours.items():
         group = sorted((r for r in points if r["loss"] == loss), key=_sort_key)
@@ -81,29 +129,18 @@ def plot_frontier(rows: Sequence[dict[str, Any]], path: Path, *, title: str = ""
             if r["params"]:
                 ax.annotate(_param_text(r["params"]), (x, y), textcoords="offset points", xytext=(5, 5),
                             fontsize=7, color=colour)
-    _draw_curves(ax, evaluated, colours)
-    reward_name = points[0].get("reward_name") or "reward"
+    for curve in layout["curves"]:  # each run along training, from the reference model to its last step
+        ax.plot(curve["kl"], curve["reward"], ".-", color=colours[curve["loss"]], alpha=0.45, linewidth=1,
+                markersize=4)
     ax.set_xlabel("KL(policy || reference), nats per completion")
-    ax.set_ylabel(f"mean reward ({reward_name})")
+    ax.set_ylabel(f"mean reward ({layout['reward_name']})")
     ax.set_title(title or "reward vs KL frontier (95% intervals)")
-    if seeded:
+    if seeds:
         fig.text(0.01, 0.01, "faint: each seed; solid: mean over seeds, 95% interval across seeds", fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
-
-
-def _draw_curves(ax: Any, rows: Sequence[dict[str, Any]], colours: dict[str, Any]) -> None:
-    """Each run's reward and KL along training, from the reference model (step 0) to its last step."""
-    for r in rows:
-        curve = r.get("curve") or []
-        if not curve:
-            continue
-        start = [(r["reference_kl"]["estimate"] if r.get("reference_kl") else 0.0,
-                  r["reference_reward"]["estimate"])] if r.get("reference_reward") else []
-        xy = start + [(p["kl"]["estimate"], p["reward"]["estimate"]) for p in curve]
-        ax.plot(*zip(*xy, strict=True), ".-", color=colours[r["loss"]], alpha=0.45, linewidth=1, markersize=4)
 
 
 _CURVES = (

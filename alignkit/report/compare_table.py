@@ -170,8 +170,9 @@ def rows_to_markdown(rows: Sequence[dict[str, Any]], *, title: str, facts: Seque
     header = [title for _, title in COLUMNS]
     lines = [f"# {title}", ""] if title else []
     lines += list(facts) + ([""] if facts else [])
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _table_cells(row)) + " |" for row in rows]
+    if rows:  # none in a comparison of online runs alone: their own section follows
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _table_cells(row)) + " |" for row in rows]
     notes = _notes(rows)
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -194,7 +195,8 @@ def render_comparison(
         table.add_column(name, justify="left" if key in ("label", "status") else "right", overflow="fold")
     for row in rows:
         table.add_row(*_table_cells(row))
-    console.print(table)
+    if rows:
+        console.print(table)
     for line in [*facts, *_notes(rows)]:
         console.print(line, markup=False, highlight=False)
     text = rows_to_markdown(rows, title=title, facts=facts)

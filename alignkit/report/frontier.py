@@ -36,6 +36,17 @@ def _row(label: str, loss: str, params: dict[str, Any], reward: dict, kl: dict, 
             "reference_kl": before.get("kl") if before else None}
 
 
+def _kl_setting(online: dict[str, Any]) -> dict[str, Any]:
+    """What weighs the run's KL term, for its table cell and plot label: ``{"beta": b}`` (``online.kl.coef``
+    when set, else ``online.beta``), or ``{"kl": "none"}`` for a run without a KL term (dapo, gspo, cispo,
+    gmpo), whose ``online.beta`` weighs nothing. Reports from before the parts existed hold only ``beta``."""
+    kl = online.get("kl") or {}
+    if kl.get("placement") == "none":
+        return {"kl": "none"}
+    coef = kl.get("coef")
+    return {"beta": coef if coef is not None else online.get("beta")}
+
+
 def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Frontier rows of online run folders (their ``report.json``): one per run (labelled by its algorithm,
     ``rloo``, ``reinforce``, ``ppo`` or ``grpo``), one per WARP eta.
@@ -51,35 +62,43 @@ def online_frontier_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]
         report = read_json(path, what="a run's report")
         rk = report.get("reward_kl") or {}
         before = rk.get("before")
-        beta = (report.get("online") or {}).get("beta")
+        kl_setting = _kl_setting(report.get("online") or {})
         if report.get("warp_front"):
             for point in report["warp_front"]:
                 rows.append(_row(f"{run_dir.name}_eta{point['eta']:g}", "warp front", {"eta": point["eta"]},
                                  point["reward"], point["kl"], point.get("reward_name"), before))
         elif rk:
             method = report.get("method") or "rloo"  # rloo, reinforce, ppo or grpo (older reports: rloo)
-            rows.append(_row(run_dir.name, method, {"beta": beta}, rk["after"]["reward"], rk["after"]["kl"],
+            rows.append(_row(run_dir.name, method, kl_setting, rk["after"]["reward"], rk["after"]["kl"],
                              rk.get("reward"), before))
     return rows
 
 
 def rows_from_comparison(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of an ``alignkit compare`` folder's ``comparison.json`` (the offline objectives).
+    """Every row an ``alignkit compare`` folder's ``comparison.json`` holds: the offline runs (``rows``) then
+    the online ones (``online_rows``), each seed's row of a ``--seeds`` comparison included, so that a
+    frontier drawn from them is the one ``compare`` drew (which draws from this file).
 
     Raises:
-        RunFileError: the file is not a comparison (not strict JSON, or no list of row objects under ``rows``).
+        RunFileError: the file is not a comparison (not strict JSON, or ``rows`` or ``online_rows`` is not a
+            list of row objects).
     """
-    rows = read_json(path, what="a comparison").get("rows")
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise RunFileError(f"{path}: not a comparison: 'rows' is not a list of objects")
+    payload = read_json(path, what="a comparison")
+    rows: list[dict[str, Any]] = []
+    for key, required in (("rows", True), ("online_rows", False)):
+        part = payload.get(key, None if required else [])
+        if not isinstance(part, list) or not all(isinstance(row, dict) for row in part):
+            raise RunFileError(f"{path}: not a comparison: {key!r} is not a list of objects")
+        rows += part
     return rows
 
 
 def plot_online_frontier(run_dirs: Sequence[str | Path], path: Path, *, title: str = "",
-                         extra_rows: Sequence[dict[str, Any]] = ()) -> Path | None:
-    """Plot online runs (and ``extra_rows``, e.g. from :func:`rows_from_comparison`) on one frontier PNG."""
+                         extra_rows: Sequence[dict[str, Any]] = (), data_path: Path | None = None) -> Path | None:
+    """Plot online runs (and ``extra_rows``, e.g. from :func:`rows_from_comparison`) on one frontier PNG,
+    and its figures as JSON to ``data_path`` when given (see :func:`~alignkit.report.compare_plots.plot_frontier`)."""
     rows = [*extra_rows, *online_frontier_rows(run_dirs)]
-    return plot_frontier(rows, path, title=title or "reward vs KL to the initial model")
+    return plot_frontier(rows, path, title=title or "reward vs KL to the initial model", data_path=data_path)
 
 
 def front_markdown(report: dict[str, Any]) -> str:

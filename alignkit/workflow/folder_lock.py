@@ -8,7 +8,6 @@ the next run takes it over (and says so).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from alignkit.cache import disk_full_guard
-from alignkit.jsonio import to_json
+from alignkit.jsonio import RunFileError, parse_json, to_json
 from alignkit.recipe import RecipeError
 
 __all__ = ["LOCK_FILE", "RunFolderBusy", "run_folder_lock"]
@@ -35,11 +34,16 @@ def _holder(fd: int) -> str:
     """Who the lock file says holds it, as ``pid N on HOST since TIME`` (or what could be read)."""
     os.lseek(fd, 0, os.SEEK_SET)
     raw = os.read(fd, 4096)
+    if not raw:
+        return "a process that left no record"
     try:
-        info = json.loads(raw)
-        return f"pid {int(info['pid'])} on {info['host']} since {info['since']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that left no record" if not raw else "an unreadable record"
+        info = parse_json(raw, LOCK_FILE, "a lock record")
+        pid, host, since = info["pid"], info["host"], info["since"]
+    except (RunFileError, KeyError, TypeError):
+        return "an unreadable record"
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str) and isinstance(since, str)):
+        return "an unreadable record"
+    return f"pid {pid} on {host[:100]} since {since[:40]}"
 
 
 def _open_locked(path: Path, run_dir: Path) -> int:

@@ -145,6 +145,33 @@ def test_corrupt_or_mismatched_cache_is_regenerated(
     assert len(generation_calls) == 2 and not again.from_cache and again.pairs == first.pairs
 
 
+@pytest.mark.parametrize("damage", [
+    lambda text: text.replace('"completions": ["', '"completions": [NaN, "', 1),  # a non-finite value
+    lambda text: text.replace('"completions": ["', '"completions": [Infinity, "', 1),
+    lambda text: text.replace('"completions": ["', '"completions": [' + "1" * 5000 + ', "', 1),  # digit limit
+    lambda text: text + "[" * 5000 + "]" * 5000 + "\n",  # nesting too deep for the parser
+    lambda text: text + "[1, 2]\n",  # a row that is not an object
+    lambda text: text.replace('"completions": ["', '"completions": [7, "', 1),  # a completion that is no text
+    lambda text: "\n".join(text.split("\n")[1:]),  # no line of metadata
+], ids=["nan", "infinity", "huge-int", "deep", "list-row", "not-text", "no-meta"])
+def test_a_damaged_cache_is_a_miss_sampled_again_and_rewritten(
+    tiny_gpt2, gpt2_tokenizer, length_reward, tmp_path, generation_calls, damage, caplog
+):
+    """A cache file alignkit wrote and something damaged is read strictly: a miss (a warning naming the file),
+    never a traceback and never a value that is not a text; the file is written again, whole."""
+    first = build_reward_pairs(
+        tiny_gpt2, gpt2_tokenizer, PROMPTS, reward=length_reward, cache_dir=tmp_path, **PAIR_SETTINGS
+    )
+    good = first.cache_path.read_text()
+    first.cache_path.write_text(damage(good))
+    again = build_reward_pairs(
+        tiny_gpt2, gpt2_tokenizer, PROMPTS, reward=length_reward, cache_dir=tmp_path, **PAIR_SETTINGS
+    )
+    assert len(generation_calls) == 2 and not again.from_cache and again.pairs == first.pairs
+    assert str(first.cache_path) in caplog.text and "sampled again" in caplog.text
+    assert first.cache_path.read_text() == good
+
+
 def test_use_cache_false_always_generates(tiny_gpt2, gpt2_tokenizer, length_reward, generation_calls):
     for _ in range(2):
         result = build_reward_pairs(

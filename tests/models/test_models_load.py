@@ -52,7 +52,7 @@ def test_load_causal_lm_from_config(dtype, expected):
     assert model.config.n_layer == 1 and model.config.n_embd == 16
     assert next(model.parameters()).dtype == expected
     assert model.config._attn_implementation == "eager"
-    # transformers renamed gradient to activation checkpointing during 5.x (the floor, 5.0, has the old name).
+    # transformers renamed gradient to activation checkpointing during 5.x (the floor, 5.15, has the old name).
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 

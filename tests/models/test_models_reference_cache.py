@@ -144,3 +144,26 @@ def test_build_computes_under_the_autocast_it_is_given_and_keys_it():
         again = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny-again",
                                           progress=False)
     assert torch.equal(again.chosen, fp32.chosen)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "nan", "other-tensors", "wrong-shape"])
+def test_a_damaged_cache_file_is_computed_again_and_rewritten(monkeypatch, tmp_path, damage):
+    """A reference cache file that is not what build writes (unreadable, a NaN, other tensors) is a miss:
+    the log-probs are computed again and the file replaced; nothing non-finite reaches a loss."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))
+    model = make_tiny_gpt2(vocab_size=VOCAB)
+    pairs = make_pairs(3, vocab_size=VOCAB)
+    calls = count_forwards(model)
+    first = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny", progress=False)
+    if damage == "garbage":
+        first.path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    else:
+        bad = {"nan": {"chosen": first.chosen.clone().fill_(float("nan")), "rejected": first.rejected},
+               "other-tensors": {"chosen": first.chosen},
+               "wrong-shape": {"chosen": first.chosen[None], "rejected": first.rejected[None]}}[damage]
+        save_file(bad, str(first.path))
+    again = ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=4, model_id="tiny", progress=False)
+    assert len(calls) == 2 and torch.equal(again.chosen, first.chosen) and torch.equal(again.rejected, first.rejected)
+    assert ReferenceLogpsCache.load(cache_key("tiny", model, pairs, None)) is not None  # rewritten whole

@@ -156,3 +156,34 @@ def test_the_measured_speeds_are_cached_per_machine_and_read_back(monkeypatch, t
     assert entry["key"]["phase"] == "training" and entry["key"]["torch"] == torch.__version__
     assert entry["key"] == {**machine_key(torch.device("cpu"), "float32"), "phase": "training",
                             "rows": PHASE_KERNELS["cpu"]["training"][0], "size": PHASE_KERNELS["cpu"]["training"][1]}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: r.replace('"flops_per_second": 5', '"flops_per_second": Infinity, "x": 5'),
+    lambda r: r.replace('"flops_per_second": 5', '"flops_per_second": NaN, "x": 5'),
+    lambda r: r.replace('"checked_against": 0.0', '"checked_against": Infinity'),
+    lambda r: r.replace('"checked_against": 0.0', '"checked_against": "lots"'),
+    lambda r: r.replace('"flops_per_second": 5', '"flops_per_second": true, "x": 5'),
+    lambda r: "[" * 5000 + "]" * 5000,
+    lambda r: "[1, 2]",
+    lambda r: r[: len(r) // 2],
+], ids=["infinity", "nan", "checked-infinity", "checked-text", "bool", "deep", "list", "torn"])
+def test_a_damaged_measure_is_measured_again_and_rewritten(monkeypatch, tmp_path, damage):
+    """A cached measure is read strictly: a file that is not the JSON it writes (non-finite figures, garbage)
+    is a miss, measured again and replaced; never a traceback, never an infinite speed used."""
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path))
+    key = {"device": "test", "dtype": "float32"}
+    measures = []
+
+    def measure() -> tuple[float, int]:
+        measures.append(1)
+        return 50e9, 8
+
+    path = Path(cached_measure("damaged", key, "flops_per_second", "matrix_size", measure, 0.0)["file"])
+    good = path.read_text()
+    assert '"flops_per_second": 5' in good and '"checked_against": 0.0' in good
+    path.write_text(damage(good))
+    again = cached_measure("damaged", key, "flops_per_second", "matrix_size", measure, 0.0)
+    assert len(measures) == 2 and not again["cached"] and again["flops_per_second"] == 50e9
+    assert json.loads(path.read_text())["flops_per_second"] == 50e9
+    assert cached_measure("damaged", key, "flops_per_second", "matrix_size", measure, 0.0)["cached"]

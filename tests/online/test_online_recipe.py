@@ -121,6 +121,25 @@ def test_frontier_rows_from_online_reports(tmp_path):
         online_frontier_rows([tmp_path / "missing"])
 
 
+@pytest.mark.parametrize("kl, label", [
+    ({"estimator": "k1", "placement": "none", "coef": None}, {"kl": "none"}),  # dapo, gspo, cispo, gmpo
+    ({"estimator": "k3", "placement": "loss", "coef": 0.2}, {"beta": 0.2}),   # its own coefficient
+    ({"estimator": "k3", "placement": "loss", "coef": None}, {"beta": 0.05}),  # online.beta's
+    ({"estimator": "k1", "placement": "reward", "coef": 0.3}, {"beta": 0.3}),
+    ({"estimator": "k1", "placement": "reward", "coef": None}, {"beta": 0.05}),
+    (None, {"beta": 0.05}),                                                    # a report older than the parts
+])
+def test_an_online_rows_setting_names_what_weighs_its_kl_term(tmp_path, kl, label):
+    """The table and plot label show beta only where a KL term uses it: a run without one says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    online = {"beta": 0.05, **({"kl": kl} if kl else {})}
+    point = {"estimate": 0.2, "low": 0.1, "high": 0.3}
+    (run / "report.json").write_text(json.dumps({"method": "dapo", "online": online,
+                                                 "reward_kl": {"after": {"reward": point, "kl": point}}}))
+    assert online_frontier_rows([run])[0]["params"] == label
+
+
 def test_run_and_validate_dispatch_on_the_online_key(tmp_path):
     path = _write(tmp_path, BASE)
     assert main(["validate", str(path)]) == 0

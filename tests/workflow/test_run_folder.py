@@ -236,3 +236,29 @@ def test_a_model_that_fails_to_load_claims_nothing(finished, tmp_path, capsys):
     shutil.copytree(recipe.parent / "run", folder)
     assert main(["run", str(recipe), f"output_dir={folder}", "--overwrite", *bad]) == 2
     assert _snapshot(folder) == before  # the finished run it would have replaced is all there
+
+
+@pytest.mark.parametrize(("record", "holder"), [
+    ('{"pid": Infinity, "host": "gone", "since": "earlier"}', "an unreadable record"),
+    ('{"pid": NaN, "host": "gone", "since": "earlier"}', "an unreadable record"),
+    ("[" * 4000, "an unreadable record"),
+    ('{"pid": 1' + "0" * 5000 + ', "host": "gone", "since": "earlier"}', "an unreadable record"),
+    ('["pid"]', "an unreadable record"),
+    ("\udcff", "an unreadable record"),
+    ('{"pid": 999999, "host": "gone", "since": "earlier"}', "pid 999999 on gone since earlier"),
+])
+def test_a_damaged_stale_lock_is_taken_over_naming_what_it_could_read(tmp_path, record, holder):
+    """The lock file of a killed run is read strictly: whatever it holds, one note and the lock is taken."""
+    import io
+
+    from rich.console import Console
+
+    from alignkit.workflow.folder_lock import LOCK_FILE, run_folder_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_bytes(record.encode("utf-8", "surrogateescape"))
+    out = io.StringIO()
+    with run_folder_lock(run, Console(file=out, width=400)):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert f"taking over the lock of a run that stopped without releasing it ({holder})" in out.getvalue()
