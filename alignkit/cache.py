@@ -279,21 +279,12 @@ def atomic_folder(folder: str | Path, *, needed_bytes: int | None = None) -> Ite
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace the file ``path`` with ``text`` in one rename (readers see the old or the new file); a link at
-    ``path`` (or above it in its run folder) is refused (:func:`~alignkit.safe_files.check_inside`).
+    """Replace the file ``path`` with ``text`` (UTF-8) in one rename (readers see the old or the new file); a
+    link at ``path`` (or above it in its run folder) is refused (:func:`~alignkit.safe_files.check_inside`).
 
     Raises:
         DiskFullError: the device ran out of space (``path`` is left as it was).
     """
-    check_inside(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover (or a planted link) is removed, never written through
-    try:
-        with open_for_write(tmp) as f:
-            f.write(text)
-    except OSError as err:
-        if is_disk_full(err):
-            tmp.unlink(missing_ok=True)  # frees the space before the free space is measured
-            raise disk_full_error(path.parent, path.name, len(text.encode("utf-8"))) from None
-        raise
-    os.replace(tmp, path)
+    data = text.encode("utf-8")
+    with writing(path, "wb", needed_bytes=len(data)) as f:
+        f.write(data)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from alignkit.cache import cache_dir, check_inside
+from alignkit.cache import cache_dir, writing
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
@@ -286,12 +284,8 @@ def _compute(
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` via a temporary file and os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=check_inside(path).parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``tensors`` to ``path`` in one rename (:func:`~alignkit.cache.writing`): readers never see half a
+    file, and a failed save leaves the previous one."""
+    data = save(tensors, metadata=metadata)
+    with writing(path, "wb", needed_bytes=len(data)) as f:
+        f.write(data)

@@ -260,7 +260,7 @@ def remove_unfinished_saves(checkpoints: Path) -> list[Path]:
     """Clear what a save killed halfway left in ``checkpoints``; returns the paths removed or restored.
 
     :func:`alignkit.cache.atomic_folder` writes ``.NAME.tmp-*`` and moves the folder it replaces to
-    ``.NAME.old-*`` for a moment; :func:`~alignkit.cache.write_atomic` writes ``.NAME.tmp``. A temporary is
+    ``.NAME.old-*`` for a moment; :func:`~alignkit.cache.writing` writes ``.NAME.tmp-*``. A temporary is
     deleted; a moved-away previous version comes back when its ``NAME`` is missing (a kill between the two
     renames), else it is deleted.
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from conftest import make_tiny_gpt2
@@ -65,12 +67,17 @@ def test_file_is_written_atomically(monkeypatch):
     key = cache_key("tiny", model, pairs)
     target = ReferenceLogpsCache.path_for(key)
 
-    def crash_after_partial_write(tensors, filename, metadata=None):
-        with open(filename, "wb") as fh:
-            fh.write(b"half a file")
-        raise OSError("disk full")
+    real_writing = reference_cache.writing
 
-    monkeypatch.setattr(reference_cache, "save_file", crash_after_partial_write)
+    @contextmanager
+    def crash_after_partial_write(path, mode, **kwargs):
+        with real_writing(path, mode, **kwargs) as fh:  # the real writer, failing halfway through its block
+            fh.write(b"half a file")
+            fh.flush()
+            raise OSError("disk full")
+        yield fh
+
+    monkeypatch.setattr(reference_cache, "writing", crash_after_partial_write)
     with pytest.raises(OSError, match="disk full"):
         ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
     assert not target.exists()
