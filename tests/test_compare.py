@@ -298,6 +298,7 @@ def test_compare_without_losses_compares_online_recipes_alone(tmp_path, capsys):
     assert payload["rows"] == [] and payload["losses"] == []
     md = (out / "comparison.md").read_text()
     assert "| run | status |" not in md and "tokens/s" not in md  # no empty offline table, nor its legend
+    assert md.startswith(f"# {out.name}: online runs compared\n")  # named by its folder, not its first run
     assert "| rloo_run | rloo | beta=0.05 | trained |" in md and "| grpo_run | grpo |" in md
     assert f"alignkit compare {rloo} --online {grpo}" in md  # the recorded command reruns it
     assert (out / "frontier.png").stat().st_size > 0

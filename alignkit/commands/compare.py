@@ -200,7 +200,9 @@ def run_comparison(
     rows, curves = _table_rows(outcomes)
 
     base = next((p.recipe for p in plans if p.recipe is not None), None)
-    title = f"{base.name if base else Path(recipe_path).stem}: objectives compared"
+    # A comparison of online runs alone is named by its folder, not by whichever run came first.
+    title = f"{out_dir.name}: online runs compared" if online_only else \
+        f"{base.name if base else Path(recipe_path).stem}: objectives compared"
     sweeps, overrides, plugins = planning.get("sweeps", ()), planning.get("overrides", ()), planning.get("plugins", ())
     facts = _protocol_facts(recipe_path, losses, base, sweeps, overrides, plugins, time.perf_counter() - started,
                             seeds, online=online[1:] if online_only else online)
