@@ -71,7 +71,9 @@ def test_a_split_step_differs_from_the_whole_by_one_rounding_of_its_gradient(tmp
     """Why 1 process and 2 (or 2 micro-batches) differ in bf16, and by how much. The forward is the same whatever
     the split; a weight's gradient under autocast is a bf16 matmul output, so each micro-batch's (each process's)
     share is rounded to bf16 before the fp32 sum, where the whole step is rounded once: the gradients differ by
-    under 2u of their norm (u = 2**-8), the same one or two roundings as in fp32 (u = 2**-24), scaled by u."""
+    a few roundings of their norm (u = 2**-8), as in fp32 (u = 2**-24), scaled by u. Measured on an AVX2 EPYC:
+    1.76u in fp32 and 0.48u in bf16 (2.06u in fp32 from other initial weights), so the bound is 4u: a wrong
+    accumulation (a share not divided, a micro-batch dropped) is off by a fraction of the norm, not by u."""
     pairs = tiny_pairs(gpt2_tokenizer, 8)
     apart = {}
     for precision in ("fp32", "bf16"):
@@ -81,5 +83,5 @@ def test_a_split_step_differs_from_the_whole_by_one_rounding_of_its_gradient(tmp
             trainer.accumulate_gradients(0)
         a, b = _flat_grad(whole), _flat_grad(split)
         apart[precision] = float((a - b).norm() / a.norm())
-        assert apart[precision] <= 2 * U[precision], (precision, apart[precision])
+        assert apart[precision] <= 4 * U[precision], (precision, apart[precision])
     assert apart["bf16"] > 100 * apart["fp32"]  # bf16 really rounded: not fp32 under another name
