@@ -78,9 +78,10 @@ class ReasoningGymPrompts(StrictConfig):
         require_extra("reasoning_gym", "reasoning", "prompts.kind reasoning_gym")
         return value
 
-    def dataset_config(self) -> dict[str, Any]:
-        """The keyword arguments of ``reasoning_gym.create_dataset`` (held-out and training problems together)."""
-        return {**self.config, "size": self.num_eval_prompts + self.num_prompts, "seed": self.seed}
+    def dataset_config(self, extra: int = 0) -> dict[str, Any]:
+        """The keyword arguments of ``reasoning_gym.create_dataset``: held-out and training problems together,
+        and ``extra`` more generated after them (problem i depends on the seed and i only, not on the size)."""
+        return {**self.config, "size": self.num_eval_prompts + self.num_prompts + extra, "seed": self.seed}
 
 
 def _prompt(question: str, instruction: str) -> str:
@@ -142,43 +143,73 @@ def load_gsm8k(cfg: GSM8KPrompts, tokenizer: Any) -> PromptSplit:
     return split
 
 
-def _generate(cfg: ReasoningGymPrompts) -> Any:
+def _generate(cfg: ReasoningGymPrompts, extra: int = 0) -> Any:
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
     if cfg.task not in DATASETS:
         raise DataError(f"prompts.task: unknown reasoning-gym task {cfg.task!r}; known: {', '.join(sorted(DATASETS))}")
     try:
-        return reasoning_gym.create_dataset(cfg.task, **cfg.dataset_config())
+        return reasoning_gym.create_dataset(cfg.task, **cfg.dataset_config(extra))
     except (TypeError, ValueError, AssertionError) as err:  # the task's own config checks
         raise DataError(f"prompts.config: reasoning-gym task {cfg.task!r} refused {cfg.config}: {err}") from None
 
 
+def _problems(cfg: ReasoningGymPrompts, start: int, extra: int = 0
+              ) -> tuple[list[Located], dict[str, dict[str, Any]]]:
+    """The generated problems from index ``start`` on, as prompts with the metadata the ``reasoning_gym``
+    reward rebuilds each item from (the configuration it was generated with, and its index)."""
+    dataset, config = _generate(cfg, extra), cfg.dataset_config(extra)
+    metadata: dict[str, dict[str, Any]] = {}
+    located: list[Located] = []
+    for i in range(start, len(dataset)):
+        entry = dataset[i]
+        prompt = _prompt(str(entry["question"]), cfg.instruction)
+        located.append((f"{cfg.task}[{i}]", prompt))
+        metadata.setdefault(prompt, {"answer": str(entry["answer"]), "rg_task": cfg.task, "rg_config": config,
+                                     "rg_index": i})
+    return located, metadata
+
+
+def _top_up(cfg: ReasoningGymPrompts, missing: int, taken: list[str], tokenizer: Any
+            ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Up to ``missing`` more distinct held-out problems, generated after the training ones (so the training
+    problems and the first held-out ones stay those of the seed), none of them in ``taken``."""
+    size, extra, found = cfg.num_eval_prompts + cfg.num_prompts, max(4 * missing, 64), []
+    for _ in range(4):
+        located, metadata = _problems(cfg, size, extra)
+        before, found = len(found), finish_prompts(located, tokenizer, DropReport(), exclude=taken,
+                                                   max_prompt_tokens=cfg.max_prompt_tokens)
+        if len(found) >= missing or len(found) == before:  # enough, or the task has no more (said by the caller)
+            break
+        extra *= 4
+    return found[:missing], metadata
+
+
 @register_prompt_source("reasoning_gym")
 def load_reasoning_gym(cfg: ReasoningGymPrompts, tokenizer: Any) -> PromptSplit:
-    """Held-out problems (the first ``num_eval_prompts`` generated) and training problems (the rest, less any
-    whose prompt repeats a held-out one), each with the metadata the ``reasoning_gym`` reward rebuilds its item
-    from.
+    """Held-out problems (the first ``num_eval_prompts`` generated; where some repeat or are dropped, topped up
+    with distinct ones generated after the training problems) and training problems (the rest, less any whose
+    prompt repeats a held-out one), each with the metadata the ``reasoning_gym`` reward rebuilds its item from.
 
     Raises:
         DataError: an unknown task or a configuration the task refuses; no usable prompt left.
     """
-    dataset = _generate(cfg)
+    located, metadata = _problems(cfg, 0)
     n_eval = cfg.num_eval_prompts
-    metadata: dict[str, dict[str, Any]] = {}
-    located: list[Located] = []
-    for i in range(len(dataset)):
-        entry = dataset[i]
-        prompt = _prompt(str(entry["question"]), cfg.instruction)
-        located.append((f"{cfg.task}[{i}]", prompt))
-        metadata.setdefault(prompt, {"answer": str(entry["answer"]), "rg_task": cfg.task,
-                                     "rg_config": cfg.dataset_config(), "rg_index": i})
     eval_report, report = DropReport(), DropReport()
     options: dict[str, Any] = {"max_prompt_tokens": cfg.max_prompt_tokens}
     held_out = finish_prompts(located[:n_eval], tokenizer, eval_report, **options)
     # The same problem generated twice (small tasks repeat) is held out only: evaluation never scores a
     # problem the policy trained on.
     train = finish_prompts(located[n_eval:], tokenizer, report, exclude=held_out, **options)
+    if held_out and len(held_out) < n_eval:  # repeats or drops among the first: held out from further on
+        more, more_metadata = _top_up(cfg, n_eval - len(held_out), [*held_out, *train], tokenizer)
+        held_out += more
+        metadata = {**more_metadata, **metadata}
+        if len(held_out) < n_eval:
+            eval_report.drop(f"the task has no more distinct problems: {len(held_out)} held out of {n_eval}",
+                             f"{cfg.task}")
     if not held_out or not train:
         which, rep = ("held-out", eval_report) if not held_out else ("training", report)
         raise DataError(f"prompts (reasoning_gym {cfg.task}): no usable {which} prompts\n{rep.summary()}")

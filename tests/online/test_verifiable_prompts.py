@@ -89,6 +89,31 @@ def test_reasoning_gym_held_out_never_overlaps_training(gpt2_tokenizer):
     assert load_prompt_split(cfg, gpt2_tokenizer).eval == split.eval
 
 
+def test_reasoning_gym_holds_out_as_many_distinct_problems_as_asked_without_moving_the_rest(gpt2_tokenizer):
+    """The shipped recipe's task repeats: 200 generated held-out problems are 172 distinct. Repeats are replaced
+    by problems generated after the training ones, so the first held-out and all training problems stay."""
+    pytest.importorskip("reasoning_gym")
+    from alignkit.models.verifiable import reasoning_gym_task
+
+    config = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
+    cfg = _cfg(kind="reasoning_gym", task="chain_sum", num_prompts=100, num_eval_prompts=200, seed=0,
+               config=config, instruction="")
+    split = load_prompt_split(cfg, gpt2_tokenizer)
+    assert len(split.eval) == len(set(split.eval)) == 200 and not set(split.train) & set(split.eval)
+    first = [p for i, p in enumerate(split.eval) if split.metadata[p]["rg_index"] < 200]
+    assert len(first) == 172 and split.eval[:172] == first  # the seed's own held-out problems come first
+    assert all(split.metadata[p]["rg_index"] >= 300 for p in split.eval[172:])  # after the training ones
+    assert all(split.metadata[p]["rg_index"] in range(200, 300) for p in split.train)
+    for prompt in split.eval[170:]:  # each topped-up problem is the item its reward rebuilds
+        _, item = reasoning_gym_task(split.metadata[prompt])
+        assert prompt.endswith(item["question"]) and split.metadata[prompt]["answer"] == str(item["answer"])
+    # A task with fewer distinct problems than asked for holds out what there is, and says so.
+    tiny = _cfg(kind="reasoning_gym", task="chain_sum", num_prompts=20, num_eval_prompts=400, seed=3,
+                config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, instruction="")
+    small = load_prompt_split(tiny, gpt2_tokenizer)
+    assert len(small.eval) < 400 and any("no more distinct problems" in r for r in small.eval_report.reasons)
+
+
 def test_reasoning_gym_unknown_task_and_refused_config_are_data_errors(gpt2_tokenizer):
     pytest.importorskip("reasoning_gym")
     with pytest.raises(DataError, match="unknown reasoning-gym task 'no_such_task'; known: .*basic_arithmetic"):
