@@ -175,7 +175,8 @@ def _top_up(cfg: ReasoningGymPrompts, missing: int, taken: list[str], tokenizer:
             ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Up to ``missing`` more distinct held-out problems, generated after the training ones (so the training
     problems and the first held-out ones stay those of the seed), none of them in ``taken``."""
-    size, extra, found = cfg.num_eval_prompts + cfg.num_prompts, max(4 * missing, 64), []
+    size, extra = cfg.num_eval_prompts + cfg.num_prompts, max(4 * missing, 64)
+    found: list[str] = []
     for _ in range(4):
         located, metadata = _problems(cfg, size, extra)
         before, found = len(found), finish_prompts(located, tokenizer, DropReport(), exclude=taken,
