@@ -278,13 +278,13 @@ def atomic_folder(folder: str | Path, *, needed_bytes: int | None = None) -> Ite
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace the file ``path`` with ``text`` (UTF-8) in one rename (readers see the old or the new file); a
-    link at ``path`` (or above it in its run folder) is refused (:func:`~alignkit.safe_files.check_inside`).
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Replace the file ``path`` with ``content`` (text as UTF-8) in one rename (readers see the old or the new
+    file); a link at ``path`` (or above it in its run folder) is refused (:func:`~alignkit.safe_files.check_inside`).
 
     Raises:
         DiskFullError: the device ran out of space (``path`` is left as it was).
     """
-    data = text.encode("utf-8")
+    data = content.encode("utf-8") if isinstance(content, str) else content
     with writing(path, "wb", needed_bytes=len(data)) as f:
         f.write(data)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from alignkit.cache import cache_dir, writing
+from alignkit.cache import cache_dir, write_atomic
 from alignkit.models.flops import forward_flops, matmul_parameters
 from alignkit.models.logps import DEFAULT_LOGPS, ROOT_CALL, LogpsOptions, concatenated_forward
 from alignkit.models.precision import autocast_context
@@ -284,8 +284,6 @@ def _compute(
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` in one rename (:func:`~alignkit.cache.writing`): readers never see half a
-    file, and a failed save leaves the previous one."""
-    data = save(tensors, metadata=metadata)
-    with writing(path, "wb", needed_bytes=len(data)) as f:
-        f.write(data)
+    """Write ``tensors`` to ``path`` in one rename (:func:`~alignkit.cache.write_atomic`): readers never see half
+    a file, and a failed save leaves the previous one."""
+    write_atomic(path, save(tensors, metadata=metadata))

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_gpt2
 from preference_batches import collate, make_pairs
 
-from alignkit.models import reference_cache
+from alignkit import cache
 from alignkit.models.logps import concatenated_forward
 from alignkit.models.reference_cache import ReferenceLogpsCache, cache_key
 
@@ -67,7 +67,7 @@ def test_file_is_written_atomically(monkeypatch):
     key = cache_key("tiny", model, pairs)
     target = ReferenceLogpsCache.path_for(key)
 
-    real_writing = reference_cache.writing
+    real_writing = cache.writing
 
     @contextmanager
     def crash_after_partial_write(path, mode, **kwargs):
@@ -77,7 +77,7 @@ def test_file_is_written_atomically(monkeypatch):
             raise OSError("disk full")
         yield fh
 
-    monkeypatch.setattr(reference_cache, "writing", crash_after_partial_write)
+    monkeypatch.setattr(cache, "writing", crash_after_partial_write)  # what the cache saves through
     with pytest.raises(OSError, match="disk full"):
         ReferenceLogpsCache.build(model, pairs, collate_fn, batch_size=2, model_id="tiny", progress=False)
     assert not target.exists()
