@@ -10,7 +10,8 @@ the same device and weight dtype:
 
 Each variant is timed in turns and the best of ``--repeats`` is kept, so all see the same machine. The
 completions are compared: each row's tokens must be the same under every variant (they differ only if a
-draw falls within float rounding of a CDF boundary, which the table would show). Tokens are counted up to and
+draw falls within float rounding of a CDF boundary, which the table would show). A control runs the batch loop
+in half the batch size: the rows it changes are what the batch's shape alone changes. Tokens are counted up to and
 including each EOS. "of weight-bandwidth bound" is the time reading the weights once per forward takes at the
 read bandwidth measured in the same run (alignkit/train/peak_flops.py), over the time taken.
 
@@ -52,6 +53,11 @@ def run(workload: str, refill_values: list[int], repeats: int, device: torch.dev
     common = {"max_new_tokens": spec["new"], "temperature": 1.0, "top_p": 1.0, "eos_ids": eos, "pad_id": pad,
               "batch_size": spec["batch"]}
     variants = {"batch loop": lambda stats: decode(model, rows, uniforms, stats=stats, **common)}
+    # The control: the same loop in half the batch size. Rows it changes are changed by the batch's shape
+    # alone (float rounding of another matmul shape moving a draw across a CDF boundary), not by the joins.
+    half = max(1, spec["batch"] // 2)
+    variants[f"batch loop, batch {half} (control)"] = (
+        lambda stats: decode(model, rows, uniforms, stats=stats, **{**common, "batch_size": half}))
     for refill in refill_values:
         variants[f"continuous, refill at {refill}"] = (
             lambda stats, refill=refill: decode_continuous(model, rows, uniforms, refill_at=refill, stats=stats,

@@ -158,7 +158,7 @@ def main() -> None:
     for (engine, staleness), r in results.items():
         lines.append(f"| {engine} | {staleness} | {r['step']:.2f} | {r['sampling']:.2f} | {r['sync']:.2f} | "
                      f"{r['training']:.2f} | {base / r['step']:.2f}x |")
-    load = f"load average {load_before:.1f} before the runs, {os.getloadavg()[0]:.1f} after (machine shared)"
+    load = f"load average {load_before:.1f} before the runs, {os.getloadavg()[0]:.1f} after"
     lines += ["", f"Means over steps 2-{STEPS} of one run each; {load}. Machine: {machine_summary()}; torch "
               f"{torch.__version__}, fp32, 1 thread per process."]
     text = "\n".join(lines) + "\n"

@@ -165,3 +165,39 @@ def test_the_command_line_loads_no_torch_until_a_command_needs_it():
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "from alignkit import register_loss, LossOutput; assert callable(register_loss)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# One home for each helper that was once written several times: padding rows into a batch, and the KL
+# estimators. A second copy elsewhere is a function whose name starts with "pad" (outside models/padding.py)
+# or one that computes k3's exp(-d) + d - 1 as expm1(..) +/- .. (outside models/kl_estimators.py).
+HELPER_HOMES = {"pad": "models/padding.py", "k3": "models/kl_estimators.py"}
+
+
+def duplicated_helpers(root: Path = ROOT) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.FunctionDef) and node.name.lstrip("_").startswith("pad")
+                    and where != HELPER_HOMES["pad"]):
+                found.append(f"alignkit/{where}:{node.lineno}: padding helper {node.name}")
+            if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub)
+                    and isinstance(node.left, ast.Call) and isinstance(node.left.func, ast.Attribute)
+                    and node.left.func.attr == "expm1" and where != HELPER_HOMES["k3"]):
+                found.append(f"alignkit/{where}:{node.lineno}: a KL estimator outside models/kl_estimators.py")
+    return found
+
+
+def test_padding_and_kl_estimators_each_have_one_home():
+    assert duplicated_helpers() == []
+
+
+def test_the_check_finds_a_planted_second_padding_helper_and_k3(tmp_path):
+    (tmp_path / "online").mkdir()
+    (tmp_path / "online" / "a.py").write_text("def pad_rows(rows):\n    return rows\n")
+    (tmp_path / "online" / "b.py").write_text("import torch\ndef k3(d):\n    return torch.expm1(-d) + d\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "padding.py").write_text("def pad_token_rows(rows):\n    return rows\n")
+    assert duplicated_helpers(tmp_path) == ["alignkit/online/a.py:1: padding helper pad_rows",
+                                            "alignkit/online/b.py:3: a KL estimator outside models/kl_estimators.py"]

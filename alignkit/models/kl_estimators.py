@@ -30,12 +30,14 @@ def kl_estimate(logps: Tensor, ref_logps: Tensor, estimator: KLEstimator = "k1")
     ``ref_logps`` is detached.
 
     Shape:
-        logps, ref_logps: any shape, the same for both (per token or per sequence) -> the same, float32.
+        logps, ref_logps: any shape, the same for both (per token or per sequence) -> the same, float32
+        (float64 if either is float64).
     """
     if logps.shape != ref_logps.shape:
         raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} must have the same "
                          "shape")
-    delta = logps.float() - ref_logps.detach().float()
+    dtype = torch.promote_types(torch.promote_types(logps.dtype, ref_logps.dtype), torch.float32)
+    delta = logps.to(dtype) - ref_logps.detach().to(dtype)
     if estimator == "k1":
         return delta
     if estimator == "k2":

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 else:
     torch = lazy_module("torch")
 
-__all__ = ["IGNORE_INDEX", "labelled_batch", "pad_token_rows"]
+__all__ = ["IGNORE_INDEX", "labelled_batch", "pad_rows", "pad_token_rows"]
 
 IGNORE_INDEX = -100  # label of tokens that are not scored (prompt and padding), as in torch's CE loss
 
@@ -47,6 +47,21 @@ def pad_token_rows(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = F
         ids[i, cols] = torch.tensor(list(row), dtype=torch.long)
         mask[i, cols] = 1
     return ids, mask
+
+
+def pad_rows(rows: Sequence[torch.Tensor], width: int | None = None) -> torch.Tensor:
+    """1-D tensors of values (per-token log-probs, advantages, values) stacked and right-padded with 0.
+
+    The zeros are never read as values: callers mask them with the batch's attention mask.
+
+    Shape:
+        rows: B × (L_i,) -> (B, W), W = ``width`` or max L_i; dtype and device of the first row.
+    """
+    width = width if width is not None else max(r.numel() for r in rows)
+    out = rows[0].new_zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, :r.numel()] = r
+    return out
 
 
 def labelled_batch(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, *,

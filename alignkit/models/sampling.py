@@ -26,8 +26,10 @@ class Sampling:
         seed: sampling seed.
         use_chat_template: None = use the tokenizer's chat template when it has one.
         continuous_batching: replace a finished row by a waiting prompt at once (alignkit.models.continuous)
-            instead of decoding one batch after the other; the completions are the same either way. Off by
-            default: on 2 CPU cores it was not measured faster (benchmarks/RESULTS_continuous_batching.md).
+            instead of decoding one batch after the other; the completions are the same up to float rounding
+            (another batch shape can move a draw across a CDF boundary, as another batch size does). Off by
+            default: 1.08-1.10x the tokens/s on a chat workload on 2 CPU cores, no gain where rows end together
+            (benchmarks/RESULTS_continuous_batching.md), and turning it on changes seeded results.
     """
 
     max_new_tokens: int = 32

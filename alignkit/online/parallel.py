@@ -15,6 +15,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from alignkit.models.padding import pad_token_rows
 from alignkit.train.distributed import DistEnv
 
 __all__ = ["check_world_size", "gather_sequences", "local_share"]
@@ -47,9 +48,7 @@ def gather_sequences(sequences: Sequence[Sequence[int]], width: int, env: DistEn
     in rank order."""
     if not env.enabled:
         return [list(s) for s in sequences]
-    padded = torch.full((len(sequences), width), -1, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        padded[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+    padded, _ = pad_token_rows(sequences, -1, width=width)  # -1: not an id, dropped after the gather
     padded = padded.to(device)
     parts = [torch.empty_like(padded) for _ in range(env.world_size)]
     dist.all_gather(parts, padded)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alignkit.lazy import lazy_module
+from alignkit.models.kl_estimators import kl_estimate
 
 if TYPE_CHECKING:
     import torch
@@ -283,8 +284,9 @@ def clipped_surrogate_loss(
     with torch.no_grad():
         stats = PolicyLossStats(
             clip_fraction=masked_mean((clipped > unclipped).float(), m),
-            # (rho - 1) - log rho, computed without cancellation near rho = 1
-            approx_kl=masked_mean((torch.expm1(log_ratio) - log_ratio).clamp(min=0.0), m),
+            # k3 of KL(pi_old || pi) on the tokens pi_old sampled: (rho - 1) - log rho
+            approx_kl=masked_mean(kl_estimate(torch.where(m, old_logprobs.detach().float(), zeros),
+                                              torch.where(m, logp.detach(), zeros), "k3"), m),
             ratio_mean=masked_mean(ratio, m),
             num_tokens=m.sum(),
         )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from alignkit.models.kl_estimators import kl_estimate
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -40,10 +42,7 @@ def sequence_kl_estimate(policy_logps: Tensor, anchor_logps: Tensor) -> Tensor:
         (N,) detached ``policy_logps - anchor_logps`` in nats (one sample can be negative; the mean
         over samples from the policy estimates KL(pi || pi_anchor)).
     """
-    if policy_logps.shape != anchor_logps.shape:
-        raise ValueError(f"policy_logps {tuple(policy_logps.shape)} and anchor_logps "
-                         f"{tuple(anchor_logps.shape)} must have the same shape")
-    return (policy_logps.detach() - anchor_logps.detach()).float()
+    return kl_estimate(policy_logps.detach(), anchor_logps, "k1")  # the one k1 (models.kl_estimators)
 
 
 def penalised_rewards(rewards: Tensor, kl: Tensor, beta: float) -> Tensor:

@@ -46,7 +46,6 @@ __all__ = [
     "ValueHead",
     "ValueModel",
     "hidden_size",
-    "pad_rows",
     "token_forward",
     "value_forward",
     "value_model_from_policy",
@@ -131,8 +130,18 @@ def _logps_of(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
-def _chunk_logps(hidden: Tensor, targets: Tensor, parts: LMHeadParts) -> Tensor:
-    return _logps_of(parts.transform(_float(parts.head(hidden)), parts.config), targets)
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    """The logits of the distribution the sampler drew from: divided by its temperature (none at 1, so the
+    default path is unchanged to the bit)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _chunk_logits(hidden: Tensor, parts: LMHeadParts, temperature: float) -> Tensor:
+    return _tempered(parts.transform(_float(parts.head(hidden)), parts.config), temperature)
+
+
+def _chunk_logps(hidden: Tensor, targets: Tensor, parts: LMHeadParts, temperature: float = 1.0) -> Tensor:
+    return _logps_of(_chunk_logits(hidden, parts, temperature), targets)
 
 
 def _entropy_of(logits: Tensor) -> Tensor:
@@ -145,9 +154,9 @@ def _differentiable_entropy(logits: Tensor) -> Tensor:
     return z.logsumexp(-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
 
 
-def _chunk_logps_entropy(hidden: Tensor, targets: Tensor, parts: LMHeadParts) -> Tensor:
+def _chunk_logps_entropy(hidden: Tensor, targets: Tensor, parts: LMHeadParts, temperature: float = 1.0) -> Tensor:
     """(2, n): log-probs and entropies of a chunk, both with gradient."""
-    logits = parts.transform(_float(parts.head(hidden)), parts.config)
+    logits = _chunk_logits(hidden, parts, temperature)
     return torch.stack([_logps_of(logits, targets), _differentiable_entropy(logits)])
 
 
@@ -239,7 +248,7 @@ def hidden_size(model: nn.Module) -> int:
 
 def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token_id: int, *, chunk_size: int = 256,
                   value_head: ValueHead | None = None, entropy: bool = False,
-                  entropy_grad: bool = False) -> TokenOutputs:
+                  entropy_grad: bool = False, temperature: float = 1.0) -> TokenOutputs:
     """Per-token log-probs (and values from ``value_head`` on the same hidden states, and entropies) of a
     micro-batch of completions under ``model``, with gradient when grad is enabled.
 
@@ -251,6 +260,8 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
         value_head: read a value at every token from the policy's last hidden state.
         entropy: also compute each token's entropy (no gradient; costs a softmax over the vocabulary).
         entropy_grad: the entropies carry their gradient too (an entropy bonus in the loss); implies ``entropy``.
+        temperature: the sampling temperature: log-probs and entropies are those of softmax(logits / T), the
+            distribution the completions were drawn from (at T = 1, the model's own).
     """
     entropy = entropy or entropy_grad
     device = next(model.parameters()).device
@@ -261,7 +272,7 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
     if parts is None:  # the model's own forward: full logits
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
                     output_hidden_states=value_head is not None)
-        logits = _float(out.logits[where.rows, where.sources])  # (M, V)
+        logits = _tempered(_float(out.logits[where.rows, where.sources]), temperature)  # (M, V)
         token_logps = _logps_of(logits, where.targets)
         if entropy_grad:
             entropies = _differentiable_entropy(logits)
@@ -278,21 +289,21 @@ def token_forward(model: nn.Module, completions: Sequence[Completion], pad_token
         for lo in range(0, picked.shape[0], chunk_size):
             h, t = picked[lo:lo + chunk_size], where.targets[lo:lo + chunk_size]
             if recompute and entropy_grad:
-                both = checkpoint(_chunk_logps_entropy, h, t, parts, use_reentrant=False)
+                both = checkpoint(_chunk_logps_entropy, h, t, parts, temperature, use_reentrant=False)
                 pieces.append(both[0])
                 entropy_pieces.append(both[1])
                 continue
             if recompute:
-                pieces.append(checkpoint(_chunk_logps, h, t, parts, use_reentrant=False))
+                pieces.append(checkpoint(_chunk_logps, h, t, parts, temperature, use_reentrant=False))
             elif entropy:
-                logits = parts.transform(_float(parts.head(h)), parts.config)
+                logits = _chunk_logits(h, parts, temperature)
                 pieces.append(_logps_of(logits, t))
                 entropy_pieces.append(_entropy_of(logits))
             else:
-                pieces.append(_chunk_logps(h, t, parts))
+                pieces.append(_chunk_logps(h, t, parts, temperature))
             if entropy and recompute:
                 with torch.no_grad():
-                    entropy_pieces.append(_entropy_of(parts.transform(_float(parts.head(h.detach())), parts.config)))
+                    entropy_pieces.append(_entropy_of(_chunk_logits(h.detach(), parts, temperature)))
         token_logps = torch.cat(pieces)
         if entropy:
             entropies = torch.cat(entropy_pieces)
@@ -309,12 +320,3 @@ def value_forward(value_model: ValueModel, completions: Sequence[Completion], pa
     batch = completion_batch(completions, pad_token_id, device)
     values: Tensor = value_model(batch["input_ids"], batch["attention_mask"], TokenPositions.of(completions, device))
     return values
-
-
-def pad_rows(rows: Sequence[Tensor], width: int | None = None) -> Tensor:
-    """1-D tensors -> (b, width) right-padded with 0 (``width`` default: the longest)."""
-    width = width if width is not None else max(r.numel() for r in rows)
-    out = rows[0].new_zeros((len(rows), width))
-    for i, r in enumerate(rows):
-        out[i, :r.numel()] = r
-    return out

@@ -43,7 +43,9 @@ from torch import Tensor, nn
 
 from alignkit.models.generate import Completion, eval_mode
 from alignkit.models.kl import ReferenceFn
+from alignkit.models.kl_estimators import kl_estimate
 from alignkit.models.logps import LogpsOptions
+from alignkit.models.padding import pad_rows
 from alignkit.online.anchor import FrozenAnchor
 from alignkit.online.config import OnlineConfig, OnlineTrainConfig
 from alignkit.online.flops import UpdateFlops
@@ -55,7 +57,7 @@ from alignkit.online.parts.kl import k3
 from alignkit.online.ppo import clipped_value_loss, masked_mean
 from alignkit.online.rloo import penalised_rewards, sequence_kl_estimate
 from alignkit.online.rollout import BatchSums, Rollout
-from alignkit.online.tokens import TokenOutputs, ValueHead, ValueModel, pad_rows, token_forward, value_forward
+from alignkit.online.tokens import TokenOutputs, ValueHead, ValueModel, token_forward, value_forward
 from alignkit.timing import phase
 from alignkit.train.distributed import DistEnv, all_reduce_flags, all_reduce_gradients
 from alignkit.train.divergence import DivergenceGuard
@@ -247,7 +249,8 @@ class Updater:
         all-reduce."""
         old, sampler = pad_rows(data.old_logps), pad_rows(data.sampler_logps)
         delta = torch.where(mask, old.double() - sampler.double(), 0.0)  # log pi_trainer - log pi_sampler
-        mismatch_kl = torch.where(mask, torch.expm1(delta) - delta, 0.0)  # k3 of KL(sampler || trainer)
+        # k3 of KL(sampler || trainer), in float64: the mismatch is ~1e-11 nats when both compute in fp32
+        mismatch_kl = torch.where(mask, kl_estimate(sampler.double(), old.double(), "k3"), 0.0)
         local = [data.entropy, float(mask.sum()), float(delta.abs().sum()), float(mismatch_kl.sum())]
         if returns is not None:
             assert values is not None
@@ -278,7 +281,7 @@ class Updater:
         t = self.trainer
         head = self.value if isinstance(self.value, ValueHead) else None
         out = token_forward(t.policy, comps, t.pad_id, chunk_size=t.logps.chunk_size, value_head=head,
-                            entropy=entropy, entropy_grad=entropy_grad)
+                            entropy=entropy, entropy_grad=entropy_grad, temperature=t.cfg.temperature)
         if isinstance(self.value, ValueModel):
             out.values = value_forward(self.value, comps, t.pad_id)
         return out
@@ -317,7 +320,8 @@ class Updater:
         out: list[Tensor] = [torch.empty(0)] * len(comps)
         with phase("reference log-probs"), context() as model, eval_mode(model):
             for mb in microbatches:
-                logps = token_forward(model, [comps[i] for i in mb], t.pad_id, chunk_size=t.logps.chunk_size).logps
+                logps = token_forward(model, [comps[i] for i in mb], t.pad_id, chunk_size=t.logps.chunk_size,
+                                      temperature=t.cfg.temperature).logps
                 t.flops.count_forward([comps[i] for i in mb])
                 for row, i in enumerate(mb):
                     out[i] = logps[row, :comps[i].num_tokens]
@@ -435,8 +439,9 @@ class Updater:
             record["value_loss"] += float(value_loss.detach())
             record["value_clip_fraction_tokens"] += float(value_clip) * num_tokens
         with torch.no_grad():
-            log_ratio = torch.where(mask, out.logps.detach() - old, zeros)
-            approx_kl = masked_mean((torch.expm1(log_ratio) - log_ratio).clamp(min=0.0), mask)
+            # k3 of KL(pi_old || pi) on the tokens pi_old sampled: (rho - 1) - log rho
+            approx_kl = masked_mean(kl_estimate(torch.where(mask, old, zeros),
+                                                torch.where(mask, out.logps.detach(), zeros), "k3"), mask)
             k3_anchor = masked_mean(k3(logp.detach(), reference), mask)
             record["tokens"] += num_tokens
             record["approx_kl_tokens"] += float(approx_kl) * num_tokens

@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import make_tiny_gpt2
 from test_online_e2e import RECIPE, _tiny_model_folder
-from tiny_online import PROMPTS, direct_trainer
+from tiny_online import PROMPTS, direct_trainer, without_timing
 
 from alignkit.cli import main
 from alignkit.commands.compare_online import plan_online_runs
@@ -142,3 +142,32 @@ def test_a_plugin_advantage_and_policy_loss_drive_alignkit_online(tmp_path, caps
     ((_, planned, seed),) = plan_online_runs([recipe], [str(PLUGIN)])
     assert seed is None and planned is not None and planned.online.policy_loss is not None
     assert planned.online.policy_loss.name == "tanh_ratio"
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.5])
+def test_the_trainer_scores_the_distribution_it_sampled_at_any_temperature(temperature, tmp_path, gpt2_tokenizer):
+    """At T != 1 the sampler draws from softmax(logits / T); the trainer's log-probs (ratios, KL, the mismatch it
+    logs) are of that distribution. Scored at T = 1 instead, the same tokens are off by far more than rounding."""
+    trainer = direct_trainer(tmp_path, gpt2_tokenizer, {"algorithm": "grpo", "temperature": temperature,
+                                                        "kl_control": {"kind": "fixed"}},
+                             max_steps=1, save_every=None)
+    (metrics,) = trainer.fit().history
+    assert 0.0 <= metrics["sampler_logp_abs_diff"] < 1e-4 and 0.0 <= metrics["sampler_kl"] < 1e-6, metrics
+    comps = sample_groups(trainer.policy, gpt2_tokenizer, PROMPTS[:2], [0, 1], trainer.cfg.sampling, seed=5, step=1)
+    sampled = torch.cat([torch.tensor(c.sampler_logps) for c in comps])
+    scored = {t: token_forward(trainer.policy, comps, trainer.pad_id, temperature=t) for t in (temperature, 1.0)}
+    flat = {t: out.logps[out.mask] for t, out in scored.items()}
+    assert (flat[temperature] - sampled).abs().max() < 1e-4
+    assert (flat[1.0] - sampled).abs().mean() > 1e-2  # a trainer that ignores the temperature
+
+
+def test_continuous_batching_rollouts_train_the_same_run(tmp_path, gpt2_tokenizer):
+    """online.continuous_batching reaches the rollout sampler, and a run with it is the batch loop's run on a tiny
+    model in fp32 (the loop's own equality tests, with rows ending early and slots refilled, are in
+    tests/models/test_continuous.py)."""
+    online = {"algorithm": "grpo", "kl_control": {"kind": "fixed"}, "generation_batch_size": 2}
+    runs = {flag: direct_trainer(tmp_path / str(flag), gpt2_tokenizer, {**online, "continuous_batching": flag},
+                                 max_steps=2, save_every=None) for flag in (False, True)}
+    assert runs[True].cfg.sampling.continuous_batching and not runs[False].cfg.sampling.continuous_batching
+    histories = {flag: without_timing(trainer.fit().history) for flag, trainer in runs.items()}
+    assert histories[True] == histories[False]
