@@ -9,8 +9,9 @@ import torch
 import alignkit.online.tokens as tokens_module
 from alignkit.models.generate import Completion
 from alignkit.models.kl import completion_logps
+from alignkit.models.padding import pad_rows
 from alignkit.online.ppo import entropy_from_logits
-from alignkit.online.tokens import ValueHead, pad_rows, token_forward, value_forward, value_model_from_policy
+from alignkit.online.tokens import ValueHead, token_forward, value_forward, value_model_from_policy
 
 COMPLETIONS = [  # prompts of other lengths, completions of other lengths
     Completion(0, "", [464, 3290, 318], [257, 922, 1110, 13]),
