@@ -4,7 +4,8 @@ The extension points a user's code needs are importable from here (docs/extendin
 ``register_loss`` (objectives), ``register_source`` and ``register_prepared_source`` (data sources),
 ``register_prompt_source`` (prompts of online recipes), ``register_reward`` (reward functions, with
 ``RewardExample`` for rewards that read each prompt's reference answer) and ``register_judge`` (pairwise judges), with the types they
-receive and return. The names are loaded on first use, so ``import alignkit`` stays light (no torch).
+receive and return, and ``StrictConfig``, the base of a plugin source's config (``register_source(kind,
+config=...)``) that a recipe then names. The names are loaded on first use, so ``import alignkit`` stays light (no torch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from alignkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from alignkit.config_base import StrictConfig
     from alignkit.data import (
         DropReport,
         PreferenceExample,
@@ -40,6 +42,7 @@ __all__ = [
     "PreparedData",
     "PromptSplit",
     "RewardExample",
+    "StrictConfig",
     "Verdict",
     "build_judge",
     "get_loss",
@@ -60,6 +63,7 @@ __version__ = "0.1.0"
 
 # Each name is read from its package, whose import registers the built-ins (losses, sources, judges).
 __getattr__ = lazy_exports(__name__, {
+    "config_base": ("StrictConfig",),
     "data": ("DropReport", "PrepareContext", "PreferenceExample", "PreparedData", "load_examples",
              "register_prepared_source", "register_source"),
     "data.prompt_sources": ("list_prompt_sources", "load_prompt_split", "register_prompt_source"),

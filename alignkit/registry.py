@@ -7,7 +7,7 @@ name twice is an error, so a plugin can never silently replace a built-in.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Registry", "RegistryError"]
 
@@ -31,12 +31,21 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._configs: dict[str, Any] = {}
 
-    def add(self, name: str, entry: T) -> T:
+    def add(self, name: str, entry: T, *, config: Any = None) -> T:
+        """Register ``entry`` under ``name``; ``config``, the class a recipe's section of this kind validates
+        against (a kind a plugin adds to a section whose built-in configs are a fixed union)."""
         if name in self._entries:
             raise RegistryError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
+        if config is not None:
+            self._configs[name] = config
         return entry
+
+    def config(self, name: str) -> Any:
+        """The config class registered with ``name``, or None."""
+        return self._configs.get(name)
 
     def get(self, name: str) -> T:
         try:
@@ -48,6 +57,7 @@ class Registry(Generic[T]):
     def remove(self, name: str) -> None:
         """Forget an entry (tests and interactive sessions that re-register)."""
         self._entries.pop(name, None)
+        self._configs.pop(name, None)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

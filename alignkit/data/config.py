@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidatorFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from alignkit.config_base import SEED_MAX, StrictConfig
+from alignkit.config_base import SEED_MAX, StrictConfig, dump_plugin_kind, validate_plugin_kind
 from alignkit.data.truncation import PromptTruncation
+from alignkit.registry import Registry
 
 __all__ = [
     "DataConfig",
@@ -170,6 +180,8 @@ class UnpairedHFDatasetSource(_UnpairedColumns):
     split: str = Field("train", description="Split to read, e.g. 'train' or 'test'.")
 
 
+BUILTIN_SOURCES = (HHRLHFSource, JsonlSource, HFDatasetSource, SentimentSource, KWayJsonlSource, UnpairedJsonlSource,
+                   UnpairedHFDatasetSource)
 SourceConfig = Annotated[
     HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource | KWayJsonlSource | UnpairedJsonlSource
     | UnpairedHFDatasetSource,
@@ -177,10 +189,17 @@ SourceConfig = Annotated[
 ]
 
 
+def _source_registry() -> Registry[Any]:
+    from alignkit.data.sources import SOURCES  # it imports this module
+
+    return SOURCES
+
+
 class DataConfig(_Strict):
     """Where the preference pairs come from, how they are cut to length, and how they are split."""
 
-    source: SourceConfig = Field(description="Where the pairs come from; chosen by its 'kind'.")
+    source: SourceConfig = Field(description="Where the pairs come from; chosen by its 'kind' (a built-in kind "
+                                 "below, or one a plugin registered with its config class).")
     test_source: SourceConfig | None = Field(
         None,
         description="A separate source for held-out evaluation (e.g. HH's test split). When set, "
@@ -221,6 +240,15 @@ class DataConfig(_Strict):
         "tokenizer has one and the rows are conversational; False: render them as plain "
         "'Human:/Assistant:' text; True: require a template.",
     )
+
+    @field_validator("source", "test_source", mode="wrap")
+    @classmethod
+    def _plugin_kinds(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return validate_plugin_kind(value, handler, _source_registry, BUILTIN_SOURCES)
+
+    @field_serializer("source", "test_source", mode="wrap")
+    def _dump_plugin_kinds(self, value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return dump_plugin_kind(value, handler, info, BUILTIN_SOURCES)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

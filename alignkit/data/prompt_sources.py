@@ -27,11 +27,15 @@ PromptLoader = Callable[[Any, Any], PromptSplit]
 PROMPT_SOURCES: Registry[PromptLoader] = Registry("prompt source")
 
 
-def register_prompt_source(kind: str) -> Callable[[PromptLoader], PromptLoader]:
-    """Decorator: register ``fn(cfg, tokenizer) -> PromptSplit`` as the loader of ``prompts.kind == kind``."""
+def register_prompt_source(kind: str, *, config: type | None = None) -> Callable[[PromptLoader], PromptLoader]:
+    """Decorator: register ``fn(cfg, tokenizer) -> PromptSplit`` as the loader of ``prompts.kind == kind``.
+
+    ``config``: a plugin's config class (a pydantic model with ``kind: Literal["<kind>"]``), which a recipe's
+    ``prompts:`` section of this kind validates against; the built-in kinds have theirs in ``PromptsConfig``.
+    """
 
     def wrap(fn: PromptLoader) -> PromptLoader:
-        PROMPT_SOURCES.add(kind, fn)
+        PROMPT_SOURCES.add(kind, fn, config=config)
         return fn
 
     return wrap

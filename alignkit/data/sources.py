@@ -103,22 +103,28 @@ class SourceSpec:
 SOURCES: Registry[SourceSpec] = Registry("data source")
 
 
-def register_source(kind: str, *, feeds: tuple[BatchKind, ...] = PAIR_KINDS) -> Callable[[SourceLoader], SourceLoader]:
-    """Decorator: register ``fn`` as the example loader of sources whose config has ``kind == kind``."""
+def register_source(kind: str, *, feeds: tuple[BatchKind, ...] = PAIR_KINDS,
+                    config: type | None = None) -> Callable[[SourceLoader], SourceLoader]:
+    """Decorator: register ``fn`` as the example loader of sources whose config has ``kind == kind``.
+
+    ``config``: a plugin's config class (a pydantic model with ``kind: Literal["<kind>"]``), which a recipe's
+    ``data.source`` of this kind validates against; the built-in kinds have theirs in ``SourceConfig``.
+    """
 
     def wrap(fn: SourceLoader) -> SourceLoader:
-        SOURCES.add(kind, SourceSpec(load=fn, feeds=feeds))
+        SOURCES.add(kind, SourceSpec(load=fn, feeds=feeds), config=config)
         return fn
 
     return wrap
 
 
 def register_prepared_source(kind: str, *, feeds: tuple[BatchKind, ...] = PAIR_KINDS, needs_model: bool = False,
-                             heldout: HeldoutFn | None = None) -> Callable[[Preparer], Preparer]:
-    """Decorator: register ``fn(data_cfg, tokenizer, context) -> PreparedData`` as the preparation of ``kind``."""
+                             heldout: HeldoutFn | None = None, config: type | None = None) -> Callable[[Preparer], Preparer]:
+    """Decorator: register ``fn(data_cfg, tokenizer, context) -> PreparedData`` as the preparation of ``kind``
+    (``config`` as in :func:`register_source`)."""
 
     def wrap(fn: Preparer) -> Preparer:
-        SOURCES.add(kind, SourceSpec(prepare=fn, feeds=feeds, needs_model=needs_model, heldout=heldout))
+        SOURCES.add(kind, SourceSpec(prepare=fn, feeds=feeds, needs_model=needs_model, heldout=heldout), config=config)
         return fn
 
     return wrap

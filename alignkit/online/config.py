@@ -52,6 +52,7 @@ __all__ = [
     "PPOConfig",
     "PartChoice",
     "RewardTerm",
+    "BUILTIN_PROMPTS",
     "PromptsConfig",
     "RolloutConfig",
     "SentimentPrompts",
@@ -64,6 +65,8 @@ class _Strict(StrictConfig):
     """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
+BUILTIN_PROMPTS = (SentimentPrompts, InlinePrompts, JsonlPrompts, HHRLHFPrompts, HFDatasetPrompts, GSM8KPrompts,
+                   ReasoningGymPrompts)
 PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts
                           | GSM8KPrompts | ReasoningGymPrompts, Field(discriminator="kind")]
 

@@ -7,13 +7,31 @@ the checks that need no model (registered rewards, ``model.from_config`` keys, d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+)
 
+from alignkit.config_base import dump_plugin_kind, validate_plugin_kind
+from alignkit.data.prompt_sources import PROMPT_SOURCES
 from alignkit.eval.config import EvalConfig
 from alignkit.models.rewards import REWARDS, reads_examples, unknown_settings
-from alignkit.online.config import AccuracyConfig, OnlineConfig, OnlineTrainConfig, PromptsConfig, RewardTerm
+from alignkit.online.config import (
+    BUILTIN_PROMPTS,
+    AccuracyConfig,
+    OnlineConfig,
+    OnlineTrainConfig,
+    PromptsConfig,
+    RewardTerm,
+)
 from alignkit.peft.config import BottleneckConfig, LoRAConfig
 from alignkit.recipe import (
     Problem,
@@ -40,7 +58,8 @@ __all__ = ["OnlineRecipe", "is_online_recipe", "load_online_recipe", "online_rec
 class OnlineRecipe(RunRecipe):
     """One online experiment: model, adapter, prompts, the online objective, optimisation, evaluation."""
 
-    prompts: PromptsConfig = Field(description="Training and held-out prompts.")
+    prompts: PromptsConfig = Field(description="Training and held-out prompts; chosen by its 'kind' (a built-in "
+                                   "kind, or one a plugin registered with its config class).")
     online: OnlineConfig = Field(description="Rollouts, reward, KL penalty, anchor, optional WARP.")
     train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig, description="Optimisation.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig,
@@ -51,6 +70,15 @@ class OnlineRecipe(RunRecipe):
                                             "problems of a verifiable task, before and after training; null: off.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
                                    description="Experiment trackers (TensorBoard, W&B, trackio).")
+
+    @field_validator("prompts", mode="wrap")
+    @classmethod
+    def _plugin_kinds(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return validate_plugin_kind(value, handler, lambda: PROMPT_SOURCES, BUILTIN_PROMPTS)
+
+    @field_serializer("prompts", mode="wrap")
+    def _dump_plugin_kinds(self, value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return dump_plugin_kind(value, handler, info, BUILTIN_PROMPTS)
 
     @field_validator("distributed")
     @classmethod
