@@ -8,7 +8,7 @@ surfacing as a non-finite loss many steps later.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from pydantic import (
     BaseModel,
@@ -17,8 +17,6 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidatorFunctionWrapHandler,
 )
-
-from alignkit.registry import Registry
 
 __all__ = ["SEED_MAX", "FieldError", "StrictConfig", "dump_plugin_kind", "validate_plugin_kind"]
 
@@ -55,7 +53,19 @@ class StrictConfig(BaseModel):
 # union as its type (so the generated reference lists those), and these two wrap its validation and dumping.
 
 
-def validate_plugin_kind(value: Any, handler: ValidatorFunctionWrapHandler, registry: Callable[[], Registry[Any]],
+class KindRegistry(Protocol):
+    """What :func:`validate_plugin_kind` reads of a registry (an ``alignkit.registry.Registry``)."""
+
+    kind: str
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def names(self) -> list[str]: ...
+
+    def config(self, name: str) -> Any: ...
+
+
+def validate_plugin_kind(value: Any, handler: ValidatorFunctionWrapHandler, registry: Callable[[], KindRegistry],
                          builtin: tuple[type[BaseModel], ...]) -> Any:
     """Validate a section by the config its ``kind`` was registered with in ``registry()`` (a plugin's kind), or
     by the built-in union (``handler``) for a built-in or unknown kind.

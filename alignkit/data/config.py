@@ -189,10 +189,9 @@ SourceConfig = Annotated[
 ]
 
 
-def _source_registry() -> Registry[Any]:
-    from alignkit.data.sources import SOURCES  # it imports this module
-
-    return SOURCES
+# Every kind of data source, built-in or a plugin's: filled by the decorators of alignkit.data.sources (which
+# holds what a kind is, SourceSpec); it lives here so that DataConfig can validate a plugin's kind by it.
+SOURCES: Registry[Any] = Registry("data source")
 
 
 class DataConfig(_Strict):
@@ -244,7 +243,7 @@ class DataConfig(_Strict):
     @field_validator("source", "test_source", mode="wrap")
     @classmethod
     def _plugin_kinds(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return validate_plugin_kind(value, handler, _source_registry, BUILTIN_SOURCES)
+        return validate_plugin_kind(value, handler, lambda: SOURCES, BUILTIN_SOURCES)
 
     @field_serializer("source", "test_source", mode="wrap")
     def _dump_plugin_kinds(self, value: Any, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

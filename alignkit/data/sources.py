@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alignkit.data.config import SOURCES as _SOURCES
 from alignkit.data.config import HFDatasetSource, HHRLHFSource, JsonlSource
 from alignkit.data.hh_rlhf import load_hh_rlhf
 from alignkit.data.jsonl import read_jsonl, require_file
@@ -100,7 +101,7 @@ class SourceSpec:
     heldout: HeldoutFn | None = None
 
 
-SOURCES: Registry[SourceSpec] = Registry("data source")
+SOURCES: Registry[SourceSpec] = _SOURCES  # the registry data.config validates recipes' kinds by
 
 
 def register_source(kind: str, *, feeds: tuple[BatchKind, ...] = PAIR_KINDS,
