@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     ConfigDict,
@@ -180,13 +180,12 @@ class UnpairedHFDatasetSource(_UnpairedColumns):
     split: str = Field("train", description="Split to read, e.g. 'train' or 'test'.")
 
 
-BUILTIN_SOURCES = (HHRLHFSource, JsonlSource, HFDatasetSource, SentimentSource, KWayJsonlSource, UnpairedJsonlSource,
-                   UnpairedHFDatasetSource)
 SourceConfig = Annotated[
     HHRLHFSource | JsonlSource | HFDatasetSource | SentimentSource | KWayJsonlSource | UnpairedJsonlSource
     | UnpairedHFDatasetSource,
     Field(discriminator="kind"),
 ]
+BUILTIN_SOURCES: tuple[type[StrictConfig], ...] = get_args(get_args(SourceConfig)[0])  # the union's members
 
 
 # Every kind of data source, built-in or a plugin's: filled by the decorators of alignkit.data.sources (which

@@ -3,7 +3,7 @@ and the optimisation. Every model is strict (an unknown key is an error) and eve
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -65,10 +65,9 @@ class _Strict(StrictConfig):
     """Strict and finite (see :class:`alignkit.config_base.StrictConfig`)."""
 
 
-BUILTIN_PROMPTS = (SentimentPrompts, InlinePrompts, JsonlPrompts, HHRLHFPrompts, HFDatasetPrompts, GSM8KPrompts,
-                   ReasoningGymPrompts)
 PromptsConfig = Annotated[SentimentPrompts | InlinePrompts | JsonlPrompts | HHRLHFPrompts | HFDatasetPrompts
                           | GSM8KPrompts | ReasoningGymPrompts, Field(discriminator="kind")]
+BUILTIN_PROMPTS: tuple[type[BaseModel], ...] = get_args(get_args(PromptsConfig)[0])  # the union's members
 
 
 class AnchorConfig(_Strict):
